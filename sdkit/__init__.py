@@ -1,0 +1,3 @@
+"""sdkit: Stable Diffusion candidates, CLIP reranking and ranked grids for notebooks."""
+
+__version__ = "0.1.0"
