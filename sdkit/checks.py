@@ -1,0 +1,65 @@
+"""Input validation at the boundary: fail before any model work, naming the bad value."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import Sequence
+
+
+def as_prompt_list(prompt: str | Sequence[str], name: str = "prompt") -> list[str]:
+    prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+    if not prompts:
+        raise ValueError(f"{name} is an empty list; give at least one prompt")
+    for p in prompts:
+        if not isinstance(p, str):
+            raise TypeError(f"{name} must be a string or a list of strings, got {type(p).__name__}: {p!r}")
+        if not p.strip():
+            raise ValueError(f"{name}={p!r} is empty or whitespace; describe the image you want")
+    return prompts
+
+
+def check_generate_args(*, n, seeds, num_inference_steps, guidance_scale, height, width, batch_size) -> None:
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise ValueError(f"n={n!r} candidates: must be an integer >= 1")
+    if seeds is not None:
+        if len(seeds) != n:
+            raise ValueError(f"seeds has {len(seeds)} entries but n={n}; give exactly one seed per candidate")
+        for s in seeds:
+            if not isinstance(s, int) or isinstance(s, bool) or not 0 <= s < 2**64:
+                raise ValueError(f"seed {s!r} must be an integer in [0, 2**64)")
+    if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
+        raise ValueError(f"num_inference_steps={num_inference_steps!r}: must be an integer >= 1")
+    if not isinstance(guidance_scale, (int, float)) or guidance_scale < 0:
+        raise ValueError(f"guidance_scale={guidance_scale!r}: must be a number >= 0 (1 or less disables guidance)")
+    for name, v in (("height", height), ("width", width)):
+        if v is not None and (not isinstance(v, int) or v <= 0 or v % 8):
+            raise ValueError(f"{name}={v!r}: must be a positive multiple of 8 (the VAE downsamples by 8)")
+    if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
+        raise ValueError(f"batch_size={batch_size!r}: must be an integer >= 1")
+
+
+def check_output_dir(output_dir) -> Path:
+    """Create `output_dir` if needed and prove it is writable, before generating anything."""
+    path = Path(output_dir)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"output_dir={str(output_dir)!r} cannot be created: {e.strerror}") from None
+    if not path.is_dir() or not os.access(path, os.W_OK | os.X_OK):
+        raise ValueError(f"output_dir={str(output_dir)!r} is not a writable directory")
+    return path
+
+
+def warn_long_prompts(tokenizer, prompts: Sequence[str | None], what: str = "prompt") -> None:
+    """CLIP's text encoder sees at most `model_max_length` tokens; say so instead of truncating silently."""
+    limit = getattr(tokenizer, "model_max_length", 77)
+    for p in dict.fromkeys(p for p in prompts if p):
+        n = len(tokenizer(p, truncation=False)["input_ids"])
+        if n > limit:
+            warnings.warn(
+                f"{what} is {n} tokens; the text encoder reads only the first {limit} (incl. start/end), "
+                f"the rest is ignored: {p[:60]!r}...",
+                stacklevel=3,
+            )

@@ -1,0 +1,262 @@
+"""Generate N seeded candidates per prompt, in batches, saving each as soon as it exists.
+
+Every candidate has its own seed and its own `torch.Generator`, so candidate k
+is the same image whether it was made in a batch of 8, of 3, or alone. The
+generators live on the CPU: a seed then gives the same starting noise on any
+device, which is what makes a seed worth recording.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import secrets
+import sys
+import threading
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+
+from .candidate import Candidate, Run
+from .checks import as_prompt_list, check_generate_args, check_output_dir, warn_long_prompts
+from .save import new_run_id, save_candidate
+from .schedulers import scheduler_name
+
+
+@dataclass
+class Progress:
+    """Passed to `callback` after every denoising step and after every finished batch."""
+
+    step: int  # denoising steps done in the current batch
+    num_inference_steps: int
+    done: int  # candidates finished (saved) so far
+    total: int
+    batch: list[int]  # indices of the candidates being denoised
+    finished: list[Candidate] | None = None  # set when a batch has just been decoded and saved
+
+
+class Cancelled(Exception):
+    """Raised inside the denoising loop to stop at the next step."""
+
+
+class GenerationError(RuntimeError):
+    """Generation failed after some candidates finished; `.run` holds those (already on disk)."""
+
+    def __init__(self, message: str, run: Run):
+        super().__init__(message)
+        self.run = run
+
+
+def _is_oom(e: BaseException) -> bool:
+    if isinstance(e, torch.OutOfMemoryError):
+        return True
+    return isinstance(e, RuntimeError) and "out of memory" in str(e).lower()  # MPS and older CUDA builds
+
+
+def _default_size(pipe) -> int:
+    return int(pipe.unet.config.sample_size * pipe.vae_scale_factor)
+
+
+def default_batch_size(pipe) -> int:
+    # Batching amortises per-call overhead on GPUs; on a CPU the UNet is compute
+    # bound and small batches keep memory flat. bench/ measures both.
+    return 4 if pipe.device.type != "cpu" else 2
+
+
+def generate(
+    pipe,
+    prompt: str | Sequence[str],
+    *,
+    n: int = 4,
+    seed: int | None = None,
+    seeds: Sequence[int] | None = None,
+    negative_prompt: str | Sequence[str] | None = None,
+    num_inference_steps: int = 30,
+    guidance_scale: float = 7.5,
+    height: int | None = None,
+    width: int | None = None,
+    batch_size: int | None = None,
+    output_dir: str | Path | None = None,
+    run_id: str | None = None,
+    callback: Callable[[Progress], None] | None = None,
+    cancel: threading.Event | Callable[[], bool] | None = None,
+    progress: bool = True,
+    pipe_kwargs: dict | None = None,
+    extra: dict | None = None,
+) -> Run:
+    """Generate `n` candidates for each prompt.
+
+    Args:
+        pipe: a pipeline from `load_pipeline`.
+        prompt: one prompt or a list; each gets `n` candidates.
+        n: candidates per prompt.
+        seed: candidate k gets seed `seed + k` (same seeds for every prompt). None draws a random base seed,
+            which is recorded like any other.
+        seeds: explicit seeds, one per candidate (overrides `seed`).
+        negative_prompt, num_inference_steps, guidance_scale, height, width: as in diffusers.
+        batch_size: candidates denoised together. Halved automatically on out-of-memory errors.
+        output_dir: if given, each candidate is written there (PNG + metadata + manifest line) as soon as
+            its batch is decoded.
+        callback: called with a `Progress` after each denoising step and each finished batch.
+        cancel: an Event (or a callable) checked every step; when set, generation stops within one step
+            and the finished candidates are returned with `run.cancelled = True`.
+        pipe_kwargs: extra arguments for the pipeline call (e.g. `image`, `mask_image`, `strength`).
+        extra: task settings recorded in each candidate's metadata.
+
+    Returns:
+        A `Run` whose candidates are in index order: prompt by prompt, seed by seed.
+    """
+    prompts = as_prompt_list(prompt)
+    negs = _negatives(negative_prompt, len(prompts))
+    height = height if height is not None else _default_size(pipe)
+    width = width if width is not None else _default_size(pipe)
+    check_generate_args(n=n, seeds=seeds, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+                        height=height, width=width, batch_size=batch_size)
+    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**63):
+        raise ValueError(f"seed={seed!r}: must be an integer in [0, 2**63)")
+    out = check_output_dir(output_dir) if output_dir is not None else None
+    warn_long_prompts(pipe.tokenizer, prompts)
+    warn_long_prompts(pipe.tokenizer, negs, "negative_prompt")
+
+    if seeds is None:
+        base = seed if seed is not None else secrets.randbits(31)
+        seeds = [base + k for k in range(n)]
+    info = getattr(pipe, "_sdkit", {})
+    run_id = run_id or new_run_id()
+    template = Candidate(
+        image=None, prompt="", seed=0, num_inference_steps=num_inference_steps, guidance_scale=float(guidance_scale),
+        height=height, width=width, scheduler=scheduler_name(pipe.scheduler), model_id=info.get("model_id", ""),
+        revision=info.get("revision"), task=info.get("task", "text-to-image"), dtype=info.get("dtype", str(pipe.dtype)),
+        device=info.get("device", str(pipe.device)), run_id=run_id, extra=dict(extra or {}),
+    )
+    jobs = [dataclasses.replace(template, prompt=p, negative_prompt=neg, seed=s, index=i * n + k, extra=dict(template.extra))
+            for i, (p, neg) in enumerate(zip(prompts, negs)) for k, s in enumerate(seeds)]
+    run = Run(run_id=run_id, candidates=[], output_dir=str(out) if out else None,
+              manifest=str(out / "manifest.jsonl") if out else None)
+    bs = batch_size or default_batch_size(pipe)
+    is_cancelled = cancel.is_set if isinstance(cancel, threading.Event) else (cancel or (lambda: False))
+    bar = _progress_bar(len(jobs) * num_inference_steps, progress)
+
+    def on_step(_pipe, step, _t, kwargs, batch):
+        bar.update(1)
+        if callback is not None:
+            callback(Progress(step + 1, num_inference_steps, len(run.candidates), len(jobs), [j.index for j in batch]))
+        if is_cancelled():
+            raise Cancelled
+        return kwargs
+
+    pending = list(jobs)
+    try:
+        while pending:
+            if is_cancelled():
+                raise Cancelled
+            batch = pending[:bs]
+            try:
+                result = pipe(
+                    prompt=[j.prompt for j in batch],
+                    negative_prompt=None if all(j.negative_prompt is None for j in batch) else [j.negative_prompt or "" for j in batch],
+                    num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, height=height, width=width,
+                    generator=[torch.Generator("cpu").manual_seed(j.seed) for j in batch],
+                    callback_on_step_end=lambda p, s, t, k: on_step(p, s, t, k, batch),
+                    **(pipe_kwargs or {}),
+                )
+            except Exception as e:
+                if not _is_oom(e):
+                    raise
+                if bs == 1:
+                    raise GenerationError(
+                        f"out of memory with batch_size=1 at {height}x{width}: try load_pipeline(..., low_memory=True) "
+                        f"or a smaller size. {len(run.candidates)} finished candidates are kept" +
+                        (f" in {out}" if out else ""), run) from e
+                bar.update(-bar.n % num_inference_steps if bar.n else 0)
+                bs = max(1, bs // 2)
+                print(f"sdkit: out of memory; retrying with batch_size={bs}", file=sys.stderr)
+                _free_memory()
+                continue
+            flags = result.nsfw_content_detected or [False] * len(batch)
+            finished = []
+            for job, image, flag in zip(batch, result.images, flags):
+                job.image, job.nsfw = image, bool(flag)
+                if out is not None:
+                    save_candidate(job, out)
+                run.candidates.append(job)
+                finished.append(job)
+            pending = pending[len(batch):]
+            if callback is not None:
+                callback(Progress(num_inference_steps, num_inference_steps, len(run.candidates), len(jobs),
+                                  [j.index for j in batch], finished))
+    except (Cancelled, KeyboardInterrupt):
+        run.cancelled = True
+        print(f"sdkit: stopped; {len(run.candidates)} of {len(jobs)} candidates finished" +
+              (f" and saved in {out}" if out else ""), file=sys.stderr)
+    except GenerationError:
+        raise
+    except Exception as e:
+        if run.candidates:
+            e.add_note(f"sdkit: {len(run.candidates)} candidates finished before the error" +
+                       (f" and are saved in {out}" if out else ""))
+        e.sdkit_run = run
+        raise
+    finally:
+        bar.close()
+    if any(c.nsfw for c in run.candidates):
+        warnings.warn(f"{sum(c.nsfw for c in run.candidates)} candidate(s) were flagged by the safety checker "
+                      "(their image is black; `candidate.nsfw` is True)", stacklevel=2)
+    return run
+
+
+def _negatives(negative_prompt, n_prompts: int) -> list[str | None]:
+    if negative_prompt is None:
+        return [None] * n_prompts
+    if isinstance(negative_prompt, str):
+        return [negative_prompt] * n_prompts
+    negs = list(negative_prompt)
+    if len(negs) != n_prompts:
+        raise ValueError(f"negative_prompt has {len(negs)} entries for {n_prompts} prompts; give one, or one per prompt")
+    return negs
+
+
+def _free_memory() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    if getattr(torch, "mps", None) is not None and torch.backends.mps.is_available():
+        torch.mps.empty_cache()
+
+
+class _NoBar:
+    n = 0
+
+    def update(self, k):
+        pass
+
+    def close(self):
+        pass
+
+
+def _progress_bar(total: int, enabled: bool):
+    if not enabled:
+        return _NoBar()
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="denoising", unit="step", leave=False)
+
+
+def regenerate(source, pipe=None, **overrides) -> Candidate:
+    """Make one image again from a saved PNG (or its metadata dict), bit for bit on the same device.
+
+    `overrides` change settings (e.g. `num_inference_steps=50`) while keeping the seed.
+    """
+    from .load import load_pipeline
+    from .save import read_metadata
+
+    meta = dict(source) if isinstance(source, dict) else read_metadata(source)
+    meta.update(overrides)
+    if pipe is None:
+        pipe = load_pipeline(meta["model_id"], meta.get("task", "text-to-image"), scheduler=meta.get("scheduler") or None,
+                             dtype=meta.get("dtype") or "auto", revision=meta.get("revision"))
+    run = generate(pipe, meta["prompt"], n=1, seeds=[meta["seed"]], negative_prompt=meta.get("negative_prompt"),
+                   num_inference_steps=meta["num_inference_steps"], guidance_scale=meta["guidance_scale"],
+                   height=meta["height"], width=meta["width"], progress=False)
+    return run.candidates[0]

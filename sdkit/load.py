@@ -1,0 +1,319 @@
+"""Get a pipeline for a model id or path and a task: resolve, check, load once, reuse.
+
+The same code path serves a Hub id on a user's GPU and sdkit's tiny models here:
+a Hub id is resolved to a local snapshot by huggingface_hub (which honours
+`HF_HUB_OFFLINE` and the cache), then the snapshot is loaded with diffusers'
+`from_pretrained`, safetensors only.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .invariance import make_batch_invariant
+from .schedulers import check_scheduler, make_scheduler
+
+log = logging.getLogger("sdkit")
+
+TASKS = ("text-to-image", "image-to-image", "inpainting")
+
+# Hub repos the tutorials name that no longer exist, and their maintained mirrors.
+MIRRORS = {
+    "runwayml/stable-diffusion-v1-5": "stable-diffusion-v1-5/stable-diffusion-v1-5",
+    "runwayml/stable-diffusion-inpainting": "stable-diffusion-v1-5/stable-diffusion-inpainting",
+}
+
+# Built-in models: no download, built on first use and cached.
+BUILTIN = ("sdkit:tiny", "sdkit:tiny-inpainting", "sdkit:toy")
+
+PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth", ".pkl")
+WEIGHTED = ("unet", "vae", "text_encoder", "safety_checker")
+_ALLOW = ["*.json", "*.txt", "*.model"]  # configs, tokenizer files
+
+
+class ModelNotAvailable(RuntimeError):
+    """The model cannot be found or fetched; the message says what to do."""
+
+
+def auto_device() -> str:
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def auto_dtype(device: str) -> torch.dtype:
+    # fp16 halves memory and is what SD 1.x ships for GPUs. On the CPU fp32 is
+    # the safe default until bench/ shows bf16 is faster *and* close enough.
+    return torch.float16 if device in ("cuda", "mps") else torch.float32
+
+
+_DTYPES = {"float16": torch.float16, "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+           "float32": torch.float32, "fp32": torch.float32}
+
+
+def resolve_dtype(dtype, device: str) -> torch.dtype:
+    if dtype in (None, "auto"):
+        return auto_dtype(device)
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype in _DTYPES:
+        return _DTYPES[dtype]
+    raise ValueError(f"dtype={dtype!r}: use 'auto', a torch.dtype, or one of {sorted(_DTYPES)}")
+
+
+def resolve_device(device) -> str:
+    if device in (None, "auto"):
+        return auto_device()
+    device = str(device)
+    kind = device.split(":")[0]
+    if kind not in ("cpu", "cuda", "mps", "xpu"):
+        raise ValueError(f"device={device!r}: use 'auto', 'cpu', 'cuda[:N]', 'mps' or 'xpu'")
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} but torch sees no CUDA GPU (torch {torch.__version__}); use 'cpu' or 'auto'")
+    return device
+
+
+@dataclass(frozen=True)
+class Resolved:
+    model_id: str  # what the user asked for, after mirror renames
+    path: Path  # local snapshot directory
+    revision: str | None
+    variant: str | None
+
+
+def _builtin_path(model_id: str) -> Path:
+    from .tiny import tiny_pipeline_path
+
+    if model_id == "sdkit:tiny":
+        return tiny_pipeline_path("text-to-image")
+    if model_id == "sdkit:tiny-inpainting":
+        return tiny_pipeline_path("inpainting")
+    if model_id == "sdkit:toy":
+        from .toy.world import toy_world_path
+
+        return Path(toy_world_path()) / "pipeline"
+    raise ValueError(f"model={model_id!r}: built-in models are {list(BUILTIN)}")
+
+
+def _looks_like_path(s: str) -> bool:
+    return s.startswith((".", "/", "~")) or os.sep in s.strip("/").replace("/", "", 1) or os.path.exists(s)
+
+
+def _check_weights(root: Path, files: list[str], model_id: str) -> None:
+    """Refuse repos whose weights are pickle only: unpickling runs arbitrary code."""
+    index = json.loads((root / "model_index.json").read_text()) if (root / "model_index.json").exists() else {}
+    for comp in WEIGHTED:
+        if comp not in index or index[comp] in (None, [None, None]):
+            continue
+        comp_files = [f for f in files if f.startswith(comp + "/")]
+        if not any(f.endswith(".safetensors") for f in comp_files) and any(f.endswith(PICKLE_SUFFIXES) for f in comp_files):
+            raise ModelNotAvailable(
+                f"{model_id!r}: {comp}/ has only pickle weights ({', '.join(sorted(comp_files)[:3])}); "
+                "sdkit loads safetensors only, because unpickling can run arbitrary code. Use a revision or "
+                "mirror that ships .safetensors, or convert once with diffusers' conversion scripts."
+            )
+
+
+def _pick_variant(files: list[str], dtype: torch.dtype, variant) -> str | None:
+    if variant != "auto":
+        return variant
+    if dtype != torch.float16:
+        return None
+    weights = [f for f in files if f.endswith(".safetensors")]
+    comps = {f.split("/")[0] for f in weights if "/" in f}
+    has = {f.split("/")[0] for f in weights if f.endswith(".fp16.safetensors")}
+    return "fp16" if comps and comps <= has else None
+
+
+def resolve(model: str, *, revision: str | None = None, dtype=torch.float32, variant="auto") -> Resolved:
+    """Turn a Hub id, a local path or a built-in name into a local directory, downloading safetensors only."""
+    if not isinstance(model, str) or not model.strip():
+        raise ValueError(f"model={model!r}: give a Hub id like 'stable-diffusion-v1-5/stable-diffusion-v1-5', a local path, or one of {list(BUILTIN)}")
+    if model in MIRRORS:
+        log.warning("%s was deleted from the Hub; using its maintained mirror %s", model, MIRRORS[model])
+        print(f"sdkit: {model} was deleted from the Hub; using its mirror {MIRRORS[model]}")
+        model = MIRRORS[model]
+    if model.startswith("sdkit:"):
+        path = _builtin_path(model)
+    elif _looks_like_path(model):
+        path = Path(model).expanduser()
+        if not path.exists():
+            raise ModelNotAvailable(f"model={model!r}: no such directory")
+        if not (path / "model_index.json").exists():
+            raise ModelNotAvailable(f"model={model!r}: {path} has no model_index.json; is it a diffusers pipeline folder?")
+    else:
+        return _resolve_hub(model, revision=revision, dtype=dtype, variant=variant)
+    files = [str(p.relative_to(path)) for p in path.rglob("*") if p.is_file()]
+    _check_weights(path, files, model)
+    return Resolved(model, path, revision, _pick_variant(files, dtype, variant))
+
+
+def _resolve_hub(model_id: str, *, revision, dtype, variant) -> Resolved:
+    from huggingface_hub import HfApi, snapshot_download
+    from huggingface_hub.errors import (
+        GatedRepoError, HFValidationError, LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError,
+    )
+    from huggingface_hub.constants import HF_HUB_OFFLINE
+
+    how_to = (f"On a machine with network: `hf download {model_id}` (log in with `hf auth login` for gated "
+              f"models), then copy the Hugging Face cache; or try sdkit's built-in 'sdkit:tiny' model.")
+    try:
+        # Configs first: small, and they tell us the variant and whether weights are safe.
+        cfg_dir = Path(snapshot_download(model_id, revision=revision, allow_patterns=_ALLOW))
+        if HF_HUB_OFFLINE:
+            files = [str(p.relative_to(cfg_dir)) for p in cfg_dir.rglob("*") if p.is_file()]
+        else:
+            files = HfApi().list_repo_files(model_id, revision=revision)
+    except HFValidationError:
+        raise ValueError(f"model={model_id!r} is neither a local path nor a valid Hub id ('org/name')") from None
+    except GatedRepoError:
+        raise ModelNotAvailable(f"{model_id!r} is gated: accept its licence on huggingface.co and log in (`hf auth login` or HF_TOKEN).") from None
+    except RepositoryNotFoundError:
+        raise ModelNotAvailable(f"{model_id!r} is not on the Hugging Face Hub (or is private: log in). Check the spelling.") from None
+    except RevisionNotFoundError:
+        raise ModelNotAvailable(f"{model_id!r} has no revision {revision!r}.") from None
+    except LocalEntryNotFoundError:
+        raise ModelNotAvailable(f"{model_id!r} is not in the local Hugging Face cache and the Hub cannot be reached (offline). {how_to}") from None
+    _check_weights(cfg_dir, files, model_id)
+    chosen = _pick_variant(files, dtype, variant)
+    weights = [f"*.{chosen}.safetensors"] if chosen else ["*.safetensors"]
+    try:
+        path = Path(snapshot_download(model_id, revision=revision, allow_patterns=_ALLOW + weights))
+    except LocalEntryNotFoundError:
+        raise ModelNotAvailable(f"{model_id!r}: its weights are not in the local cache and the Hub cannot be reached. {how_to}") from None
+    return Resolved(model_id, path, revision, chosen)
+
+
+def unet_in_channels(path: Path) -> int:
+    return json.loads((Path(path) / "unet" / "config.json").read_text())["in_channels"]
+
+
+def check_task(task: str, path: Path, model_id: str) -> None:
+    if task not in TASKS:
+        raise ValueError(f"task={task!r}: choose one of {list(TASKS)}")
+    channels = unet_in_channels(path)
+    if channels == 9 and task != "inpainting":
+        raise ValueError(
+            f"{model_id!r} is an inpainting checkpoint (its UNet takes 9 input channels: latents, mask and masked "
+            f"image), so it cannot do {task!r}. Use task='inpainting', or a text-to-image checkpoint such as "
+            "'stable-diffusion-v1-5/stable-diffusion-v1-5'."
+        )
+    if channels not in (4, 9):
+        raise ValueError(f"{model_id!r}: UNet with {channels} input channels is not a Stable Diffusion 1.x/2.x layout")
+
+
+_CLASSES = {
+    "text-to-image": "StableDiffusionPipeline",
+    "image-to-image": "StableDiffusionImg2ImgPipeline",
+    "inpainting": "StableDiffusionInpaintPipeline",
+}
+
+# diffusers 0.42 renamed `torch_dtype` to `dtype`.
+_DTYPE_KW = "dtype" if tuple(int(x) for x in __import__("diffusers").__version__.split(".")[:2]) >= (0, 42) else "torch_dtype"
+
+_cache: dict[tuple, object] = {}
+_lock = threading.Lock()
+
+
+def load_pipeline(
+    model: str = "stable-diffusion-v1-5/stable-diffusion-v1-5",
+    task: str = "text-to-image",
+    *,
+    device="auto",
+    dtype="auto",
+    scheduler: str | None = None,
+    safety_checker: bool = True,
+    variant="auto",
+    revision: str | None = None,
+    low_memory: bool = False,
+    batch_invariant: bool | str = "auto",
+):
+    """Load (or reuse) a diffusers pipeline for `model` and `task`.
+
+    Args:
+        model: Hub id, local diffusers folder, or a built-in ("sdkit:tiny", "sdkit:tiny-inpainting", "sdkit:toy").
+            Deleted tutorial ids (runwayml/...) resolve to their mirrors.
+        task: "text-to-image", "image-to-image" or "inpainting".
+        device: "auto" (cuda > mps > cpu) or a torch device string.
+        dtype: "auto" (fp16 on GPUs, fp32 on CPU), "fp16", "bf16", "fp32" or a torch.dtype.
+        scheduler: an sdkit scheduler name (see `sdkit.schedulers.SCHEDULERS`); None keeps the model's own.
+        safety_checker: keep the model's NSFW checker (default). False removes it, explicitly.
+        variant: "auto" uses the repo's fp16 weights when loading in fp16 and it has them; or a variant name / None.
+        low_memory: for 4-8 GB GPUs: attention and VAE slicing, VAE tiling, and model CPU offload on CUDA.
+        batch_invariant: run the UNet and VAE per sample so candidate k is bit-identical in any batch size.
+            "auto" turns it on for the CPU, where it costs little (see `sdkit.invariance`).
+
+    A second call with the same model, device and dtype reuses the loaded weights,
+    also for another task or scheduler (diffusers' `from_pipe`). Tokens come from
+    the standard Hugging Face login (`hf auth login`) or `HF_TOKEN`; sdkit never takes one.
+    """
+    import diffusers
+
+    check_scheduler(scheduler)
+    if task not in TASKS:
+        raise ValueError(f"task={task!r}: choose one of {list(TASKS)}")
+    device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, device)
+    res = resolve(model, revision=revision, dtype=torch_dtype, variant=variant)
+    check_task(task, res.path, res.model_id)
+    if task == "inpainting" and unet_in_channels(res.path) == 4:
+        log.warning("%s is not an inpainting checkpoint; inpainting with it blends latents outside the mask "
+                    "(works, but a 9-channel inpainting model follows the mask better)", res.model_id)
+
+    if batch_invariant == "auto":
+        batch_invariant = device == "cpu"
+    weights_key = (str(res.path), res.variant, device, str(torch_dtype), bool(safety_checker), bool(low_memory),
+                   bool(batch_invariant))
+    key = weights_key + (task, scheduler)
+    with _lock:
+        if key in _cache:
+            return _cache[key]
+        cls = getattr(diffusers, _CLASSES[task])
+        base = next((p for k, p in _cache.items() if k[: len(weights_key)] == weights_key), None)
+        if base is not None:
+            pipe = cls.from_pipe(base)  # shares every weight tensor; no reload
+        else:
+            kwargs = {}
+            if not safety_checker:
+                kwargs.update(safety_checker=None, requires_safety_checker=False)
+            kwargs[_DTYPE_KW] = torch_dtype
+            pipe = cls.from_pretrained(res.path, variant=res.variant, use_safetensors=True, **kwargs)
+            _place(pipe, device, low_memory)
+            if batch_invariant:
+                make_batch_invariant(pipe)
+        pipe.set_progress_bar_config(disable=True)  # sdkit reports progress itself
+        if scheduler is not None:
+            pipe.scheduler = make_scheduler(scheduler, pipe.scheduler.config)
+        # What sdkit records in every result.
+        pipe._sdkit = {"model_id": res.model_id, "revision": res.revision, "task": task,
+                       "device": device, "dtype": str(torch_dtype).replace("torch.", "")}
+        _cache[key] = pipe
+        return pipe
+
+
+def _place(pipe, device: str, low_memory: bool) -> None:
+    if low_memory:
+        pipe.enable_attention_slicing()
+        pipe.vae.enable_slicing()
+        pipe.vae.enable_tiling()
+        if device.startswith("cuda"):
+            pipe.enable_model_cpu_offload(device=device)  # moves modules to the GPU only while they run
+            return
+    pipe.to(device)
+
+
+def clear_cache() -> None:
+    """Forget every loaded pipeline (frees their memory once nothing else holds them)."""
+    with _lock:
+        _cache.clear()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

@@ -1,0 +1,136 @@
+"""Random-weight CLIPs in the exact Hub layout: the tiny test checkpoint and a ViT-B/32-shaped one.
+
+They load through the same code as `openai/clip-vit-base-patch32` (config.json,
+model.safetensors, tokenizer files, preprocessor_config.json), in milliseconds.
+Weights come from numpy's seeded generator, not torch's initialisers, so they do
+not change when torch or transformers change their init code. Every parameter,
+LayerNorm and bias included, is random: a conversion bug cannot hide behind a
+zero bias or a unit scale.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from .tokenizer import BOS, EOS, save_clip_tokenizer
+
+# Small but not degenerate: several heads, hidden != intermediate != projection,
+# 16 patches + a class token, 2 layers so the residual stream is exercised.
+TINY_TEXT = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
+                 max_position_embeddings=77)
+TINY_VISION = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
+                   image_size=32, patch_size=8)
+TINY_PROJECTION_DIM = 16
+# logit_scale of trained OpenAI CLIPs (exp = 100), so logits look like real ones.
+TRAINED_LOGIT_SCALE = float(np.log(100.0))
+
+
+def cache_root() -> Path:
+    """Where sdkit keeps built models: `$SDKIT_CACHE`, else `~/.cache/sdkit`."""
+    return Path(os.environ.get("SDKIT_CACHE") or Path.home() / ".cache" / "sdkit")
+
+
+def _tokenizer_ids(path: str) -> dict:
+    with open(os.path.join(path, "vocab.json"), encoding="utf-8") as f:
+        vocab = json.load(f)
+    return dict(vocab_size=len(vocab), bos_token_id=vocab[BOS], eos_token_id=vocab[EOS], pad_token_id=vocab[EOS])
+
+
+def random_clip_model(config, seed: int = 0):
+    """A transformers `CLIPModel` for `config` with seeded random weights (numpy generator)."""
+    import torch
+    from transformers import CLIPModel
+
+    rng = np.random.default_rng(seed)
+    model = CLIPModel(config).eval()
+    state = {}
+    for name, p in sorted(model.state_dict().items()):
+        if not p.is_floating_point() or name.endswith("position_ids"):
+            continue
+        if name == "logit_scale":
+            state[name] = torch.tensor(TRAINED_LOGIT_SCALE)
+            continue
+        if name.endswith("bias"):
+            x = rng.normal(0.0, 0.1, p.shape)
+        elif p.ndim == 1:  # LayerNorm scale, class embedding
+            x = (1.0 if "norm" in name else 0.0) + rng.normal(0.0, 0.2 if "norm" in name else 1.0, p.shape)
+        elif "embedding" in name and p.ndim == 2:  # token / position tables
+            x = rng.normal(0.0, 0.5, p.shape)
+        else:  # Linear [out, in] and Conv [out, c, k, k]: keep activations O(1)
+            x = rng.normal(0.0, 1.0 / np.sqrt(np.prod(p.shape[1:])), p.shape)
+        state[name] = torch.from_numpy(x.astype(np.float32))
+    model.load_state_dict(state, strict=False)
+    return model
+
+
+def save_random_clip(path: str | os.PathLike, config=None, seed: int = 0, image_size: int | None = None) -> str:
+    """Save a random CLIP (default: `CLIPConfig()`, i.e. ViT-B/32-shaped) with tokenizer and preprocessor config.
+
+    The text config keeps its own token ids (real OpenAI configs say eos_token_id=2, the
+    legacy argmax pooling); the tiny tokenizer's ids are all below the vocab size.
+    """
+    from transformers import CLIPConfig, CLIPImageProcessor
+
+    path = str(path)
+    os.makedirs(path, exist_ok=True)
+    save_clip_tokenizer(path)
+    config = config if config is not None else CLIPConfig()
+    model = random_clip_model(config, seed)
+    model.save_pretrained(path, safe_serialization=True)
+    size = image_size or config.vision_config.image_size
+    CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size}).save_pretrained(path)
+    return path
+
+
+def tiny_clip_config(vocab_ids: dict, **config_overrides):
+    """The tiny `CLIPConfig`; `config_overrides` go to `CLIPConfig` (text_config/vision_config dicts merge)."""
+    from transformers import CLIPConfig
+
+    text = {**TINY_TEXT, **vocab_ids, **config_overrides.pop("text_config", {})}
+    vision = {**TINY_VISION, **config_overrides.pop("vision_config", {})}
+    kw = dict(projection_dim=TINY_PROJECTION_DIM, **config_overrides)
+    return CLIPConfig(text_config=text, vision_config=vision, **kw)
+
+
+def save_tiny_clip(path: str | os.PathLike, seed: int = 0, **config_overrides) -> str:
+    """Save the tiny random CLIP (Hub layout) to `path` and return it."""
+    path = str(path)
+    os.makedirs(path, exist_ok=True)
+    save_clip_tokenizer(path)
+    config = tiny_clip_config(_tokenizer_ids(path), **config_overrides)
+    return save_random_clip(path, config, seed=seed)
+
+
+def tiny_clip_path(seed: int = 0, **config_overrides) -> str:
+    """The tiny CLIP's directory in the sdkit cache, built on first use (atomically)."""
+    import torch
+    import transformers
+
+    # Rebuild when the settings, this file or the libraries that write the files change.
+    key = json.dumps({"seed": seed, "overrides": config_overrides, "torch": torch.__version__,
+                      "transformers": transformers.__version__,
+                      "source": inspect.getsource(sys.modules[__name__])}, sort_keys=True, default=str)
+    final = cache_root() / "tiny" / f"clip-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
+    if (final / "model.safetensors").exists():
+        return str(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".clip-", dir=final.parent)
+    try:
+        save_tiny_clip(tmp, seed=seed, **config_overrides)
+        try:
+            os.rename(tmp, final)  # atomic; a concurrent builder may have won the race
+        except OSError:
+            if not (final / "model.safetensors").exists():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return str(final)
