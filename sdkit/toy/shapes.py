@@ -107,7 +107,10 @@ def sample(n: int, seed: int, size: int = IMAGE_SIZE, jitter: int = 20):
 
 _FOREGROUND = 80  # max channel above this (of 255) is paint; the background is black
 _MIN_PIXELS = 24  # smaller blobs are specks, not a shape (the smallest shape covers ~40 px)
-_MIN_IOU = 0.8  # circle vs square of the same box overlap at 0.785, so 0.8 keeps them apart
+# The best-fitting ideal shape must overlap the paint this much (soft IoU): clean shapes score
+# ~0.99, blurred or noisy ones 0.75-0.9, while ellipses of aspect 1.5, two merged shapes, rings or
+# upside-down triangles stay below it.
+_MIN_IOU = 0.75
 _MAX_STRAY = 0.15  # paint outside the main blob, as a fraction of it: more means "not one shape"
 
 
@@ -123,11 +126,20 @@ class Check:
         return (self.shape, self.color) == parse_prompt(prompt)
 
 
-def _hue_class(mean_rgb: np.ndarray) -> str:
-    # Nearest prototype in chromaticity, so brightness (and jitter) does not matter.
-    chroma = mean_rgb / max(mean_rgb.sum(), 1e-6)
-    protos = {c: np.array(v, np.float32) / sum(v) for c, v in COLORS.items()}
-    return min(protos, key=lambda c: float(np.sum((chroma - protos[c]) ** 2)))
+_CHROMA = {c: np.array(v, np.float32) / sum(v) for c, v in COLORS.items()}
+# Half the distance between the two closest colours (red and yellow): an orange or grey blob
+# is no colour at all rather than whichever is nearest.
+_MAX_CHROMA_DIST = 0.5 * min(
+    float(np.linalg.norm(_CHROMA[a] - _CHROMA[b])) for a in _CHROMA for b in _CHROMA if a < b
+)
+
+
+def _color_class(mean_rgb: np.ndarray) -> str | None:
+    # Nearest colour in chromaticity (rgb / sum), so brightness and jitter do not matter.
+    chroma = mean_rgb / max(float(mean_rgb.sum()), 1e-6)
+    dist = {c: float(np.linalg.norm(chroma - p)) for c, p in _CHROMA.items()}
+    best = min(dist, key=dist.get)
+    return best if dist[best] <= _MAX_CHROMA_DIST else None
 
 
 def check(image) -> Check:
@@ -135,8 +147,8 @@ def check(image) -> Check:
 
     The paint is every pixel whose brightest channel exceeds `_FOREGROUND`; its largest
     connected blob must hold nearly all of it. The colour is the nearest of COLORS in
-    chromaticity; the shape is whichever ideal circle/square/triangle fitted to the blob's
-    bounding box overlaps it best, if that overlap (IoU) reaches `_MIN_IOU`.
+    chromaticity; the shape is whichever ideal circle/square/triangle, fitted to the blob by
+    area and centroid, overlaps it best, if that overlap (soft IoU) reaches `_MIN_IOU`.
     """
     img = np.asarray(image)
     if img.ndim != 3 or img.shape[-1] != 3:
@@ -153,11 +165,13 @@ def check(image) -> Check:
     area = int(main.sum())
     if area < _MIN_PIXELS or (paint.sum() - area) > _MAX_STRAY * area:
         return Check(None, None, 0.0)
-    color = _hue_class(img[main].mean(axis=0))
+    color = _color_class(img[main].mean(axis=0))
     # Soft mask: brightness relative to the blob's own, i.e. the fraction of each pixel painted,
     # which keeps the anti-aliased edges' sub-pixel information (small circles vs squares).
     value = img.max(axis=-1)
-    soft = np.clip(value / np.percentile(value[main], 90), 0, 1) * ndimage.binary_dilation(main)
+    bg = float(np.median(value[~paint])) if (~paint).any() else 0.0  # generated black is not 0
+    peak = float(np.percentile(value[main], 90))
+    soft = np.clip((value - bg) / max(peak - bg, 1.0), 0, 1) * ndimage.binary_dilation(main)
     mass = float(soft.sum())
     ys, xs = np.indices(soft.shape) + 0.5  # pixel centres, as in `coverage`
     xbar, ybar = float((soft * xs).sum() / mass), float((soft * ys).sum() / mass)

@@ -1,0 +1,50 @@
+"""`python -m sdkit` / `sdkit`: headless runs.
+
+    sdkit generate "a red circle" -n 8 --seed 0 --model sdkit:tiny --out outputs
+    sdkit "a red circle" -n 8        # 'generate' is the default command
+
+Each subcommand lives in the module that does the work (`add_parser(subparsers)`),
+so the CLI stays a thin layer over the package.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# name -> module providing add_parser(subparsers); the module sets `func` on its parser.
+COMMANDS = {
+    "generate": "sdkit.cli_generate",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sdkit", description="Stable Diffusion candidates with CLIP reranking.")
+    parser.add_argument("--version", action="version", version=f"sdkit {importlib.import_module('sdkit').__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, module in COMMANDS.items():
+        importlib.import_module(module).add_parser(sub)
+    return parser
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # `sdkit "prompt" ...` means `sdkit generate "prompt" ...`.
+    if argv and argv[0] not in COMMANDS and argv[0] not in ("-h", "--help", "--version"):
+        argv.insert(0, "generate")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"sdkit: error: {e}", file=sys.stderr)
+        return 2
+    except RuntimeError as e:
+        if type(e).__name__ in ("ModelNotAvailable", "GenerationError"):
+            print(f"sdkit: error: {e}", file=sys.stderr)
+            return 1
+        raise

@@ -1,0 +1,88 @@
+"""The `generate` subcommand: N candidates per prompt, saved with metadata (then scored and ranked)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_common_args(p: argparse.ArgumentParser) -> None:
+    """Arguments every generating subcommand shares (diffusers' names, dashed)."""
+    p.add_argument("-n", "--n", type=int, default=4, help="candidates per prompt (default 4)")
+    p.add_argument("--seed", type=int, default=None, help="base seed: candidate k gets seed+k (default: random, recorded)")
+    p.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], default=None, help="explicit seeds, comma-separated, one per candidate")
+    p.add_argument("--negative-prompt", default=None)
+    p.add_argument("--steps", dest="num_inference_steps", type=int, default=30, help="num_inference_steps (default 30)")
+    p.add_argument("--guidance", dest="guidance_scale", type=float, default=7.5, help="guidance_scale (default 7.5)")
+    p.add_argument("--height", type=int, default=None, help="default: the model's native size")
+    p.add_argument("--width", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--model", default="sdkit:tiny",
+                   help="Hub id, local folder, or built-in 'sdkit:tiny' / 'sdkit:toy' (default: sdkit:tiny, random weights)")
+    p.add_argument("--scheduler", default=None, help="DDIM, PNDM, Euler, 'Euler a', Heun, 'DPM++ 2M', 'DPM++ 2M Karras', UniPC")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="auto")
+    p.add_argument("--no-safety-checker", action="store_true", help="remove the NSFW safety checker (explicit opt-out)")
+    p.add_argument("--low-memory", action="store_true", help="attention/VAE slicing, VAE tiling, CPU offload (4-8 GB GPUs)")
+    p.add_argument("--out", default="outputs", help="output folder; each run gets a subfolder (default outputs/)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("generate", help="text-to-image: N seeded candidates per prompt")
+    p.add_argument("prompt", nargs="*", help="one or more prompts")
+    p.add_argument("--prompts-file", type=Path, default=None, help="a file with one prompt per line")
+    add_common_args(p)
+    p.set_defaults(func=run)
+
+
+def read_prompts(args) -> list[str]:
+    prompts = list(args.prompt)
+    if args.prompts_file is not None:
+        if not args.prompts_file.is_file():
+            raise FileNotFoundError(f"--prompts-file {args.prompts_file}: no such file")
+        prompts += [line.strip() for line in args.prompts_file.read_text().splitlines() if line.strip() and not line.startswith("#")]
+    if not prompts:
+        raise ValueError("no prompt given: pass prompts as arguments or --prompts-file FILE")
+    return prompts
+
+
+def pipeline_from_args(args, task: str):
+    from .load import load_pipeline
+
+    return load_pipeline(args.model, task, device=args.device, dtype=args.dtype, scheduler=args.scheduler,
+                         safety_checker=not args.no_safety_checker, low_memory=args.low_memory)
+
+
+def generate_kwargs(args) -> dict:
+    return dict(n=args.n, seed=args.seed, seeds=args.seeds, negative_prompt=args.negative_prompt,
+                num_inference_steps=args.num_inference_steps, guidance_scale=args.guidance_scale,
+                height=args.height, width=args.width, batch_size=args.batch_size, progress=not args.quiet)
+
+
+def finish(run, args) -> int:
+    """Report where things are; exit 130 if interrupted (the finished images are kept)."""
+    for c in run.candidates:
+        print(f"{Path(c.path).name if c.path else '-'}  seed={c.seed}  {c.prompt!r}" + ("  [NSFW-flagged]" if c.nsfw else ""))
+    print(f"{len(run)} images in {run.output_dir} (manifest: {run.manifest})")
+    return 130 if run.cancelled else 0
+
+
+def run(args) -> int:
+    from .checks import check_generate_args, check_output_dir
+    from .generate import generate
+    from .save import new_run_id
+    from .schedulers import check_scheduler
+
+    from .checks import as_prompt_list
+
+    prompts = as_prompt_list(read_prompts(args))
+    # Validate everything before loading a model: loading a real one takes minutes.
+    check_generate_args(n=args.n, seeds=args.seeds, num_inference_steps=args.num_inference_steps,
+                        guidance_scale=args.guidance_scale, height=args.height, width=args.width, batch_size=args.batch_size)
+    check_scheduler(args.scheduler)
+    run_id = new_run_id()
+    out = check_output_dir(Path(args.out) / run_id)
+    pipe = pipeline_from_args(args, "text-to-image")
+    result = generate(pipe, prompts, output_dir=out, run_id=run_id, **generate_kwargs(args))
+    return finish(result, args)

@@ -1,0 +1,411 @@
+"""CLIP in flax.linen, loaded from the Hub's safetensors (transformers 5 has no Flax CLIP any more).
+
+The architecture is transformers' `CLIPModel` (Radford et al. 2021, "Learning Transferable
+Visual Models From Natural Language Supervision"): a causal text transformer pooled at the
+EOS token, a ViT with a class token and pre-LayerNorm, linear projections and `logit_scale`.
+Module and parameter names mirror the PyTorch state dict, so conversion is a rename plus
+transposes. Parity with transformers within 1e-4 (fp32) is tested in tests/test_clip_flax.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import warnings
+from dataclasses import dataclass, field, fields
+from functools import partial
+
+
+def configure_jax_memory() -> None:
+    """Stop JAX from grabbing 75% of GPU memory, which would starve the PyTorch pipeline.
+
+    Sets XLA_PYTHON_CLIENT_PREALLOCATE=false before JAX's backends start, unless the user
+    chose an allocator setting. Too late once JAX runs on a GPU: then it warns instead.
+    """
+    user_set = [k for k in ("XLA_PYTHON_CLIENT_PREALLOCATE", "XLA_PYTHON_CLIENT_MEM_FRACTION",
+                            "XLA_PYTHON_CLIENT_ALLOCATOR") if k in os.environ]
+    if user_set:
+        return
+    if "jax" in sys.modules:
+        try:
+            from jax._src import xla_bridge
+
+            started = xla_bridge.backends_are_initialized()
+        except (ImportError, AttributeError):
+            started = False
+        if started:
+            import jax
+
+            if any(d.platform != "cpu" for d in jax.devices()):
+                warnings.warn("JAX was initialised before sdkit with GPU memory preallocation on (75% of the "
+                              "GPU); the PyTorch pipeline may run out of memory. Import sdkit first, or set "
+                              "XLA_PYTHON_CLIENT_PREALLOCATE=false before JAX starts.", RuntimeWarning, stacklevel=3)
+            return
+    os.environ["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"
+
+
+configure_jax_memory()  # before the first `import jax` below starts anything
+
+import flax.linen as nn  # noqa: E402
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+# --- config -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TextConfig:
+    """`text_config` of a CLIP config.json; defaults are transformers' `CLIPTextConfig` defaults."""
+
+    vocab_size: int = 49408
+    hidden_size: int = 512
+    intermediate_size: int = 2048
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 8
+    max_position_embeddings: int = 77
+    hidden_act: str = "quick_gelu"
+    layer_norm_eps: float = 1e-5
+    eos_token_id: int = 49407  # 2 in OpenAI's configs: the legacy "argmax token id" pooling
+
+
+@dataclass(frozen=True)
+class VisionConfig:
+    """`vision_config` of a CLIP config.json; defaults are transformers' `CLIPVisionConfig` defaults."""
+
+    hidden_size: int = 768
+    intermediate_size: int = 3072
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    num_channels: int = 3
+    image_size: int = 224
+    patch_size: int = 32
+    hidden_act: str = "quick_gelu"
+    layer_norm_eps: float = 1e-5
+
+
+@dataclass(frozen=True)
+class CLIPConfig:
+    """A CLIP config.json (`model_type: clip`)."""
+
+    text_config: TextConfig = field(default_factory=TextConfig)
+    vision_config: VisionConfig = field(default_factory=VisionConfig)
+    projection_dim: int = 512
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "CLIPConfig":
+        def pick(klass, sub):
+            return klass(**{f.name: sub[f.name] for f in fields(klass) if sub.get(f.name) is not None})
+
+        return cls(pick(TextConfig, d.get("text_config") or {}), pick(VisionConfig, d.get("vision_config") or {}),
+                   d.get("projection_dim", 512))
+
+
+ACTIVATIONS = {
+    "quick_gelu": lambda x: x * jax.nn.sigmoid(1.702 * x),  # OpenAI CLIP's activation
+    "gelu": partial(jax.nn.gelu, approximate=False),  # LAION / OpenCLIP checkpoints
+    "gelu_new": partial(jax.nn.gelu, approximate=True),
+    "gelu_pytorch_tanh": partial(jax.nn.gelu, approximate=True),
+    "relu": jax.nn.relu,
+}
+
+# --- modules (names = PyTorch state-dict names) ------------------------------------------------
+
+# Exact (two-pass) variance: the fast E[x^2]-E[x]^2 form costs parity on large activations.
+LayerNorm = partial(nn.LayerNorm, use_fast_variance=False)
+
+
+class Attention(nn.Module):
+    hidden_size: int
+    num_heads: int
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, mask=None):
+        b, t, _ = x.shape
+        head_dim = self.hidden_size // self.num_heads
+        dense = partial(nn.Dense, self.hidden_size, dtype=self.dtype)
+        q, k, v = (dense(name=n)(x).reshape(b, t, self.num_heads, head_dim) for n in ("q_proj", "k_proj", "v_proj"))
+        w = jnp.einsum("bqhd,bkhd->bhqk", q, k) * head_dim**-0.5
+        if mask is not None:
+            w = jnp.where(mask, w, jnp.finfo(w.dtype).min)
+        w = jax.nn.softmax(w.astype(jnp.float32), axis=-1).astype(self.dtype)  # softmax in fp32, as torch
+        out = jnp.einsum("bhqk,bkhd->bqhd", w, v).reshape(b, t, self.hidden_size)
+        return dense(name="out_proj")(out)
+
+
+class MLP(nn.Module):
+    hidden_size: int
+    intermediate_size: int
+    hidden_act: str
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        x = ACTIVATIONS[self.hidden_act](nn.Dense(self.intermediate_size, dtype=self.dtype, name="fc1")(x))
+        return nn.Dense(self.hidden_size, dtype=self.dtype, name="fc2")(x)
+
+
+class Encoder(nn.Module):
+    """Pre-LayerNorm transformer layers, `layers_0`..`layers_{n-1}` (PyTorch: `layers.0`...)."""
+
+    config: TextConfig | VisionConfig
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, mask=None):
+        c = self.config
+        for i in range(c.num_hidden_layers):
+            layer = f"layers_{i}"
+            h = LayerNorm(epsilon=c.layer_norm_eps, dtype=self.dtype, name=f"{layer}_layer_norm1")(x)
+            x = x + Attention(c.hidden_size, c.num_attention_heads, self.dtype, name=f"{layer}_self_attn")(h, mask)
+            h = LayerNorm(epsilon=c.layer_norm_eps, dtype=self.dtype, name=f"{layer}_layer_norm2")(x)
+            x = x + MLP(c.hidden_size, c.intermediate_size, c.hidden_act, self.dtype, name=f"{layer}_mlp")(h)
+        return x
+
+
+class TextTransformer(nn.Module):
+    config: TextConfig
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, input_ids):
+        c = self.config
+        t = input_ids.shape[-1]
+        if t > c.max_position_embeddings:
+            raise ValueError(f"{t} tokens > max_position_embeddings={c.max_position_embeddings}")
+        x = nn.Embed(c.vocab_size, c.hidden_size, dtype=self.dtype, name="embeddings_token_embedding")(input_ids)
+        x = x + nn.Embed(c.max_position_embeddings, c.hidden_size, dtype=self.dtype,
+                         name="embeddings_position_embedding")(jnp.arange(t))
+        causal = jnp.tril(jnp.ones((t, t), bool))[None, None]
+        x = Encoder(c, self.dtype, name="encoder")(x, causal)
+        x = LayerNorm(epsilon=c.layer_norm_eps, dtype=self.dtype, name="final_layer_norm")(x)
+        if c.eos_token_id == 2:
+            eos = jnp.argmax(input_ids, axis=-1)  # legacy configs: EOS has the highest id
+        else:
+            eos = jnp.argmax(input_ids == c.eos_token_id, axis=-1)  # first EOS (padding may be EOS too)
+        return x[jnp.arange(x.shape[0]), eos]
+
+
+class VisionTransformer(nn.Module):
+    config: VisionConfig
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, pixel_values):
+        c = self.config
+        b, ch, h, w = pixel_values.shape  # NCHW, as CLIPImageProcessor returns
+        if (h, w) != (c.image_size, c.image_size):
+            raise ValueError(f"pixel_values are {h}x{w}, the model takes {c.image_size}x{c.image_size}")
+        p, g = c.patch_size, c.image_size // c.patch_size
+        # The stride-p conv as one matmul over flattened (C, p, p) patches: same maths, faster on CPU.
+        patches = pixel_values.reshape(b, ch, g, p, g, p).transpose(0, 2, 4, 1, 3, 5).reshape(b, g * g, ch * p * p)
+        x = nn.Dense(c.hidden_size, use_bias=False, dtype=self.dtype, name="embeddings_patch_embedding")(patches)
+        cls = self.param("embeddings_class_embedding", nn.initializers.normal(1.0), (c.hidden_size,))
+        x = jnp.concatenate([jnp.broadcast_to(cls.astype(x.dtype), (b, 1, c.hidden_size)), x], axis=1)
+        x = x + nn.Embed(g * g + 1, c.hidden_size, dtype=self.dtype,
+                         name="embeddings_position_embedding")(jnp.arange(g * g + 1))
+        x = LayerNorm(epsilon=c.layer_norm_eps, dtype=self.dtype, name="pre_layrnorm")(x)
+        x = Encoder(c, self.dtype, name="encoder")(x)
+        return LayerNorm(epsilon=c.layer_norm_eps, dtype=self.dtype, name="post_layernorm")(x[:, 0])
+
+
+class CLIP(nn.Module):
+    """transformers' `CLIPModel` forward: `get_text_features`, `get_image_features`, `__call__`."""
+
+    config: CLIPConfig
+    dtype: jnp.dtype = jnp.float32
+
+    def setup(self):
+        c = self.config
+        self.text_model = TextTransformer(c.text_config, self.dtype)
+        self.vision_model = VisionTransformer(c.vision_config, self.dtype)
+        self.text_projection = nn.Dense(c.projection_dim, use_bias=False, dtype=self.dtype)
+        self.visual_projection = nn.Dense(c.projection_dim, use_bias=False, dtype=self.dtype)
+        self.logit_scale = self.param("logit_scale", nn.initializers.constant(2.6592), ())
+
+    def get_text_features(self, input_ids):
+        """Projected EOS features (unnormalised), (B, projection_dim)."""
+        return self.text_projection(self.text_model(input_ids))
+
+    def get_image_features(self, pixel_values):
+        """Projected class-token features (unnormalised), (B, projection_dim)."""
+        return self.visual_projection(self.vision_model(pixel_values))
+
+    def __call__(self, input_ids, pixel_values):
+        """(logits_per_image, text_embeds, image_embeds), embeds L2-normalised in fp32."""
+        text = normalize(self.get_text_features(input_ids))
+        image = normalize(self.get_image_features(pixel_values))
+        return jnp.exp(self.logit_scale.astype(jnp.float32)) * image @ text.T, text, image
+
+
+def normalize(x):
+    x = x.astype(jnp.float32)
+    return x / jnp.linalg.norm(x, axis=-1, keepdims=True)
+
+
+# --- weights ----------------------------------------------------------------------------------
+
+
+def params_from_state_dict(state: dict[str, np.ndarray], config: CLIPConfig, dtype=jnp.float32) -> dict:
+    """PyTorch `CLIPModel` state dict (numpy arrays) -> this module's params; checks names and shapes."""
+    params: dict = {}
+    for key, value in state.items():
+        if key.endswith("position_ids"):  # buffers some old checkpoints saved
+            continue
+        parts = key.split(".")
+        # encoder.layers.3.self_attn.q_proj.weight -> encoder/layers_3_self_attn/q_proj/weight
+        if "layers" in parts:
+            i = parts.index("layers")
+            parts[i:i + 3] = [f"layers_{parts[i + 1]}_{parts[i + 2]}"]
+        if "embeddings" in parts or parts[-1] == "class_embedding":
+            i = parts.index("embeddings")
+            parts[i:i + 2] = [f"embeddings_{parts[i + 1]}"]
+        leaf, owner = parts[-1], parts[-2] if len(parts) > 1 else ""
+        value = np.asarray(value, np.float32)
+        if leaf == "weight" and owner == "embeddings_patch_embedding":  # Conv2d [D, C, p, p] -> Dense
+            parts[-1], value = "kernel", value.reshape(value.shape[0], -1).T
+        elif leaf == "weight" and owner.endswith(("token_embedding", "position_embedding")):
+            parts[-1] = "embedding"
+        elif leaf == "weight" and ("norm" in owner or "layrnorm" in owner):
+            parts[-1] = "scale"
+        elif leaf == "weight":  # Linear [out, in] -> Dense kernel [in, out]
+            parts[-1], value = "kernel", value.T
+        node = params
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = np.ascontiguousarray(value)
+    _check_tree(params, config)
+    return jax.tree.map(lambda x: jnp.asarray(x, dtype), params)
+
+
+def _check_tree(params: dict, config: CLIPConfig) -> None:
+    expected = jax.eval_shape(lambda: CLIP(config).init(jax.random.key(0), *_dummy_inputs(config)))["params"]
+    want = {jax.tree_util.keystr(k): v.shape for k, v in jax.tree_util.tree_leaves_with_path(expected)}
+    got = {jax.tree_util.keystr(k): v.shape for k, v in jax.tree_util.tree_leaves_with_path(params)}
+    missing, unexpected = sorted(want.keys() - got.keys()), sorted(got.keys() - want.keys())
+    wrong = sorted(f"{k}: {got[k]} (config says {want[k]})" for k in want.keys() & got.keys() if got[k] != want[k])
+    if missing or unexpected or wrong:
+        raise ValueError(f"weights do not fit a CLIP of this config.json: missing {missing[:5]}, "
+                         f"unexpected {unexpected[:5]}, wrong shapes {wrong[:5]}")
+
+
+def _dummy_inputs(config: CLIPConfig):
+    v = config.vision_config
+    return (jnp.zeros((1, config.text_config.max_position_embeddings), jnp.int32),
+            jnp.zeros((1, v.num_channels, v.image_size, v.image_size), jnp.float32))
+
+
+# --- loading ----------------------------------------------------------------------------------
+
+# Only what scoring needs; never *.bin / *.pt / *.msgpack / *.h5 (pickle or other frameworks),
+# and not OpenCLIP's own `open_clip_model.safetensors` that LAION repos also carry.
+ALLOW_PATTERNS = ["config.json", "model.safetensors", "model.safetensors.index.json", "model-*.safetensors",
+                  "tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt",
+                  "special_tokens_map.json", "preprocessor_config.json"]
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+def resolve_checkpoint(model_id_or_path: str | os.PathLike, revision: str | None = None,
+                       cache_dir: str | None = None) -> str:
+    """A local directory holding a CLIP's config.json and safetensors weights.
+
+    Local directories are used as they are; anything else is a Hub id resolved by
+    `huggingface_hub.snapshot_download` (so the cache, HF_HUB_OFFLINE and HF_HUB_CACHE apply).
+    """
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HFValidationError, HfHubHTTPError, LocalEntryNotFoundError
+
+    name = os.fspath(model_id_or_path)
+    if os.path.isdir(name):
+        path = name
+    else:
+        try:
+            path = snapshot_download(name, revision=revision, cache_dir=cache_dir, allow_patterns=ALLOW_PATTERNS)
+        except (HFValidationError, HfHubHTTPError, LocalEntryNotFoundError) as e:
+            raise ValueError(f"unknown CLIP {name!r}: not a local directory, and the Hugging Face Hub "
+                             f"could not provide it ({type(e).__name__}: {str(e).splitlines()[0]}). Pass a Hub id "
+                             "such as 'openai/clip-vit-base-patch32' or a directory with config.json and "
+                             "model.safetensors; offline (HF_HUB_OFFLINE=1), it must be in the cache.") from e
+    _check_clip_dir(path, name)
+    return path
+
+
+def _check_clip_dir(path: str, name: str) -> None:
+    config_file = os.path.join(path, "config.json")
+    if not os.path.exists(config_file):
+        raise ValueError(f"{name!r} is not a CLIP checkpoint: no config.json in {path}")
+    with open(config_file) as f:
+        model_type = json.load(f).get("model_type")
+    if model_type != "clip":
+        raise ValueError(f"{name!r} is not a CLIP checkpoint: config.json says model_type={model_type!r}, "
+                         "expected 'clip' (a full CLIPModel with text and vision towers)")
+    files = os.listdir(path)
+    if not any(f.endswith(".safetensors") for f in files):
+        pickles = [f for f in files if f.endswith(PICKLE_SUFFIXES)]
+        raise ValueError(f"{name!r} has no safetensors weights ({'only pickle files ' + str(pickles) if pickles else 'no model.safetensors'}); "
+                         "sdkit never loads pickle checkpoints. Use a repo or revision with model.safetensors, "
+                         "or convert it once (transformers: `save_pretrained(..., safe_serialization=True)`).")
+
+
+def load_state_dict(path: str) -> dict[str, np.ndarray]:
+    """All tensors of a checkpoint directory's model*.safetensors (sharded or not), as numpy."""
+    from safetensors.numpy import load_file
+
+    index = os.path.join(path, "model.safetensors.index.json")
+    if os.path.exists(index):
+        with open(index) as f:
+            files = sorted(set(json.load(f)["weight_map"].values()))
+    else:
+        files = ["model.safetensors"]
+    state: dict = {}
+    for file in files:
+        try:
+            state.update(load_file(os.path.join(path, file)))
+        except Exception as e:  # bf16 tensors cannot be numpy; read those through torch without pickle
+            import torch
+            from safetensors.torch import load_file as load_torch
+
+            if not isinstance(e, (TypeError, ValueError)):
+                raise
+            state.update({k: v.float().numpy() for k, v in load_torch(os.path.join(path, file)).items()})
+            del torch
+    return state
+
+
+@dataclass
+class FlaxCLIP:
+    """A loaded CLIP: the linen module, its params, its config and the local directory it came from."""
+
+    module: CLIP
+    params: dict
+    config: CLIPConfig
+    path: str
+    model_id: str
+
+    def get_text_features(self, input_ids):
+        return self.module.apply({"params": self.params}, input_ids, method=CLIP.get_text_features)
+
+    def get_image_features(self, pixel_values):
+        return self.module.apply({"params": self.params}, pixel_values, method=CLIP.get_image_features)
+
+    def __call__(self, input_ids, pixel_values):
+        return self.module.apply({"params": self.params}, input_ids, pixel_values)
+
+
+def load_flax_clip(model_id_or_path: str | os.PathLike = "openai/clip-vit-base-patch32", *, dtype=jnp.float32,
+                   revision: str | None = None, cache_dir: str | None = None) -> FlaxCLIP:
+    """Load a Hub CLIP (`openai/clip-vit-base-patch32`, `openai/clip-vit-large-patch14`, ...) into Flax.
+
+    Args:
+        model_id_or_path: Hub id or local directory with config.json and model.safetensors.
+        dtype: params and compute dtype; `jnp.bfloat16`/`jnp.float16` halve memory on accelerators
+            (LayerNorm statistics, softmax and the final normalisation stay fp32).
+        revision, cache_dir: passed to `huggingface_hub.snapshot_download`.
+    """
+    path = resolve_checkpoint(model_id_or_path, revision, cache_dir)
+    with open(os.path.join(path, "config.json")) as f:
+        config = CLIPConfig.from_dict(json.load(f))
+    params = params_from_state_dict(load_state_dict(path), config, dtype)
+    return FlaxCLIP(CLIP(config, dtype), params, config, path, os.fspath(model_id_or_path))
