@@ -1,0 +1,193 @@
+import threading
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from sdkit.generate import GenerationError, generate
+from sdkit.load import load_pipeline
+
+FAST = dict(num_inference_steps=3, progress=False)
+
+
+def pixels(run):
+    return [np.asarray(c.image) for c in run]
+
+
+@pytest.mark.parametrize("scheduler", [None, "Euler a", "DPM++ 2M"])
+def test_candidate_is_the_same_in_any_batch(scheduler):
+    pipe = load_pipeline("sdkit:tiny", scheduler=scheduler)
+    prompts = ["a red circle", "a blue square"]
+    b8 = pixels(generate(pipe, prompts, n=8, seed=100, batch_size=8, negative_prompt="blurry", **FAST))
+    b3 = pixels(generate(pipe, prompts, n=8, seed=100, batch_size=3, negative_prompt="blurry", **FAST))
+    alone = pixels(generate(pipe, "a blue square", n=1, seeds=[105], batch_size=1, negative_prompt="blurry", **FAST))
+    assert all(np.array_equal(a, b) for a, b in zip(b8, b3))
+    assert np.array_equal(b8[8 + 5], alone[0])
+    assert not np.array_equal(b8[0], b8[1])  # different seeds, different images
+
+
+def test_pixel_identical_to_calling_diffusers_directly(tiny_pipe):
+    seeds = [11, 12, 13]
+    run = generate(tiny_pipe, "a green triangle", n=3, seeds=seeds, batch_size=3, guidance_scale=5.0,
+                   negative_prompt="ugly", **FAST)
+    ref = tiny_pipe(prompt=["a green triangle"] * 3, negative_prompt=["ugly"] * 3, num_inference_steps=3, guidance_scale=5.0,
+                    generator=[torch.Generator("cpu").manual_seed(s) for s in seeds])
+    for c, im in zip(run, ref.images):
+        assert np.array_equal(np.asarray(c.image), np.asarray(im))
+
+
+def test_candidates_record_everything(tiny_pipe):
+    run = generate(tiny_pipe, ["a red circle", "a cat"], n=2, seed=40, guidance_scale=6.0, **FAST)
+    assert [(c.prompt, c.seed, c.index) for c in run] == [
+        ("a red circle", 40, 0), ("a red circle", 41, 1), ("a cat", 40, 2), ("a cat", 41, 3)]
+    c = run[0]
+    assert (c.num_inference_steps, c.guidance_scale, c.height, c.width) == (3, 6.0, 64, 64)
+    assert (c.scheduler, c.model_id, c.task, c.dtype, c.device) == ("DDIM", "sdkit:tiny", "text-to-image", "float32", "cpu")
+    assert c.sdkit_version and not c.nsfw
+
+
+def test_random_seed_is_drawn_and_recorded(tiny_pipe):
+    a = generate(tiny_pipe, "a dog", n=2, **FAST)
+    assert a[1].seed == a[0].seed + 1
+    again = generate(tiny_pipe, "a dog", n=1, seeds=[a[1].seed], **FAST)
+    assert np.array_equal(np.asarray(again[0].image), np.asarray(a[1].image))
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(prompt="   "), "empty or whitespace"),
+    (dict(prompt=[]), "empty list"),
+    (dict(n=0), "n=0"),
+    (dict(height=100), "height=100: must be a positive multiple of 8"),
+    (dict(width=-64), "width=-64"),
+    (dict(num_inference_steps=0), "num_inference_steps=0"),
+    (dict(guidance_scale=-1.0), "guidance_scale=-1.0"),
+    (dict(n=3, seeds=[1, 2]), "seeds has 2 entries but n=3"),
+    (dict(batch_size=0), "batch_size=0"),
+    (dict(negative_prompt=["a", "b"]), "negative_prompt has 2 entries for 1 prompts"),
+])
+def test_bad_input_fails_before_any_work(tiny_pipe, monkeypatch, kwargs, match):
+    called = []
+    monkeypatch.setattr(type(tiny_pipe), "__call__", lambda *a, **k: called.append(1))
+    args = dict(prompt="a red circle") | kwargs
+    with pytest.raises(ValueError, match=match):
+        generate(tiny_pipe, args.pop("prompt"), **args)
+    assert not called
+
+
+def test_unwritable_output_dir(tiny_pipe, tmp_path):
+    f = tmp_path / "file"
+    f.write_text("x")
+    with pytest.raises(ValueError, match="output_dir=.*cannot be created"):
+        generate(tiny_pipe, "a cat", output_dir=f / "sub", **FAST)
+    ro = tmp_path / "ro"
+    ro.mkdir(mode=0o500)
+    import os
+    if os.geteuid() != 0:  # root can write anywhere
+        with pytest.raises(ValueError, match="not a writable directory"):
+            generate(tiny_pipe, "a cat", output_dir=ro, **FAST)
+
+
+def test_long_prompt_warns_about_truncation(tiny_pipe):
+    with pytest.warns(UserWarning, match=r"reads only the first 77"):
+        generate(tiny_pipe, "red " * 100, n=1, seed=0, **FAST)
+
+
+def test_progress_callback_per_step_and_batch(tiny_pipe):
+    events = []
+    generate(tiny_pipe, "a cat", n=3, seed=0, batch_size=2, callback=events.append, **FAST)
+    steps = [e for e in events if e.finished is None]
+    batches = [e for e in events if e.finished is not None]
+    assert len(steps) == 2 * 3  # two batches x three steps
+    assert [len(b.finished) for b in batches] == [2, 1]
+    assert batches[-1].done == batches[-1].total == 3
+
+
+def test_cancel_keeps_finished_candidates(tiny_pipe, tmp_path):
+    stop = threading.Event()
+    seen = []
+
+    def cb(p):
+        seen.append(p)
+        if p.finished:  # stop after the first batch
+            stop.set()
+
+    run = generate(tiny_pipe, "a cat", n=6, seed=0, batch_size=2, output_dir=tmp_path, cancel=stop, callback=cb, **FAST)
+    assert run.cancelled and len(run) == 2
+    assert sorted(p.name for p in tmp_path.glob("*.png")) == sorted(c.path.split("/")[-1] for c in run)
+    # it stopped within one step of the request: no step events after the first batch finished
+    after = seen[[i for i, p in enumerate(seen) if p.finished][0] + 1:]
+    assert len(after) <= 1
+
+
+def test_out_of_memory_halves_the_batch(tiny_pipe, tmp_path, monkeypatch, capsys):
+    real = type(tiny_pipe).__call__
+    sizes = []
+
+    def flaky(self, *a, **k):
+        sizes.append(len(k["prompt"]))
+        if len(k["prompt"]) > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(type(tiny_pipe), "__call__", flaky)
+    run = generate(tiny_pipe, "a cat", n=5, seed=0, batch_size=8, output_dir=tmp_path, **FAST)
+    assert sizes == [5, 4, 2, 2, 1]  # 8 fits 5 -> OOM -> 4 -> OOM -> 2, 2, then the last one
+    assert [c.seed for c in run] == [0, 1, 2, 3, 4] and len(list(tmp_path.glob("*.png"))) == 5
+    assert "retrying with batch_size=4" in capsys.readouterr().err
+    monkeypatch.setattr(type(tiny_pipe), "__call__", real)
+    ref = generate(tiny_pipe, "a cat", n=5, seed=0, batch_size=5, **FAST)
+    assert all(np.array_equal(np.asarray(a.image), np.asarray(b.image)) for a, b in zip(run, ref))
+
+
+def test_out_of_memory_at_batch_one_keeps_finished(tiny_pipe, tmp_path, monkeypatch):
+    real = type(tiny_pipe).__call__
+    calls = []
+
+    def dies_later(self, *a, **k):
+        calls.append(1)
+        if len(calls) > 1:
+            raise RuntimeError("MPS backend out of memory (MPS allocated: 8 GB)")
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(type(tiny_pipe), "__call__", dies_later)
+    with pytest.raises(GenerationError, match="out of memory with batch_size=1") as e:
+        generate(tiny_pipe, "a cat", n=3, seed=0, batch_size=1, output_dir=tmp_path, **FAST)
+    assert len(e.value.run) == 1 and len(list(tmp_path.glob("*.png"))) == 1
+
+
+def test_other_errors_propagate_with_finished_run(tiny_pipe, tmp_path, monkeypatch):
+    real = type(tiny_pipe).__call__
+    calls = []
+
+    def boom(self, *a, **k):
+        calls.append(1)
+        if len(calls) > 1:
+            raise KeyError("boom")
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(type(tiny_pipe), "__call__", boom)
+    with pytest.raises(KeyError) as e:
+        generate(tiny_pipe, "a cat", n=4, seed=0, batch_size=2, output_dir=tmp_path, **FAST)
+    assert len(e.value.sdkit_run) == 2 and len(list(tmp_path.glob("*.png"))) == 2
+
+
+def test_safety_checker_flags_for_real(tmp_path, tiny_path):
+    """Lower the tiny checker's thresholds so every image is 'unsafe': the real diffusers path flags it."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    flagged = tmp_path / "flagging"
+    shutil.copytree(tiny_path, flagged)
+    f = flagged / "safety_checker" / "model.safetensors"
+    w = load_file(f)
+    w["concept_embeds_weights"] = torch.full_like(w["concept_embeds_weights"], -2.0)  # cosine > -2 always
+    save_file(w, f)
+    pipe = load_pipeline(str(flagged))
+    with pytest.warns(UserWarning, match="flagged by the safety checker"):
+        run = generate(pipe, "a cat", n=2, seed=0, **FAST)
+    assert all(c.nsfw for c in run)
+    assert all(np.asarray(c.image).max() == 0 for c in run)  # diffusers blacks them out
+    clean = generate(load_pipeline(str(tiny_path)), "a cat", n=2, seed=0, **FAST)
+    assert not any(c.nsfw for c in clean)

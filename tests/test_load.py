@@ -1,0 +1,102 @@
+import json
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from sdkit.load import ModelNotAvailable, load_pipeline, resolve
+from sdkit.tiny import install_in_hub_cache
+
+
+def test_auto_device_and_dtype_on_cpu(tiny_pipe):
+    assert tiny_pipe.device.type == "cpu"
+    assert tiny_pipe.unet.dtype == torch.float32
+    assert tiny_pipe._sdkit["model_id"] == "sdkit:tiny"
+
+
+def test_cached_and_shared_between_tasks(tiny_pipe):
+    assert load_pipeline("sdkit:tiny") is tiny_pipe
+    img2img = load_pipeline("sdkit:tiny", "image-to-image")
+    assert type(img2img).__name__ == "StableDiffusionImg2ImgPipeline"
+    assert img2img.unet is tiny_pipe.unet and img2img.vae is tiny_pipe.vae  # no reload
+
+
+@pytest.mark.parametrize("name,cls", [("Euler a", "EulerAncestralDiscreteScheduler"), ("DPM++ 2M", "DPMSolverMultistepScheduler"),
+                                      ("UniPC", "UniPCMultistepScheduler"), ("PNDM", "PNDMScheduler")])
+def test_scheduler_by_name(tiny_pipe, name, cls):
+    pipe = load_pipeline("sdkit:tiny", scheduler=name)
+    assert type(pipe.scheduler).__name__ == cls
+    assert pipe.unet is tiny_pipe.unet
+    assert type(tiny_pipe.scheduler).__name__ == "DDIMScheduler"  # the cached default is untouched
+
+
+def test_karras_variant_is_distinct():
+    pipe = load_pipeline("sdkit:tiny", scheduler="DPM++ 2M Karras")
+    assert pipe.scheduler.config.use_karras_sigmas is True
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(scheduler="Euler b"), "scheduler='Euler b' is not known"),
+    (dict(task="upscale"), "task='upscale'"),
+    (dict(dtype="int8"), "dtype='int8'"),
+    (dict(device="tpu"), "device='tpu'"),
+])
+def test_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        load_pipeline("sdkit:tiny", **kwargs)
+
+
+def test_missing_local_path(tmp_path):
+    with pytest.raises(ModelNotAvailable, match="no such directory"):
+        load_pipeline(str(tmp_path / "nope"))
+    with pytest.raises(ModelNotAvailable, match="no model_index.json"):
+        load_pipeline(str(tmp_path))
+
+
+def test_inpainting_checkpoint_refuses_text_to_image():
+    with pytest.raises(ValueError, match="inpainting checkpoint .*9 input channels"):
+        load_pipeline("sdkit:tiny-inpainting", "text-to-image")
+    assert type(load_pipeline("sdkit:tiny-inpainting", "inpainting")).__name__ == "StableDiffusionInpaintPipeline"
+
+
+def test_pickle_only_weights_are_refused(tmp_path, tiny_path):
+    bad = tmp_path / "pickled"
+    shutil.copytree(tiny_path, bad)
+    for f in (bad / "unet").glob("*.safetensors"):
+        torch.save(load_file(f), f.with_suffix(".bin"))
+        f.unlink()
+    with pytest.raises(ModelNotAvailable, match="only pickle weights"):
+        load_pipeline(str(bad))
+
+
+def test_safety_checker_opt_out(tiny_path):
+    pipe = load_pipeline(str(tiny_path), safety_checker=False)
+    assert pipe.safety_checker is None
+    assert load_pipeline(str(tiny_path)).safety_checker is not None
+
+
+def test_fp16_variant_chosen_when_loading_fp16(tiny_path):
+    assert resolve(str(tiny_path), dtype=torch.float16).variant == "fp16"
+    assert resolve(str(tiny_path), dtype=torch.float32).variant is None
+
+
+def test_deleted_tutorial_ids_resolve_to_mirrors(tmp_path, tiny_path, tiny_inpaint_path):
+    cache = tmp_path / "hub"
+    install_in_hub_cache(tiny_path, "stable-diffusion-v1-5/stable-diffusion-v1-5", cache)
+    install_in_hub_cache(tiny_inpaint_path, "stable-diffusion-v1-5/stable-diffusion-inpainting", cache)
+    code = textwrap.dedent("""
+        from sdkit.load import load_pipeline
+        a = load_pipeline("runwayml/stable-diffusion-v1-5")
+        b = load_pipeline("runwayml/stable-diffusion-inpainting", "inpainting")
+        print("IDS", a._sdkit["model_id"], b._sdkit["model_id"])
+    """)
+    env = {"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache), "PATH": "/usr/bin:/bin", "HOME": str(Path.home())}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "IDS stable-diffusion-v1-5/stable-diffusion-v1-5 stable-diffusion-v1-5/stable-diffusion-inpainting" in out.stdout
+    assert "runwayml/stable-diffusion-v1-5 was deleted from the Hub; using its mirror" in out.stdout
