@@ -1,0 +1,71 @@
+# sdkit: the two commands that matter are `make demo` (the main job) and `make test` (all tests).
+# Both create .venv and install what they need on a fresh machine.
+#
+# GPU users: `make demo TORCH_SPEC="torch --index-url https://download.pytorch.org/whl/cu128"` (or any
+# torch you like); the default is the CPU build these machines carry on local disk.
+
+PYTHON     ?= python3
+VENV       ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+EXTRAS     ?= dev,ray
+PY         := $(VENV)/bin/python
+STAMP      := $(VENV)/.sdkit-installed
+
+# Main job settings (override on the command line).
+MODEL   ?= sdkit:tiny
+PROMPT  ?= a red circle
+N       ?= 8
+SEED    ?= 0
+STEPS   ?= 20
+OUT     ?= outputs
+DEMO_ARGS ?=
+
+.PHONY: install demo test test-fast test-notebooks browser-deps bench toy notebooks clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH_SPEC)
+	$(PY) -m pip install -q -e ".[$(EXTRAS)]"
+	touch $@
+
+install: $(STAMP)
+
+## The main job: N seeded candidates for a prompt, scored, ranked, saved with metadata in outputs/.
+demo: $(STAMP)
+	$(PY) -m sdkit generate "$(PROMPT)" -n $(N) --seed $(SEED) --steps $(STEPS) --model $(MODEL) --out $(OUT) $(DEMO_ARGS)
+
+## A real browser for the widget test (Debian's Chromium + Playwright without its browser download).
+browser-deps: $(STAMP)
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; fi; }
+	$(PY) -c "import playwright" 2>/dev/null || $(PY) -m pip install -q playwright
+
+## All tests: unit + integration (tiny models, toy world, Ray, multi-device JAX), real browser, strict nbval.
+test: $(STAMP) browser-deps
+	SDKIT_REQUIRE_BROWSER=1 $(PY) -m pytest tests -ra
+	$(MAKE) --no-print-directory test-notebooks
+
+test-fast: $(STAMP)
+	$(PY) -m pytest tests -ra -m "not slow and not browser"
+
+test-notebooks: $(STAMP)
+	@if ls notebooks/*.ipynb >/dev/null 2>&1; then \
+	  SDKIT_TINY=1 $(PY) -m pytest --nbval notebooks --sanitize-with notebooks/sanitize.cfg -p no:cacheprovider; \
+	else echo "no notebooks yet"; fi
+
+## Re-run every notebook on the tiny models and store the outputs nbval checks (after intentional changes).
+notebooks: $(STAMP)
+	SDKIT_TINY=1 $(PY) -m sdkit.notebooks execute notebooks
+
+## Train the toy shapes world (cached) and print what reranking buys.
+toy: $(STAMP)
+	$(PY) -m sdkit.toy
+
+## Benchmarks: writes bench/results/latest.{json,md}.
+bench: $(STAMP)
+	$(PY) bench/run.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache
