@@ -16,6 +16,8 @@ import sys
 # name -> module providing add_parser(subparsers); the module sets `func` on its parser.
 COMMANDS = {
     "generate": "sdkit.cli_generate",
+    "sweep": "sdkit.cli_sweep",
+    "img2img": "sdkit.cli_edit", "inpaint": "sdkit.cli_edit", "outpaint": "sdkit.cli_edit",
 }
 
 
