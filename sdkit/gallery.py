@@ -1,0 +1,157 @@
+"""A scrollable thumbnail gallery for many candidates, best first; click a caption to enlarge.
+
+Core ipywidgets only (Image, Button, Box), so it works in JupyterLab, classic
+Notebook, VS Code and Colab without a front-end extension. `Gallery.update`
+re-orders the existing thumbnails instead of rebuilding them, so re-ranking a
+live run is cheap.
+"""
+
+from __future__ import annotations
+
+import html
+import io
+from typing import Any, Callable, Iterable
+
+import ipywidgets as widgets
+from PIL import Image
+
+from .grid import Entry, by_prompt, entries
+
+# Small model outputs (32-64 px) are scaled up as crisp pixels, not blurred.
+_CSS = """<style>
+.sdkit-gallery img, .sdkit-enlarged img { image-rendering: pixelated; object-fit: contain; }
+.sdkit-card { border: 3px solid transparent; border-radius: 4px; }
+.sdkit-card.sdkit-best { border-color: #2ca02c; }
+.sdkit-card.sdkit-flagged { border-color: #d62728; }
+.sdkit-card.sdkit-selected { outline: 3px solid #1f77b4; }
+</style>"""
+
+
+def png(image: Image.Image, max_size: int | None = None) -> bytes:
+    """PNG bytes, downscaled to `max_size` (thumbnails of big images need not cross the wire at full size)."""
+    if max_size is not None and max(image.size) > max_size:
+        image = image.copy()
+        image.thumbnail((max_size, max_size))
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def key(c) -> tuple:
+    """Which candidate this is; ranking returns scored copies, so identity would not do."""
+    return (c.run_id, c.index, c.seed, c.prompt, c.path)
+
+
+def caption(e: Entry) -> str:
+    """'#1 · 31.42 · seed 7' on one line; '#–' / '–' until ranked / scored."""
+    rank = f"#{e.rank}" if e.rank is not None else "#–"
+    score = f"{e.score:.2f}" if e.score is not None else "–"
+    return f"{rank} · {score} · seed {e.candidate.seed}" + (" · flagged" if e.candidate.nsfw else "")
+
+
+class _Card(widgets.VBox):
+    def __init__(self, entry: Entry, thumb_size: int, on_click: Callable):
+        c = entry.candidate
+        self.entry = entry
+        self.image = widgets.Image(value=png(c.image, thumb_size) if c.image is not None else b"", format="png",
+                                   layout=widgets.Layout(width=f"{thumb_size}px", height=f"{thumb_size}px"))
+        self.button = widgets.Button(layout=widgets.Layout(width=f"{thumb_size}px"))
+        self.button.on_click(lambda _: on_click(self))
+        super().__init__([self.image, self.button], layout=widgets.Layout(margin="2px"))
+        self.add_class("sdkit-card")
+        self.set(entry)
+
+    def set(self, entry: Entry) -> None:
+        self.entry = entry
+        self.button.description = self.button.tooltip = caption(entry)
+        for cls, on in (("sdkit-best", entry.rank == 1 and not entry.candidate.nsfw),
+                        ("sdkit-flagged", entry.candidate.nsfw)):
+            (self.add_class if on else self.remove_class)(cls)
+
+
+class Gallery(widgets.VBox):
+    """Thumbnails of ranked candidates (best first, grouped by prompt) with an enlarged view of the selected one.
+
+    `on_select(fn)` registers `fn(entry)` for clicks; `update(ranked)` shows a new ranking.
+    """
+
+    def __init__(self, ranked: Iterable[Any] = (), *, thumb_size: int = 128, enlarged_size: int = 384,
+                 max_height: str = "520px"):
+        if not isinstance(thumb_size, int) or thumb_size < 16:
+            raise ValueError(f"thumb_size={thumb_size!r}: must be an integer >= 16 (pixels)")
+        self.thumb_size, self.enlarged_size = thumb_size, enlarged_size
+        self.selected: Entry | None = None
+        self._cards: dict[tuple, _Card] = {}  # key(candidate) -> its card, reused across updates
+        self._callbacks: list[Callable[[Entry], None]] = []
+        self.grid = widgets.Box(layout=widgets.Layout(display="flex", flex_flow="row wrap", overflow="hidden auto",
+                                                      max_height=max_height, align_content="flex-start"))
+        self.grid.add_class("sdkit-gallery")
+        self.enlarged = widgets.Image(format="png", layout=widgets.Layout(width=f"{enlarged_size}px",
+                                                                          height=f"{enlarged_size}px"))
+        self.enlarged_caption = widgets.HTML()
+        self.viewer = widgets.VBox([self.enlarged_caption, self.enlarged], layout=widgets.Layout(display="none"))
+        self.viewer.add_class("sdkit-enlarged")
+        super().__init__([widgets.HTML(_CSS), self.grid, self.viewer])
+        self.update(ranked)
+
+    @property
+    def entries(self) -> list[Entry]:
+        """What is shown, in display order."""
+        return [card.entry for card in self.grid.children]
+
+    def update(self, ranked: Iterable[Any]) -> None:
+        """Show `ranked` (Ranked items or candidates): new candidates get a card, known ones move."""
+        cards = []
+        for group in by_prompt(entries(ranked)).values():
+            for e in group:
+                card = self._cards.get(key(e.candidate))
+                if card is None:
+                    card = self._cards[key(e.candidate)] = _Card(e, self.thumb_size, self._clicked)
+                else:
+                    card.set(e)
+                cards.append(card)
+        self.grid.children = tuple(cards)
+        if self.selected is not None:
+            now = next((c.entry for c in cards if key(c.entry.candidate) == key(self.selected.candidate)), None)
+            if now is not None:
+                self.selected = now
+                self.enlarged_caption.value = self._caption_html(now)
+
+    def clear(self) -> None:
+        self.selected = None
+        self._cards.clear()
+        self.grid.children = ()
+        self.viewer.layout.display = "none"
+
+    def on_select(self, fn: Callable[[Entry], None]) -> None:
+        self._callbacks.append(fn)
+
+    def select(self, index: int) -> Entry:
+        """Select the `index`-th shown candidate, as a click on its caption would."""
+        cards = self.grid.children
+        if not 0 <= index < len(cards):
+            raise IndexError(f"index={index}: the gallery shows {len(cards)} candidates")
+        self._clicked(cards[index])
+        return self.selected
+
+    def _clicked(self, card: _Card) -> None:
+        for other in self.grid.children:
+            other.remove_class("sdkit-selected")
+        card.add_class("sdkit-selected")
+        self.selected = card.entry
+        image = card.entry.candidate.image
+        self.enlarged.value = png(image) if image is not None else b""
+        self.enlarged_caption.value = self._caption_html(card.entry)
+        self.viewer.layout.display = "flex"
+        for fn in self._callbacks:
+            fn(card.entry)
+
+    @staticmethod
+    def _caption_html(e: Entry) -> str:
+        return f"<b>{html.escape(caption(e))}</b> &nbsp; {html.escape(e.candidate.prompt)}"
+
+
+def gallery(ranked: Iterable[Any], *, thumb_size: int = 128, enlarged_size: int = 384,
+            max_height: str = "520px") -> Gallery:
+    """A scrollable gallery widget of ranked candidates; click a caption to see the image large."""
+    return Gallery(ranked, thumb_size=thumb_size, enlarged_size=enlarged_size, max_height=max_height)

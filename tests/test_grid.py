@@ -1,0 +1,218 @@
+"""sdkit.grid (matplotlib ranked grid, image_grid) and sdkit.gallery (the ipywidgets gallery)."""
+
+import io
+
+import numpy as np
+import pytest
+from diffusers.utils import make_image_grid
+from PIL import Image
+
+from sdkit.candidate import Candidate
+from sdkit.gallery import Gallery, caption, gallery
+from sdkit.grid import (BEST_COLOR, FLAG_COLOR, image_grid, ranked_grid, read_grid_metadata, save_ranked_grid)
+
+
+def ranked_items(candidates, logits):
+    """The real `sdkit.rank.rank` when it is there; until then a stand-in with its contract."""
+    try:
+        from sdkit.rank import rank
+        from sdkit.score import Scores
+    except ImportError:
+        from types import SimpleNamespace
+
+        out = []
+        for p in dict.fromkeys(c.prompt for c in candidates):
+            group = sorted((x for x in zip(candidates, logits) if x[0].prompt == p), key=lambda x: (-x[1], x[0].seed))
+            out += [SimpleNamespace(candidate=c, rank=i + 1, score=float(l) / 2, logit=float(l))
+                    for i, (c, l) in enumerate(group)]
+        return out
+    logits = np.asarray(logits, np.float32)
+    return rank(candidates, Scores(logits=logits, clip_score=logits / 2))
+
+
+def make_candidates(prompts=("a red circle",), n=4, size=64, run_id="r1"):
+    rng = np.random.default_rng(0)
+    return [Candidate(image=Image.fromarray(rng.integers(0, 255, (size, size, 3), np.uint8)), prompt=p, seed=100 + k,
+                      index=i * n + k, run_id=run_id, path=f"/x/{run_id}-{i * n + k:03d}-s{100 + k}.png")
+            for i, p in enumerate(prompts) for k in range(n)]
+
+
+def image_axes(fig):
+    return [ax for ax in fig.get_axes() if ax.images]
+
+
+# -- image_grid: the tutorials' helper, checked against diffusers' make_image_grid ------------------------
+
+def test_image_grid_matches_diffusers():
+    images = [c.image for c in make_candidates(n=6)]
+    ours = image_grid(images, rows=2, cols=3)
+    ref = make_image_grid(images, rows=2, cols=3)
+    assert ours.size == (192, 128)
+    assert np.array_equal(np.asarray(ours), np.asarray(ref))
+
+
+def test_image_grid_leaves_missing_cells_black():
+    images = [c.image for c in make_candidates(n=3)]
+    grid = np.asarray(image_grid(images, rows=2, cols=2))
+    assert np.array_equal(grid[:64, 64:], np.asarray(images[1]))
+    assert np.array_equal(grid[64:, :64], np.asarray(images[2]))
+    assert not grid[64:, 64:].any()
+
+
+@pytest.mark.parametrize("args, match", [
+    (dict(rows=1, cols=2), "3 images do not fit a 1x2 grid"),
+    (dict(rows=0, cols=2), "rows=0"),
+    (dict(rows=2, cols=2.5), "cols=2.5"),
+])
+def test_image_grid_rejects_bad_shapes(args, match):
+    images = [c.image for c in make_candidates(n=3)]
+    with pytest.raises(ValueError, match=match):
+        image_grid(images, **args)
+
+
+def test_image_grid_rejects_mixed_sizes_and_empty():
+    with pytest.raises(ValueError, match=r"different sizes \[\(32, 32\), \(64, 64\)\]"):
+        image_grid([Image.new("RGB", (64, 64)), Image.new("RGB", (32, 32))], 1, 2)
+    with pytest.raises(ValueError, match="empty"):
+        image_grid([], 1, 1)
+
+
+# -- ranked_grid ---------------------------------------------------------------------------------------
+
+def test_ranked_grid_orders_by_rank_and_labels_rank_score_seed():
+    cands = make_candidates(n=4)
+    ranked = ranked_items(cands, [1.0, 4.0, 3.0, 2.0])
+    fig = ranked_grid(ranked, title="tiny model")
+    axes = image_axes(fig)
+    assert len(axes) == 4
+    assert [r.candidate.seed for r in ranked] == [101, 102, 103, 100]
+    for k, (ax, r) in enumerate(zip(axes, ranked)):
+        # The pixels drawn are the candidate's, unchanged.
+        assert np.array_equal(ax.images[0].get_array(), np.asarray(r.candidate.image))
+        assert ax.get_xlabel().splitlines() == [f"#{k + 1}  {r.score:.2f}", f"seed {r.candidate.seed}"]
+    assert fig._suptitle.get_text() == "tiny model"
+    assert [sf._suptitle.get_text() for sf in fig.subfigs] == ["a red circle"]
+    # Rank 1 is framed green, the others are not.
+    assert all(s.get_edgecolor()[:3] == pytest.approx(_rgb(BEST_COLOR)) for s in axes[0].spines.values())
+    assert axes[1].spines["top"].get_linewidth() < 3
+
+
+def _rgb(hex_color):
+    return tuple(int(hex_color[i:i + 2], 16) / 255 for i in (1, 3, 5))
+
+
+def test_ranked_grid_one_block_per_prompt_with_columns():
+    cands = make_candidates(prompts=("a red circle", "a blue square"), n=5)
+    ranked = ranked_items(cands, list(range(10)))
+    fig = ranked_grid(ranked, columns=3)
+    assert [sf._suptitle.get_text() for sf in fig.subfigs] == ["a red circle", "a blue square"]
+    for sf, prompt in zip(fig.subfigs, ("a red circle", "a blue square")):
+        axes = [ax for ax in sf.get_axes()]
+        assert len(axes) == 6  # 2 rows x 3 columns, the last cell blank
+        shown = [ax for ax in axes if ax.images]
+        assert len(shown) == 5
+        assert [ax.get_xlabel().split()[0] for ax in shown] == ["#1", "#2", "#3", "#4", "#5"]
+        assert {ax.get_subplotspec().get_geometry()[:2] for ax in axes} == {(2, 3)}
+
+
+def test_ranked_grid_marks_flagged_and_accepts_plain_candidates():
+    cands = make_candidates(n=3)
+    cands[1].nsfw = True
+    cands[2].score = 12.5
+    fig = ranked_grid(cands)  # no ranking: generation order, rank shown as '#–'
+    axes = image_axes(fig)
+    assert axes[0].get_xlabel().splitlines() == ["#–  –", "seed 100"]
+    assert "flagged" in axes[1].get_xlabel()
+    assert axes[1].spines["left"].get_edgecolor()[:3] == pytest.approx(_rgb(FLAG_COLOR))
+    assert axes[2].get_xlabel().startswith("#–  12.50")
+
+
+def test_ranked_grid_saves_png_and_shows_in_notebooks(tmp_path):
+    cands = make_candidates(n=2)
+    fig = ranked_grid(ranked_items(cands, [0.5, 0.7]), save_to=tmp_path / "g.png", dpi=50)
+    with Image.open(tmp_path / "g.png") as im:
+        assert im.format == "PNG" and im.size == (int(2 * 2.0 * 50), int((2.0 + 0.55 + 0.45) * 50))
+    assert Image.open(io.BytesIO(fig._repr_png_())).format == "PNG"  # what Jupyter displays
+    cells = read_grid_metadata(tmp_path / "g.png")
+    assert [(c["rank"], c["seed"]) for c in cells] == [(1, 101), (2, 100)]
+
+
+@pytest.mark.parametrize("ranked, kwargs, err, match", [
+    ([], {}, ValueError, "ranked is empty"),
+    ("cands", {"columns": 0}, ValueError, "columns=0"),
+    ("cands", {"cell_inches": -1}, ValueError, "cell_inches=-1"),
+    (["a red circle"], {}, TypeError, r"ranked\[0\] is a str"),
+])
+def test_ranked_grid_rejects_bad_input(ranked, kwargs, err, match):
+    with pytest.raises(err, match=match):
+        ranked_grid(make_candidates(n=2) if ranked == "cands" else ranked, **kwargs)
+
+
+def test_save_ranked_grid_names_by_run_and_never_overwrites(tmp_path):
+    cands = make_candidates(n=3, run_id="20260101-000000-abcd")
+    ranked = ranked_items(cands, [3.0, 1.0, 2.0])
+    first = save_ranked_grid(ranked, tmp_path)
+    second = save_ranked_grid(ranked, tmp_path)
+    assert first.name == "20260101-000000-abcd-grid.png"
+    assert second.name == "20260101-000000-abcd-grid-1.png"
+    cells = read_grid_metadata(first)
+    assert [(c["rank"], c["file"]) for c in cells] == [
+        (1, "20260101-000000-abcd-000-s100.png"), (2, "20260101-000000-abcd-002-s102.png"),
+        (3, "20260101-000000-abcd-001-s101.png")]
+    with pytest.raises(ValueError, match="no sdkit-grid metadata"):
+        read_grid_metadata(_plain_png(tmp_path))
+
+
+def _plain_png(tmp_path):
+    path = tmp_path / "plain.png"
+    Image.new("RGB", (4, 4)).save(path)
+    return path
+
+
+# -- the ipywidgets gallery ----------------------------------------------------------------------------
+
+def test_gallery_shows_ranked_thumbnails_and_enlarges_on_click():
+    cands = make_candidates(n=3, size=256)
+    g = gallery(ranked_items(cands, [1.0, 3.0, 2.0]), thumb_size=64)
+    cards = g.grid.children
+    assert [e.candidate.seed for e in g.entries] == [101, 102, 100]
+    assert cards[0].button.description.startswith("#1 · ") and cards[0].button.description.endswith("seed 101")
+    assert "sdkit-best" in cards[0]._dom_classes and "sdkit-best" not in cards[1]._dom_classes
+    with Image.open(io.BytesIO(cards[0].image.value)) as thumb:
+        assert thumb.size == (64, 64)  # big images cross the wire as thumbnails
+    assert g.viewer.layout.display == "none"
+
+    picked = []
+    g.on_select(picked.append)
+    cards[2].button.click()  # what a click in the browser does
+    assert picked == [g.selected] and g.selected.candidate.seed == cands[0].seed
+    assert g.viewer.layout.display == "flex"
+    with Image.open(io.BytesIO(g.enlarged.value)) as big:
+        assert np.array_equal(np.asarray(big), np.asarray(cands[0].image))  # full size, unchanged
+    assert "seed 100" in g.enlarged_caption.value
+
+
+def test_gallery_update_reranks_in_place():
+    cands = make_candidates(n=3)
+    g = Gallery(cands[:2])  # unscored: generation order
+    first_cards = list(g.grid.children)
+    assert [card.button.description for card in first_cards] == ["#– · – · seed 100", "#– · – · seed 101"]
+    g.update(ranked_items(cands, [1.0, 3.0, 2.0]))
+    assert [e.candidate.seed for e in g.entries] == [101, 102, 100]
+    assert g.grid.children[0] is first_cards[1] and g.grid.children[2] is first_cards[0]  # widgets reused
+    assert g.grid.children[0].button.description.startswith("#1")
+    g.clear()
+    assert g.entries == [] and g.selected is None
+
+
+def test_gallery_caption_and_bad_input():
+    c = make_candidates(n=1)[0]
+    c.nsfw = True
+    from sdkit.grid import Entry
+
+    assert caption(Entry(c, 2, 31.456)) == "#2 · 31.46 · seed 100 · flagged"
+    with pytest.raises(ValueError, match="thumb_size=8"):
+        Gallery([c], thumb_size=8)
+    g = Gallery([c])
+    with pytest.raises(IndexError, match="index=3: the gallery shows 1"):
+        g.select(3)
