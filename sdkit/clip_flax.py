@@ -50,6 +50,7 @@ configure_jax_memory()  # before the first `import jax` below starts anything
 import flax.linen as nn  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
+import ml_dtypes  # noqa: E402
 import numpy as np  # noqa: E402
 
 # --- config -----------------------------------------------------------------------------------
@@ -147,22 +148,63 @@ class MLP(nn.Module):
         return nn.Dense(self.hidden_size, dtype=self.dtype, name="fc2")(x)
 
 
-class Encoder(nn.Module):
-    """Pre-LayerNorm transformer layers, `layers_0`..`layers_{n-1}` (PyTorch: `layers.0`...)."""
-
+class EncoderLayer(nn.Module):
     config: TextConfig | VisionConfig
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x, mask=None):
         c = self.config
-        for i in range(c.num_hidden_layers):
-            layer = f"layers_{i}"
-            h = LayerNorm(epsilon=c.layer_norm_eps, dtype=self.dtype, name=f"{layer}_layer_norm1")(x)
-            x = x + Attention(c.hidden_size, c.num_attention_heads, self.dtype, name=f"{layer}_self_attn")(h, mask)
-            h = LayerNorm(epsilon=c.layer_norm_eps, dtype=self.dtype, name=f"{layer}_layer_norm2")(x)
-            x = x + MLP(c.hidden_size, c.intermediate_size, c.hidden_act, self.dtype, name=f"{layer}_mlp")(h)
+        h = LayerNorm(epsilon=c.layer_norm_eps, dtype=self.dtype, name="layer_norm1")(x)
+        x = x + Attention(c.hidden_size, c.num_attention_heads, self.dtype, name="self_attn")(h, mask)
+        h = LayerNorm(epsilon=c.layer_norm_eps, dtype=self.dtype, name="layer_norm2")(x)
+        return x + MLP(c.hidden_size, c.intermediate_size, c.hidden_act, self.dtype, name="mlp")(h)
+
+
+class Encoder(nn.Module):
+    """Pre-LayerNorm transformer layers `layers_0`... (PyTorch: `layers.0`...)."""
+
+    config: TextConfig | VisionConfig
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, mask=None):
+        for i in range(self.config.num_hidden_layers):
+            x = EncoderLayer(self.config, self.dtype, name=f"layers_{i}")(x, mask)
         return x
+
+
+class TextEmbeddings(nn.Module):
+    config: TextConfig
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, input_ids):
+        c, t = self.config, input_ids.shape[-1]
+        if t > c.max_position_embeddings:
+            raise ValueError(f"{t} tokens > max_position_embeddings={c.max_position_embeddings}")
+        x = nn.Embed(c.vocab_size, c.hidden_size, dtype=self.dtype, name="token_embedding")(input_ids)
+        return x + nn.Embed(c.max_position_embeddings, c.hidden_size, dtype=self.dtype,
+                            name="position_embedding")(jnp.arange(t))
+
+
+class VisionEmbeddings(nn.Module):
+    config: VisionConfig
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, pixel_values):
+        c = self.config
+        b, ch, h, w = pixel_values.shape  # NCHW, as CLIPImageProcessor returns
+        if (h, w) != (c.image_size, c.image_size):
+            raise ValueError(f"pixel_values are {h}x{w}, the model takes {c.image_size}x{c.image_size}")
+        p, g = c.patch_size, c.image_size // c.patch_size
+        # The stride-p conv as one matmul over flattened (C, p, p) patches: same maths, faster on CPU.
+        patches = pixel_values.reshape(b, ch, g, p, g, p).transpose(0, 2, 4, 1, 3, 5).reshape(b, g * g, ch * p * p)
+        x = nn.Dense(c.hidden_size, use_bias=False, dtype=self.dtype, name="patch_embedding")(patches)
+        cls = self.param("class_embedding", nn.initializers.normal(1.0), (c.hidden_size,))
+        x = jnp.concatenate([jnp.broadcast_to(cls.astype(x.dtype), (b, 1, c.hidden_size)), x], axis=1)
+        return x + nn.Embed(g * g + 1, c.hidden_size, dtype=self.dtype, name="position_embedding")(jnp.arange(g * g + 1))
 
 
 class TextTransformer(nn.Module):
@@ -172,12 +214,8 @@ class TextTransformer(nn.Module):
     @nn.compact
     def __call__(self, input_ids):
         c = self.config
+        x = TextEmbeddings(c, self.dtype, name="embeddings")(input_ids)
         t = input_ids.shape[-1]
-        if t > c.max_position_embeddings:
-            raise ValueError(f"{t} tokens > max_position_embeddings={c.max_position_embeddings}")
-        x = nn.Embed(c.vocab_size, c.hidden_size, dtype=self.dtype, name="embeddings_token_embedding")(input_ids)
-        x = x + nn.Embed(c.max_position_embeddings, c.hidden_size, dtype=self.dtype,
-                         name="embeddings_position_embedding")(jnp.arange(t))
         causal = jnp.tril(jnp.ones((t, t), bool))[None, None]
         x = Encoder(c, self.dtype, name="encoder")(x, causal)
         x = LayerNorm(epsilon=c.layer_norm_eps, dtype=self.dtype, name="final_layer_norm")(x)
@@ -195,17 +233,7 @@ class VisionTransformer(nn.Module):
     @nn.compact
     def __call__(self, pixel_values):
         c = self.config
-        b, ch, h, w = pixel_values.shape  # NCHW, as CLIPImageProcessor returns
-        if (h, w) != (c.image_size, c.image_size):
-            raise ValueError(f"pixel_values are {h}x{w}, the model takes {c.image_size}x{c.image_size}")
-        p, g = c.patch_size, c.image_size // c.patch_size
-        # The stride-p conv as one matmul over flattened (C, p, p) patches: same maths, faster on CPU.
-        patches = pixel_values.reshape(b, ch, g, p, g, p).transpose(0, 2, 4, 1, 3, 5).reshape(b, g * g, ch * p * p)
-        x = nn.Dense(c.hidden_size, use_bias=False, dtype=self.dtype, name="embeddings_patch_embedding")(patches)
-        cls = self.param("embeddings_class_embedding", nn.initializers.normal(1.0), (c.hidden_size,))
-        x = jnp.concatenate([jnp.broadcast_to(cls.astype(x.dtype), (b, 1, c.hidden_size)), x], axis=1)
-        x = x + nn.Embed(g * g + 1, c.hidden_size, dtype=self.dtype,
-                         name="embeddings_position_embedding")(jnp.arange(g * g + 1))
+        x = VisionEmbeddings(c, self.dtype, name="embeddings")(pixel_values)
         x = LayerNorm(epsilon=c.layer_norm_eps, dtype=self.dtype, name="pre_layrnorm")(x)
         x = Encoder(c, self.dtype, name="encoder")(x)
         return LayerNorm(epsilon=c.layer_norm_eps, dtype=self.dtype, name="post_layernorm")(x[:, 0])
@@ -255,27 +283,23 @@ def params_from_state_dict(state: dict[str, np.ndarray], config: CLIPConfig, dty
         if key.endswith("position_ids"):  # buffers some old checkpoints saved
             continue
         parts = key.split(".")
-        # encoder.layers.3.self_attn.q_proj.weight -> encoder/layers_3_self_attn/q_proj/weight
-        if "layers" in parts:
+        if "layers" in parts:  # encoder.layers.3.mlp.fc1.weight -> encoder/layers_3/mlp/fc1/weight
             i = parts.index("layers")
-            parts[i:i + 3] = [f"layers_{parts[i + 1]}_{parts[i + 2]}"]
-        if "embeddings" in parts or parts[-1] == "class_embedding":
-            i = parts.index("embeddings")
-            parts[i:i + 2] = [f"embeddings_{parts[i + 1]}"]
+            parts[i:i + 2] = [f"layers_{parts[i + 1]}"]
         leaf, owner = parts[-1], parts[-2] if len(parts) > 1 else ""
         value = np.asarray(value, np.float32)
-        if leaf == "weight" and owner == "embeddings_patch_embedding":  # Conv2d [D, C, p, p] -> Dense
+        if leaf == "weight" and owner == "patch_embedding":  # Conv2d [D, C, p, p] -> Dense [C*p*p, D]
             parts[-1], value = "kernel", value.reshape(value.shape[0], -1).T
-        elif leaf == "weight" and owner.endswith(("token_embedding", "position_embedding")):
+        elif leaf == "weight" and owner in ("token_embedding", "position_embedding"):
             parts[-1] = "embedding"
-        elif leaf == "weight" and ("norm" in owner or "layrnorm" in owner):
+        elif leaf == "weight" and "norm" in owner:  # layer_norm1, final_layer_norm, pre_layrnorm, ...
             parts[-1] = "scale"
         elif leaf == "weight":  # Linear [out, in] -> Dense kernel [in, out]
             parts[-1], value = "kernel", value.T
         node = params
         for p in parts[:-1]:
             node = node.setdefault(p, {})
-        node[parts[-1]] = np.ascontiguousarray(value)
+        node[parts[-1]] = np.array(value)  # a copy: detaches from the memory map
     _check_tree(params, config)
     return jax.tree.map(lambda x: jnp.asarray(x, dtype), params)
 
@@ -342,17 +366,42 @@ def _check_clip_dir(path: str, name: str) -> None:
         raise ValueError(f"{name!r} is not a CLIP checkpoint: config.json says model_type={model_type!r}, "
                          "expected 'clip' (a full CLIPModel with text and vision towers)")
     files = os.listdir(path)
-    if not any(f.endswith(".safetensors") for f in files):
+    if not {"model.safetensors", "model.safetensors.index.json"} & set(files):
         pickles = [f for f in files if f.endswith(PICKLE_SUFFIXES)]
         raise ValueError(f"{name!r} has no safetensors weights ({'only pickle files ' + str(pickles) if pickles else 'no model.safetensors'}); "
                          "sdkit never loads pickle checkpoints. Use a repo or revision with model.safetensors, "
                          "or convert it once (transformers: `save_pretrained(..., safe_serialization=True)`).")
 
 
+# safetensors dtype codes -> numpy (ml_dtypes' bfloat16 ships with JAX; numpy has none).
+SAFETENSORS_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
+                      "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8,
+                      "BOOL": np.bool_}
+
+
+def read_safetensors(file: str) -> dict[str, np.ndarray]:
+    """Memory-map a .safetensors file: 8-byte header length, JSON header, raw little-endian tensors.
+
+    Read directly rather than with `safetensors.numpy`, which cannot represent bf16 checkpoints.
+    """
+    with open(file, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(n))
+    data = np.memmap(file, np.uint8, mode="r", offset=8 + n)
+    out = {}
+    for key, info in header.items():
+        if key == "__metadata__":
+            continue
+        if info["dtype"] not in SAFETENSORS_DTYPES:
+            raise ValueError(f"{file}: tensor {key!r} has dtype {info['dtype']}, "
+                             f"expected one of {sorted(SAFETENSORS_DTYPES)}")
+        start, end = info["data_offsets"]
+        out[key] = data[start:end].view(SAFETENSORS_DTYPES[info["dtype"]]).reshape(info["shape"])
+    return out
+
+
 def load_state_dict(path: str) -> dict[str, np.ndarray]:
     """All tensors of a checkpoint directory's model*.safetensors (sharded or not), as numpy."""
-    from safetensors.numpy import load_file
-
     index = os.path.join(path, "model.safetensors.index.json")
     if os.path.exists(index):
         with open(index) as f:
@@ -361,22 +410,16 @@ def load_state_dict(path: str) -> dict[str, np.ndarray]:
         files = ["model.safetensors"]
     state: dict = {}
     for file in files:
-        try:
-            state.update(load_file(os.path.join(path, file)))
-        except Exception as e:  # bf16 tensors cannot be numpy; read those through torch without pickle
-            import torch
-            from safetensors.torch import load_file as load_torch
-
-            if not isinstance(e, (TypeError, ValueError)):
-                raise
-            state.update({k: v.float().numpy() for k, v in load_torch(os.path.join(path, file)).items()})
-            del torch
+        state.update(read_safetensors(os.path.join(path, file)))
     return state
 
 
 @dataclass
 class FlaxCLIP:
-    """A loaded CLIP: the linen module, its params, its config and the local directory it came from."""
+    """A loaded CLIP: the linen module, its params, its config and the local directory it came from.
+
+    Calling it (or its `get_*_features`) runs jitted, compiled once per input shape.
+    """
 
     module: CLIP
     params: dict
@@ -384,14 +427,21 @@ class FlaxCLIP:
     path: str
     model_id: str
 
+    def __post_init__(self):
+        apply = self.module.apply
+        self._text = jax.jit(lambda p, ids: apply({"params": p}, ids, method=CLIP.get_text_features))
+        self._image = jax.jit(lambda p, x: apply({"params": p}, x, method=CLIP.get_image_features))
+        self._both = jax.jit(lambda p, ids, x: apply({"params": p}, ids, x))
+
     def get_text_features(self, input_ids):
-        return self.module.apply({"params": self.params}, input_ids, method=CLIP.get_text_features)
+        return self._text(self.params, input_ids)
 
     def get_image_features(self, pixel_values):
-        return self.module.apply({"params": self.params}, pixel_values, method=CLIP.get_image_features)
+        return self._image(self.params, pixel_values)
 
     def __call__(self, input_ids, pixel_values):
-        return self.module.apply({"params": self.params}, input_ids, pixel_values)
+        """(logits_per_image, text_embeds, image_embeds), as transformers' `CLIPModel` outputs."""
+        return self._both(self.params, input_ids, pixel_values)
 
 
 def load_flax_clip(model_id_or_path: str | os.PathLike = "openai/clip-vit-base-patch32", *, dtype=jnp.float32,

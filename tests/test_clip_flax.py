@@ -1,0 +1,234 @@
+"""sdkit's Flax CLIP against transformers' PyTorch CLIPModel; preprocessing against CLIPImageProcessor."""
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from sdkit import clip_flax
+from sdkit.clip_flax import CLIPConfig, load_flax_clip, params_from_state_dict, read_safetensors
+from sdkit.preprocess import ImageConfig, preprocess
+from sdkit.tiny_clip import random_clip_model, save_tiny_clip, tiny_clip_path
+
+ATOL = 1e-4  # the issue's parity bar, fp32
+PROMPTS = ["a red circle", "a photo of a horse sitting in a field at night, oil painting, trending", "", "zebra?!"]
+
+
+def realistic_image(height, width, mode="RGB", seed=0):
+    """Smooth colour gradients plus sensor-like noise: what resampling differences show up on."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width] / max(height, width)
+    base = np.stack([np.sin(3 * x + 1) * 0.5 + 0.5, y, (x * y + 0.3 * np.cos(5 * y)) % 1], -1) * 255
+    pixels = np.clip(base + rng.normal(0, 12, base.shape), 0, 255).astype(np.uint8)
+    image = Image.fromarray(pixels)
+    if mode == "RGBA":
+        alpha = (np.linspace(0, 255, width)[None, :].repeat(height, 0)).astype(np.uint8)
+        image.putalpha(Image.fromarray(alpha))
+    return image.convert(mode)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return tiny_clip_path()
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny):
+    from transformers import CLIPTokenizer
+
+    return CLIPTokenizer.from_pretrained(tiny)
+
+
+def _torch_outputs(model, input_ids, pixel_values):
+    with torch.no_grad():
+        out = model(input_ids=torch.from_numpy(np.asarray(input_ids, np.int64)), pixel_values=torch.from_numpy(pixel_values))
+        text = model.get_text_features(input_ids=torch.from_numpy(np.asarray(input_ids, np.int64))).pooler_output
+    return out.logits_per_image.numpy(), out.text_embeds.numpy(), out.image_embeds.numpy(), text.numpy()
+
+
+def _assert_parity(clip, model, input_ids, pixel_values):
+    logits, text, image, text_features = _torch_outputs(model, input_ids, pixel_values)
+    f_logits, f_text, f_image = (np.asarray(a) for a in clip(input_ids, pixel_values))
+    np.testing.assert_allclose(f_text, text, atol=ATOL, rtol=0)
+    np.testing.assert_allclose(f_image, image, atol=ATOL, rtol=0)
+    np.testing.assert_allclose(f_logits, logits, atol=ATOL, rtol=0)
+    np.testing.assert_allclose(np.asarray(clip.get_text_features(input_ids)), text_features, atol=ATOL, rtol=0)
+    # Not vacuous: embeddings are not all alike, logits spread.
+    assert np.ptp(logits) > 1 and np.abs(text[0] - text[1]).max() > 1e-2
+
+
+def test_tiny_parity_with_transformers(tiny, tokenizer):
+    from transformers import CLIPModel
+
+    model = CLIPModel.from_pretrained(tiny).eval()
+    clip = load_flax_clip(tiny)
+    assert clip.config.text_config.eos_token_id == tokenizer.eos_token_id  # the first-EOS pooling path
+    ids = tokenizer(PROMPTS, padding="max_length", max_length=77, truncation=True, return_tensors="np")["input_ids"]
+    images = [realistic_image(40 + 9 * i, 64 - 5 * i, seed=i) for i in range(5)]
+    _assert_parity(clip, model, ids, preprocess(images, ImageConfig.from_pretrained(tiny)))
+
+
+def test_vit_b32_shaped_parity_with_transformers(tokenizer):
+    from transformers import CLIPConfig as HFConfig
+
+    # CLIPConfig() is ViT-B/32; eos_token_id=2 as in openai/clip-vit-base-patch32's config: the legacy
+    # argmax pooling. Weights are converted in memory (the 600 MB safetensors round trip is what the
+    # tiny test covers); the config goes through config.json's dict form.
+    hf_config = HFConfig(text_config=dict(eos_token_id=2, bos_token_id=0, pad_token_id=1))
+    model = random_clip_model(hf_config, seed=1)
+    config = CLIPConfig.from_dict(json.loads(hf_config.to_json_string()))
+    assert config.vision_config.patch_size == 32 and config.text_config.eos_token_id == 2
+    params = params_from_state_dict({k: v.numpy() for k, v in model.state_dict().items()}, config)
+    clip = clip_flax.FlaxCLIP(clip_flax.CLIP(config), params, config, "", "random-vit-b32")
+    ids = tokenizer(PROMPTS[:3], padding="max_length", max_length=77, return_tensors="np")["input_ids"]
+    pixel_values = preprocess([realistic_image(300, 451), realistic_image(512, 512, seed=1)])
+    _assert_parity(clip, model, ids, pixel_values)
+
+
+def test_config_defaults_are_transformers_defaults():
+    from transformers import CLIPTextConfig, CLIPVisionConfig
+
+    ours, text, vision = CLIPConfig(), CLIPTextConfig(), CLIPVisionConfig()
+    for name, value in vars(ours.text_config).items():
+        assert getattr(text, name) == value, name
+    for name, value in vars(ours.vision_config).items():
+        assert getattr(vision, name) == value, name
+
+
+@pytest.mark.parametrize("size,mode", [((512, 512), "RGB"), ((300, 451), "RGB"), ((451, 300), "L"),
+                                       ((768, 512), "RGBA"), ((224, 224), "P"), ((37, 500), "RGB"),
+                                       ((150, 100), "CMYK")])
+def test_preprocess_matches_clip_image_processor(size, mode):
+    """Tolerance: 1e-6 against transformers' PIL backend (same PIL bicubic, same float steps). With
+    torchvision installed transformers resizes with torch's antialiased bicubic instead: 0.05."""
+    from transformers import CLIPImageProcessor
+
+    processor = CLIPImageProcessor()  # OpenAI's settings: shortest edge 224, crop 224, bicubic
+    image = realistic_image(*size, mode=mode)
+    ref = processor(images=[image], return_tensors="np")["pixel_values"]
+    tol = 1e-6 if getattr(processor, "backend", "pil") == "pil" else 0.05
+    ours = preprocess([image])
+    assert ours.shape == ref.shape == (1, 3, 224, 224) and ours.dtype == np.float32
+    np.testing.assert_allclose(ours, ref, atol=tol, rtol=0)
+
+
+def test_image_config_reads_every_hub_spelling(tiny):
+    openai_style = {"crop_size": 224, "do_center_crop": True, "do_normalize": True, "do_resize": True,
+                    "image_mean": [0.48145466, 0.4578275, 0.40821073],
+                    "image_std": [0.26862954, 0.26130258, 0.27577711], "resample": 3, "size": 224}
+    assert ImageConfig.from_dict(openai_style) == ImageConfig()
+    assert ImageConfig.from_pretrained(tiny).crop_size == (32, 32)
+    with pytest.raises(ValueError, match="longest_edge"):
+        ImageConfig.from_dict({"size": {"longest_edge": 3}})
+
+
+def test_safetensors_reader_matches_safetensors(tmp_path):
+    from safetensors.torch import save_file
+
+    tensors = {"f32": torch.randn(3, 4), "f16": torch.randn(5).half(), "bf16": torch.randn(2, 2).bfloat16(),
+               "scalar": torch.tensor(4.6), "i64": torch.arange(3)}
+    save_file(tensors, tmp_path / "x.safetensors")
+    got = read_safetensors(str(tmp_path / "x.safetensors"))
+    assert sorted(got) == sorted(tensors)
+    for k, v in tensors.items():
+        assert got[k].shape == tuple(v.shape)
+        np.testing.assert_array_equal(np.asarray(got[k], np.float64), v.double().numpy())
+
+
+def test_tiny_clip_is_cached_and_deterministic(tmp_path, monkeypatch):
+    monkeypatch.setenv("SDKIT_CACHE", str(tmp_path / "cache"))
+    path = tiny_clip_path()
+    assert path.startswith(str(tmp_path / "cache" / "tiny" / "clip-"))
+    assert sorted(os.listdir(path)) == sorted(["config.json", "model.safetensors", "preprocessor_config.json",
+                                               "vocab.json", "merges.txt", "tokenizer_config.json",
+                                               "special_tokens_map.json"])
+    mtime = os.path.getmtime(os.path.join(path, "model.safetensors"))
+    assert tiny_clip_path() == path and os.path.getmtime(os.path.join(path, "model.safetensors")) == mtime
+    assert not [p for p in os.listdir(tmp_path / "cache" / "tiny") if p.startswith(".")]  # no temp dirs left
+    again = read_safetensors(save_tiny_clip(tmp_path / "again", seed=0) + "/model.safetensors")
+    other = read_safetensors(save_tiny_clip(tmp_path / "other", seed=1) + "/model.safetensors")
+    first = read_safetensors(path + "/model.safetensors")
+    assert all(np.array_equal(first[k], again[k]) for k in first)
+    assert not np.array_equal(first["text_projection.weight"], other["text_projection.weight"])
+
+
+# --- loading through huggingface_hub --------------------------------------------------------------
+
+
+def hub_cache(root, repo_id, src, sha="0123456789abcdef0123456789abcdef01234567"):
+    """Lay `src`'s files out as the Hub cache does: models--org--name/{refs/main, snapshots/<sha>/...}."""
+    repo = os.path.join(root, "models--" + repo_id.replace("/", "--"))
+    shutil.copytree(src, os.path.join(repo, "snapshots", sha))
+    os.makedirs(os.path.join(repo, "refs"))
+    with open(os.path.join(repo, "refs", "main"), "w") as f:
+        f.write(sha)
+    return root
+
+
+@pytest.fixture
+def offline_hub(tmp_path, monkeypatch):
+    """An empty Hub cache with HF_HUB_OFFLINE=1 (set on the module constants, which read the env at import)."""
+    from huggingface_hub import constants
+
+    root = str(tmp_path / "hub")
+    os.makedirs(root)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", root)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", root)
+    return root
+
+
+def test_load_from_hub_cache_offline(tiny, offline_hub):
+    hub_cache(offline_hub, "sdkit-test/tiny-clip", tiny)
+    from_hub, from_dir = load_flax_clip("sdkit-test/tiny-clip"), load_flax_clip(tiny)
+    assert from_hub.path.startswith(offline_hub) and "snapshots" in from_hub.path
+    for a, b in zip(*(map(np.asarray, __import__("jax").tree.leaves(c.params)) for c in (from_hub, from_dir))):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_unknown_clip_id_offline(offline_hub):
+    with pytest.raises(ValueError, match="unknown CLIP 'sdkit-test/no-such-clip'.*HF_HUB_OFFLINE"):
+        load_flax_clip("sdkit-test/no-such-clip")
+    with pytest.raises(ValueError, match="unknown CLIP '/no/such/dir'"):
+        load_flax_clip("/no/such/dir")
+
+
+def test_not_a_clip(tmp_path, tiny):
+    (tmp_path / "bert").mkdir()
+    (tmp_path / "bert" / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    with pytest.raises(ValueError, match="not a CLIP checkpoint: config.json says model_type='bert'"):
+        load_flax_clip(tmp_path / "bert")
+    shutil.copytree(tiny, tmp_path / "text-only")
+    config = json.loads((tmp_path / "text-only" / "config.json").read_text())
+    (tmp_path / "text-only" / "config.json").write_text(json.dumps({**config["text_config"]}))
+    with pytest.raises(ValueError, match="model_type='clip_text_model'"):
+        load_flax_clip(tmp_path / "text-only")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no config.json"):
+        load_flax_clip(tmp_path / "empty")
+
+
+def test_weights_that_do_not_fit_the_config(tmp_path, tiny):
+    shutil.copytree(tiny, tmp_path / "c")
+    config = json.loads((tmp_path / "c" / "config.json").read_text())
+    config["vision_config"]["hidden_size"] = 64
+    (tmp_path / "c" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="do not fit.*wrong shapes"):
+        load_flax_clip(tmp_path / "c")
+
+
+def test_pickle_only_checkpoints_are_refused(tmp_path, tiny, offline_hub):
+    src = tmp_path / "pickled"
+    src.mkdir()
+    shutil.copy(os.path.join(tiny, "config.json"), src)
+    torch.save({"logit_scale": torch.tensor(1.0)}, src / "pytorch_model.bin")
+    with pytest.raises(ValueError, match=r"no safetensors.*pytorch_model\.bin.*never loads pickle"):
+        load_flax_clip(src)
+    hub_cache(offline_hub, "sdkit-test/pickled-clip", src)
+    with pytest.raises(ValueError, match="never loads pickle"):
+        load_flax_clip("sdkit-test/pickled-clip")
