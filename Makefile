@@ -52,12 +52,12 @@ test-fast: $(STAMP)
 
 test-notebooks: $(STAMP)
 	@if ls notebooks/*.ipynb >/dev/null 2>&1; then \
-	  SDKIT_TINY=1 $(PY) -m pytest --nbval notebooks --sanitize-with notebooks/sanitize.cfg -p no:cacheprovider; \
+	  SDKIT_MODELS=tiny $(PY) -m pytest --nbval notebooks --sanitize-with notebooks/sanitize.cfg -p no:cacheprovider; \
 	else echo "no notebooks yet"; fi
 
 ## Re-run every notebook on the tiny models and store the outputs nbval checks (after intentional changes).
 notebooks: $(STAMP)
-	SDKIT_TINY=1 $(PY) -m sdkit.notebooks execute notebooks
+	$(PY) -m sdkit.notebook execute notebooks
 
 ## Train the toy shapes world (cached) and print what reranking buys.
 toy: $(STAMP)
