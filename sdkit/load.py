@@ -139,7 +139,6 @@ def resolve(model: str, *, revision: str | None = None, dtype=torch.float32, var
     if not isinstance(model, str) or not model.strip():
         raise ValueError(f"model={model!r}: give a Hub id like 'stable-diffusion-v1-5/stable-diffusion-v1-5', a local path, or one of {list(BUILTIN)}")
     if model in MIRRORS:
-        log.warning("%s was deleted from the Hub; using its maintained mirror %s", model, MIRRORS[model])
         print(f"sdkit: {model} was deleted from the Hub; using its mirror {MIRRORS[model]}")
         model = MIRRORS[model]
     if model.startswith("sdkit:"):

@@ -137,12 +137,37 @@ def build_atomically(final: Path, build) -> Path:
     return final
 
 
+class quiet_hf:
+    """Silence diffusers/transformers logging and progress bars while building toy artefacts."""
+
+    def __enter__(self):
+        from diffusers.utils import logging as dl
+        from transformers.utils import logging as tl
+
+        self._levels = (dl.get_verbosity(), tl.get_verbosity())
+        dl.set_verbosity_error()
+        tl.set_verbosity_error()
+        dl.disable_progress_bar()
+        tl.disable_progress_bar()
+        return self
+
+    def __exit__(self, *exc):
+        from diffusers.utils import logging as dl
+        from transformers.utils import logging as tl
+
+        dl.set_verbosity(self._levels[0])
+        tl.set_verbosity(self._levels[1])
+        dl.enable_progress_bar()
+        tl.enable_progress_bar()
+
+
 def tiny_pipeline_path(task: str = "text-to-image", seed: int = 0) -> Path:
     """Directory of the cached tiny pipeline for `task`, built on first use (~1 s, ~2 MB)."""
     if task not in TASK_UNET_CHANNELS:
         raise ValueError(f"task={task!r}: tiny pipelines exist for {sorted(TASK_UNET_CHANNELS)}")
     final = cache_root() / "tiny" / f"sd-{task}-seed{seed}-{_fingerprint(task, seed)}"
-    return build_atomically(final, lambda d: save_tiny_pipeline(d, task=task, seed=seed))
+    with quiet_hf():
+        return build_atomically(final, lambda d: save_tiny_pipeline(d, task=task, seed=seed))
 
 
 def install_in_hub_cache(src, repo_id: str, cache_dir, revision: str = "0" * 40) -> Path:

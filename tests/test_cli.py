@@ -1,0 +1,55 @@
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+
+from sdkit.cli import main
+
+
+def test_cli_generates_files_with_metadata(tmp_path, tiny_path):
+    out = subprocess.run(
+        [sys.executable, "-m", "sdkit", "a red circle", "a blue square", "-n", "2", "--seed", "7", "--steps", "2",
+         "--model", "sdkit:tiny", "--out", str(tmp_path), "--quiet", "--scheduler", "Euler a"],
+        capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    (run_dir,) = tmp_path.iterdir()
+    pngs = sorted(p.name for p in run_dir.glob("*.png"))
+    assert [p.split("-", 3)[-1] for p in pngs] == ["000-s7.png", "001-s8.png", "002-s7.png", "003-s8.png"]
+    records = [json.loads(line) for line in (run_dir / "manifest.jsonl").read_text().splitlines()]
+    assert {(r["prompt"], r["seed"], r["scheduler"]) for r in records} >= {("a red circle", 7, "Euler a"), ("a blue square", 8, "Euler a")}
+    assert "4 images in" in out.stdout
+
+
+def test_prompts_file(tmp_path, tiny_path):
+    f = tmp_path / "prompts.txt"
+    f.write_text("a cat\n\n# a comment\na dog\n")
+    rc = main(["generate", "--prompts-file", str(f), "-n", "1", "--seed", "1", "--steps", "1", "--out", str(tmp_path / "o"), "--quiet"])
+    assert rc == 0
+    prompts = sorted(json.loads(line)["prompt"] for line in next((tmp_path / "o").iterdir()).joinpath("manifest.jsonl").read_text().splitlines())
+    assert prompts == ["a cat", "a dog"]
+
+
+@pytest.mark.parametrize("args,message", [
+    (["  "], "empty or whitespace"),
+    (["a cat", "-n", "0"], "n=0"),
+    (["a cat", "--height", "100"], "height=100"),
+    (["a cat", "--steps", "0"], "num_inference_steps=0"),
+    (["a cat", "--guidance", "-2"], "guidance_scale=-2.0"),
+    (["a cat", "-n", "2", "--seeds", "1,2,3"], "seeds has 3 entries but n=2"),
+    (["a cat", "--scheduler", "Euler b"], "scheduler='Euler b'"),
+    (["generate", "--prompts-file", "/nonexistent"], "no such file"),
+    (["a cat", "--out", "/proc/nope"], "cannot be created"),
+])
+def test_bad_input_exits_2_before_loading(monkeypatch, capsys, args, message):
+    import sdkit.load
+
+    monkeypatch.setattr(sdkit.load, "load_pipeline", lambda *a, **k: pytest.fail("loaded a model before validating"))
+    assert main(args) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_missing_model_exits_1(tmp_path, capsys):
+    assert main(["a cat", "--model", str(tmp_path / "none"), "--out", str(tmp_path)]) == 1
+    assert "no such directory" in capsys.readouterr().err
