@@ -1,0 +1,284 @@
+"""Sweeps: validation, a local run against plain generate(), resume, Ray pixel equality, a killed Ray actor."""
+
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from sdkit.generate import generate
+from sdkit.save import read_manifest, read_metadata
+from sdkit.sweep import GRID_PARAMS, Sweep, run_sweep
+
+PROMPTS = ["a red circle", "a blue square"]
+FAST = {"num_inference_steps": 2}
+
+
+def tiny_sweep(**kw):
+    kw.setdefault("model", "sdkit:tiny")
+    kw.setdefault("grid", {"guidance_scale": [1.0, 5.0], "scheduler": ["DDIM", "Euler a"], **FAST})
+    return Sweep(kw.pop("prompts", PROMPTS), **kw)
+
+
+def pixels(path):
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+def assert_exactly_once(sweep, out):
+    """Every item has one complete PNG under its own name and one manifest line; nothing else is there."""
+    expected = {sweep.file_name(it) for it in sweep.items()}
+    lines = []
+    for line in (out / "manifest.jsonl").read_text().splitlines():
+        try:
+            lines.append(json.loads(line))
+        except json.JSONDecodeError:  # a line torn by a kill, as read_manifest skips it
+            continue
+    assert sorted(r["file"] for r in lines) == sorted(expected)  # no loss, no duplicate lines
+    assert sorted(os.listdir(out)) == sorted(expected | {"manifest.jsonl"})  # no `-1.png` copies, no .tmp files
+    for it in sweep.items():
+        meta = read_metadata(out / sweep.file_name(it))  # a half-written PNG fails to decode here
+        assert (meta["prompt"], meta["seed"], meta["index"]) == (it.prompt, it.seed, it.index)
+        pixels(out / sweep.file_name(it))
+
+
+# --- validation: before any model work --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    (dict(prompts=[]), ValueError, "prompts is an empty list"),
+    (dict(prompts=["ok", "  "]), ValueError, "empty or whitespace"),
+    (dict(prompts=["a", "a"]), ValueError, "'a' is listed twice"),
+    (dict(grid={"guidance": [1, 2]}), ValueError, r"'guidance' is not known; allowed: \['guidance_scale', "),
+    (dict(grid={"scheduler": ["DDIM", "Eulr"]}), ValueError, "scheduler='Eulr' is not known"),
+    (dict(grid={"num_inference_steps": [10, 0]}), ValueError, "num_inference_steps=0"),
+    (dict(grid={"height": [60]}), ValueError, "height=60: must be a positive multiple of 8"),
+    (dict(grid={"guidance_scale": []}), ValueError, r"grid\['guidance_scale'\] is an empty list"),
+    (dict(grid={"guidance_scale": [3, 3]}), ValueError, "repeats a value"),
+    (dict(seeds=0), ValueError, "seeds=0"),
+    (dict(seeds=[1, 2, 1]), ValueError, "repeat a seed"),
+    (dict(seeds=[1, -2]), ValueError, "seed -2"),
+    (dict(scorer="clip"), ValueError, "scorer='clip'"),
+    (dict(name="my sweep"), ValueError, "name='my sweep'"),
+    (dict(max_items=100, seeds=10, grid={"guidance_scale": [1, 2, 3, 4, 5, 6]}), ValueError,
+     r"120 images \(2 prompts × 10 seeds × 6 guidance_scale\), over max_items=100; pass confirm=True"),
+])
+def test_bad_description_is_refused(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        tiny_sweep(**kwargs)
+
+
+def test_big_sweep_with_confirmation_and_every_allowed_name():
+    grid = {"guidance_scale": [1, 2, 3], "num_inference_steps": [2, 3], "scheduler": ["DDIM", "Euler a"],
+            "negative_prompt": [None, "blurry"], "height": 64, "width": [64, 128]}
+    assert set(grid) == set(GRID_PARAMS)
+    sweep = tiny_sweep(seeds=10, grid=grid, max_items=100, confirm=True)
+    assert len(sweep) == len(sweep.items()) == 2 * 10 * 3 * 2 * 2 * 2 * 2
+    assert sorted(i for u in sweep.units() for i in u) == list(range(len(sweep)))
+
+
+def test_prompts_file(tmp_path):
+    f = tmp_path / "prompts.txt"
+    f.write_text("# shapes\na red circle\n\n a blue square \n")
+    assert tiny_sweep(prompts=f).prompts == ("a red circle", "a blue square")
+    f.write_text("# only a comment\n\n")
+    with pytest.raises(ValueError, match="has no prompts"):
+        tiny_sweep(prompts=f)
+    with pytest.raises(FileNotFoundError, match="nope.txt"):
+        tiny_sweep(prompts=tmp_path / "nope.txt")
+    with pytest.raises(ValueError, match=r"is a file name: pass Path\("):
+        tiny_sweep(prompts=str(tmp_path / "prompts.txt"))
+
+
+def test_items_seeds_and_run_id():
+    sweep = tiny_sweep(seeds=3, seed=40)
+    items = sweep.items()
+    assert [it.seed for it in items[:3]] == [40, 41, 42]
+    assert items[3].params == {"guidance_scale": 1.0, "scheduler": "Euler a", "num_inference_steps": 2}
+    assert len({sweep.file_name(it) for it in items}) == len(items) == 24
+    assert sweep.file_name(items[5]) == f"{sweep.run_id}-005-s42.png"
+    assert tiny_sweep(seeds=3, seed=40, batch_size=1, scorer="torch").run_id == sweep.run_id  # pixels unchanged
+    assert tiny_sweep(seeds=3, seed=41).run_id != sweep.run_id
+
+
+def test_bad_run_arguments(tmp_path):
+    with pytest.raises(ValueError, match="backend='dask'"):
+        run_sweep(tiny_sweep(), tmp_path, backend="dask")
+    with pytest.raises(ValueError, match="are for backend='ray'"):
+        run_sweep(tiny_sweep(), tmp_path, ray_address="auto")
+
+
+# --- local ------------------------------------------------------------------------------------------------
+
+
+def test_local_sweep_matches_generate_and_ranks(tmp_path, tiny_pipe):
+    from sdkit.rank import rank
+    from sdkit.score import load_scorer
+    from sdkit.tiny_clip import tiny_clip_path
+
+    clip = tiny_clip_path()
+    sweep = tiny_sweep(seeds=2, scorer="torch", scorer_model=clip, grid={"guidance_scale": [1.0, 5.0], **FAST})
+    result = run_sweep(sweep, tmp_path, progress=False)
+    assert (result.generated, result.skipped, result.total, len(result.candidates)) == (8, 0, 8, 8)
+    assert_exactly_once(sweep, tmp_path)
+
+    # Each file is what generate() makes for that prompt, seed and setting, with the same metadata fields.
+    ref_dir = tmp_path.parent / "ref"
+    ref = generate(tiny_pipe, "a blue square", seeds=[1], n=1, guidance_scale=5.0, output_dir=ref_dir, progress=False, **FAST)
+    c = next(c for c in result.candidates if (c.prompt, c.seed, c.guidance_scale) == ("a blue square", 1, 5.0))
+    assert np.array_equal(pixels(c.path), np.asarray(ref[0].image))
+    assert set(read_metadata(c.path)) == set(read_metadata(ref[0].path))
+    assert set(read_manifest(tmp_path)[0]) == set(read_manifest(ref_dir)[0])
+
+    # Scores were recorded by the worker; they are the scorer's own, and the ranking is sdkit.rank's.
+    scorer = load_scorer("torch", clip)
+    images = [Image.open(c.path).convert("RGB") for c in result.candidates]
+    scores = scorer(images, [c.prompt for c in result.candidates])
+    np.testing.assert_allclose([read_metadata(c.path)["logit"] for c in result.candidates], scores.logits, rtol=1e-5)
+    assert all(c.scorer == scores.scorer for c in result.candidates)
+    expected = rank(result.candidates, scores)
+    assert [(r.candidate.path, r.rank) for r in result.ranked] == [(r.candidate.path, r.rank) for r in expected]
+    assert sorted(r.rank for r in result.ranked if r.candidate.prompt == "a red circle") == [1, 2, 3, 4]
+
+
+def test_resume_after_a_crash(tmp_path):
+    sweep = tiny_sweep(seeds=2, batch_size=2, grid={"guidance_scale": [1.0, 5.0], **FAST})
+    full = run_sweep(sweep, tmp_path / "full", progress=False)
+
+    out = tmp_path / "crashed"
+    class Crash(Exception):
+        pass
+
+    def crash_after_3(index, name):
+        if len(os.listdir(out)) > 3:
+            raise Crash
+    with pytest.raises(Crash):
+        run_sweep(sweep, out, progress=False, callback=crash_after_3)
+    # What a kill -9 can leave besides: a file linked before its manifest line, a temp file, a torn line.
+    lines = (out / "manifest.jsonl").read_text().splitlines()
+    assert 0 < len(lines) < len(sweep)
+    (out / "manifest.jsonl").write_text("\n".join(lines[:-1]) + "\n" + lines[-1][:25])
+    (out / f".{sweep.file_name(sweep.items()[-1])}.123.abcdef.tmp").write_bytes(b"\x89PNG half")
+
+    resumed = run_sweep(sweep, out, progress=False)
+    assert (resumed.skipped, resumed.generated) == (len(lines), len(sweep) - len(lines))
+    assert_exactly_once(sweep, out)
+    for a, b in zip(full.candidates, resumed.candidates):
+        assert Path(a.path).name == Path(b.path).name
+        assert np.array_equal(pixels(a.path), pixels(b.path))
+    again = run_sweep(sweep, out, progress=False)
+    assert (again.generated, again.skipped) == (0, len(sweep))
+
+
+def test_retried_unit_is_not_written_twice(tmp_path):
+    """What Ray does after a kill: run a unit again, whose images may be on disk, recorded or not."""
+    from sdkit.sweep import SweepWorker, collect
+
+    sweep = tiny_sweep(prompts=PROMPTS[:1], seeds=2, grid=FAST)
+    worker = SweepWorker(sweep, tmp_path)
+    unit = sweep.units()[0]
+    first = worker.run_unit(unit)
+    manifest = tmp_path / "manifest.jsonl"
+    manifest.write_text(manifest.read_text().splitlines()[0] + "\n")  # killed after item 1's file, before its line
+    before = {p.name: p.stat().st_mtime_ns for p in tmp_path.glob("*.png")}
+    assert worker.run_unit(unit) == first
+    assert worker.run_unit(unit) == first
+    assert {p.name: p.stat().st_mtime_ns for p in tmp_path.glob("*.png")} == before  # not rewritten
+    assert_exactly_once(sweep, tmp_path)
+    assert len(collect(sweep, tmp_path).candidates) == 2
+
+
+def test_cancel_stops_and_keeps_finished(tmp_path):
+    sweep = tiny_sweep(seeds=2, batch_size=1)
+    stop = threading.Event()
+    result = run_sweep(sweep, tmp_path, progress=False, callback=lambda i, f: stop.set(), cancel=stop)
+    assert result.cancelled and result.generated == len(result.candidates) == 1
+
+
+def test_cli_sweep(tmp_path, capsys):
+    from sdkit.cli import main
+
+    argv = ["sweep", "a red circle", "-n", "2", "--seed", "3", "--grid", "guidance_scale=1,4", "--steps", "2",
+            "--model", "sdkit:tiny", "--out", str(tmp_path), "--quiet"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    run_dir = next(tmp_path.iterdir())
+    assert "4 generated, 0 already done, 4 of 4" in out and run_dir.name.startswith("sweep-")
+    assert sorted(r["guidance_scale"] for r in read_manifest(run_dir)) == [1.0, 1.0, 4.0, 4.0]
+    assert main(argv) == 0 and "0 generated, 4 already done" in capsys.readouterr().out
+    assert main(argv[:-1] + ["--grid", "cfg=2"]) == 2
+    assert "'cfg' is not known" in capsys.readouterr().err
+
+
+# --- Ray: one local runtime for the module, 2 CPUs, 2 workers ------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ray_runtime():
+    ray = pytest.importorskip("ray")
+    root = str(Path(__file__).resolve().parents[1])  # workers import sdkit from this checkout
+    path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"PYTHONPATH": path}})
+    yield ray
+    ray.shutdown()
+
+
+def test_ray_pixels_equal_local(ray_runtime, tmp_path):
+    sweep = tiny_sweep(seeds=2, batch_size=2, grid={"scheduler": ["DDIM", "Euler a"], "guidance_scale": 5.0, **FAST})
+    local = run_sweep(sweep, tmp_path / "local", progress=False)
+    on_ray = run_sweep(sweep, tmp_path / "ray", backend="ray", workers=2, progress=False)
+    assert on_ray.generated == len(sweep) == 8
+    assert_exactly_once(sweep, tmp_path / "ray")
+    for a, b in zip(local.candidates, on_ray.candidates):
+        assert Path(a.path).name == Path(b.path).name
+        assert np.array_equal(pixels(a.path), pixels(b.path)), a.path
+        assert a.params() | {"path": None} == b.params() | {"path": None}
+
+
+def _sweep_actor_pids() -> list[int]:
+    import psutil
+
+    pids = []
+    for p in psutil.process_iter(["cmdline"]):
+        try:  # only actors of the Ray this test process started
+            if "SweepWorker" in " ".join(p.info["cmdline"] or []) and os.getpid() in {a.pid for a in p.parents()}:
+                pids.append(p.pid)
+        except psutil.Error:
+            continue
+    return pids
+
+
+def test_killed_ray_actor_loses_and_duplicates_nothing(ray_runtime, tmp_path):
+    # batch_size=1: 8 units of 4 steps, so the kill lands while most of the work is still to do.
+    sweep = tiny_sweep(seeds=4, batch_size=1, grid={"num_inference_steps": 4})
+    out = tmp_path / "ray"
+    killed = {}
+
+    def kill_an_actor():
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            done = len(read_manifest(out)) if (out / "manifest.jsonl").exists() else 0
+            pids = _sweep_actor_pids() if done >= 1 else []
+            if pids:
+                os.kill(pids[0], signal.SIGKILL)
+                killed.update(pid=pids[0], done=done)
+                return
+            time.sleep(0.02)
+
+    killer = threading.Thread(target=kill_an_actor, daemon=True)
+    killer.start()
+    result = run_sweep(sweep, out, backend="ray", workers=2, progress=False)
+    killer.join(timeout=5)
+    assert killed and killed["done"] < len(sweep), killed  # the kill happened mid-run
+    assert len(result.candidates) == len(sweep)
+    assert_exactly_once(sweep, out)
+    # Retried or not, every image is the one its seed makes.
+    local = run_sweep(sweep, tmp_path / "local", progress=False)
+    for a, b in zip(local.candidates, result.candidates):
+        assert np.array_equal(pixels(a.path), pixels(b.path)), b.path
