@@ -17,7 +17,6 @@ import sys
 COMMANDS = {
     "generate": "sdkit.cli_generate",
     "sweep": "sdkit.cli_sweep",
-    "sweep": "sdkit.cli_sweep",
     "img2img": "sdkit.cli_edit", "inpaint": "sdkit.cli_edit", "outpaint": "sdkit.cli_edit",
 }
 
