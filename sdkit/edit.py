@@ -172,6 +172,12 @@ class _Finishing:
         return getattr(self._pipe, name)
 
     def __call__(self, **kwargs):
+        # One copy per candidate: given a single image, diffusers' inpaint pipeline VAE-encodes it with
+        # the batch's first generator only, so candidate k would depend on which batch it is in.
+        k = len(kwargs["generator"])
+        for name in ("image", "mask_image"):
+            if name in kwargs:
+                kwargs[name] = [kwargs[name]] * k
         result = self._pipe(**kwargs)
         flags = result.nsfw_content_detected or [False] * len(result.images)
         result.images = [self._inputs.finish(im, bool(f)) for im, f in zip(result.images, flags)]

@@ -61,8 +61,8 @@ def test_inpaint_matches_diffusers_plus_paste_back_and_keeps_unmasked_pixels(inp
     im, box = noise(64, 64), (16, 8, 48, 40)
     run = inpaint(inpaint_pipe, "a hat", im, box, n=2, seed=3, mask_blur=4, **FAST)
     mask = box_mask(im.size, box)
-    raw = inpaint_pipe(prompt=["a hat"] * 2, image=im, mask_image=mask, height=64, width=64, num_inference_steps=2,
-                       generator=gens([3, 4])).images
+    raw = [inpaint_pipe(prompt="a hat", image=im, mask_image=mask, num_inference_steps=2, generator=gens([s])).images[0]
+           for s in (3, 4)]  # each candidate as diffusers makes it alone
     weights = feather_mask(mask, 4)
     keep = arr(mask) == 0
     for c, r in zip(run, raw):
@@ -92,8 +92,8 @@ def test_blank_canvas_white_image_and_white_mask(inpaint_pipe, tmp_path):
     white.save(tmp_path / "white.jpg")
     run = inpaint(inpaint_pipe, "cute little kitty with beautiful minimalist flowers, lots of white background",
                   tmp_path / "white.jpg", tmp_path / "white.jpg", n=2, seed=1, **FAST)
-    raw = inpaint_pipe(prompt=[run[0].prompt] * 2, image=white, mask_image=white, num_inference_steps=2,
-                       generator=gens([1, 2])).images
+    raw = [inpaint_pipe(prompt=run[0].prompt, image=white, mask_image=white, num_inference_steps=2,
+                        generator=gens([s])).images[0] for s in (1, 2)]
     for c, r in zip(run, raw):
         assert c.image.size == (64, 64)
         assert np.array_equal(arr(c.image), arr(r))  # all repainted: the whole image is the model's
@@ -120,6 +120,30 @@ def test_sizes_not_a_multiple_of_8_come_back_at_the_original_size(inpaint_pipe, 
 def test_working_size_can_be_chosen(inpaint_pipe):
     run = inpaint(inpaint_pipe, "x", noise(100, 60), (0, 0, 50, 60), n=1, seed=0, height=32, width=48, **FAST)
     assert run[0].image.size == (100, 60) and (run[0].width, run[0].height) == (48, 32)
+
+
+@pytest.mark.parametrize("which,strength", [("9-channel", 1.0), ("4-channel", 0.8)])
+def test_candidate_is_the_same_alone_as_in_a_batch(which, strength, inpaint_pipe, tiny_pipe):
+    # diffusers encodes a single init image with the batch's first generator only; sdkit gives every
+    # candidate its own copy, so candidate k does not depend on its batch.
+    pipe = inpaint_pipe if which == "9-channel" else tiny_pipe
+    im, box = noise(32, 32), (4, 4, 28, 20)
+    batch = inpaint(pipe, "x", im, box, n=2, seeds=[3, 4], batch_size=2, strength=strength, **FAST)
+    alone = inpaint(pipe, "x", im, box, n=1, seeds=[4], strength=strength, **FAST)
+    assert np.array_equal(arr(batch[1].image), arr(alone[0].image))
+
+
+def test_flagged_candidates_stay_black_at_the_original_size(inpaint_pipe):
+    import copy
+
+    checker = copy.deepcopy(inpaint_pipe.safety_checker)  # the fixture's own checker stays as it is
+    with torch.no_grad():
+        checker.concept_embeds_weights.fill_(-2.0)  # cosine > -2 always: everything is flagged
+    pipe = type(inpaint_pipe).from_pipe(inpaint_pipe, safety_checker=checker)
+    with pytest.warns(UserWarning, match="flagged by the safety checker"):
+        run = inpaint(pipe, "x", noise(61, 45), (0, 0, 30, 30), n=1, seed=0, **FAST)
+    c = run[0]
+    assert c.nsfw and c.image.size == (61, 45) and arr(c.image).max() == 0  # no paste-back over a flagged image
 
 
 # -- outpainting -----------------------------------------------------------------------------------
