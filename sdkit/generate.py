@@ -137,12 +137,15 @@ def generate(
               manifest=str(out / "manifest.jsonl") if out else None)
     bs = batch_size or default_batch_size(pipe)
     is_cancelled = cancel.is_set if isinstance(cancel, threading.Event) else (cancel or (lambda: False))
-    bar = _progress_bar(len(jobs) * num_inference_steps, progress)
+    # img2img/inpaint with strength < 1 skip the first steps: count only those that run.
+    strength = float((pipe_kwargs or {}).get("strength", 1.0))
+    steps_run = max(1, min(num_inference_steps, int(num_inference_steps * strength)))
+    bar = _progress_bar(len(jobs) * steps_run, progress)
 
     def on_step(_pipe, step, _t, kwargs, batch):
         bar.update(1)
         if callback is not None:
-            callback(Progress(step + 1, num_inference_steps, len(run.candidates), len(jobs), [j.index for j in batch]))
+            callback(Progress(min(step + 1, steps_run), steps_run, len(run.candidates), len(jobs), [j.index for j in batch]))
         if is_cancelled():
             raise Cancelled
         return kwargs
@@ -170,7 +173,6 @@ def generate(
                         f"out of memory with batch_size=1 at {height}x{width}: try load_pipeline(..., low_memory=True) "
                         f"or a smaller size. {len(run.candidates)} finished candidates are kept" +
                         (f" in {out}" if out else ""), run) from e
-                bar.update(-bar.n % num_inference_steps if bar.n else 0)
                 bs = max(1, bs // 2)
                 print(f"sdkit: out of memory; retrying with batch_size={bs}", file=sys.stderr)
                 _free_memory()
@@ -185,7 +187,7 @@ def generate(
                 finished.append(job)
             pending = pending[len(batch):]
             if callback is not None:
-                callback(Progress(num_inference_steps, num_inference_steps, len(run.candidates), len(jobs),
+                callback(Progress(steps_run, steps_run, len(run.candidates), len(jobs),
                                   [j.index for j in batch], finished))
     except (Cancelled, KeyboardInterrupt):
         run.cancelled = True
@@ -253,6 +255,12 @@ def regenerate(source, pipe=None, **overrides) -> Candidate:
 
     meta = dict(source) if isinstance(source, dict) else read_metadata(source)
     meta.update(overrides)
+    if meta.get("task", "text-to-image") != "text-to-image":
+        raise ValueError(
+            f"regenerate() redoes text-to-image only; this image is {meta['task']!r}, whose init image and mask are "
+            f"recorded only as hashes. Call sdkit.edit.{'img2img' if meta['task'] == 'image-to-image' else 'inpaint'}"
+            f"(..., seeds=[{meta['seed']}]) with the same image (and mask) instead."
+        )
     if pipe is None:
         pipe = load_pipeline(meta["model_id"], meta.get("task", "text-to-image"), scheduler=meta.get("scheduler") or None,
                              dtype=meta.get("dtype") or "auto", revision=meta.get("revision"))

@@ -191,3 +191,21 @@ def test_safety_checker_flags_for_real(tmp_path, tiny_path):
     assert all(np.asarray(c.image).max() == 0 for c in run)  # diffusers blacks them out
     clean = generate(load_pipeline(str(tiny_path)), "a cat", n=2, seed=0, **FAST)
     assert not any(c.nsfw for c in clean)
+
+
+def test_progress_counts_only_steps_that_run_for_img2img():
+    from PIL import Image
+
+    pipe = load_pipeline("sdkit:tiny", "image-to-image")
+    events = []
+    generate(pipe, "a cat", n=1, seed=0, num_inference_steps=4, callback=events.append, progress=False,
+             pipe_kwargs={"image": Image.new("RGB", (64, 64), "white"), "strength": 0.5})
+    steps = [e for e in events if e.finished is None]
+    assert [e.step for e in steps] == [1, 2] and all(e.num_inference_steps == 2 for e in events)
+
+
+def test_regenerate_refuses_edit_tasks_with_a_pointer():
+    from sdkit.generate import regenerate
+
+    with pytest.raises(ValueError, match=r"sdkit.edit.inpaint\(..., seeds=\[5\]\)"):
+        regenerate({"task": "inpainting", "seed": 5, "model_id": "sdkit:tiny-inpainting"})
