@@ -15,6 +15,8 @@ from sdkit.generate import generate
 from sdkit.save import read_manifest, read_metadata
 from sdkit.sweep import GRID_PARAMS, Sweep, run_sweep
 
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.*")  # Ray Data's own config renames
+
 PROMPTS = ["a red circle", "a blue square"]
 FAST = {"num_inference_steps": 2}
 
@@ -111,6 +113,8 @@ def test_bad_run_arguments(tmp_path):
         run_sweep(tiny_sweep(), tmp_path, backend="dask")
     with pytest.raises(ValueError, match="are for backend='ray'"):
         run_sweep(tiny_sweep(), tmp_path, ray_address="auto")
+    with pytest.raises(TypeError, match="a Sweep"):
+        run_sweep({"prompts": PROMPTS}, tmp_path)
 
 
 # --- local ------------------------------------------------------------------------------------------------
@@ -177,7 +181,7 @@ def test_resume_after_a_crash(tmp_path):
 
 def test_retried_unit_is_not_written_twice(tmp_path):
     """What Ray does after a kill: run a unit again, whose images may be on disk, recorded or not."""
-    from sdkit.sweep import SweepWorker, collect
+    from sdkit.sweep_run import SweepWorker, collect
 
     sweep = tiny_sweep(prompts=PROMPTS[:1], seeds=2, grid=FAST)
     worker = SweepWorker(sweep, tmp_path)

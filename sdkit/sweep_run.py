@@ -1,0 +1,344 @@
+"""Running a sweep: here or on Ray Data, resumable, exactly once on disk, ranked per prompt.
+
+A PNG is written whole to a temporary file and linked into its fixed name only if the
+name is free; its manifest line follows. Hence a re-run skips what the manifest holds, a
+retried item whose file exists is not written twice, and a file whose manifest line was
+lost to a kill gets it back from the PNG's own metadata. On Ray, each actor holds one
+pipeline (and scorer) and takes units of work; Ray restarts killed actors and retries
+their units.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import secrets
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
+
+from .candidate import Candidate
+from .save import MANIFEST, append_manifest, file_name, png_bytes, read_manifest, read_metadata
+
+if TYPE_CHECKING:
+    from .sweep import Sweep, SweepItem
+
+BACKENDS = ("local", "ray")
+
+@dataclass
+class SweepResult:
+    """Every finished image of a sweep (metadata only: `image` is None, `path` is set), and the ranking."""
+
+    run_id: str
+    output_dir: str
+    manifest: str
+    candidates: list[Candidate]  # in item order, from the manifest
+    generated: int  # made by this call
+    skipped: int  # already on disk when it started
+    total: int  # items in the sweep
+    ranked: list | None = None  # sdkit.rank.rank over all candidates (per prompt); None without a scorer
+    cancelled: bool = False
+
+
+def run_sweep(sweep: Sweep, output_dir, *, backend: str = "local", ray_address: str | None = None,
+              workers: int | None = None, ray_remote_args: dict | None = None, progress: bool = True,
+              callback: Callable[[int, str], None] | None = None,
+              cancel: threading.Event | Callable[[], bool] | None = None) -> SweepResult:
+    """Generate (and score) every image of `sweep` not already in `output_dir`, then rank per prompt.
+
+    Args:
+        sweep: the description.
+        output_dir: where PNGs and `manifest.jsonl` go; on Ray a path every worker and the driver share.
+            Re-running into the same folder resumes.
+        backend: "local" (this process) or "ray" (Ray Data, one pipeline-holding actor per worker).
+        ray_address: None starts or reuses a local Ray; "auto" or "ray://head:10001" joins a cluster.
+            Ignored if Ray is already initialised.
+        workers: Ray actors; default one per GPU in the cluster, else 1.
+        ray_remote_args: resources per actor; default {"num_gpus": 1} with GPUs, else a share of the CPUs.
+        progress: show a progress bar fed by finished images.
+        callback: called as callback(index, file_name) for each finished image.
+        cancel: an Event (or callable); when set, no new work starts. Finished images stay on disk.
+
+    Returns:
+        A `SweepResult`.
+    """
+    from .sweep import Sweep
+
+    if not isinstance(sweep, Sweep):
+        raise TypeError(f"sweep must be a Sweep (sdkit.sweep.Sweep), got {type(sweep).__name__}")
+    if backend not in BACKENDS:
+        raise ValueError(f"backend={backend!r}: choose one of {list(BACKENDS)}")
+    if backend == "local" and (ray_address is not None or workers is not None or ray_remote_args is not None):
+        raise ValueError("ray_address, workers and ray_remote_args are for backend='ray'")
+    if workers is not None and (not isinstance(workers, int) or workers < 1):
+        raise ValueError(f"workers={workers!r}: must be an integer >= 1")
+    if backend == "ray":
+        try:
+            import ray  # noqa: F401
+            import ray.data  # noqa: F401
+        except ImportError:
+            raise ImportError("backend='ray' needs Ray Data: pip install 'sdkit[ray]'") from None
+    from .checks import check_output_dir
+
+    out = check_output_dir(output_dir)
+    items = sweep.items()
+    done = prepare_output(sweep, out, items)
+    units = [[i for i in u if i not in done] for u in sweep.units()]
+    units = [u for u in units if u]
+    is_cancelled = cancel.is_set if isinstance(cancel, threading.Event) else (cancel or (lambda: False))
+    bar = _progress_bar(len(items), len(done), sweep.run_id, progress)
+    generated = 0
+
+    def finished(index: int, name: str) -> None:
+        nonlocal generated
+        generated += 1
+        bar.update(1)
+        if callback is not None:
+            callback(index, name)
+
+    try:
+        if backend == "local":
+            worker = SweepWorker(sweep, out) if units else None
+            for unit in units:
+                if is_cancelled():
+                    break
+                for index, name in worker.run_unit(unit, cancel=cancel):
+                    finished(index, name)
+                if worker.interrupted and not is_cancelled():
+                    raise KeyboardInterrupt  # generate() kept the finished images of a Ctrl-C; now stop
+        elif units:
+            _run_ray(sweep, out, units, finished, is_cancelled, ray_address, workers, ray_remote_args)
+    finally:
+        bar.close()
+    return collect(sweep, out, generated=generated, skipped=len(done), cancelled=bool(is_cancelled()))
+
+
+def prepare_output(sweep: Sweep, out: Path, items: list[SweepItem]) -> set[int]:
+    """Repair what a crash can leave, and return the indices of items already finished."""
+    manifest = out / MANIFEST
+    if manifest.exists() and manifest.stat().st_size:
+        with open(manifest, "rb") as f:
+            f.seek(-1, os.SEEK_END)
+            torn = f.read(1) != b"\n"
+        if torn:  # a line cut short by a kill: end it, so the next line is not glued onto it
+            append_manifest_bytes(out, b"\n")
+    for tmp in out.glob(f".{sweep.run_id}-*.tmp"):  # half-written by a killed worker; never a finished image
+        tmp.unlink(missing_ok=True)
+    recorded = {r.get("file") for r in read_manifest(out)}
+    on_disk = set(os.listdir(out))
+    done = set()
+    for it in items:
+        name = sweep.file_name(it)
+        if name in recorded:
+            done.add(it.index)
+        elif name in on_disk:  # linked into place, then killed before its manifest line
+            _append_record(out, out / name)
+            done.add(it.index)
+    return done
+
+
+def append_manifest_bytes(out: Path, data: bytes) -> None:
+    fd = os.open(out / MANIFEST, os.O_WRONLY | os.O_APPEND)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _append_record(out: Path, path: Path) -> None:
+    record = read_metadata(path)
+    record["path"], record["file"] = str(path), path.name
+    append_manifest(out, record)
+
+
+def collect(sweep: Sweep, out: Path, *, generated: int = 0, skipped: int = 0, cancelled: bool = False) -> SweepResult:
+    """Read the sweep's images back from the manifest, score any left unscored, and rank them per prompt."""
+    by_file = {r.get("file"): r for r in read_manifest(out)}
+    fields = {f.name for f in dataclasses.fields(Candidate)} - {"image", "path"}
+    candidates = []
+    for it in sweep.items():
+        rec = by_file.get(sweep.file_name(it))
+        if rec is not None:
+            candidates.append(Candidate(image=None, path=str(out / rec["file"]), **{k: v for k, v in rec.items() if k in fields}))
+    missing = len(sweep) - len(candidates)
+    if missing and not cancelled:
+        raise RuntimeError(f"{missing} of {len(sweep)} images of sweep {sweep.run_id} are not in {out / MANIFEST}; "
+                           "run the sweep again to finish them")
+    ranked = None
+    if sweep.scorer is not None and candidates:
+        _score_unscored(sweep, out, candidates)
+        ranked = _rank(candidates)
+    return SweepResult(sweep.run_id, str(out), str(out / MANIFEST), candidates, generated, skipped, len(sweep),
+                       ranked, cancelled)
+
+
+def _score_unscored(sweep: Sweep, out: Path, candidates: list[Candidate]) -> None:
+    """Images made by an earlier run without a scorer: score them now, recording the scores in their files."""
+    from PIL import Image
+
+    from .save import update_scores
+
+    todo = [c for c in candidates if c.score is None]
+    if not todo:
+        return
+    scorer = load_sweep_scorer(sweep)
+    for c in todo:
+        with Image.open(c.path) as im:
+            c.image = im.convert("RGB")
+    _apply_scores(scorer, todo)
+    update_scores(out, todo)
+    for c in todo:
+        c.image = None
+
+
+def _rank(candidates: list[Candidate]):
+    import numpy as np
+
+    from .rank import rank
+    from .score import Scores
+
+    scores = Scores(logits=np.array([c.logit for c in candidates], dtype=np.float32),
+                    clip_score=np.array([c.score for c in candidates], dtype=np.float32),
+                    scorer=candidates[0].scorer or "")
+    return rank(candidates, scores)
+
+
+def load_sweep_scorer(sweep: Sweep):
+    if sweep.scorer is None:
+        return None
+    if callable(sweep.scorer):
+        return sweep.scorer()
+    from .score import load_scorer
+
+    return load_scorer(sweep.scorer, **({"model_id": sweep.scorer_model} if sweep.scorer_model else {}))
+
+
+def _apply_scores(scorer, candidates: list[Candidate]) -> None:
+    scores = scorer([c.image for c in candidates], [c.prompt for c in candidates])
+    for c, logit, score in zip(candidates, scores.logits, scores.clip_score):
+        c.logit, c.score, c.scorer = float(logit), float(score), scores.scorer or getattr(scorer, "name", "")
+
+
+class SweepWorker:
+    """Makes units of a sweep. Loads the pipeline and the scorer once; one per Ray actor, or one in-process."""
+
+    def __init__(self, sweep: Sweep, output_dir):
+        self.sweep, self.out = sweep, Path(output_dir)
+        self.items = sweep.items()
+        self.scorer = load_sweep_scorer(sweep)
+        self.interrupted = False  # the last unit stopped early (cancel or Ctrl-C); its finished images are saved
+        self._pipe(None)  # load the weights now, not inside the first unit
+
+    def _pipe(self, scheduler):
+        from .load import load_pipeline
+
+        s = self.sweep  # other schedulers reuse the loaded weights (load_pipeline's cache, from_pipe)
+        return load_pipeline(s.model, device=s.device, dtype=s.dtype, scheduler=scheduler, safety_checker=s.safety_checker)
+
+    def __call__(self, batch: dict) -> dict:
+        """Ray Data entry point: a batch of units (JSON lists of item indices) -> one row per finished image."""
+        import numpy as np
+
+        done = [d for unit in batch["unit"] for d in self.run_unit(json.loads(unit))]
+        return {"index": np.array([d[0] for d in done], dtype=np.int64), "file": np.array([d[1] for d in done], dtype=object)}
+
+    def run_unit(self, indices: list[int], cancel=None) -> list[tuple[int, str]]:
+        """Generate, score and save the items `indices` (one prompt and grid point); returns (index, file) done."""
+        from .generate import generate
+
+        done, todo = [], []
+        for it in (self.items[i] for i in indices):
+            path = self.out / self.sweep.file_name(it)
+            if path.exists():  # a retry of work a killed worker finished: keep its file, make sure it is recorded
+                self._record_existing(path)
+                done.append((it.index, path.name))
+            else:
+                todo.append(it)
+        if not todo:
+            return done
+        params = dict(todo[0].params)
+        pipe = self._pipe(params.pop("scheduler", None))
+        run = generate(pipe, todo[0].prompt, n=len(todo), seeds=[it.seed for it in todo], batch_size=len(todo),
+                       run_id=self.sweep.run_id, progress=False, cancel=cancel, **params)
+        self.interrupted = run.cancelled
+        for it, c in zip(todo, run.candidates):  # fewer candidates than items only if cancelled
+            c.index = it.index
+        if self.scorer is not None and run.candidates:
+            _apply_scores(self.scorer, run.candidates)
+        for c in run.candidates:
+            self._save_once(c)
+            done.append((c.index, Path(c.path).name))
+        return done
+
+    def _record_existing(self, path: Path) -> None:
+        if path.name not in {r.get("file") for r in read_manifest(self.out)}:
+            _append_record(self.out, path)
+
+    def _save_once(self, c: Candidate) -> None:
+        """Link a complete PNG into its fixed name, then append its manifest line; never a second copy."""
+        path = self.out / file_name(c)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(3)}.tmp")
+        with open(tmp, "wb") as f:
+            f.write(png_bytes(c))
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(tmp, path)  # atomic, and fails if the name is taken
+        except FileExistsError:
+            c.path = str(path)
+            self._record_existing(path)
+            return
+        finally:
+            tmp.unlink(missing_ok=True)
+        _fsync_dir(self.out)
+        c.path = str(path)
+        record = c.params()
+        record["file"] = path.name
+        append_manifest(self.out, record)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _run_ray(sweep, out, units, finished, is_cancelled, ray_address, workers, ray_remote_args) -> None:
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address=ray_address)
+    resources = ray.cluster_resources()
+    gpus = int(resources.get("GPU", 0))
+    workers = workers or max(1, gpus)
+    if ray_remote_args is None:
+        # A whole CPU per actor plus Ray Data's own tasks can deadlock a small machine: take a share.
+        ray_remote_args = {"num_gpus": 1} if gpus else {"num_cpus": min(1.0, resources.get("CPU", 1) / (workers + 1))}
+    ds = ray.data.from_items([{"unit": json.dumps(u)} for u in units], override_num_blocks=len(units))
+    ds = ds.map_batches(SweepWorker, fn_constructor_kwargs={"sweep": sweep, "output_dir": str(out)},
+                        batch_size=1, compute=ray.data.ActorPoolStrategy(size=workers), **ray_remote_args)
+    for row in ds.iter_rows():
+        finished(int(row["index"]), str(row["file"]))
+        if is_cancelled():
+            break
+
+
+class _NoBar:
+    def update(self, k):
+        pass
+
+    def close(self):
+        pass
+
+
+def _progress_bar(total: int, initial: int, desc: str, enabled: bool):
+    if not enabled:
+        return _NoBar()
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc=desc, unit="image")
