@@ -113,7 +113,7 @@ ACTIVATIONS = {
 
 # --- modules (names = PyTorch state-dict names) ------------------------------------------------
 
-# Exact (two-pass) variance: the fast E[x^2]-E[x]^2 form costs parity on large activations.
+# Two-pass variance, as torch computes it; the fast E[x^2]-E[x]^2 form loses digits when |mean| >> std.
 LayerNorm = partial(nn.LayerNorm, use_fast_variance=False)
 
 

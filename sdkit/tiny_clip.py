@@ -2,10 +2,10 @@
 
 They load through the same code as `openai/clip-vit-base-patch32` (config.json,
 model.safetensors, tokenizer files, preprocessor_config.json), in milliseconds.
-Weights come from numpy's seeded generator, not torch's initialisers, so they do
-not change when torch or transformers change their init code. Every parameter,
-LayerNorm and bias included, is random: a conversion bug cannot hide behind a
-zero bias or a unit scale.
+Weights come from numpy's seeded generator, not torch's initialisers, so they do not
+change when torch or transformers change their init code. Every parameter, LayerNorm
+and bias included, is random: a conversion bug cannot hide behind a zero bias or a
+unit scale.
 """
 
 from __future__ import annotations
@@ -47,11 +47,18 @@ def _tokenizer_ids(path: str) -> dict:
 
 def random_clip_model(config, seed: int = 0):
     """A transformers `CLIPModel` for `config` with seeded random weights (numpy generator)."""
+    import contextlib
+
     import torch
     from transformers import CLIPModel
 
+    try:  # skip torch's init: every weight is overwritten below (seconds saved at ViT-B/32 size)
+        from transformers.initialization import no_init_weights
+    except ImportError:
+        no_init_weights = contextlib.nullcontext
     rng = np.random.default_rng(seed)
-    model = CLIPModel(config).eval()
+    with no_init_weights():
+        model = CLIPModel(config).eval()
     state = {}
     for name, p in sorted(model.state_dict().items()):
         if not p.is_floating_point() or name.endswith("position_ids"):
@@ -59,16 +66,22 @@ def random_clip_model(config, seed: int = 0):
         if name == "logit_scale":
             state[name] = torch.tensor(TRAINED_LOGIT_SCALE)
             continue
+        # Uniform with unit variance: twice as fast to draw as normal at ViT-B/32 size.
+        x = rng.random(tuple(p.shape), dtype=np.float32)
+        x -= 0.5
+        x *= np.float32(np.sqrt(12.0))
         if name.endswith("bias"):
-            x = rng.normal(0.0, 0.1, p.shape)
-        elif p.ndim == 1:  # LayerNorm scale, class embedding
-            x = (1.0 if "norm" in name else 0.0) + rng.normal(0.0, 0.2 if "norm" in name else 1.0, p.shape)
+            x *= 0.1
+        elif p.ndim == 1 and "norm" in name:  # LayerNorm scale
+            x = 1 + 0.2 * x
         elif "embedding" in name and p.ndim == 2:  # token / position tables
-            x = rng.normal(0.0, 0.5, p.shape)
-        else:  # Linear [out, in] and Conv [out, c, k, k]: keep activations O(1)
-            x = rng.normal(0.0, 1.0 / np.sqrt(np.prod(p.shape[1:])), p.shape)
-        state[name] = torch.from_numpy(x.astype(np.float32))
-    model.load_state_dict(state, strict=False)
+            x *= 0.5
+        elif p.ndim >= 2:  # Linear [out, in] and Conv [out, c, k, k]: keep activations O(1)
+            x /= np.sqrt(np.prod(p.shape[1:]))
+        state[name] = torch.from_numpy(x)  # (the class embedding keeps unit variance)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if [k for k in missing if not k.endswith("position_ids")] or unexpected:
+        raise RuntimeError(f"random CLIP state does not match CLIPModel: missing {missing}, unexpected {unexpected}")
     return model
 
 
