@@ -237,10 +237,48 @@ class _NoBar:
         pass
 
 
+class _WidgetBar:
+    """A plain ipywidgets progress bar for notebooks.
+
+    tqdm.notebook is known to stick or break in Colab and some Jupyter front ends; a core
+    IntProgress works everywhere ipywidgets does. Its text form is fixed at display time, so
+    a notebook's stored output does not change from run to run (nbval compares it).
+    """
+
+    def __init__(self, total: int, desc: str):
+        import ipywidgets as w
+        from IPython.display import display
+
+        self.n = 0
+        self.bar = w.IntProgress(value=0, min=0, max=max(total, 1), description=desc)
+        display(self.bar)
+
+    def update(self, k):
+        self.n += k
+        self.bar.value = self.n
+
+    def close(self):
+        self.bar.bar_style = "success" if self.n >= self.bar.max else "warning"
+
+
+def _in_notebook() -> bool:
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    shell = get_ipython()
+    return shell is not None and "IPKernelApp" in getattr(shell, "config", {})
+
+
 def _progress_bar(total: int, enabled: bool):
     if not enabled:
         return _NoBar()
-    from tqdm.auto import tqdm
+    if _in_notebook():
+        try:
+            return _WidgetBar(total, "denoising")
+        except ImportError:
+            pass
+    from tqdm import tqdm
 
     return tqdm(total=total, desc="denoising", unit="step", leave=False)
 
