@@ -53,6 +53,15 @@ import jax.numpy as jnp  # noqa: E402
 import ml_dtypes  # noqa: E402
 import numpy as np  # noqa: E402
 
+ACTIVATIONS = {
+    "quick_gelu": lambda x: x * jax.nn.sigmoid(1.702 * x),  # OpenAI CLIP's activation
+    "gelu": partial(jax.nn.gelu, approximate=False),  # LAION / OpenCLIP checkpoints
+    "gelu_new": partial(jax.nn.gelu, approximate=True),
+    "gelu_pytorch_tanh": partial(jax.nn.gelu, approximate=True),
+    "relu": jax.nn.relu,
+}
+
+
 # --- config -----------------------------------------------------------------------------------
 
 
@@ -86,6 +95,14 @@ class VisionConfig:
     layer_norm_eps: float = 1e-5
 
 
+def _check_heads(config) -> None:
+    if config.hidden_size % config.num_attention_heads:
+        raise ValueError(f"hidden_size {config.hidden_size} is not a multiple of num_attention_heads "
+                         f"{config.num_attention_heads}")
+    if config.hidden_act not in ACTIVATIONS:
+        raise ValueError(f"hidden_act {config.hidden_act!r} is not supported; expected one of {sorted(ACTIVATIONS)}")
+
+
 @dataclass(frozen=True)
 class CLIPConfig:
     """A CLIP config.json (`model_type: clip`)."""
@@ -94,22 +111,22 @@ class CLIPConfig:
     vision_config: VisionConfig = field(default_factory=VisionConfig)
     projection_dim: int = 512
 
+    def __post_init__(self):
+        _check_heads(self.text_config)
+        _check_heads(self.vision_config)
+
     @classmethod
     def from_dict(cls, d: dict) -> "CLIPConfig":
-        def pick(klass, sub):
+        def pick(klass, name):
+            # Old configs (e.g. openai/clip-vit-large-patch14) carry `text_config_dict`, which wins over
+            # `text_config` entirely (missing keys take defaults), as in transformers' CLIPConfig.
+            sub = d.get(f"{name}_dict")
+            sub = d.get(name) or {} if sub is None else sub
             return klass(**{f.name: sub[f.name] for f in fields(klass) if sub.get(f.name) is not None})
 
-        return cls(pick(TextConfig, d.get("text_config") or {}), pick(VisionConfig, d.get("vision_config") or {}),
-                   d.get("projection_dim", 512))
+        return cls(pick(TextConfig, "text_config"), pick(VisionConfig, "vision_config"), d.get("projection_dim", 512))
 
 
-ACTIVATIONS = {
-    "quick_gelu": lambda x: x * jax.nn.sigmoid(1.702 * x),  # OpenAI CLIP's activation
-    "gelu": partial(jax.nn.gelu, approximate=False),  # LAION / OpenCLIP checkpoints
-    "gelu_new": partial(jax.nn.gelu, approximate=True),
-    "gelu_pytorch_tanh": partial(jax.nn.gelu, approximate=True),
-    "relu": jax.nn.relu,
-}
 
 # --- modules (names = PyTorch state-dict names) ------------------------------------------------
 

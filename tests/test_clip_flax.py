@@ -72,6 +72,19 @@ def test_tiny_parity_with_transformers(tiny, tokenizer):
     _assert_parity(clip, model, ids, preprocess(images, ImageConfig.from_pretrained(tiny)))
 
 
+def test_gelu_clip_parity_with_transformers(tmp_path, tokenizer):
+    """LAION/OpenCLIP-converted CLIPs use exact GELU, 14-pixel patches and another image size."""
+    from transformers import CLIPModel
+
+    path = save_tiny_clip(tmp_path, seed=2, text_config={"hidden_act": "gelu"},
+                          vision_config={"hidden_act": "gelu", "patch_size": 7, "image_size": 28})
+    model, clip = CLIPModel.from_pretrained(path).eval(), load_flax_clip(path)
+    ids = tokenizer(PROMPTS, padding="max_length", max_length=77, return_tensors="np")["input_ids"]
+    pixel_values = preprocess([realistic_image(50, 40, seed=i) for i in range(3)], ImageConfig.from_pretrained(path))
+    assert pixel_values.shape == (3, 3, 28, 28)
+    _assert_parity(clip, model, ids, pixel_values)
+
+
 def test_vit_b32_shaped_parity_with_transformers(tokenizer):
     from transformers import CLIPConfig as HFConfig
 
@@ -97,6 +110,25 @@ def test_config_defaults_are_transformers_defaults():
         assert getattr(text, name) == value, name
     for name, value in vars(ours.vision_config).items():
         assert getattr(vision, name) == value, name
+
+
+@pytest.mark.parametrize("config", [
+    {"model_type": "clip", "projection_dim": 768, "text_config": {"hidden_size": 512, "eos_token_id": 2},
+     "text_config_dict": {"hidden_size": 768, "intermediate_size": 3072, "num_attention_heads": 12},
+     "vision_config": {"hidden_size": 768}, "vision_config_dict": {"hidden_size": 1024, "patch_size": 14, "num_attention_heads": 16,
+                                                                   "num_hidden_layers": 24, "hidden_act": "gelu"}},
+    {"model_type": "clip", "text_config": {"eos_token_id": 2, "vocab_size": 100}, "vision_config": {"image_size": 336}},
+    {"model_type": "clip"},
+])
+def test_config_json_read_as_transformers_reads_it(config):
+    from transformers import CLIPConfig as HFConfig
+
+    ours, ref = CLIPConfig.from_dict(config), HFConfig.from_dict(dict(config))
+    assert ours.projection_dim == ref.projection_dim
+    for name, value in vars(ours.text_config).items():
+        assert getattr(ref.text_config, name) == value, name
+    for name, value in vars(ours.vision_config).items():
+        assert getattr(ref.vision_config, name) == value, name
 
 
 @pytest.mark.parametrize("size,mode", [((512, 512), "RGB"), ((300, 451), "RGB"), ((451, 300), "L"),
