@@ -1,0 +1,60 @@
+"""The machine a result came from: CPU, cores, the instruction sets that decide bf16 speed, versions."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import subprocess
+from importlib import metadata
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+# Flags that decide which kernels oneDNN can use for bf16 (AMX tiles vs AVX-512 BF16 dot products).
+FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "avx512_fp16")
+
+
+def _cpuinfo() -> tuple[str, set[str]]:
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and model in ("", platform.machine(), platform.processor()):
+                model = value.strip()
+            elif key.strip() == "flags" and not flags:
+                flags = set(value.split())
+    except OSError:
+        pass
+    return model, flags
+
+
+def _version(pkg: str) -> str:
+    try:
+        return metadata.version(pkg)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def describe() -> dict:
+    import torch
+
+    model, flags = _cpuinfo()
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                                text=True, timeout=10).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        commit = "unknown"
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {
+        "cpu": model,
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "cpu_flags": " ".join(f for f in FLAGS if f in flags) or "unknown",
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "gpu": gpu,
+        "loadavg": " ".join(f"{x:.1f}" for x in os.getloadavg()),
+        "python": platform.python_version(),
+        **{pkg: _version(pkg) for pkg in ("torch", "diffusers", "transformers", "jax", "jaxlib", "flax")},
+        "commit": commit,
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+    }
