@@ -24,6 +24,7 @@ _CSS = """<style>
 .sdkit-card.sdkit-best { border-color: #2ca02c; }
 .sdkit-card.sdkit-flagged { border-color: #d62728; }
 .sdkit-card.sdkit-selected { outline: 3px solid #1f77b4; }
+.sdkit-card button { white-space: pre-line; height: auto; line-height: 1.3; padding: 2px; font-size: 12px; }
 </style>"""
 
 
@@ -63,7 +64,8 @@ class _Card(widgets.VBox):
 
     def set(self, entry: Entry) -> None:
         self.entry = entry
-        self.button.description = self.button.tooltip = caption(entry)
+        self.button.tooltip = caption(entry)
+        self.button.description = caption(entry).replace(" · seed", "\nseed")  # two lines under the image
         for cls, on in (("sdkit-best", entry.rank == 1 and not entry.candidate.nsfw),
                         ("sdkit-flagged", entry.candidate.nsfw)):
             (self.add_class if on else self.remove_class)(cls)

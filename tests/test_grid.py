@@ -176,7 +176,8 @@ def test_gallery_shows_ranked_thumbnails_and_enlarges_on_click():
     g = gallery(ranked_items(cands, [1.0, 3.0, 2.0]), thumb_size=64)
     cards = g.grid.children
     assert [e.candidate.seed for e in g.entries] == [101, 102, 100]
-    assert cards[0].button.description.startswith("#1 · ") and cards[0].button.description.endswith("seed 101")
+    assert cards[0].button.description.startswith("#1 · ") and cards[0].button.description.endswith("\nseed 101")
+    assert cards[0].button.tooltip == cards[0].button.description.replace("\n", " · ")
     assert "sdkit-best" in cards[0]._dom_classes and "sdkit-best" not in cards[1]._dom_classes
     with Image.open(io.BytesIO(cards[0].image.value)) as thumb:
         assert thumb.size == (64, 64)  # big images cross the wire as thumbnails
@@ -196,7 +197,7 @@ def test_gallery_update_reranks_in_place():
     cands = make_candidates(n=3)
     g = Gallery(cands[:2])  # unscored: generation order
     first_cards = list(g.grid.children)
-    assert [card.button.description for card in first_cards] == ["#– · – · seed 100", "#– · – · seed 101"]
+    assert [card.button.description for card in first_cards] == ["#– · –\nseed 100", "#– · –\nseed 101"]
     g.update(ranked_items(cands, [1.0, 3.0, 2.0]))
     assert [e.candidate.seed for e in g.entries] == [101, 102, 100]
     assert g.grid.children[0] is first_cards[1] and g.grid.children[2] is first_cards[0]  # widgets reused

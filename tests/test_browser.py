@@ -1,0 +1,190 @@
+"""End to end in a real browser: JupyterLab on localhost, headless Chromium, the explorer notebook.
+
+Needs Debian's Chromium and Playwright (no browser download):
+
+    apt-get update && apt-get install -y chromium
+    .venv/bin/pip install playwright
+
+`make test` installs both and sets SDKIT_REQUIRE_BROWSER=1, under which a missing browser
+fails this test instead of skipping it.
+"""
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.browser
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOK = Path(__file__).parent / "browser" / "explorer_e2e.ipynb"
+ARTIFACTS = Path(__file__).parent / "artifacts"
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+# From NOTES.md: what headless Chromium needs in a container with no network.
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run", "--disable-quic"]
+INSTALL = "apt-get update && apt-get install -y chromium; .venv/bin/pip install playwright"
+N = 4  # candidates the notebook asks for
+CAPTION = re.compile(r"^#(\d+) · (\d+\.\d\d)\s+seed (\d+)$")  # two lines on the button
+
+
+def _require_browser():
+    missing = []
+    if not os.path.exists(CHROMIUM):
+        missing.append("chromium")
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        missing.append("playwright")
+    if missing:
+        msg = f"{' and '.join(missing)} not installed; install with: {INSTALL}"
+        if os.environ.get("SDKIT_REQUIRE_BROWSER"):
+            pytest.fail(msg + " (SDKIT_REQUIRE_BROWSER is set: `make test` must run the browser test)")
+        pytest.skip(msg)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def jupyterlab(tmp_path):
+    """A JupyterLab server on 127.0.0.1 with no token, serving a copy of the notebook; yields (url, outputs dir)."""
+    _require_browser()
+    root, out, settings = tmp_path / "root", tmp_path / "outputs", tmp_path / "settings"
+    root.mkdir()
+    shutil.copy(NOTEBOOK, root)
+    # Do not ask "get notified about Jupyter news?" (a toast over the page; and there is no network).
+    notif = settings / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings"
+    notif.parent.mkdir(parents=True)
+    notif.write_text(json.dumps({"fetchNews": "false", "checkForUpdates": False}))
+    # Start the notebook's kernel without the "Select Kernel" dialog.
+    tracker = settings / "@jupyterlab" / "notebook-extension" / "tracker.jupyterlab-settings"
+    tracker.parent.mkdir(parents=True)
+    tracker.write_text(json.dumps({"autoStartDefaultKernel": True}))
+    port = _free_port()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+           "SDKIT_E2E_OUT": str(out), "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime"),
+           "JUPYTER_PLATFORM_DIRS": "1"}
+    log = open(tmp_path / "jupyterlab.log", "wb")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
+         "--ServerApp.port_retries=0", "--IdentityProvider.token=", "--allow-root",
+         f"--ServerApp.root_dir={root}", f"--LabApp.user_settings_dir={settings}",
+         f"--LabApp.workspaces_dir={tmp_path / 'workspaces'}"],
+        cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"{url}/api/status", timeout=2)
+                break
+            except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"JupyterLab did not start:\n{(tmp_path / 'jupyterlab.log').read_text()[-3000:]}")
+                time.sleep(0.5)
+        yield url, out
+    finally:
+        server.terminate()
+        try:
+            server.wait(20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        log.close()
+        ARTIFACTS.mkdir(exist_ok=True)
+        shutil.copy(tmp_path / "jupyterlab.log", ARTIFACTS / "jupyterlab.log")
+
+
+def test_explorer_in_jupyterlab(jupyterlab):
+    from playwright.sync_api import expect, sync_playwright
+
+    url, out = jupyterlab
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1100, "height": 1700})
+        try:
+            _run(page, url, out, expect)
+        except BaseException:
+            page.screenshot(path=ARTIFACTS / "explorer-failure.png", full_page=True)
+            raise
+        finally:
+            browser.close()
+
+
+def _run(page, url, out, expect):
+    page.goto(f"{url}/lab/tree/{NOTEBOOK.name}")
+    expect(page.locator(".jp-NotebookPanel .jp-Notebook")).to_be_visible(timeout=60_000)
+    select = page.get_by_role("button", name="Select", exact=True)  # in case the kernel dialog still shows
+    if select.is_visible():
+        select.click()
+    # The kernel is up when the status bar says so.
+    expect(page.get_by_text("Python 3 (ipykernel) | Idle")).to_be_visible(timeout=120_000)
+
+    page.get_by_role("tab", name=re.compile("File Browser")).click()  # fold the sidebar: more room for the panel
+    # Run all cells from the menu, as a user would.
+    page.locator(".lm-MenuBar-itemLabel", has_text=re.compile(r"^Run$")).click()
+    page.locator(".lm-Menu-itemLabel", has_text=re.compile(r"^Run All Cells$")).click()
+    panel = page.locator(".sdkit-explorer")
+    expect(panel).to_be_visible(timeout=180_000)  # first import of torch, diffusers, JAX
+
+    panel.get_by_role("button", name="Generate").click()
+    status = panel.locator(".widget-html").filter(has_text=re.compile("Click a caption for details|Error"))
+    expect(status.first).to_be_visible(timeout=240_000)
+    assert "Error" not in status.first.inner_text(), status.first.inner_text()
+
+    # The ranked gallery: N rendered images, captions with rank, score and seed, best first.
+    cards = panel.locator(".sdkit-gallery .sdkit-card")
+    expect(cards).to_have_count(N)
+    images = panel.locator(".sdkit-gallery img")
+    expect(images).to_have_count(N)
+    sizes = images.evaluate_all("els => els.map(e => [e.complete, e.naturalWidth, e.naturalHeight])")
+    assert sizes == [[True, 64, 64]] * N, sizes  # decoded in the browser, at the tiny model's size
+    captions = [c.strip() for c in panel.locator(".sdkit-gallery .sdkit-card button").all_inner_texts()]
+    parsed = [CAPTION.match(c) for c in captions]
+    assert all(parsed), captions
+    assert [int(m[1]) for m in parsed] == list(range(1, N + 1))
+    assert sorted(int(m[3]) for m in parsed) == list(range(N))  # seed=0 in the notebook: seeds 0..N-1
+    scores = [float(m[2]) for m in parsed]
+    assert scores == sorted(scores, reverse=True)
+
+    # Clicking the best caption enlarges it and shows its parameters.
+    panel.locator(".sdkit-gallery .sdkit-card button").first.click()
+    expect(panel.locator(".sdkit-enlarged img")).to_be_visible()
+    expect(panel.get_by_role("button", name="more like this")).to_be_visible()
+    expect(panel.locator("table")).to_contain_text("sdkit:tiny")
+    page.wait_for_timeout(300)  # let the enlarged image paint before the screenshot
+    panel.screenshot(path=ARTIFACTS / "explorer.png")
+    page.screenshot(path=ARTIFACTS / "explorer-page.png", full_page=True)
+
+    # Files: the run's N images and its ranked grid, written by the kernel.
+    runs = [d for d in out.iterdir() if d.is_dir()]
+    assert len(runs) == 1
+    pngs = sorted(f.name for f in runs[0].glob("*.png"))
+    assert len(pngs) == N + 1 and pngs[-1].endswith("-grid.png"), pngs
+
+    # Stop works from the browser while the kernel generates: ask for many, stop once some are done.
+    n_box = panel.locator(".widget-text", has_text=re.compile(r"^N$")).locator("input")
+    n_box.fill("64")
+    n_box.press("Enter")
+    panel.get_by_role("button", name="Generate").click()
+    done = panel.locator(".sdkit-progress", has_text=re.compile(r"· [1-9]\d*/64 candidates"))
+    expect(done).to_be_visible(timeout=120_000)
+    panel.get_by_role("button", name="Stop").click()
+    stopped = panel.locator(".widget-html", has_text=re.compile(r"stopped: \d+ of 64 candidates kept"))
+    expect(stopped).to_be_visible(timeout=60_000)
+    kept = int(re.search(r"stopped: (\d+) of 64", stopped.inner_text())[1])
+    assert 1 <= kept < 64
+    expect(cards).to_have_count(kept)  # everything finished is kept, and shown
+    expect(panel.get_by_role("button", name="Generate")).to_be_enabled()

@@ -1,0 +1,241 @@
+"""The explorer's logic, driven as the browser would: value changes and button clicks, then the thread's results."""
+
+import threading
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from sdkit.explorer import Explorer, explore
+from sdkit.grid import read_grid_metadata
+from sdkit.save import image_hash, read_manifest, read_metadata
+from sdkit.score import Scores
+
+FAST = dict(model="sdkit:tiny", prompt="a red circle", n=3, num_inference_steps=2, seed=7, batch_size=2)
+
+
+class MeanRed:
+    """A scorer of the standard shape whose ranking is easy to predict: the mean red value."""
+
+    name = "mean-red"
+    model_id = "pixels"
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, images, prompts):
+        self.calls.append(len(images))
+        v = np.array([np.asarray(im)[..., 0].mean() for im in images], np.float32)
+        return Scores(logits=v, clip_score=v / 2.55, scorer="mean-red:pixels")
+
+
+def red(c):
+    return float(np.asarray(c.image)[..., 0].mean())
+
+
+def finished(ex, timeout=120):
+    assert ex.wait(timeout), "generation did not finish"
+    return ex
+
+
+@pytest.fixture
+def ex(tmp_path):
+    return Explorer(scorer=MeanRed(), output_dir=tmp_path, **FAST)
+
+
+def test_generate_click_ranks_saves_and_shows(ex, tmp_path):
+    shown = []
+    update = ex.gallery.update
+    ex.gallery.update = lambda ranked: (shown.append([(e.rank, e.candidate.seed) for e in _entries(ranked)]),
+                                        update(ranked))
+    ex.generate_button.click()
+    assert ex.generate_button.disabled and not ex.stop_button.disabled  # while it runs
+    finished(ex)
+
+    assert ex.error is None, ex.status.value
+    run = ex.run
+    assert [c.seed for c in run] == [7, 8, 9] and not run.cancelled
+    # Ranked by the scorer, best first, and each candidate scored exactly once (two batches: 2 + 1).
+    assert ex.scorer.value.calls == [2, 1]
+    by_red = sorted(run.candidates, key=lambda c: (-red(c), c.seed))
+    assert [r.candidate.seed for r in ex.ranked] == [c.seed for c in by_red]
+    assert [r.rank for r in ex.ranked] == [1, 2, 3]
+    # Live: the first batch appeared unscored, then re-ranked when its scores came in.
+    assert shown[0] == [(None, 7), (None, 8)]
+    assert sorted(shown[1]) == [(1, 7), (2, 8)] or sorted(shown[1]) == [(1, 8), (2, 7)]
+    assert len(shown[-1]) == 3
+    # What the panel shows.
+    captions = [card.button.tooltip for card in ex.gallery.grid.children]
+    assert captions == [f"#{k + 1} · {red(c) / 2.55:.2f} · seed {c.seed}" for k, c in enumerate(by_red)]
+    assert ex.progress.value == ex.progress.max == 3 * 2 and ex.progress.bar_style == "success"
+    assert ex.steps_seen == 2 * 2  # 2 batches (of 2 and 1) x 2 steps: steps are counted per batch
+    assert "3 candidates" in ex.status.value and ex.grid_path.name in ex.status.value
+    assert not ex.generate_button.disabled and ex.stop_button.disabled
+    # On disk: the images with their scores in the PNG and the manifest, and the ranked grid.
+    out = tmp_path / run.run_id
+    assert run.output_dir == str(out)
+    records = {r["seed"]: r for r in read_manifest(out)}
+    assert {s: round(r["score"], 4) for s, r in records.items()} == {c.seed: round(red(c) / 2.55, 4) for c in run}
+    assert read_metadata(run[0].path)["scorer"] == "mean-red:pixels"
+    assert ex.grid_path.parent == out
+    assert [(cell["rank"], cell["seed"]) for cell in read_grid_metadata(ex.grid_path)] == [
+        (k + 1, c.seed) for k, c in enumerate(by_red)]
+
+
+def _entries(ranked):
+    from sdkit.grid import entries
+
+    return entries(ranked)
+
+
+def test_random_seed_is_drawn_shown_and_used(tmp_path):
+    ex = Explorer(scorer=None, output_dir=tmp_path, **{**FAST, "seed": None, "n": 2})
+    assert ex.random_seed.value and ex.seed.value == ""
+    ex.generate_button.click()
+    finished(ex)
+    base = int(ex.seed.value)
+    assert [c.seed for c in ex.run] == [base, base + 1]
+    # No scorer: generation order, unranked captions, grid still written.
+    assert [card.button.tooltip for card in ex.gallery.grid.children] == [
+        f"#– · – · seed {base}", f"#– · – · seed {base + 1}"]
+    assert ex.grid_path.exists()
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(prompt="  \n "), "prompt is empty"),
+    (dict(n=0), "n=0"),
+    (dict(seed="12abc"), "seed='12abc'"),
+    (dict(seed="-5"), "seed=-5"),
+    (dict(model=" "), "model=' '"),
+])
+def test_bad_input_is_shown_and_nothing_starts(ex, monkeypatch, change, message):
+    import sdkit.load
+
+    monkeypatch.setattr(sdkit.load, "load_pipeline", lambda *a, **k: pytest.fail("loaded a model for bad input"))
+    ex.random_seed.value = False
+    for name, value in change.items():
+        getattr(ex, name).value = value  # as typed into the widget
+    ex.generate_button.click()
+    assert ex.thread is None
+    assert message in ex.error and message.replace("'", "&#x27;") in ex.status.value
+    assert not ex.generate_button.disabled
+
+
+def test_missing_model_is_a_readable_error(tmp_path):
+    ex = Explorer(scorer=None, output_dir=tmp_path, **{**FAST, "model": str(tmp_path / "no-such-model")})
+    ex.generate_button.click()
+    finished(ex)
+    assert ex.error.startswith("ModelNotAvailable") and "no such directory" in ex.error
+    assert "Error while loading the model" in ex.status.value
+    assert "<details><summary>traceback</summary>" in ex.status.value and "Traceback" in ex.status.value
+    assert ex.run is None and not ex.generate_button.disabled and ex.stop_button.disabled
+
+
+def test_out_of_memory_keeps_finished_candidates(ex, monkeypatch):
+    import importlib
+
+    gen = importlib.import_module("sdkit.generate")  # the module; `sdkit.generate` is the function
+    real = gen.generate
+
+    def oom_after_first_batch(pipe, prompt, **kw):
+        run = real(pipe, prompt, **{**kw, "n": 2})
+        raise gen.GenerationError("out of memory with batch_size=1 at 64x64: try low_memory=True", run)
+
+    monkeypatch.setattr(gen, "generate", oom_after_first_batch)
+    ex.generate_button.click()
+    finished(ex)
+    assert "out of memory" in ex.error and "out of memory with batch_size=1" in ex.status.value
+    assert len(ex.run) == 2 and all(c.path for c in ex.run)
+    assert len(read_grid_metadata(ex.grid_path)) == 2  # what finished is still ranked and saved
+
+
+def test_scorer_failure_does_not_stop_generation(tmp_path):
+    def broken(images, prompts):
+        raise RuntimeError("CLIP exploded")
+
+    ex = Explorer(scorer=broken, output_dir=tmp_path, **FAST)
+    ex.generate_button.click()
+    finished(ex)
+    assert "CLIP exploded" in ex.error and "scoring" in ex.status.value
+    assert len(ex.run) == 3 and all(c.score is None for c in ex.run)
+    assert "3 candidates" in ex.status.value and ex.grid_path.exists()
+
+
+def test_stop_takes_effect_within_one_denoising_step(tmp_path):
+    ex = Explorer(scorer=MeanRed(), output_dir=tmp_path, **{**FAST, "n": 3, "batch_size": 1,
+                                                               "num_inference_steps": 8})
+    in_second = threading.Event()
+    on_progress = ex._on_progress
+
+    def slow_steps(p):  # each step takes at least 20 ms, so Stop lands mid-candidate
+        on_progress(p)
+        time.sleep(0.02)
+        if len(ex._candidates) == 1 and p.finished is None and p.step >= 2:
+            in_second.set()
+
+    ex._on_progress = slow_steps
+    ex.generate_button.click()
+    assert in_second.wait(120), "never reached the second candidate"
+    ex.stop_button.click()  # from this (the kernel's) thread, while the worker denoises
+    steps_at_stop = ex.steps_seen
+    finished(ex)
+    assert ex.steps_seen <= steps_at_stop + 1  # the step in flight may finish; no more
+    assert ex.run.cancelled and len(ex.run) == 1 and ex.error is None
+    assert "stopped: 1 of 3 candidates kept" in ex.status.value
+    assert ex.progress.bar_style == "warning"
+    assert len(read_manifest(ex.run.output_dir)) == 1 and ex.grid_path.exists()
+    assert not ex.generate_button.disabled
+
+
+def test_selected_candidate_details_save_copy_seed_and_more_like_this(ex, tmp_path):
+    ex.generate_button.click()
+    finished(ex)
+    entry = ex.gallery.select(1)  # as a click on the second caption
+    c = entry.candidate
+    assert ex.selected_box.layout.display == "flex"
+    assert f"<td>{c.seed}</td>" in ex.details.value and "a red circle" in ex.details.value
+
+    saved = ex.save_selected()
+    assert saved.parent == tmp_path / "saved"
+    meta = read_metadata(saved)
+    assert (meta["seed"], meta["prompt"], round(meta["score"], 4)) == (c.seed, c.prompt, round(c.score, 4))
+    assert np.array_equal(np.asarray(Image.open(saved)), np.asarray(c.image))
+
+    ex.random_seed.value = True
+    ex.copy_seed_button.click()
+    assert ex.seed.value == str(c.seed) and not ex.random_seed.value
+
+    ex.n.value = 2
+    ex.strength.value = 0.5
+    first_run = ex.run
+    ex.more_button.click()
+    finished(ex)
+    assert ex.error is None, ex.status.value
+    assert ex.run.run_id != first_run.run_id and len(ex.run) == 2
+    for new in ex.run:
+        assert new.task == "image-to-image" and new.prompt == c.prompt
+        assert new.extra["init_seed"] == c.seed and new.extra["strength"] == 0.5
+        assert new.extra["init_image_hash"] == image_hash(c.image)
+        assert read_metadata(new.path)["extra"]["init_file"] == c.path.rsplit("/", 1)[1]
+    assert ex.grid_path.exists()
+
+
+def test_flax_clip_scores_match_the_scorer_called_directly(tmp_path):
+    from sdkit.rank import rank
+    from sdkit.score import load_scorer
+    from sdkit.tiny_clip import tiny_clip_path
+
+    ex = explore(scorer="flax", output_dir=tmp_path, **FAST)
+    ex.generate_button.click()
+    finished(ex, timeout=300)
+    assert ex.error is None, ex.status.value
+    ref = load_scorer("flax", tiny_clip_path())([c.image for c in ex.run], [c.prompt for c in ex.run])
+    assert [c.logit for c in ex.run] == pytest.approx(ref.logits.tolist(), rel=1e-5, abs=1e-5)
+    assert [r.candidate.seed for r in ex.ranked] == [r.candidate.seed for r in rank(ex.run.candidates, ref)]
+    assert ex.run[0].scorer.startswith("clip-flax:")
+
+
+def test_scorer_argument_is_checked():
+    with pytest.raises(ValueError, match="scorer='clip'"):
+        Explorer(scorer="clip")
