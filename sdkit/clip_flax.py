@@ -318,7 +318,11 @@ def params_from_state_dict(state: dict[str, np.ndarray], config: CLIPConfig, dty
             node = node.setdefault(p, {})
         node[parts[-1]] = np.array(value)  # a copy: detaches from the memory map
     _check_tree(params, config)
-    return jax.tree.map(lambda x: jnp.asarray(x, dtype), params)
+    # Cast on the host (no transient fp32 copy on the accelerator); logit_scale stays fp32, since
+    # exp(bf16(4.6052)) would be 98.9, not 100.
+    params = {k: v if k == "logit_scale" else jax.tree.map(lambda x: x.astype(np.dtype(dtype)), v)
+              for k, v in params.items()}
+    return jax.tree.map(jnp.asarray, params)
 
 
 def _check_tree(params: dict, config: CLIPConfig) -> None:

@@ -171,6 +171,19 @@ def test_safetensors_reader_matches_safetensors(tmp_path):
         np.testing.assert_array_equal(np.asarray(got[k], np.float64), v.double().numpy())
 
 
+def test_sharded_safetensors(tmp_path, tiny):
+    from transformers import CLIPModel
+
+    for f in os.listdir(tiny):
+        if f != "model.safetensors":
+            shutil.copy(os.path.join(tiny, f), tmp_path)
+    CLIPModel.from_pretrained(tiny).save_pretrained(tmp_path, max_shard_size="40KB")
+    assert os.path.exists(tmp_path / "model.safetensors.index.json") and len(list(tmp_path.glob("model-*"))) > 1
+    sharded, single = load_flax_clip(tmp_path), load_flax_clip(tiny)
+    for a, b in zip(*(map(np.asarray, __import__("jax").tree.leaves(c.params)) for c in (sharded, single))):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_tiny_clip_is_cached_and_deterministic(tmp_path, monkeypatch):
     monkeypatch.setenv("SDKIT_CACHE", str(tmp_path / "cache"))
     path = tiny_clip_path()

@@ -86,13 +86,15 @@ sys.modules["sdkit"] = types.ModuleType("sdkit")
 sys.modules["sdkit"].__path__ = [os.path.join({repo!r}, "sdkit")]
 from PIL import Image
 from sdkit.score import FlaxCLIPScorer
+from jax._src import xla_bridge
+started_at_import = xla_bridge.backends_are_initialized()
 import jax
 images = [Image.open(os.path.join({data!r}, f"{{i}}.png")) for i in range({n})]
 scorer = FlaxCLIPScorer("sdkit-test/tiny-clip", batch_size=2)
 scores = scorer(images, {prompts!r})
 assert "torch" not in sys.modules
 print(json.dumps(dict(devices=len(scorer.devices), local=len(jax.local_devices()), path=scorer.path,
-                      prealloc=os.environ.get("XLA_PYTHON_CLIENT_PREALLOCATE"),
+                      prealloc=os.environ.get("XLA_PYTHON_CLIENT_PREALLOCATE"), started_at_import=started_at_import,
                       logits=scores.logits.tolist(), clip_score=scores.clip_score.tolist())))
 """
 
@@ -131,7 +133,7 @@ def test_sharded_scores_identical_to_unsharded(device_runs, flax_scorer, d):
     ref = flax_scorer(images, prompts)
     np.testing.assert_array_equal(np.array(run["logits"], np.float32), ref.logits)
     np.testing.assert_array_equal(np.array(run["clip_score"], np.float32), ref.clip_score)
-    assert run["prealloc"] == "false"  # importing sdkit.score set it before JAX started
+    assert run["prealloc"] == "false" and not run["started_at_import"]  # set before JAX started, not by starting it
 
 
 def test_each_image_scored_against_its_own_prompt(tiny, flax_scorer):
@@ -230,15 +232,18 @@ def test_long_prompts_truncated_with_warning(tiny, flax_scorer, torch_scorer):
 
 
 def test_non_rgb_images_are_converted(flax_scorer):
+    from transformers.image_transforms import convert_to_rgb  # the reference: alpha composited on white
+
     rgb = realistic_image(48, 40, seed=3)
     rgba = rgb.copy()
-    rgba.putalpha(128)
-    white = Image.new("RGB", rgb.size, (255, 255, 255))
-    blended = Image.blend(white, rgb, 128 / 255)  # alpha over white, as transformers composites
-    pairs = [(rgb.convert("L"), rgb.convert("L").convert("RGB")), (rgb.convert("P"), rgb.convert("P").convert("RGB")),
-             (rgb.convert("CMYK"), rgb.convert("CMYK").convert("RGB")), (rgba, blended)]
-    converted, expected = flax_scorer([a for a, _ in pairs], "a"), flax_scorer([b for _, b in pairs], "a")
-    np.testing.assert_allclose(converted.logits, expected.logits, atol=0.05)
+    rgba.putalpha(Image.fromarray(np.linspace(0, 255, 48 * 40).reshape(48, 40).astype(np.uint8)))
+    la = rgba.convert("LA")
+    images = [rgb.convert("L"), rgb.convert("P"), rgb.convert("CMYK"), rgba, la, rgb.convert("I;16")]
+    converted = flax_scorer(images, "a")
+    expected = flax_scorer([convert_to_rgb(im, return_numpy=False) for im in images[:5]], "a")
+    np.testing.assert_array_equal(converted.logits[:5], expected.logits)
+    assert converted.logits[3] != flax_scorer([rgba.convert("RGB")], "a").logits[0]  # alpha is not just dropped
+    assert np.isfinite(converted.logits).all()
 
 
 def test_half_precision_params(tiny, flax_scorer):
@@ -246,6 +251,7 @@ def test_half_precision_params(tiny, flax_scorer):
 
     scorer = FlaxCLIPScorer(tiny, dtype="bfloat16")
     assert jnp.asarray(scorer.params["text_projection"]["kernel"]).dtype == jnp.bfloat16
+    assert scorer.logit_scale == pytest.approx(100.0, rel=1e-6)  # kept in fp32
     images, prompts = candidates()
     half, full = scorer(images, prompts), flax_scorer(images, prompts)
     assert np.isfinite(half.logits).all()
