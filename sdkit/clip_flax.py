@@ -127,7 +127,6 @@ class CLIPConfig:
         return cls(pick(TextConfig, "text_config"), pick(VisionConfig, "vision_config"), d.get("projection_dim", 512))
 
 
-
 # --- modules (names = PyTorch state-dict names) ------------------------------------------------
 
 # Two-pass variance, as torch computes it; the fast E[x^2]-E[x]^2 form loses digits when |mean| >> std.
@@ -221,7 +220,8 @@ class VisionEmbeddings(nn.Module):
         x = nn.Dense(c.hidden_size, use_bias=False, dtype=self.dtype, name="patch_embedding")(patches)
         cls = self.param("class_embedding", nn.initializers.normal(1.0), (c.hidden_size,))
         x = jnp.concatenate([jnp.broadcast_to(cls.astype(x.dtype), (b, 1, c.hidden_size)), x], axis=1)
-        return x + nn.Embed(g * g + 1, c.hidden_size, dtype=self.dtype, name="position_embedding")(jnp.arange(g * g + 1))
+        positions = nn.Embed(g * g + 1, c.hidden_size, dtype=self.dtype, name="position_embedding")
+        return x + positions(jnp.arange(g * g + 1))
 
 
 class TextTransformer(nn.Module):
@@ -388,10 +388,18 @@ def _check_clip_dir(path: str, name: str) -> None:
                          "expected 'clip' (a full CLIPModel with text and vision towers)")
     files = os.listdir(path)
     if not {"model.safetensors", "model.safetensors.index.json"} & set(files):
-        pickles = [f for f in files if f.endswith(PICKLE_SUFFIXES)]
-        raise ValueError(f"{name!r} has no safetensors weights ({'only pickle files ' + str(pickles) if pickles else 'no model.safetensors'}); "
-                         "sdkit never loads pickle checkpoints. Use a repo or revision with model.safetensors, "
-                         "or convert it once (transformers: `save_pretrained(..., safe_serialization=True)`).")
+        if not os.path.isdir(name):  # we only downloaded the allowed files; ask the Hub what else there is
+            try:
+                from huggingface_hub import list_repo_files
+
+                files += list_repo_files(name)
+            except Exception:  # offline or unreachable: report what the cache holds
+                pass
+        pickles = sorted({f for f in files if f.endswith(PICKLE_SUFFIXES)})
+        found = f"only pickle weights {pickles}" if pickles else "no model.safetensors"
+        raise ValueError(f"{name!r} has no safetensors weights ({found}); sdkit never loads pickle checkpoints. "
+                         "Use a repo or revision with model.safetensors, or convert it once "
+                         "(transformers: `save_pretrained(..., safe_serialization=True)`).")
 
 
 # safetensors dtype codes -> numpy (ml_dtypes' bfloat16 ships with JAX; numpy has none).
@@ -475,6 +483,7 @@ def load_flax_clip(model_id_or_path: str | os.PathLike = "openai/clip-vit-base-p
             (LayerNorm statistics, softmax and the final normalisation stay fp32).
         revision, cache_dir: passed to `huggingface_hub.snapshot_download`.
     """
+    dtype = jnp.dtype(dtype)
     path = resolve_checkpoint(model_id_or_path, revision, cache_dir)
     with open(os.path.join(path, "config.json")) as f:
         config = CLIPConfig.from_dict(json.load(f))

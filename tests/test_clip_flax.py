@@ -4,6 +4,7 @@ import json
 import os
 import shutil
 
+import jax
 import numpy as np
 import pytest
 import torch
@@ -45,8 +46,9 @@ def tokenizer(tiny):
 
 def _torch_outputs(model, input_ids, pixel_values):
     with torch.no_grad():
-        out = model(input_ids=torch.from_numpy(np.asarray(input_ids, np.int64)), pixel_values=torch.from_numpy(pixel_values))
-        text = model.get_text_features(input_ids=torch.from_numpy(np.asarray(input_ids, np.int64))).pooler_output
+        ids = torch.from_numpy(np.asarray(input_ids, np.int64))
+        out = model(input_ids=ids, pixel_values=torch.from_numpy(pixel_values))
+        text = model.get_text_features(input_ids=ids).pooler_output
     return out.logits_per_image.numpy(), out.text_embeds.numpy(), out.image_embeds.numpy(), text.numpy()
 
 
@@ -115,8 +117,9 @@ def test_config_defaults_are_transformers_defaults():
 @pytest.mark.parametrize("config", [
     {"model_type": "clip", "projection_dim": 768, "text_config": {"hidden_size": 512, "eos_token_id": 2},
      "text_config_dict": {"hidden_size": 768, "intermediate_size": 3072, "num_attention_heads": 12},
-     "vision_config": {"hidden_size": 768}, "vision_config_dict": {"hidden_size": 1024, "patch_size": 14, "num_attention_heads": 16,
-                                                                   "num_hidden_layers": 24, "hidden_act": "gelu"}},
+     "vision_config": {"hidden_size": 768},
+     "vision_config_dict": {"hidden_size": 1024, "patch_size": 14, "num_attention_heads": 16, "num_hidden_layers": 24,
+                            "hidden_act": "gelu"}},
     {"model_type": "clip", "text_config": {"eos_token_id": 2, "vocab_size": 100}, "vision_config": {"image_size": 336}},
     {"model_type": "clip"},
 ])
@@ -180,7 +183,7 @@ def test_sharded_safetensors(tmp_path, tiny):
     CLIPModel.from_pretrained(tiny).save_pretrained(tmp_path, max_shard_size="40KB")
     assert os.path.exists(tmp_path / "model.safetensors.index.json") and len(list(tmp_path.glob("model-*"))) > 1
     sharded, single = load_flax_clip(tmp_path), load_flax_clip(tiny)
-    for a, b in zip(*(map(np.asarray, __import__("jax").tree.leaves(c.params)) for c in (sharded, single))):
+    for a, b in zip(*(map(np.asarray, jax.tree.leaves(c.params)) for c in (sharded, single))):
         np.testing.assert_array_equal(a, b)
 
 
@@ -232,7 +235,7 @@ def test_load_from_hub_cache_offline(tiny, offline_hub):
     hub_cache(offline_hub, "sdkit-test/tiny-clip", tiny)
     from_hub, from_dir = load_flax_clip("sdkit-test/tiny-clip"), load_flax_clip(tiny)
     assert from_hub.path.startswith(offline_hub) and "snapshots" in from_hub.path
-    for a, b in zip(*(map(np.asarray, __import__("jax").tree.leaves(c.params)) for c in (from_hub, from_dir))):
+    for a, b in zip(*(map(np.asarray, jax.tree.leaves(c.params)) for c in (from_hub, from_dir))):
         np.testing.assert_array_equal(a, b)
 
 
