@@ -1,0 +1,390 @@
+"""Train the toy world's models on the CPU, deterministically from one seed.
+
+Order: VAE, then CLIP (it also sees VAE reconstructions, the blur it will have to
+judge), then the UNet on the VAE's latents, conditioned on the CLIP text tower.
+Everything is a stock Hugging Face class (`AutoencoderKL`, `CLIPModel`,
+`UNet2DConditionModel`), so the saved files load through the same code as real
+checkpoints. Same seed + same thread count gave bit-identical weights here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import shapes
+
+# CLIP's normalisation; the saved preprocessor_config.json uses the same numbers.
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+@dataclass(frozen=True)
+class ClipSettings:
+    width: int = 64  # text and vision towers; the UNet's cross-attention width follows it
+    layers: int = 2
+    heads: int = 4
+    patch_size: int = 4  # 8 x 8 patches of a 32 x 32 image
+    projection_dim: int = 64
+    steps: int = 600
+    batch_size: int = 64
+    lr: float = 2e-3
+    junk_fraction: float = 0.25  # images that match no prompt (ellipses, two shapes, off colours...)
+    recon_fraction: float = 0.5  # images passed through the VAE first, as generated images are
+    bf16: bool = False  # measured: autocast is slower than fp32 for a 64-wide transformer here
+
+
+@dataclass(frozen=True)
+class VaeSettings:
+    channels: tuple = (16, 32)  # two levels: 32 x 32 x 3 -> 16 x 16 x 4
+    latent_channels: int = 4
+    steps: int = 500
+    batch_size: int = 32
+    lr: float = 2e-3
+    kl_weight: float = 1e-5  # small: sharp reconstructions matter more than a perfect Gaussian
+    bf16: bool = True  # measured: autocast ~1.4x faster for these 32 x 32 convolutions
+
+
+@dataclass(frozen=True)
+class UnetSettings:
+    channels: tuple = (16, 32, 64)  # latent 16 -> 8 -> 4; cross-attention only at 8 and 4
+    layers_per_block: int = 1
+    steps: int = 1500
+    batch_size: int = 32
+    lr: float = 2e-3
+    cfg_dropout: float = 0.1  # prompt replaced by "" so classifier-free guidance has an unconditional model
+    min_snr_gamma: float = 5.0  # Min-SNR weighting (Hang et al. 2023): faster convergence
+    ema_decay: float = 0.995  # the saved UNet is the EMA; short runs need a short horizon
+    bf16: bool = False  # measured: at 16-64 channels on 16 x 16 latents autocast is slower than fp32...
+    channels_last: bool = True  # ...and channels-last fp32 convolutions are the fastest
+
+
+@dataclass(frozen=True)
+class WorldSettings:
+    seed: int = 0
+    threads: int = 2  # explicit: results are bit-identical only for a fixed thread count
+    max_length: int = 8  # "<bos> a red circle <eos>" is 5 tokens; 77 would cost attention for nothing
+    pool_size: int = 20_000  # procedural images drawn once and reused; the world has few degrees of freedom
+    clip: ClipSettings = field(default_factory=ClipSettings)
+    vae: VaeSettings = field(default_factory=VaeSettings)
+    unet: UnetSettings = field(default_factory=UnetSettings)
+
+
+def _autocast(on: bool):
+    return torch.autocast("cpu", dtype=torch.bfloat16) if on else contextlib.nullcontext()
+
+
+class _Log:
+    """Progress lines: `name step/total loss elapsed`, about every `every` steps."""
+
+    def __init__(self, name: str, total: int, log, every: int = 100):
+        self.name, self.total, self.log, self.every, self.t0 = name, total, log, every, time.perf_counter()
+        self.acc = []
+
+    def __call__(self, step: int, loss: float):
+        self.acc.append(loss)
+        if self.log and ((step + 1) % self.every == 0 or step + 1 == self.total):
+            self.log(f"  {self.name} {step + 1:5d}/{self.total} loss {np.mean(self.acc):.4f}  {self.elapsed():.0f}s")
+            self.acc = []
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.t0
+
+
+def _lr(step: int, total: int, base: float, warmup: int = 50) -> float:
+    # Linear warmup then cosine to zero: short runs end on small steps.
+    if step < warmup:
+        return base * (step + 1) / warmup
+    return base * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+
+def to_tensor(images: np.ndarray) -> torch.Tensor:
+    """uint8 (N, H, W, 3) -> float (N, 3, H, W) in [-1, 1], the VAE's range."""
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1)
+
+
+def clip_pixels(x: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] images -> CLIP-normalised pixel values (same as the saved CLIPImageProcessor at 32 x 32)."""
+    mean = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
+    return ((x + 1) / 2 - mean) / std
+
+
+# ---- junk: images that match no prompt, so CLIP learns to score them low ----------------------
+
+_OFF_COLORS = ((240, 130, 30), (170, 60, 200), (40, 200, 200), (220, 220, 220), (130, 90, 40))
+
+
+def junk(n: int, seed: int, size: int = shapes.IMAGE_SIZE) -> np.ndarray:
+    """Images no caption describes: stretched shapes, two shapes, off colours, upside-down triangles, nothing."""
+    rng = np.random.default_rng(seed)
+    out = np.zeros((n, size, size, 3), np.uint8)
+    t = (np.arange(size * 4, dtype=np.float32) + 0.5) / 4
+    y, x = t[:, None], t[None, :]
+    for i in range(n):
+        kind = rng.integers(6)
+        s = shapes.random_shape(rng, size=size)
+        rgb = np.array(shapes.COLORS[s.color], np.float32)
+        if kind == 0:  # ellipse or rectangle, aspect 1.5-2.5
+            a = rng.uniform(1.5, 2.5)
+            rx, ry = (s.r, s.r / a) if rng.random() < 0.5 else (s.r / a, s.r)
+            inside = (((x - s.cx) / rx) ** 2 + ((y - s.cy) / ry) ** 2 <= 1) if rng.random() < 0.5 else (
+                (np.abs(x - s.cx) <= rx) & (np.abs(y - s.cy) <= ry))
+            cov = inside.reshape(size, 4, size, 4).mean(axis=(1, 3))
+        elif kind == 1:  # two shapes
+            s2 = shapes.random_shape(rng, size=size)
+            cov = np.maximum(shapes.coverage(s.shape, s.cx, s.cy, s.r * 0.7, size),
+                             shapes.coverage(s2.shape, s2.cx, s2.cy, s2.r * 0.7, size))
+        elif kind == 2:  # a real shape in a colour outside the world
+            rgb = np.array(_OFF_COLORS[rng.integers(len(_OFF_COLORS))], np.float32)
+            cov = shapes.coverage(s.shape, s.cx, s.cy, s.r, size)
+        elif kind == 3:  # upside-down triangle
+            cov = shapes.coverage("triangle", s.cx, size - s.cy, s.r, size)[::-1]
+        elif kind == 4:  # diamond (a square turned 45 degrees)
+            inside = np.abs(x - s.cx) + np.abs(y - s.cy) <= s.r * 1.2
+            cov = inside.reshape(size, 4, size, 4).mean(axis=(1, 3))
+        else:  # a faint smudge or nothing at all
+            cov = shapes.coverage("circle", s.cx, s.cy, s.r, size) * rng.uniform(0, 0.3)
+        out[i] = np.round(cov[..., None] * rgb).astype(np.uint8)
+    return out
+
+
+# ---- VAE ----------------------------------------------------------------------------------------
+
+
+def make_vae(s: VaeSettings):
+    from diffusers import AutoencoderKL
+
+    n = len(s.channels)
+    return AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=s.latent_channels, block_out_channels=s.channels,
+        down_block_types=("DownEncoderBlock2D",) * n, up_block_types=("UpDecoderBlock2D",) * n,
+        layers_per_block=1, norm_num_groups=8, sample_size=shapes.IMAGE_SIZE,
+        mid_block_add_attention=False,  # attention at 16 x 16 costs more than it gives on shapes
+    )
+
+
+def train_vae(s: VaeSettings, pool: torch.Tensor, seed: int, log=print):
+    """Reconstruction (L1 + MSE) plus a small KL; sets `scaling_factor` so latents have unit std."""
+    torch.manual_seed(seed)
+    vae = make_vae(s).train()
+    opt = torch.optim.AdamW(vae.parameters(), lr=s.lr, weight_decay=0.0)
+    gen = torch.Generator().manual_seed(seed)
+    progress = _Log("vae", s.steps, log)
+    for step in range(s.steps):
+        for g in opt.param_groups:
+            g["lr"] = _lr(step, s.steps, s.lr)
+        x = pool[torch.randint(len(pool), (s.batch_size,), generator=gen)]
+        with _autocast(s.bf16):
+            post = vae.encode(x).latent_dist
+            z = post.mean + post.std * torch.randn(post.mean.shape, generator=gen)
+            rec = vae.decode(z).sample.float()
+        kl = post.kl().mean() / x[0].numel()
+        loss = F.l1_loss(rec, x) + F.mse_loss(rec, x) + s.kl_weight * kl
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        progress(step, loss.item())
+    vae.eval()
+    with torch.no_grad():
+        z = vae.encode(pool[:2048]).latent_dist.mean
+    vae.register_to_config(scaling_factor=float(1.0 / z.std()))
+    return vae
+
+
+@torch.no_grad()
+def encode(vae, x: torch.Tensor, batch: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
+    """Posterior mean and std of every image, in fp32 (done once; the UNet samples from them)."""
+    means, stds = [], []
+    for i in range(0, len(x), batch):
+        post = vae.encode(x[i:i + batch]).latent_dist
+        means.append(post.mean)
+        stds.append(post.std)
+    return torch.cat(means), torch.cat(stds)
+
+
+@torch.no_grad()
+def reconstruct(vae, x: torch.Tensor, seed: int, batch: int = 512) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for i in range(0, len(x), batch):
+        post = vae.encode(x[i:i + batch]).latent_dist
+        z = post.mean + post.std * torch.randn(post.mean.shape, generator=gen)
+        out.append(vae.decode(z).sample.clamp(-1, 1))
+    return torch.cat(out)
+
+
+# ---- CLIP ---------------------------------------------------------------------------------------
+
+
+def make_clip(s: ClipSettings, tokenizer):
+    from transformers import CLIPConfig, CLIPModel
+
+    common = dict(hidden_size=s.width, intermediate_size=4 * s.width, num_hidden_layers=s.layers,
+                  num_attention_heads=s.heads)
+    config = CLIPConfig(
+        text_config=dict(common, vocab_size=len(tokenizer), max_position_embeddings=tokenizer.model_max_length,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id),
+        vision_config=dict(common, image_size=shapes.IMAGE_SIZE, patch_size=s.patch_size),
+        projection_dim=s.projection_dim,
+    )
+    return CLIPModel(config)
+
+
+def prompt_ids(tokenizer, prompts) -> torch.Tensor:
+    return tokenizer(list(prompts), padding="max_length", max_length=tokenizer.model_max_length,
+                     truncation=True, return_tensors="pt").input_ids
+
+
+def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    # Generated images are a little blurry, noisy and off in brightness; the ranking must not care.
+    b = len(x)
+    blur = torch.tensor([1.0, 2.0, 1.0])
+    k = (blur[:, None] * blur[None, :] / 16).expand(3, 1, 3, 3)
+    blurred = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), k, groups=3)
+    use_blur = (torch.rand(b, 1, 1, 1, generator=gen) < 0.3).float()
+    x = use_blur * blurred + (1 - use_blur) * x
+    gain = torch.empty(b, 1, 1, 1).uniform_(0.8, 1.1, generator=gen)
+    noise = torch.randn(x.shape, generator=gen) * torch.empty(b, 1, 1, 1).uniform_(0, 0.08, generator=gen)
+    return ((x + 1) * gain - 1 + noise).clamp(-1, 1)
+
+
+def train_clip(s: ClipSettings, tokenizer, pool: torch.Tensor, labels: torch.Tensor, recon: torch.Tensor | None,
+               junk_pool: torch.Tensor, seed: int, log=print):
+    """Contrastive training against the 12 captions, plus a 'no caption' class for junk.
+
+    Captions repeat within a batch, so the loss is CLIP's in both directions over the
+    12 distinct captions (image -> its caption; caption -> all its images). Junk images
+    must score below a learned threshold logit for every caption, which teaches the
+    ranking that a stretched or two-headed shape is worse than a clean one.
+    """
+    torch.manual_seed(seed)
+    model = make_clip(s, tokenizer).train()
+    null_logit = torch.nn.Parameter(torch.tensor(5.0))
+    opt = torch.optim.AdamW(list(model.parameters()) + [null_logit], lr=s.lr, weight_decay=0.05)
+    ids = prompt_ids(tokenizer, shapes.PROMPTS)
+    gen = torch.Generator().manual_seed(seed + 1)
+    n_junk = int(round(s.batch_size * s.junk_fraction))
+    progress = _Log("clip", s.steps, log)
+    for step in range(s.steps):
+        for g in opt.param_groups:
+            g["lr"] = _lr(step, s.steps, s.lr)
+        idx = torch.randint(len(pool), (s.batch_size - n_junk,), generator=gen)
+        x = pool[idx]
+        if recon is not None:
+            use = (torch.rand(len(idx), 1, 1, 1, generator=gen) < s.recon_fraction).float()
+            x = use * recon[idx] + (1 - use) * x
+        x = torch.cat([x, junk_pool[torch.randint(len(junk_pool), (n_junk,), generator=gen)]])
+        y = torch.cat([labels[idx], torch.full((n_junk,), len(shapes.PROMPTS))])
+        with _autocast(s.bf16):
+            img = model.visual_projection(model.vision_model(pixel_values=clip_pixels(_augment(x, gen))).pooler_output)
+            txt = model.text_projection(model.text_model(input_ids=ids).pooler_output)
+        img, txt = F.normalize(img.float(), dim=-1), F.normalize(txt.float(), dim=-1)
+        logits = model.logit_scale.exp().clamp(max=100) * img @ txt.T  # (B, 12)
+        with_null = torch.cat([logits, null_logit.expand(len(x), 1)], dim=1)
+        loss_img = F.cross_entropy(with_null, y)
+        # caption -> image: every image of that caption is a positive.
+        logp = logits.T.log_softmax(dim=1)  # (12, B)
+        pos = F.one_hot(y, len(shapes.PROMPTS) + 1)[:, :-1].T.bool()
+        has = pos.any(dim=1)
+        loss_txt = -torch.logsumexp(logp.masked_fill(~pos, -torch.inf), dim=1)[has].mean()
+        loss = (loss_img + loss_txt) / 2
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        progress(step, loss.item())
+    return model.eval()
+
+
+@torch.no_grad()
+def zero_shot_accuracy(model, tokenizer, images: np.ndarray, labels: np.ndarray) -> float:
+    """Fraction of images whose highest-scoring caption among the 12 is their own."""
+    txt = F.normalize(model.text_projection(model.text_model(input_ids=prompt_ids(tokenizer, shapes.PROMPTS)).pooler_output), dim=-1)
+    img = model.visual_projection(model.vision_model(pixel_values=clip_pixels(to_tensor(images))).pooler_output)
+    pred = (F.normalize(img, dim=-1) @ txt.T).argmax(dim=1).numpy()
+    return float((pred == labels).mean())
+
+
+# ---- UNet ---------------------------------------------------------------------------------------
+
+
+def make_unet(s: UnetSettings, cross_attention_dim: int, latent_size: int, latent_channels: int):
+    from diffusers import UNet2DConditionModel
+
+    n = len(s.channels)
+    return UNet2DConditionModel(
+        sample_size=latent_size, in_channels=latent_channels, out_channels=latent_channels,
+        block_out_channels=s.channels, layers_per_block=s.layers_per_block,
+        down_block_types=("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (n - 1),
+        up_block_types=("CrossAttnUpBlock2D",) * (n - 1) + ("UpBlock2D",),
+        cross_attention_dim=cross_attention_dim, attention_head_dim=4, norm_num_groups=8,
+    )
+
+
+def make_scheduler():
+    """SD 1.x's DDIM settings, so the toy pipeline is configured like the real one."""
+    from diffusers import DDIMScheduler
+
+    return DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                         clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+
+
+@torch.no_grad()
+def prompt_embeds(text_encoder, tokenizer, prompts) -> torch.Tensor:
+    """What the pipeline feeds the UNet: the text tower's last hidden state, (N, max_length, width)."""
+    return text_encoder(prompt_ids(tokenizer, prompts))[0]
+
+
+def train_unet(s: UnetSettings, latents: tuple[torch.Tensor, torch.Tensor], labels: torch.Tensor,
+               embeds: torch.Tensor, scaling_factor: float, seed: int, log=print):
+    """Epsilon prediction on SD's noise schedule, Min-SNR weighted, with prompt dropout; returns the EMA.
+
+    `embeds` holds the 12 captions' embeddings and then the empty prompt's; they are
+    computed once, since the text tower is frozen.
+    """
+    mean, std = latents
+    torch.manual_seed(seed)
+    unet = make_unet(s, embeds.shape[-1], mean.shape[-1], mean.shape[1]).train()
+    fmt = torch.channels_last if s.channels_last else torch.contiguous_format
+    unet.to(memory_format=fmt)
+    ema = [p.detach().clone() for p in unet.parameters()]
+    opt = torch.optim.AdamW(unet.parameters(), lr=s.lr, weight_decay=0.0)
+    sched = make_scheduler()
+    alphas = sched.alphas_cumprod
+    snr = alphas / (1 - alphas)
+    weight = snr.clamp(max=s.min_snr_gamma) / snr  # Min-SNR-gamma for epsilon prediction
+    gen = torch.Generator().manual_seed(seed + 2)
+    uncond = len(embeds) - 1
+    progress = _Log("unet", s.steps, log)
+    for step in range(s.steps):
+        for g in opt.param_groups:
+            g["lr"] = _lr(step, s.steps, s.lr)
+        idx = torch.randint(len(mean), (s.batch_size,), generator=gen)
+        x0 = (mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=gen)) * scaling_factor
+        t = torch.randint(sched.config.num_train_timesteps, (s.batch_size,), generator=gen)
+        eps = torch.randn(x0.shape, generator=gen)
+        xt = sched.add_noise(x0, eps, t).contiguous(memory_format=fmt)
+        cond = labels[idx].clone()
+        cond[torch.rand(s.batch_size, generator=gen) < s.cfg_dropout] = uncond
+        with _autocast(s.bf16):
+            pred = unet(xt, t, encoder_hidden_states=embeds[cond]).sample.float()
+        loss = (weight[t] * ((pred - eps) ** 2).mean(dim=(1, 2, 3))).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        decay = min(s.ema_decay, (1 + step) / (10 + step))  # warm-up: early EMA follows the weights
+        with torch.no_grad():
+            for e, p in zip(ema, unet.parameters()):
+                e.lerp_(p, 1 - decay)
+        progress(step, loss.item())
+    with torch.no_grad():
+        for e, p in zip(ema, unet.parameters()):
+            p.copy_(e)
+    return unet.to(memory_format=torch.contiguous_format).eval()

@@ -1,0 +1,187 @@
+"""Build the toy world once and cache it: a Stable Diffusion pipeline and a CLIP, in Hub layout.
+
+    <cache>/toy/<size>-<key>/
+        pipeline/   model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/ (DDIM)
+        clip/       a full CLIPModel checkpoint + tokenizer + preprocessor_config.json
+        world.json  settings, timings and held-out accuracies of this build
+
+`<key>` hashes the training code, the settings and the library versions, so
+changing any of them trains a new world; weights are never committed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from ..tokenizer import save_clip_tokenizer
+from . import shapes, train
+from .train import ClipSettings, UnetSettings, VaeSettings, WorldSettings
+
+SIZES = {
+    # CI: a few minutes on 2 cores; reranking must still clearly help (tests/test_toy.py).
+    "ci": WorldSettings(
+        clip=ClipSettings(steps=400),
+        vae=VaeSettings(steps=400),
+        unet=UnetSettings(steps=1000),
+    ),
+    # The README's figures.
+    "full": WorldSettings(),
+}
+
+
+# Longest first: BPE applies merges by rank, and a short word's merges ranked early (the "r e"
+# of "red") can break a later word's chain ("g r e e n"); in this order every word is one token.
+TOY_WORDS = tuple(sorted(["a", *shapes.COLORS, *shapes.SHAPES], key=len, reverse=True))
+
+
+def check_tokenizer(tokenizer) -> None:
+    """Every toy prompt must be <bos> a colour shape <eos>: 5 tokens, inside `model_max_length`."""
+    for p in shapes.PROMPTS:
+        tokens = tokenizer.convert_ids_to_tokens(tokenizer(p).input_ids)
+        if len(tokens) != 5 or len(tokens) > tokenizer.model_max_length:
+            raise ValueError(f"toy tokenizer splits {p!r} into {tokens}; expected one token per word "
+                             f"within model_max_length={tokenizer.model_max_length}")
+
+
+def cache_root() -> Path:
+    """`$SDKIT_CACHE`, else `~/.cache/sdkit`."""
+    return Path(os.environ.get("SDKIT_CACHE") or Path.home() / ".cache" / "sdkit")
+
+
+def settings_for(size: str | WorldSettings) -> WorldSettings:
+    if isinstance(size, WorldSettings):
+        return size
+    if size not in SIZES:
+        raise ValueError(f"size={size!r}: choose one of {list(SIZES)} or pass a WorldSettings")
+    return SIZES[size]
+
+
+def world_key(settings: WorldSettings) -> str:
+    """Hash of everything that determines the weights: code, settings, library versions."""
+    import diffusers
+    import transformers
+
+    h = hashlib.sha256()
+    for module in (shapes, train, sys.modules[__name__], sys.modules[save_clip_tokenizer.__module__]):
+        h.update(Path(module.__file__).read_bytes())
+    h.update(repr(settings).encode())
+    h.update(f"torch {torch.__version__} diffusers {diffusers.__version__} transformers {transformers.__version__}".encode())
+    return h.hexdigest()[:12]
+
+
+def toy_world_path(size: str | WorldSettings = "ci", *, log=print) -> Path:
+    """The toy world's directory, trained on first use (minutes) and cached.
+
+    Concurrent callers wait for one build (a file lock) instead of training twice.
+    """
+    settings = settings_for(size)
+    name = size if isinstance(size, str) else "custom"
+    final = cache_root() / "toy" / f"{name}-{world_key(settings)}"
+    if final.exists():
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    with open(final.parent / (final.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if final.exists():  # built by whoever held the lock before us
+            return final
+        tmp = Path(tempfile.mkdtemp(prefix=final.name + ".tmp-", dir=final.parent))
+        try:
+            if log:
+                log(f"sdkit.toy: training the {name!r} toy world into {final} (once per machine)")
+            build_world(tmp, settings, log=log)
+            os.rename(tmp, final)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def build_world(out_dir: str | os.PathLike, settings: WorldSettings = WorldSettings(), log=print) -> dict:
+    """Train VAE, CLIP and UNet from `settings.seed` and save pipeline/ and clip/ under `out_dir`."""
+    from diffusers import StableDiffusionPipeline
+    from transformers import CLIPImageProcessor, CLIPTextModel, CLIPTokenizer
+
+    out = Path(out_dir)
+    s = settings
+    torch.set_num_threads(s.threads)
+    times = {}
+    t0 = time.perf_counter()
+
+    tok_dir = out / "pipeline" / "tokenizer"
+    save_clip_tokenizer(tok_dir, words=TOY_WORDS, model_max_length=s.max_length)
+    tokenizer = CLIPTokenizer.from_pretrained(tok_dir)
+    check_tokenizer(tokenizer)
+
+    images, labels, _ = shapes.sample(s.pool_size, seed=s.seed)
+    pool, labels = train.to_tensor(images), torch.from_numpy(labels)
+    junk = train.to_tensor(train.junk(s.pool_size // 4, seed=s.seed + 1))
+
+    t = time.perf_counter()
+    vae = train.train_vae(s.vae, pool, seed=s.seed, log=log)
+    times["vae_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    recon = junk_recon = None
+    if s.clip.recon_fraction > 0:
+        recon = train.reconstruct(vae, pool, seed=s.seed)
+        junk_recon = train.reconstruct(vae, junk, seed=s.seed + 1)
+        junk = torch.cat([junk, junk_recon])
+    clip = train.train_clip(s.clip, tokenizer, pool, labels, recon, junk, seed=s.seed, log=log)
+    times["clip_s"] = time.perf_counter() - t
+    held_images, held_labels, _ = shapes.sample(2000, seed=s.seed + 10_000)
+    zero_shot = train.zero_shot_accuracy(clip, tokenizer, held_images, held_labels)
+    if log:
+        log(f"  clip zero-shot accuracy on 2000 held-out images: {zero_shot:.3f}")
+
+    text_encoder = CLIPTextModel(clip.config.text_config)
+    text_encoder.load_state_dict(clip.text_model.state_dict())
+    text_encoder.eval()
+    embeds = train.prompt_embeds(text_encoder, tokenizer, shapes.PROMPTS + ("",))
+
+    t = time.perf_counter()
+    latents = train.encode(vae, pool)
+    unet = train.train_unet(s.unet, latents, labels, embeds, vae.config.scaling_factor, seed=s.seed, log=log)
+    times["unet_s"] = time.perf_counter() - t
+
+    pipe = StableDiffusionPipeline(
+        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=train.make_scheduler(),
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False, image_encoder=None,
+    )
+    pipe.save_pretrained(out / "pipeline", safe_serialization=True)
+
+    clip_dir = out / "clip"
+    clip.save_pretrained(clip_dir, safe_serialization=True)
+    save_clip_tokenizer(clip_dir, words=TOY_WORDS, model_max_length=s.max_length)
+    size = shapes.IMAGE_SIZE
+    CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size},
+                       image_mean=list(train.CLIP_MEAN), image_std=list(train.CLIP_STD)).save_pretrained(clip_dir)
+
+    times["total_s"] = time.perf_counter() - t0
+    info = {
+        "settings": dataclasses.asdict(s),
+        "times": {k: round(v, 1) for k, v in times.items()},
+        "clip_zero_shot": zero_shot,
+        "unet_parameters": sum(p.numel() for p in unet.parameters()),
+        "vae_parameters": sum(p.numel() for p in vae.parameters()),
+        "clip_parameters": sum(p.numel() for p in clip.parameters()),
+        "torch": torch.__version__,
+    }
+    (out / "world.json").write_text(json.dumps(info, indent=2))
+    if log:
+        log(f"  trained in {times['total_s']:.0f}s (vae {times['vae_s']:.0f}s, clip {times['clip_s']:.0f}s, "
+            f"unet {times['unet_s']:.0f}s)")
+    return info
+
+
+def load_world_info(path: str | os.PathLike) -> dict:
+    return json.loads((Path(path) / "world.json").read_text())
