@@ -167,7 +167,7 @@ class Explorer(widgets.VBox):
         self.progress_label.add_class("sdkit-progress")
         self.status = widgets.HTML("")
 
-        self.gallery = Gallery(thumb_size=thumb_size)
+        self.gallery = Gallery(thumb_size=thumb_size, enlarged_size=320, show_viewer=False)
         self.gallery.on_select(self._show_details)
         self.details = widgets.HTML("")
         self.save_button = widgets.Button(description="save", icon="save", tooltip="save a copy into <output_dir>/saved")
@@ -179,9 +179,9 @@ class Explorer(widgets.VBox):
         self.save_button.on_click(self.save_selected)
         self.copy_seed_button.on_click(self.copy_seed)
         self.more_button.on_click(self.more_like_this)
-        self.selected_box = widgets.VBox(
-            [self.details, widgets.HBox([self.save_button, self.copy_seed_button, self.more_button, self.strength])],
-            layout=widgets.Layout(display="none"))
+        self.selected_box = widgets.HBox([self.gallery.viewer, widgets.VBox(
+            [self.details, _row(self.save_button, self.copy_seed_button, self.more_button, self.strength)],
+            layout=widgets.Layout(flex="1 1 0", margin="0 0 0 12px"))], layout=widgets.Layout(display="none"))
 
         form = widgets.VBox([
             self.prompt, self.negative_prompt,
@@ -448,10 +448,9 @@ class Explorer(widgets.VBox):
 
     def _show_details(self, e: Entry) -> None:
         c = e.candidate
-        rows = "".join(f"<tr><td><b>{html.escape(k)}</b></td><td>{html.escape(str(v))}</td></tr>"
-                       for k, v in c.params().items() if v not in (None, "", {}))
-        self.details.value = (f"<div><b>{html.escape(caption(e))}</b></div>"
-                              f"<table style='font-size:12px'>{rows}</table>")
+        items = "".join(f"<div><b>{html.escape(k)}</b> {html.escape(str(v))}</div>"
+                        for k, v in c.params().items() if v not in (None, "", {}))
+        self.details.value = (f"<div style='font-size:12px; line-height:1.45; word-break:break-all'>{items}</div>")
         self.selected_box.layout.display = "flex"
 
 

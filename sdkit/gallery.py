@@ -72,13 +72,13 @@ class _Card(widgets.VBox):
 
 
 class Gallery(widgets.VBox):
-    """Thumbnails of ranked candidates (best first, grouped by prompt) with an enlarged view of the selected one.
+    """Thumbnails of ranked candidates (best first, grouped by prompt) and an enlarged view of the selected one.
 
     `on_select(fn)` registers `fn(entry)` for clicks; `update(ranked)` shows a new ranking.
     """
 
     def __init__(self, ranked: Iterable[Any] = (), *, thumb_size: int = 128, enlarged_size: int = 384,
-                 max_height: str = "520px"):
+                 max_height: str = "520px", show_viewer: bool = True):
         if not isinstance(thumb_size, int) or thumb_size < 16:
             raise ValueError(f"thumb_size={thumb_size!r}: must be an integer >= 16 (pixels)")
         self.thumb_size, self.enlarged_size = thumb_size, enlarged_size
@@ -93,7 +93,8 @@ class Gallery(widgets.VBox):
         self.enlarged_caption = widgets.HTML()
         self.viewer = widgets.VBox([self.enlarged_caption, self.enlarged], layout=widgets.Layout(display="none"))
         self.viewer.add_class("sdkit-enlarged")
-        super().__init__([widgets.HTML(_CSS), self.grid, self.viewer])
+        # show_viewer=False: the caller places `self.viewer` itself (the explorer puts it beside the details).
+        super().__init__([widgets.HTML(_CSS), self.grid] + ([self.viewer] if show_viewer else []))
         self.update(ranked)
 
     @property

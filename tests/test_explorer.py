@@ -194,7 +194,7 @@ def test_selected_candidate_details_save_copy_seed_and_more_like_this(ex, tmp_pa
     entry = ex.gallery.select(1)  # as a click on the second caption
     c = entry.candidate
     assert ex.selected_box.layout.display == "flex"
-    assert f"<td>{c.seed}</td>" in ex.details.value and "a red circle" in ex.details.value
+    assert f"<b>seed</b> {c.seed}</div>" in ex.details.value and "<b>prompt</b> a red circle" in ex.details.value
 
     saved = ex.save_selected()
     assert saved.parent == tmp_path / "saved"
