@@ -317,11 +317,13 @@ class Explorer(widgets.VBox):
 
         self._candidates, self._scorer, self._scorer_error, self._total = [], None, None, 0
         run = None
-        out = None
+        stage = "loading the model"
         try:
             self._say(f"loading {html.escape(req.model)}…")
             pipe = load_pipeline(req.model, device=self.device, dtype=self.dtype, scheduler=req.scheduler)
+            stage = "loading the scorer"
             self._scorer = self._load_scorer(req)
+            stage = "generating"
             run_id = new_run_id()
             out = req.output_dir / run_id
             self._say(f"generating {len(req.prompts) * req.kwargs['n']} candidates into {html.escape(str(out))}…")
@@ -339,9 +341,9 @@ class Explorer(widgets.VBox):
             self._fail(e, during="generating")
         except Exception as e:
             run = getattr(e, "sdkit_run", None)
-            self._fail(e, during="loading the model" if out is None else "generating")
+            self._fail(e, during=stage)
         try:
-            self._finish(run, out)
+            self._finish(run)
         except Exception as e:
             self._fail(e, during="saving the ranked grid")
         finally:
@@ -401,7 +403,7 @@ class Explorer(widgets.VBox):
         self.ranked = self._ranking()
         self.gallery.update(self.ranked)
 
-    def _finish(self, run, out) -> None:
+    def _finish(self, run) -> None:
         from .save import update_scores
 
         self.run = run

@@ -89,6 +89,19 @@ def _entries(ranked):
     return entries(ranked)
 
 
+def test_one_prompt_per_line_is_ranked_per_prompt(tmp_path):
+    ex = Explorer(scorer=MeanRed(), output_dir=tmp_path, **{**FAST, "n": 2, "prompt": "a red circle\n\na blue square\n"})
+    ex.generate_button.click()
+    finished(ex)
+    assert [(c.prompt, c.seed) for c in ex.run] == [("a red circle", 7), ("a red circle", 8),
+                                                     ("a blue square", 7), ("a blue square", 8)]
+    assert [(e.candidate.prompt, e.rank) for e in ex.gallery.entries] == [
+        ("a red circle", 1), ("a red circle", 2), ("a blue square", 1), ("a blue square", 2)]
+    for prompt in ("a red circle", "a blue square"):
+        best, second = [e.candidate for e in ex.gallery.entries if e.candidate.prompt == prompt]
+        assert red(best) >= red(second)
+
+
 def test_random_seed_is_drawn_shown_and_used(tmp_path):
     ex = Explorer(scorer=None, output_dir=tmp_path, **{**FAST, "seed": None, "n": 2})
     assert ex.random_seed.value and ex.seed.value == ""
@@ -130,6 +143,14 @@ def test_missing_model_is_a_readable_error(tmp_path):
     assert "Error while loading the model" in ex.status.value
     assert "<details><summary>traceback</summary>" in ex.status.value and "Traceback" in ex.status.value
     assert ex.run is None and not ex.generate_button.disabled and ex.stop_button.disabled
+
+
+def test_scorer_that_cannot_load_is_named(tmp_path):
+    ex = Explorer(scorer="torch", scorer_model=str(tmp_path / "no-clip"), output_dir=tmp_path, **FAST)
+    ex.generate_button.click()
+    finished(ex)
+    assert "Error while loading the scorer" in ex.status.value and "no-clip" in ex.error
+    assert ex.run is None and not ex.generate_button.disabled
 
 
 def test_out_of_memory_keeps_finished_candidates(ex, monkeypatch):
