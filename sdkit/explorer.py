@@ -203,6 +203,7 @@ class Explorer(widgets.VBox):
         """The Generate button: validate the form (errors shown, nothing started), then run in the background."""
         if self.running:
             return
+        self.error = None
         try:
             req = self._read_form()
         except Exception as e:  # bad input: say what is wrong, start nothing
@@ -255,6 +256,7 @@ class Explorer(widgets.VBox):
         if e is None or self.running:
             return
         c = e.candidate
+        self.error = None
         try:
             req = self._read_form(prompts=[c.prompt])
             req.strength = check_strength(float(self.strength.value), req.kwargs["num_inference_steps"])
@@ -345,7 +347,7 @@ class Explorer(widgets.VBox):
         try:
             self._finish(run)
         except Exception as e:
-            self._fail(e, during="saving the ranked grid")
+            self._fail(e, during="saving the scores and the ranked grid")
         finally:
             self.generate_button.disabled, self.stop_button.disabled, self.more_button.disabled = False, True, False
 
@@ -440,11 +442,15 @@ class Explorer(widgets.VBox):
             self.status.value = f"<span>{message}</span>"
 
     def _fail(self, e: BaseException, during: str) -> None:
-        """Show an error as a readable line, with the traceback one click away (never lost)."""
+        """Show an error as a readable line, with the traceback one click away (never lost).
+
+        A second error in the same run (say, scoring failed and then generation did) is added below the first.
+        """
+        earlier = self.status.value if self.error else ""
         self.error = f"{type(e).__name__}: {e}"
         tb = "".join(traceback.format_exception(e))
         notes = "".join(f"<div>{html.escape(n)}</div>" for n in getattr(e, "__notes__", []))
-        self.status.value = (
+        self.status.value = earlier + (
             f"<div style='color:#b00020'><b>Error while {html.escape(during)}:</b> {html.escape(str(e))}</div>{notes}"
             f"<details><summary>traceback</summary><pre style='font-size:11px'>{html.escape(tb)}</pre></details>")
 

@@ -260,3 +260,13 @@ def test_flax_clip_scores_match_the_scorer_called_directly(tmp_path):
 def test_scorer_argument_is_checked():
     with pytest.raises(ValueError, match="scorer='clip'"):
         Explorer(scorer="clip")
+
+
+def test_a_second_error_does_not_hide_the_first(ex):
+    ex._fail(RuntimeError("CLIP exploded"), during="scoring")
+    ex._fail(MemoryError("out of memory"), during="generating")
+    assert ex.status.value.count("<details>") == 2
+    assert "CLIP exploded" in ex.status.value and "out of memory" in ex.status.value
+    ex.n.value = 0
+    ex.generate_button.click()  # a new click starts a fresh message
+    assert "CLIP exploded" not in ex.status.value and "n=0" in ex.status.value
