@@ -55,7 +55,7 @@ def peak_rss(n: int, cfg) -> dict:
 
 def run(cfg) -> dict:
     few, many = cfg.memory_ns
-    reps = 2  # RSS barely varies; two runs each show that it does not
+    reps = cfg.memory_reps
     results = {few: [], many: []}
     for _ in range(reps):
         for n in (few, many):
