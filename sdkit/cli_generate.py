@@ -26,6 +26,10 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--low-memory", action="store_true", help="attention/VAE slicing, VAE tiling, CPU offload (4-8 GB GPUs)")
     p.add_argument("--out", default="outputs", help="output folder; each run gets a subfolder (default outputs/)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--scorer", default="flax", choices=["flax", "torch", "none"],
+                   help="rerank with sdkit's Flax CLIP (default), transformers' PyTorch CLIP, or not at all")
+    p.add_argument("--clip-model", default=None,
+                   help="CLIP id or folder (default: openai/clip-vit-base-patch32; the matching CLIP for sdkit:tiny/toy)")
 
 
 def add_parser(sub) -> None:
@@ -61,9 +65,22 @@ def generate_kwargs(args) -> dict:
 
 
 def finish(run, args) -> int:
-    """Report where things are; exit 130 if interrupted (the finished images are kept)."""
-    for c in run.candidates:
-        print(f"{Path(c.path).name if c.path else '-'}  seed={c.seed}  {c.prompt!r}" + ("  [NSFW-flagged]" if c.nsfw else ""))
+    """Score, rank and draw the grid (unless --scorer none), report; exit 130 if interrupted (finished images are kept)."""
+    if args.scorer != "none" and len(run):
+        from .grid import save_ranked_grid
+        from .rerank import rerank
+
+        ranked = rerank(run, args.scorer, clip_model=args.clip_model)
+        grid = save_ranked_grid(ranked, run.output_dir)
+        print(f"ranked by CLIP score (100 x cosine, {ranked[0].candidate.scorer}):")
+        for r in ranked:
+            c = r.candidate
+            print(f"  #{r.rank}  score={r.score:6.2f}  logit={r.logit:7.3f}  seed={c.seed}  {Path(c.path).name}  {c.prompt!r}"
+                  + ("  [NSFW-flagged]" if c.nsfw else ""))
+        print(f"ranked grid: {grid}")
+    else:
+        for c in run.candidates:
+            print(f"{Path(c.path).name if c.path else '-'}  seed={c.seed}  {c.prompt!r}" + ("  [NSFW-flagged]" if c.nsfw else ""))
     print(f"{len(run)} images in {run.output_dir} (manifest: {run.manifest})")
     return 130 if run.cancelled else 0
 

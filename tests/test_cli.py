@@ -15,11 +15,20 @@ def test_cli_generates_files_with_metadata(tmp_path, tiny_path):
         capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     (run_dir,) = tmp_path.iterdir()
-    pngs = sorted(p.name for p in run_dir.glob("*.png"))
+    pngs = sorted(p.name for p in run_dir.glob("*-s*.png"))
     assert [p.split("-", 3)[-1] for p in pngs] == ["000-s7.png", "001-s8.png", "002-s7.png", "003-s8.png"]
     records = [json.loads(line) for line in (run_dir / "manifest.jsonl").read_text().splitlines()]
     assert {(r["prompt"], r["seed"], r["scheduler"]) for r in records} >= {("a red circle", 7, "Euler a"), ("a blue square", 8, "Euler a")}
     assert "4 images in" in out.stdout
+    # scored and ranked by default: scores in the manifest (last line per file) and the PNGs, a grid beside them
+    from sdkit.grid import read_grid_metadata
+    from sdkit.save import read_manifest, read_metadata
+
+    assert all(r["score"] is not None and r["scorer"].startswith("clip-flax") for r in read_manifest(run_dir))
+    assert read_metadata(run_dir / pngs[0])["logit"] is not None
+    (grid,) = run_dir.glob("*-grid.png")
+    assert sorted(c["file"] for c in read_grid_metadata(grid)) == pngs
+    assert "#1  score=" in out.stdout
 
 
 def test_prompts_file(tmp_path, tiny_path):
@@ -27,7 +36,9 @@ def test_prompts_file(tmp_path, tiny_path):
     f.write_text("a cat\n\n# a comment\na dog\n")
     rc = main(["generate", "--prompts-file", str(f), "-n", "1", "--seed", "1", "--steps", "1", "--out", str(tmp_path / "o"), "--quiet"])
     assert rc == 0
-    prompts = sorted(json.loads(line)["prompt"] for line in next((tmp_path / "o").iterdir()).joinpath("manifest.jsonl").read_text().splitlines())
+    from sdkit.save import read_manifest
+
+    prompts = sorted(r["prompt"] for r in read_manifest(next((tmp_path / "o").iterdir())))
     assert prompts == ["a cat", "a dog"]
 
 
