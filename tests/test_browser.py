@@ -177,15 +177,17 @@ def _run(page, url, out, expect):
 
     # Stop works from the browser while the kernel generates: ask for many, stop once some are done.
     n_box = panel.locator(".widget-text", has_text=re.compile(r"^N$")).locator("input")
-    n_box.fill("64")
+    n_box.fill("256")
     n_box.press("Enter")
     panel.get_by_role("button", name="Generate").click()
-    done = panel.locator(".sdkit-progress", has_text=re.compile(r"· [1-9]\d*/64 candidates"))
+    done = panel.locator(".sdkit-progress", has_text=re.compile(r"· [1-9]\d*/256 candidates"))
     expect(done).to_be_visible(timeout=120_000)
     panel.get_by_role("button", name="Stop").click()
-    stopped = panel.locator(".widget-html", has_text=re.compile(r"stopped: \d+ of 64 candidates kept"))
+    stopped = panel.locator(".widget-html", has_text=re.compile(r"stopped: \d+ of 256 candidates kept"))
     expect(stopped).to_be_visible(timeout=60_000)
-    kept = int(re.search(r"stopped: (\d+) of 64", stopped.inner_text())[1])
-    assert 1 <= kept < 64
+    kept = int(re.search(r"stopped: (\d+) of 256", stopped.inner_text())[1])
+    assert 1 <= kept < 256
     expect(cards).to_have_count(kept)  # everything finished is kept, and shown
+    second = next(d for d in out.iterdir() if d.is_dir() and d != runs[0])
+    assert len([f for f in second.glob("*.png") if not f.name.endswith("-grid.png")]) == kept  # and on disk
     expect(panel.get_by_role("button", name="Generate")).to_be_enabled()
