@@ -25,7 +25,7 @@ from typing import Any
 import ipywidgets as widgets
 import numpy as np
 
-from .gallery import Gallery, caption
+from .gallery import Gallery
 from .grid import Entry, save_ranked_grid
 from .schedulers import SCHEDULERS
 
