@@ -1,19 +1,47 @@
-"""sdkit: Stable Diffusion candidates, CLIP reranking and ranked grids for notebooks."""
+"""sdkit: Stable Diffusion candidates, CLIP reranking and ranked grids for notebooks.
+
+    from sdkit import load_pipeline, generate, rerank, ranked_grid
+    pipe = load_pipeline("stable-diffusion-v1-5/stable-diffusion-v1-5")
+    run = generate(pipe, "Kermit the Frog on the Iron Throne", n=10, seed=0, output_dir="outputs")
+    ranked_grid(rerank(run, "flax"))
+
+Names are imported lazily: `import sdkit` is quick, and JAX starts only when a Flax scorer is used.
+"""
+
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
 
-from .candidate import Candidate, Run  # noqa: E402
-from .edit import img2img, inpaint, outpaint  # noqa: E402
-from .fingerprint import fingerprint  # noqa: E402
-from .generate import Progress, generate, regenerate  # noqa: E402
-from .load import load_pipeline  # noqa: E402
-from .masks import box_mask, show_mask  # noqa: E402
-from .save import read_manifest, read_metadata  # noqa: E402
+_EXPORTS = {
+    "Candidate": "candidate", "Run": "candidate",
+    "generate": "generate", "regenerate": "generate", "Progress": "generate",
+    "load_pipeline": "load",
+    "read_manifest": "save", "read_metadata": "save",
+    "img2img": "edit", "inpaint": "edit", "outpaint": "edit",
+    "box_mask": "masks", "show_mask": "masks",
+    "load_scorer": "score", "Scores": "score",
+    "rank": "rank", "Ranked": "rank",
+    "rerank": "rerank",
+    "ranked_grid": "grid", "image_grid": "grid", "gallery": "grid", "save_ranked_grid": "grid",
+    "explore": "explorer",
+    "fingerprint": "fingerprint",
+    "Sweep": "sweep", "run_sweep": "sweep",
+}
+__all__ = sorted(_EXPORTS)
 
-__all__ = [
-    "Candidate", "Run", "Progress", "generate", "regenerate", "load_pipeline", "read_manifest", "read_metadata",
-    "img2img", "inpaint", "outpaint", "box_mask", "show_mask", "fingerprint",
-]
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'sdkit' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + __all__)
 
 
 def _quiet_known_noise() -> None:
@@ -26,8 +54,7 @@ def _quiet_known_noise() -> None:
         def filter(self, record):
             return "requires torchvision" not in record.getMessage()
 
-    logging.getLogger("transformers").addFilter(_DropTorchvisionFallback())
-    for name in ("transformers.image_processing_utils", "transformers.models.auto.image_processing_auto"):
+    for name in ("transformers", "transformers.utils.import_utils"):  # filters act where the record is made
         logging.getLogger(name).addFilter(_DropTorchvisionFallback())
 
 
