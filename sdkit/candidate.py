@@ -45,6 +45,12 @@ class Candidate:
         d.pop("image")
         return d
 
+    def __repr__(self) -> str:  # short, and free of memory addresses (notebook outputs are compared by nbval)
+        score = "" if self.score is None else f" score={self.score:.2f}"
+        flag = " NSFW-flagged" if self.nsfw else ""
+        return (f"Candidate(#{self.index} seed={self.seed} {self.prompt!r} steps={self.num_inference_steps} "
+                f"cfg={self.guidance_scale:g} {self.width}x{self.height} {self.scheduler}{score}{flag})")
+
     def _repr_png_(self):  # shows the image when a Candidate is a cell's last value
         return None if self.image is None else self.image._repr_png_()
 
@@ -71,3 +77,7 @@ class Run:
 
     def __getitem__(self, i):
         return self.candidates[i]
+
+    def __repr__(self) -> str:
+        state = " cancelled" if self.cancelled else ""
+        return f"Run({len(self.candidates)} candidates{state})"

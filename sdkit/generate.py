@@ -140,7 +140,7 @@ def generate(
     # img2img/inpaint with strength < 1 skip the first steps: count only those that run.
     strength = float((pipe_kwargs or {}).get("strength", 1.0))
     steps_run = max(1, min(num_inference_steps, int(num_inference_steps * strength)))
-    bar = _progress_bar(len(jobs) * steps_run, progress)
+    bar = progress_bar(len(jobs) * steps_run, progress)
 
     def on_step(_pipe, step, _t, kwargs, batch):
         bar.update(1)
@@ -245,12 +245,12 @@ class _WidgetBar:
     a notebook's stored output does not change from run to run (nbval compares it).
     """
 
-    def __init__(self, total: int, desc: str):
+    def __init__(self, total: int, desc: str, initial: int = 0):
         import ipywidgets as w
         from IPython.display import display
 
-        self.n = 0
-        self.bar = w.IntProgress(value=0, min=0, max=max(total, 1), description=desc)
+        self.n = initial
+        self.bar = w.IntProgress(value=initial, min=0, max=max(total, 1), description=desc)
         display(self.bar)
 
     def update(self, k):
@@ -270,17 +270,18 @@ def _in_notebook() -> bool:
     return shell is not None and "IPKernelApp" in getattr(shell, "config", {})
 
 
-def _progress_bar(total: int, enabled: bool):
+def progress_bar(total: int, enabled: bool = True, desc: str = "denoising", unit: str = "step", initial: int = 0):
+    """A progress bar: core ipywidgets in a notebook, tqdm on a terminal, nothing if not `enabled`."""
     if not enabled:
         return _NoBar()
     if _in_notebook():
         try:
-            return _WidgetBar(total, "denoising")
+            return _WidgetBar(total, desc, initial)
         except ImportError:
             pass
     from tqdm import tqdm
 
-    return tqdm(total=total, desc="denoising", unit="step", leave=False)
+    return tqdm(total=total, initial=initial, desc=desc, unit=unit, leave=False)
 
 
 def regenerate(source, pipe=None, **overrides) -> Candidate:

@@ -285,7 +285,8 @@ def load_pipeline(
             if not safety_checker:
                 kwargs.update(safety_checker=None, requires_safety_checker=False)
             kwargs[_DTYPE_KW] = torch_dtype
-            pipe = cls.from_pretrained(res.path, variant=res.variant, use_safetensors=True, **kwargs)
+            with _no_loading_bars():
+                pipe = cls.from_pretrained(res.path, variant=res.variant, use_safetensors=True, **kwargs)
             _place(pipe, device, low_memory)
             if batch_invariant:
                 make_batch_invariant(pipe)
@@ -297,6 +298,29 @@ def load_pipeline(
                        "device": device, "dtype": str(torch_dtype).replace("torch.", "")}
         _cache[key] = pipe
         return pipe
+
+
+class _no_loading_bars:
+    """Hide diffusers/transformers per-component loading bars (seconds of work; downloads keep their own bars).
+
+    In notebooks they render as tqdm widgets whose stored text changes every run."""
+
+    def __enter__(self):
+        from diffusers.utils import logging as dl
+        from transformers.utils import logging as tl
+
+        self._was = (dl.is_progress_bar_enabled(), tl.is_progress_bar_enabled())
+        dl.disable_progress_bar()
+        tl.disable_progress_bar()
+
+    def __exit__(self, *exc):
+        from diffusers.utils import logging as dl
+        from transformers.utils import logging as tl
+
+        if self._was[0]:
+            dl.enable_progress_bar()
+        if self._was[1]:
+            tl.enable_progress_bar()
 
 
 def _place(pipe, device: str, low_memory: bool) -> None:

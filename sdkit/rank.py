@@ -56,3 +56,17 @@ def _with_score(candidate: Any, score: float, logit: float, scorer: str) -> Any:
     names = {f.name for f in dataclasses.fields(candidate)}
     updates = {k: v for k, v in (("score", score), ("logit", logit), ("scorer", scorer)) if k in names}
     return dataclasses.replace(candidate, **updates) if updates else candidate
+
+
+def format_ranking(ranked: Sequence[Ranked], limit: int | None = None) -> str:
+    """A plain-text table of a ranking: prompt, rank, CLIP score, seed (what notebooks and the CLI print)."""
+    lines, prompt = [], None
+    for r in ranked:
+        c = r.candidate
+        if c.prompt != prompt:
+            prompt = c.prompt
+            lines.append(f"{prompt!r}")
+        if limit is None or r.rank <= limit:
+            flag = "  [NSFW-flagged]" if getattr(c, "nsfw", False) else ""
+            lines.append(f"  #{r.rank:<3d} CLIP score {r.score:6.2f}   seed {c.seed}{flag}")
+    return "\n".join(lines)

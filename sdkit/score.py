@@ -253,7 +253,10 @@ class TorchCLIPScorer(CLIPScorer):
         path = resolve_checkpoint(model_id, revision, cache_dir)
         dtype = getattr(torch, dtype) if isinstance(dtype, str) else (dtype or torch.float32)
         self.device, self.dtype, self.batch_size = _torch_device(device), dtype, batch_size
-        self.model = CLIPModel.from_pretrained(path, use_safetensors=True, dtype=dtype).to(self.device).eval()
+        from .load import _no_loading_bars
+
+        with _no_loading_bars():
+            self.model = CLIPModel.from_pretrained(path, use_safetensors=True, dtype=dtype).to(self.device).eval()
         super().__init__(str(model_id), path, float(self.model.logit_scale.detach().float()),
                          self.model.config.text_config.max_position_embeddings)
 

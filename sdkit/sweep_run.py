@@ -339,6 +339,6 @@ class _NoBar:
 def _progress_bar(total: int, initial: int, desc: str, enabled: bool):
     if not enabled:
         return _NoBar()
-    from tqdm.auto import tqdm
+    from .generate import progress_bar  # ipywidgets in notebooks (stable stored output), tqdm elsewhere
 
-    return tqdm(total=total, initial=initial, desc=desc, unit="image")
+    return progress_bar(total, True, desc="images", unit="image", initial=initial)

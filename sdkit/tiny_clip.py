@@ -123,7 +123,12 @@ def save_tiny_clip(path: str | os.PathLike, seed: int = 0, **config_overrides) -
     return save_random_clip(path, config, seed=seed)
 
 
-def tiny_clip_path(seed: int = 0, **config_overrides) -> str:
+# Seed 3: with random weights most seeds give all-negative cosines against the tiny pipelines' images, so every
+# shown CLIP score (floored at 0) reads 0.00 and a demo looks broken; seed 3 gives a spread of 10-40.
+TINY_CLIP_SEED = 3
+
+
+def tiny_clip_path(seed: int = TINY_CLIP_SEED, **config_overrides) -> str:
     """The tiny CLIP's directory in the sdkit cache, built on first use (atomically)."""
     import torch
     import transformers

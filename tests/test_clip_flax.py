@@ -13,7 +13,7 @@ from PIL import Image
 from sdkit import clip_flax
 from sdkit.clip_flax import CLIPConfig, load_flax_clip, params_from_state_dict, read_safetensors
 from sdkit.preprocess import ImageConfig, preprocess
-from sdkit.tiny_clip import random_clip_model, save_tiny_clip, tiny_clip_path
+from sdkit.tiny_clip import TINY_CLIP_SEED, random_clip_model, save_tiny_clip, tiny_clip_path
 
 ATOL = 1e-4  # the parity bar, fp32
 PROMPTS = ["a red circle", "a photo of a horse sitting in a field at night, oil painting, trending", "", "zebra?!"]
@@ -197,8 +197,8 @@ def test_tiny_clip_is_cached_and_deterministic(tmp_path, monkeypatch):
     mtime = os.path.getmtime(os.path.join(path, "model.safetensors"))
     assert tiny_clip_path() == path and os.path.getmtime(os.path.join(path, "model.safetensors")) == mtime
     assert not [p for p in os.listdir(tmp_path / "cache" / "tiny") if p.startswith(".")]  # no temp dirs left
-    again = read_safetensors(save_tiny_clip(tmp_path / "again", seed=0) + "/model.safetensors")
-    other = read_safetensors(save_tiny_clip(tmp_path / "other", seed=1) + "/model.safetensors")
+    again = read_safetensors(save_tiny_clip(tmp_path / "again", seed=TINY_CLIP_SEED) + "/model.safetensors")
+    other = read_safetensors(save_tiny_clip(tmp_path / "other", seed=TINY_CLIP_SEED + 1) + "/model.safetensors")
     first = read_safetensors(path + "/model.safetensors")
     assert all(np.array_equal(first[k], again[k]) for k in first)
     assert not np.array_equal(first["text_projection.weight"], other["text_projection.weight"])
