@@ -156,7 +156,10 @@ def pipeline_for(pipe, task: str):
     cls = getattr(diffusers, _CLASSES[task])
     if isinstance(pipe, cls):
         return pipe
-    new = cls.from_pipe(pipe)
+    from .load import _no_loading_bars
+
+    with _no_loading_bars(quiet=True):
+        new = cls.from_pipe(pipe)
     new.set_progress_bar_config(disable=True)
     new._sdkit = {**info, "task": task}
     return new

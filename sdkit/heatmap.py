@@ -7,6 +7,8 @@ from typing import Any, Iterable
 import numpy as np
 from matplotlib.figure import Figure
 
+from .grid import GridFigure
+
 
 def score_table(ranked: Iterable[Any], x: str, y: str):
     """Mean score per (x, y) cell: returns (x values, y values, means[y, x], counts[y, x])."""
@@ -45,7 +47,7 @@ def score_heatmap(ranked: Iterable[Any], x: str = "guidance_scale", y: str = "nu
     `ranked` is what `rerank` or `run_sweep(...).ranked` returns (or scored candidates).
     """
     xs, ys, means, counts = score_table(ranked, x, y)
-    fig = Figure(figsize=(1.2 + 1.1 * len(xs), 1.0 + 0.8 * len(ys)))
+    fig = GridFigure(figsize=(1.2 + 1.1 * len(xs), 1.0 + 0.8 * len(ys)))
     ax = fig.add_subplot()
     im = ax.imshow(means, cmap="viridis", aspect="auto")
     ax.set_xticks(range(len(xs)), [f"{v:g}" if isinstance(v, float) else str(v) for v in xs])

@@ -279,7 +279,8 @@ def load_pipeline(
         cls = getattr(diffusers, _CLASSES[task])
         base = next((p for k, p in _cache.items() if k[: len(weights_key)] == weights_key), None)
         if base is not None:
-            pipe = cls.from_pipe(base)  # shares every weight tensor; no reload
+            with _no_loading_bars(quiet=True):
+                pipe = cls.from_pipe(base)  # shares every weight tensor; no reload
         else:
             kwargs = {}
             if not safety_checker:
@@ -303,20 +304,28 @@ def load_pipeline(
 class _no_loading_bars:
     """Hide diffusers/transformers per-component loading bars (seconds of work; downloads keep their own bars).
 
-    In notebooks they render as tqdm widgets whose stored text changes every run."""
+    In notebooks they render as tqdm widgets whose stored text changes every run. `quiet=True` also mutes
+    diffusers' warnings (for `from_pipe`, which warns about an empty list of fp32 modules)."""
+
+    def __init__(self, quiet: bool = False):
+        self.quiet = quiet
 
     def __enter__(self):
         from diffusers.utils import logging as dl
         from transformers.utils import logging as tl
 
         self._was = (dl.is_progress_bar_enabled(), tl.is_progress_bar_enabled())
+        self._level = dl.get_verbosity()
         dl.disable_progress_bar()
         tl.disable_progress_bar()
+        if self.quiet:
+            dl.set_verbosity_error()
 
     def __exit__(self, *exc):
         from diffusers.utils import logging as dl
         from transformers.utils import logging as tl
 
+        dl.set_verbosity(self._level)
         if self._was[0]:
             dl.enable_progress_bar()
         if self._was[1]:

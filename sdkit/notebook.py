@@ -52,12 +52,14 @@ def models(**ids: str) -> SimpleNamespace:
     """
     m = mode()
     chosen = {role: _substitute(role, mid, m) for role, mid in ids.items()}
+    # The models' native image size, so one notebook makes 512px images for real and 64px ones on tiny models.
+    size = {"real": 512, "tiny": 64, "toy": 32}[m]
     label = {"real": "real Hub models", "tiny": "sdkit's TINY RANDOM-WEIGHT models (pictures are noise)",
              "toy": "the TOY SHAPES world (trained 32x32 shapes, not Stable Diffusion)"}[m]
     print(f"Models: {label}")
     for role, mid in ids.items():
         print(f"  {role}: {mid}" + (f"  ->  {_short(chosen[role])}" if chosen[role] != mid else ""))
-    return SimpleNamespace(**chosen, mode=m)
+    return SimpleNamespace(**chosen, mode=m, size=size)
 
 
 def _short(model_id: str) -> str:

@@ -145,8 +145,11 @@ def update_scores(output_dir, candidates) -> None:
         append_manifest(output_dir, record)
 
 
-def read_manifest(output_dir) -> list[dict]:
-    """Manifest records, last line per file winning; a torn last line (killed mid-write) is skipped."""
+def read_manifest(output_dir, run_id: str | None = None) -> list[dict]:
+    """Manifest records, last line per file winning; a torn last line (killed mid-write) is skipped.
+
+    A folder's manifest collects every run written there; `run_id` keeps one run's records.
+    """
     path = Path(output_dir) / MANIFEST
     if not path.exists():
         return []
@@ -156,7 +159,8 @@ def read_manifest(output_dir) -> list[dict]:
             rec = json.loads(line)
         except json.JSONDecodeError:
             continue
-        by_file[rec.get("file", len(by_file))] = rec
+        if run_id is None or rec.get("run_id") == run_id:
+            by_file[rec.get("file", len(by_file))] = rec
     return list(by_file.values())
 
 

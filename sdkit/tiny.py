@@ -20,7 +20,17 @@ from pathlib import Path
 
 import torch
 
-from .tokenizer import save_clip_tokenizer
+from .tokenizer import DEFAULT_WORDS, save_clip_tokenizer
+
+# Words of the tutorials' prompts get one token each, so those prompts fit the tiny text encoder's 77
+# tokens as they fit the real tokenizer's (byte-level spelling would overflow and warn).
+TUTORIAL_WORDS = (
+    "alice wonderland ultra hd realistic futuristic detailed octane render photoshopped photorealistic soft "
+    "pastel aesthetic magical background anime 90's vintage digital sharp focus surrealism akira line "
+    "beautiful abstract chesire 3d highly 8k calgary flames winning stanley cup dome moustaches all around "
+    "cute little kitty minimalist flowers lots hat watercolor lighthouse dusk garden oil"
+).split()
+TINY_WORDS = tuple(DEFAULT_WORDS) + tuple(TUTORIAL_WORDS)
 
 TASK_UNET_CHANNELS = {"text-to-image": 4, "inpainting": 9}
 
@@ -97,7 +107,7 @@ def save_tiny_pipeline(save_directory, task: str = "text-to-image", seed: int = 
         raise ValueError(f"task={task!r}: tiny pipelines exist for {sorted(TASK_UNET_CHANNELS)}")
     save_directory = Path(save_directory)
     tok_dir = save_directory / "tokenizer"
-    save_clip_tokenizer(tok_dir)
+    save_clip_tokenizer(tok_dir, words=TINY_WORDS)
     tokenizer = CLIPTokenizer.from_pretrained(tok_dir)
     parts = _components(task, seed, len(tokenizer), tokenizer.eos_token_id, tokenizer.bos_token_id)
     cls = StableDiffusionInpaintPipeline if task == "inpainting" else StableDiffusionPipeline
@@ -115,6 +125,7 @@ def _fingerprint(*objs) -> str:
     # The builder's source is part of the key: change the code, get a new model.
     h.update(inspect.getsource(_components).encode())
     h.update(inspect.getsource(save_clip_tokenizer).encode())
+    h.update(repr(TINY_WORDS).encode())
     return h.hexdigest()[:12]
 
 

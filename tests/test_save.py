@@ -104,3 +104,11 @@ def test_killed_run_keeps_every_finished_image(tmp_path, tiny_path, sig):
     if sig == signal.SIGINT:  # a clean stop: every image has its line, and the user is told
         assert len(records) == len(pngs)
         assert b"stopped;" in err
+
+
+def test_manifest_collects_runs_and_filters_by_run_id(tiny_pipe, tmp_path):
+    a = generate(tiny_pipe, "a cat", n=2, seed=0, output_dir=tmp_path, **FAST)
+    b = generate(tiny_pipe, "a dog", n=1, seed=0, output_dir=tmp_path, **FAST)
+    assert len(read_manifest(tmp_path)) == 3
+    assert [r["prompt"] for r in read_manifest(tmp_path, run_id=b.run_id)] == ["a dog"]
+    assert len(read_manifest(tmp_path, run_id=a.run_id)) == 2
