@@ -66,11 +66,13 @@ def test_dataset_is_deterministic_and_covers_every_prompt():
 
 
 def test_junk_matches_no_prompt():
-    from sdkit.toy.train import junk
+    from sdkit.toy.train import JUNK_KINDS, junk
 
-    images = junk(200, seed=1)
-    assert np.mean([shapes.check(im).shape is not None and shapes.check(im).matches("a " + (shapes.check(im).color or "red") + " " + shapes.check(im).shape)
-                    for im in images]) < 0.2
+    images, kinds = junk(210, seed=1)
+    assert set(kinds.tolist()) == set(range(len(JUNK_KINDS)))
+    for im in images:
+        c = shapes.check(im)
+        assert not any(c.matches(p) for p in shapes.PROMPTS), c
 
 
 def test_upscale_is_nearest():
@@ -112,3 +114,112 @@ def test_reranking_helps_in_the_ci_world():
         # Scores against the wrong prompt must not help: that would be measuring something else.
         assert q.control[name] <= q.adherence + 0.02, q.table()
     assert abs(q.top1["torch"] - q.top1["flax"]) <= 0.05, q.table()
+
+
+# ---- a micro world: seconds to build, checks the files and every loader, not the quality ----
+
+def _micro():
+    from sdkit.toy.train import ClipSettings, UnetSettings, VaeSettings, WorldSettings
+
+    return WorldSettings(pool_size=256, clip=ClipSettings(steps=2, batch_size=16, recon_pool=32),
+                         vae=VaeSettings(steps=2, batch_size=8), unet=UnetSettings(steps=2, batch_size=8))
+
+
+@pytest.fixture(scope="module")
+def micro_world(tmp_path_factory):
+    import os
+
+    from sdkit.toy.world import toy_world_path
+
+    cache = tmp_path_factory.mktemp("cache")
+    old = os.environ.get("SDKIT_CACHE")
+    os.environ["SDKIT_CACHE"] = str(cache)
+    try:
+        lines = []
+        path = toy_world_path(_micro(), log=lines.append)
+        assert lines and path.parent == cache / "toy"
+        again = []
+        assert toy_world_path(_micro(), log=again.append) == path and not again  # cached: no retraining
+        yield path
+    finally:
+        if old is None:
+            os.environ.pop("SDKIT_CACHE", None)
+        else:
+            os.environ["SDKIT_CACHE"] = old
+
+
+def test_micro_world_is_in_hub_layout(micro_world):
+    import json
+
+    index = json.loads((micro_world / "pipeline" / "model_index.json").read_text())
+    assert index["_class_name"] == "StableDiffusionPipeline"
+    assert index["safety_checker"] == [None, None] and index["requires_safety_checker"] is False
+    for part in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"):
+        assert (micro_world / "pipeline" / part).is_dir(), part
+    sched = json.loads((micro_world / "pipeline" / "scheduler" / "scheduler_config.json").read_text())
+    assert sched["_class_name"] == "DDIMScheduler"
+    clip = json.loads((micro_world / "clip" / "config.json").read_text())
+    assert clip["model_type"] == "clip" and clip["vision_config"]["image_size"] == 32
+    assert (micro_world / "clip" / "model.safetensors").exists()
+    assert (micro_world / "clip" / "preprocessor_config.json").exists()
+    assert not list(micro_world.rglob("*.bin"))  # safetensors only
+
+
+def test_toy_prompts_are_one_token_per_word(micro_world):
+    from transformers import CLIPTokenizer
+
+    for d in ("pipeline/tokenizer", "clip"):
+        tok = CLIPTokenizer.from_pretrained(micro_world / d)
+        assert tok.model_max_length == 8
+        for p in shapes.PROMPTS:
+            assert len(tok(p).input_ids) == 5, (d, p, tok.tokenize(p))
+
+
+def test_micro_world_runs_every_task(micro_world):
+    from PIL import Image
+
+    from sdkit.generate import generate
+    from sdkit.load import load_pipeline
+
+    path = str(micro_world / "pipeline")
+    pipe = load_pipeline(path, device="cpu", dtype="fp32", safety_checker=False)
+    run = generate(pipe, "a red circle", n=2, seed=0, num_inference_steps=2, guidance_scale=2.0, progress=False)
+    assert [c.image.size for c in run.candidates] == [(32, 32)] * 2
+    init = Image.fromarray(shapes.render(shapes.Shape("circle", "red", 16, 16, 8)))
+    mask = Image.new("L", (32, 32), 0)
+    mask.paste(255, (8, 8, 24, 24))
+    img2img = load_pipeline(path, task="image-to-image", device="cpu", dtype="fp32", safety_checker=False)
+    out = img2img("a blue circle", image=init, strength=0.5, num_inference_steps=4, guidance_scale=2.0).images[0]
+    assert out.size == (32, 32)
+    inpaint = load_pipeline(path, task="inpainting", device="cpu", dtype="fp32", safety_checker=False)
+    out = inpaint("a blue circle", image=init, mask_image=mask, num_inference_steps=2, guidance_scale=2.0,
+                  height=32, width=32).images[0]
+    assert out.size == (32, 32)
+
+
+def test_micro_world_clip_loads_in_both_scorers(micro_world):
+    from PIL import Image
+
+    from sdkit.score import load_scorer
+
+    images = [Image.fromarray(im) for im in shapes.sample(6, seed=5)[0]]
+    prompts = [shapes.PROMPTS[i] for i in range(6)]
+    a = load_scorer("torch", model_id=str(micro_world / "clip"))(images, prompts)
+    b = load_scorer("flax", model_id=str(micro_world / "clip"))(images, prompts)
+    np.testing.assert_allclose(a.logits, b.logits, atol=1e-3)
+
+
+def test_training_is_deterministic(tmp_path):
+    """Same seed, same thread count: the same weights, byte for byte."""
+    import torch
+
+    from sdkit.toy.world import build_world
+
+    threads = torch.get_num_threads()
+    build_world(tmp_path / "a", _micro(), log=None)
+    build_world(tmp_path / "b", _micro(), log=None)
+    assert torch.get_num_threads() == threads  # the build restores the caller's setting
+    files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*.safetensors"))
+    assert len(files) == 4  # unet, vae, text_encoder, clip
+    for f in files:
+        assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes(), f

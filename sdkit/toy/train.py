@@ -37,6 +37,7 @@ class ClipSettings:
     lr: float = 2e-3
     junk_fraction: float = 0.25  # images that match no prompt (ellipses, two shapes, off colours...)
     recon_fraction: float = 0.5  # images passed through the VAE first, as generated images are
+    recon_pool: int = 4000  # how many images are reconstructed once for that (decoding all costs minutes)
     bf16: bool = False  # measured: autocast is slower than fp32 for a 64-wide transformer here
 
 
@@ -59,6 +60,7 @@ class UnetSettings:
     batch_size: int = 32
     lr: float = 2e-3
     cfg_dropout: float = 0.1  # prompt replaced by "" so classifier-free guidance has an unconditional model
+    prediction_type: str = "v_prediction"  # as SD 2.x; epsilon barely trains colour, decided at high noise
     min_snr_gamma: float = 5.0  # Min-SNR weighting (Hang et al. 2023): faster convergence
     ema_decay: float = 0.995  # the saved UNet is the EMA; short runs need a short horizon
     bf16: bool = False  # measured: at 16-64 channels on 16 x 16 latents autocast is slower than fp32...
@@ -68,7 +70,9 @@ class UnetSettings:
 @dataclass(frozen=True)
 class WorldSettings:
     seed: int = 0
-    threads: int = 2  # explicit: results are bit-identical only for a fixed thread count
+    # One thread: these ops are too small to split, and with other jobs on the machine two
+    # threads ran 3-5x slower than one (measured). Weights are bit-identical for a fixed count.
+    threads: int = 1
     max_length: int = 8  # "<bos> a red circle <eos>" is 5 tokens; 77 would cost attention for nothing
     pool_size: int = 20_000  # procedural images drawn once and reused; the world has few degrees of freedom
     clip: ClipSettings = field(default_factory=ClipSettings)
@@ -118,41 +122,79 @@ def clip_pixels(x: torch.Tensor) -> torch.Tensor:
 
 # ---- junk: images that match no prompt, so CLIP learns to score them low ----------------------
 
-_OFF_COLORS = ((240, 130, 30), (170, 60, 200), (40, 200, 200), (220, 220, 220), (130, 90, 40))
+# Purple, cyan, white, pink, grey: far from every colour of the world (orange or brown would pass as yellow).
+_OFF_COLORS = ((170, 60, 200), (40, 200, 200), (220, 220, 220), (240, 120, 200), (120, 120, 120))
 
 
-def junk(n: int, seed: int, size: int = shapes.IMAGE_SIZE) -> np.ndarray:
-    """Images no caption describes: stretched shapes, two shapes, off colours, upside-down triangles, nothing."""
+def _warped(shape: str, x, y, s, rng, amplitude: float) -> np.ndarray:
+    # A smooth random displacement field (bilinear from a 4 x 4 grid): lumpy, dented outlines.
+    from scipy import ndimage
+
+    grid = rng.normal(0, amplitude, size=(2, 4, 4))
+    n = x.shape[1]
+    dx, dy = (ndimage.zoom(g, n / 4, order=1, mode="nearest") for g in grid)
+    return shapes.is_inside(shape, x + dx, y + dy, s.cx, s.cy, s.r)
+
+
+JUNK_KINDS = ("stretched", "two shapes", "off colour", "upside down", "lumpy", "dented", "faint")
+
+
+def junk(n: int, seed: int, size: int = shapes.IMAGE_SIZE) -> tuple[np.ndarray, np.ndarray]:
+    """Images no caption describes, for CLIP's 'no caption' class: (uint8 images, kind indices into JUNK_KINDS).
+
+    They are the ways a half-trained generator fails: lumpy or dented shapes, two shapes,
+    stretched shapes, upside-down triangles, colours outside the world, nothing. Mild lumps
+    and dents are still the shape, so any drawing the world's definition (`shapes.check`)
+    accepts as a caption is drawn again: the labels stay consistent with the captions.
+    CLIP never sees a generated image or a verdict on one.
+    """
     rng = np.random.default_rng(seed)
     out = np.zeros((n, size, size, 3), np.uint8)
+    kinds = rng.integers(len(JUNK_KINDS), size=n)
     t = (np.arange(size * 4, dtype=np.float32) + 0.5) / 4
-    y, x = t[:, None], t[None, :]
-    for i in range(n):
-        kind = rng.integers(6)
-        s = shapes.random_shape(rng, size=size)
-        rgb = np.array(shapes.COLORS[s.color], np.float32)
-        if kind == 0:  # ellipse or rectangle, aspect 1.5-2.5
-            a = rng.uniform(1.5, 2.5)
-            rx, ry = (s.r, s.r / a) if rng.random() < 0.5 else (s.r / a, s.r)
-            inside = (((x - s.cx) / rx) ** 2 + ((y - s.cy) / ry) ** 2 <= 1) if rng.random() < 0.5 else (
-                (np.abs(x - s.cx) <= rx) & (np.abs(y - s.cy) <= ry))
-            cov = inside.reshape(size, 4, size, 4).mean(axis=(1, 3))
-        elif kind == 1:  # two shapes
-            s2 = shapes.random_shape(rng, size=size)
-            cov = np.maximum(shapes.coverage(s.shape, s.cx, s.cy, s.r * 0.7, size),
-                             shapes.coverage(s2.shape, s2.cx, s2.cy, s2.r * 0.7, size))
-        elif kind == 2:  # a real shape in a colour outside the world
-            rgb = np.array(_OFF_COLORS[rng.integers(len(_OFF_COLORS))], np.float32)
-            cov = shapes.coverage(s.shape, s.cx, s.cy, s.r, size)
-        elif kind == 3:  # upside-down triangle
-            cov = shapes.coverage("triangle", s.cx, size - s.cy, s.r, size)[::-1]
-        elif kind == 4:  # diamond (a square turned 45 degrees)
-            inside = np.abs(x - s.cx) + np.abs(y - s.cy) <= s.r * 1.2
-            cov = inside.reshape(size, 4, size, 4).mean(axis=(1, 3))
-        else:  # a faint smudge or nothing at all
-            cov = shapes.coverage("circle", s.cx, s.cy, s.r, size) * rng.uniform(0, 0.3)
-        out[i] = np.round(cov[..., None] * rgb).astype(np.uint8)
-    return out
+    y, x = np.broadcast_arrays(t[:, None], t[None, :])
+    for i, kind in enumerate(kinds):
+        for _ in range(20):
+            out[i] = _junk_one(kind, rng, x, y, size)
+            c = shapes.check(out[i])
+            if c.shape is None or c.color is None:
+                break
+    return out, kinds
+
+
+def _junk_one(kind: int, rng, x, y, size: int) -> np.ndarray:
+    """One junk drawing of JUNK_KINDS[kind]."""
+    pool = lambda inside: inside.reshape(size, 4, size, 4).mean(axis=(1, 3))  # noqa: E731
+    s = shapes.random_shape(rng, size=size)
+    rgb = np.array(shapes.COLORS[s.color], np.float32)
+    if kind == 0:  # ellipse or rectangle, aspect 1.5-2.5
+        a = rng.uniform(1.5, 2.5)
+        rx, ry = (s.r, s.r / a) if rng.random() < 0.5 else (s.r / a, s.r)
+        inside = (((x - s.cx) / rx) ** 2 + ((y - s.cy) / ry) ** 2 <= 1) if rng.random() < 0.5 else (
+            (np.abs(x - s.cx) <= rx) & (np.abs(y - s.cy) <= ry))
+        cov = pool(inside)
+    elif kind == 1:  # two shapes of similar size
+        s2 = shapes.random_shape(rng, size=size)
+        r2 = s.r * 0.7 * rng.uniform(0.9, 1.1)
+        cov = np.maximum(shapes.coverage(s.shape, s.cx, s.cy, s.r * 0.7, size),
+                         shapes.coverage(s2.shape, s2.cx, s2.cy, r2, size))
+    elif kind == 2:  # a real shape in a colour outside the world
+        rgb = np.array(_OFF_COLORS[rng.integers(len(_OFF_COLORS))], np.float32)
+        cov = shapes.coverage(s.shape, s.cx, s.cy, s.r, size)
+    elif kind == 3:  # upside-down triangle
+        cov = shapes.coverage("triangle", s.cx, size - s.cy, s.r, size)[::-1]
+    elif kind == 4:  # lumpy: 2-3 overlapping parts merged into one blob
+        inside = np.zeros_like(x, dtype=bool)
+        for _ in range(rng.integers(2, 4)):
+            part = shapes.SHAPES[rng.integers(2)]  # circles and squares
+            ox, oy = rng.uniform(0.25, 0.6, size=2) * s.r * rng.choice([-1, 1], size=2)
+            inside |= shapes.is_inside(part, x, y, s.cx + ox, s.cy + oy, s.r * rng.uniform(0.5, 0.7))
+        cov = pool(inside)
+    elif kind == 5:  # dented: the right shape, badly warped
+        cov = pool(_warped(s.shape, x, y, s, rng, amplitude=s.r * rng.uniform(0.3, 0.7)))
+    else:  # a faint smudge or nothing at all
+        cov = shapes.coverage("circle", s.cx, s.cy, s.r, size) * rng.uniform(0, 0.3)
+    return np.round(cov[..., None] * rgb).astype(np.uint8)
 
 
 # ---- VAE ----------------------------------------------------------------------------------------
@@ -210,13 +252,15 @@ def encode(vae, x: torch.Tensor, batch: int = 512) -> tuple[torch.Tensor, torch.
 
 
 @torch.no_grad()
-def reconstruct(vae, x: torch.Tensor, seed: int, batch: int = 512) -> torch.Tensor:
+def reconstruct(vae, x: torch.Tensor, seed: int, bf16: bool = False, batch: int = 256) -> torch.Tensor:
+    """Encode, sample and decode: what the VAE does to an image, blur and all."""
     gen = torch.Generator().manual_seed(seed)
     out = []
     for i in range(0, len(x), batch):
-        post = vae.encode(x[i:i + batch]).latent_dist
-        z = post.mean + post.std * torch.randn(post.mean.shape, generator=gen)
-        out.append(vae.decode(z).sample.clamp(-1, 1))
+        with _autocast(bf16):
+            post = vae.encode(x[i:i + batch]).latent_dist
+            z = post.mean + post.std * torch.randn(post.mean.shape, generator=gen)
+            out.append(vae.decode(z).sample.float().clamp(-1, 1))
     return torch.cat(out)
 
 
@@ -256,14 +300,15 @@ def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return ((x + 1) * gain - 1 + noise).clamp(-1, 1)
 
 
-def train_clip(s: ClipSettings, tokenizer, pool: torch.Tensor, labels: torch.Tensor, recon: torch.Tensor | None,
-               junk_pool: torch.Tensor, seed: int, log=print):
+def train_clip(s: ClipSettings, tokenizer, pool: torch.Tensor, labels: torch.Tensor, junk_pool: torch.Tensor,
+               seed: int, recon: tuple[torch.Tensor, torch.Tensor] | None = None, log=print):
     """Contrastive training against the 12 captions, plus a 'no caption' class for junk.
 
     Captions repeat within a batch, so the loss is CLIP's in both directions over the
     12 distinct captions (image -> its caption; caption -> all its images). Junk images
     must score below a learned threshold logit for every caption, which teaches the
-    ranking that a stretched or two-headed shape is worse than a clean one.
+    ranking that a stretched or two-headed shape is worse than a clean one. `recon`
+    (images, labels) are VAE reconstructions, mixed in at `recon_fraction`.
     """
     torch.manual_seed(seed)
     model = make_clip(s, tokenizer).train()
@@ -276,13 +321,16 @@ def train_clip(s: ClipSettings, tokenizer, pool: torch.Tensor, labels: torch.Ten
     for step in range(s.steps):
         for g in opt.param_groups:
             g["lr"] = _lr(step, s.steps, s.lr)
-        idx = torch.randint(len(pool), (s.batch_size - n_junk,), generator=gen)
-        x = pool[idx]
-        if recon is not None:
-            use = (torch.rand(len(idx), 1, 1, 1, generator=gen) < s.recon_fraction).float()
-            x = use * recon[idx] + (1 - use) * x
-        x = torch.cat([x, junk_pool[torch.randint(len(junk_pool), (n_junk,), generator=gen)]])
-        y = torch.cat([labels[idx], torch.full((n_junk,), len(shapes.PROMPTS))])
+        n_recon = int(round((s.batch_size - n_junk) * s.recon_fraction)) if recon is not None else 0
+        idx = torch.randint(len(pool), (s.batch_size - n_junk - n_recon,), generator=gen)
+        x, y = [pool[idx]], [labels[idx]]
+        if n_recon:
+            r = torch.randint(len(recon[0]), (n_recon,), generator=gen)
+            x.append(recon[0][r])
+            y.append(recon[1][r])
+        x.append(junk_pool[torch.randint(len(junk_pool), (n_junk,), generator=gen)])
+        y.append(torch.full((n_junk,), len(shapes.PROMPTS)))
+        x, y = torch.cat(x), torch.cat(y)
         with _autocast(s.bf16):
             img = model.visual_projection(model.vision_model(pixel_values=clip_pixels(_augment(x, gen))).pooler_output)
             txt = model.text_projection(model.text_model(input_ids=ids).pooler_output)
@@ -328,12 +376,12 @@ def make_unet(s: UnetSettings, cross_attention_dim: int, latent_size: int, laten
     )
 
 
-def make_scheduler():
-    """SD 1.x's DDIM settings, so the toy pipeline is configured like the real one."""
+def make_scheduler(prediction_type: str = "epsilon"):
+    """SD's DDIM settings, so the toy pipeline is configured like the real one."""
     from diffusers import DDIMScheduler
 
     return DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                         clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+                         clip_sample=False, set_alpha_to_one=False, steps_offset=1, prediction_type=prediction_type)
 
 
 @torch.no_grad()
@@ -344,7 +392,7 @@ def prompt_embeds(text_encoder, tokenizer, prompts) -> torch.Tensor:
 
 def train_unet(s: UnetSettings, latents: tuple[torch.Tensor, torch.Tensor], labels: torch.Tensor,
                embeds: torch.Tensor, scaling_factor: float, seed: int, log=print):
-    """Epsilon prediction on SD's noise schedule, Min-SNR weighted, with prompt dropout; returns the EMA.
+    """Denoising on SD's noise schedule (v or epsilon), Min-SNR weighted, with prompt dropout; returns the EMA.
 
     `embeds` holds the 12 captions' embeddings and then the empty prompt's; they are
     computed once, since the text tower is frozen.
@@ -356,10 +404,13 @@ def train_unet(s: UnetSettings, latents: tuple[torch.Tensor, torch.Tensor], labe
     unet.to(memory_format=fmt)
     ema = [p.detach().clone() for p in unet.parameters()]
     opt = torch.optim.AdamW(unet.parameters(), lr=s.lr, weight_decay=0.0)
-    sched = make_scheduler()
+    if s.prediction_type not in ("epsilon", "v_prediction"):
+        raise ValueError(f"prediction_type={s.prediction_type!r}: use 'epsilon' or 'v_prediction'")
+    sched = make_scheduler(s.prediction_type)
     alphas = sched.alphas_cumprod
     snr = alphas / (1 - alphas)
-    weight = snr.clamp(max=s.min_snr_gamma) / snr  # Min-SNR-gamma for epsilon prediction
+    # Min-SNR-gamma: the same weight on the x0 error, expressed for each target's loss.
+    weight = snr.clamp(max=s.min_snr_gamma) / (snr if s.prediction_type == "epsilon" else snr + 1)
     gen = torch.Generator().manual_seed(seed + 2)
     uncond = len(embeds) - 1
     progress = _Log("unet", s.steps, log)
@@ -371,11 +422,12 @@ def train_unet(s: UnetSettings, latents: tuple[torch.Tensor, torch.Tensor], labe
         t = torch.randint(sched.config.num_train_timesteps, (s.batch_size,), generator=gen)
         eps = torch.randn(x0.shape, generator=gen)
         xt = sched.add_noise(x0, eps, t).contiguous(memory_format=fmt)
+        target = eps if s.prediction_type == "epsilon" else sched.get_velocity(x0, eps, t)
         cond = labels[idx].clone()
         cond[torch.rand(s.batch_size, generator=gen) < s.cfg_dropout] = uncond
         with _autocast(s.bf16):
             pred = unet(xt, t, encoder_hidden_states=embeds[cond]).sample.float()
-        loss = (weight[t] * ((pred - eps) ** 2).mean(dim=(1, 2, 3))).mean()
+        loss = (weight[t] * ((pred - target) ** 2).mean(dim=(1, 2, 3))).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from ..tiny import cache_root, quiet_hf
 from ..tokenizer import save_clip_tokenizer
 from . import shapes, train
 from .train import ClipSettings, UnetSettings, VaeSettings, WorldSettings
@@ -33,7 +34,7 @@ SIZES = {
     "ci": WorldSettings(
         clip=ClipSettings(steps=400),
         vae=VaeSettings(steps=400),
-        unet=UnetSettings(steps=1000),
+        unet=UnetSettings(steps=1000, prediction_type="epsilon"),
     ),
     # The README's figures.
     "full": WorldSettings(),
@@ -52,11 +53,6 @@ def check_tokenizer(tokenizer) -> None:
         if len(tokens) != 5 or len(tokens) > tokenizer.model_max_length:
             raise ValueError(f"toy tokenizer splits {p!r} into {tokens}; expected one token per word "
                              f"within model_max_length={tokenizer.model_max_length}")
-
-
-def cache_root() -> Path:
-    """`$SDKIT_CACHE`, else `~/.cache/sdkit`."""
-    return Path(os.environ.get("SDKIT_CACHE") or Path.home() / ".cache" / "sdkit")
 
 
 def settings_for(size: str | WorldSettings) -> WorldSettings:
@@ -108,12 +104,19 @@ def toy_world_path(size: str | WorldSettings = "ci", *, log=print) -> Path:
 
 def build_world(out_dir: str | os.PathLike, settings: WorldSettings = WorldSettings(), log=print) -> dict:
     """Train VAE, CLIP and UNet from `settings.seed` and save pipeline/ and clip/ under `out_dir`."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(settings.threads)  # restored below: the caller's setting is the caller's
+    try:
+        with quiet_hf():  # our own progress lines, not "Writing model shards" bars
+            return _build(Path(out_dir), settings, log)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _build(out: Path, s: WorldSettings, log) -> dict:
     from diffusers import StableDiffusionPipeline
     from transformers import CLIPImageProcessor, CLIPTextModel, CLIPTokenizer
 
-    out = Path(out_dir)
-    s = settings
-    torch.set_num_threads(s.threads)
     times = {}
     t0 = time.perf_counter()
 
@@ -124,19 +127,19 @@ def build_world(out_dir: str | os.PathLike, settings: WorldSettings = WorldSetti
 
     images, labels, _ = shapes.sample(s.pool_size, seed=s.seed)
     pool, labels = train.to_tensor(images), torch.from_numpy(labels)
-    junk = train.to_tensor(train.junk(s.pool_size // 4, seed=s.seed + 1))
+    junk = train.to_tensor(train.junk(s.pool_size // 4, seed=s.seed + 1)[0])
 
     t = time.perf_counter()
     vae = train.train_vae(s.vae, pool, seed=s.seed, log=log)
     times["vae_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    recon = junk_recon = None
+    recon = None
     if s.clip.recon_fraction > 0:
-        recon = train.reconstruct(vae, pool, seed=s.seed)
-        junk_recon = train.reconstruct(vae, junk, seed=s.seed + 1)
-        junk = torch.cat([junk, junk_recon])
-    clip = train.train_clip(s.clip, tokenizer, pool, labels, recon, junk, seed=s.seed, log=log)
+        k = s.clip.recon_pool
+        recon = (train.reconstruct(vae, pool[:k], seed=s.seed, bf16=s.vae.bf16), labels[:k])
+        junk = torch.cat([junk, train.reconstruct(vae, junk[:k // 4], seed=s.seed + 1, bf16=s.vae.bf16)])
+    clip = train.train_clip(s.clip, tokenizer, pool, labels, junk, seed=s.seed, recon=recon, log=log)
     times["clip_s"] = time.perf_counter() - t
     held_images, held_labels, _ = shapes.sample(2000, seed=s.seed + 10_000)
     zero_shot = train.zero_shot_accuracy(clip, tokenizer, held_images, held_labels)
@@ -154,7 +157,8 @@ def build_world(out_dir: str | os.PathLike, settings: WorldSettings = WorldSetti
     times["unet_s"] = time.perf_counter() - t
 
     pipe = StableDiffusionPipeline(
-        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=train.make_scheduler(),
+        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+        scheduler=train.make_scheduler(s.unet.prediction_type),
         safety_checker=None, feature_extractor=None, requires_safety_checker=False, image_encoder=None,
     )
     pipe.save_pretrained(out / "pipeline", safe_serialization=True)
