@@ -52,7 +52,7 @@ test-fast: $(STAMP)
 
 test-notebooks: $(STAMP)
 	@if ls notebooks/*.ipynb >/dev/null 2>&1; then \
-	  SDKIT_MODELS=tiny $(PY) -m pytest --nbval notebooks --sanitize-with notebooks/sanitize.cfg -p no:cacheprovider; \
+	  SDKIT_MODELS=tiny $(PY) -m pytest --nbval notebooks --nbval-sanitize-with notebooks/sanitize.cfg -p no:cacheprovider; \
 	else echo "no notebooks yet"; fi
 
 ## Re-run every notebook on the tiny models and store the outputs nbval checks (after intentional changes).

@@ -88,7 +88,7 @@ def test_nbval_fails_when_a_picture_changes(tmp_path):
     bad.write_text(json.dumps(nb))
     env = {**os.environ, "SDKIT_MODELS": "tiny"}
     args = [sys.executable, "-m", "pytest", "-q", "--nbval", "-p", "no:cacheprovider",
-            "--sanitize-with", str(ROOT / "notebooks" / "sanitize.cfg")]
+            "--nbval-sanitize-with", str(ROOT / "notebooks" / "sanitize.cfg")]
     good = subprocess.run(args + [str(ok)], cwd=ok.parent, env=env, capture_output=True, text=True, timeout=600)
     assert good.returncode == 0, good.stdout[-3000:]
     changed = subprocess.run(args + [str(bad)], cwd=bad.parent, env=env, capture_output=True, text=True, timeout=600)
