@@ -10,6 +10,10 @@ fp32, and the PSNR of whole images from the same seed (sdkit default vs fp32).
 
 from __future__ import annotations
 
+import dataclasses
+import time
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
@@ -43,18 +47,31 @@ def psnr(a, b) -> float:
     return float("inf") if mse == 0 else float(10 * np.log10(255.0**2 / mse))
 
 
-# (name, dtype, channels_last, per-sample UNet, fused QKV) per device type; the fp32 baseline and
-# sdkit's own default are always measured too.
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    dtype: torch.dtype
+    channels_last: bool = False
+    per_sample: bool = False  # sdkit's batch invariance: one UNet call per sample
+    fused_qkv: bool = False
+    compiled: bool = False  # torch.compile (inductor, frozen weights); its first call is the compile
+    extra: bool = False  # only with --all-variants: measured once, not worth every run
+
+
+BF, HALF = torch.bfloat16, torch.float16
+# The fp32 baseline and sdkit's own default are always measured too.
 VARIANTS = {
-    "cpu": [("bf16, batched", torch.bfloat16, False, False, False),
-            ("bf16, per-sample", torch.bfloat16, False, True, False),
-            ("bf16 + channels_last, batched", torch.bfloat16, True, False, False),
-            ("bf16 + channels_last, per-sample", torch.bfloat16, True, True, False),
-            ("bf16 + channels_last + fused QKV, batched", torch.bfloat16, True, False, True)],
-    "cuda": [("fp16, batched", torch.float16, False, False, False),
-             ("fp16 + channels_last, batched", torch.float16, True, False, False),
-             ("fp16 + fused QKV, batched", torch.float16, False, False, True),
-             ("bf16, batched", torch.bfloat16, False, False, False)],
+    "cpu": [Variant("bf16, batched", BF),
+            Variant("bf16, per-sample", BF, per_sample=True),
+            Variant("bf16 + channels_last, batched", BF, channels_last=True),
+            Variant("bf16 + channels_last + torch.compile, batched", BF, channels_last=True, compiled=True),
+            Variant("bf16 + channels_last, per-sample", BF, channels_last=True, per_sample=True, extra=True),
+            Variant("bf16 + channels_last + fused QKV, batched", BF, channels_last=True, fused_qkv=True, extra=True)],
+    "cuda": [Variant("fp16, batched", HALF),
+             Variant("fp16 + channels_last, batched", HALF, channels_last=True),
+             Variant("bf16, batched", BF),
+             Variant("fp16 + fused QKV, batched", HALF, fused_qkv=True, extra=True),
+             Variant("fp16 + torch.compile, batched", HALF, compiled=True, extra=True)],
 }
 
 
@@ -63,7 +80,7 @@ def _is_channels_last(unet) -> bool:
     return w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous()
 
 
-def step_cases(path, size: int, sdkit_pipe, device: str):
+def step_cases(path, size: int, sdkit_pipe, device: str, all_variants: bool = False, compile: bool = True):
     """Callables for one CFG UNet step per variant, and the fp32 reference UNet."""
     from diffusers import UNet2DConditionModel
     from diffusers.models.attention_processor import FusedAttnProcessor2_0
@@ -76,7 +93,8 @@ def step_cases(path, size: int, sdkit_pipe, device: str):
     ref = UNet2DConditionModel.from_pretrained(path / "unet").eval().to(device)  # from_pretrained's default: fp32
     sd_unet = sdkit_pipe.unet
     # sdkit's own UNet, without its per-sample wrapper, serves the variant with its dtype and layout.
-    unets = {(sd_unet.dtype, _is_channels_last(sd_unet)): (sd_unet, getattr(sd_unet.forward, "__wrapped__", sd_unet.forward))}
+    batched = getattr(sd_unet.forward, "__wrapped__", sd_unet.forward)
+    unets = {(sd_unet.dtype, _is_channels_last(sd_unet)): (sd_unet, batched)}
     plain_procs = {}
 
     def unet_for(dtype, cl):
@@ -87,13 +105,21 @@ def step_cases(path, size: int, sdkit_pipe, device: str):
             unets[(dtype, cl)] = (u, u.forward)
         return unets[(dtype, cl)]
 
-    def case(dtype, cl, per_sample, fused):
-        unet, fwd = unet_for(dtype, cl)
-        x, e = x32.to(dtype), e32.to(dtype)
-        if cl:
+    def case(v: Variant):
+        unet, fwd = unet_for(v.dtype, v.channels_last)
+        x, e = x32.to(v.dtype), e32.to(v.dtype)
+        if v.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        call = (lambda: _per_sample(fwd, x, t, e)) if per_sample else (lambda: fwd(x, t, e, return_dict=False)[0])
-        if not fused:
+        if v.compiled:
+            import torch._inductor.config as inductor
+
+            compiled = torch.compile(unet)  # a wrapper: `unet` itself stays eager for the other cases
+
+            def fwd(*a, _c=compiled, **k):
+                with inductor.patch(freezing=True):  # weights as constants: oneDNN prepacks them once
+                    return _c(*a, **k)
+        call = (lambda: _per_sample(fwd, x, t, e)) if v.per_sample else (lambda: fwd(x, t, e, return_dict=False)[0])
+        if not v.fused_qkv:
             return call
         if id(unet) not in plain_procs:
             plain_procs[id(unet)] = unet.attn_processors
@@ -112,10 +138,12 @@ def step_cases(path, size: int, sdkit_pipe, device: str):
     sd_dtype = sd_unet.dtype
     cases = {DIFFUSERS: lambda: ref(x32, t, e32, return_dict=False)[0],
              SDKIT: lambda: sd_unet(x32.to(sd_dtype), t, e32.to(sd_dtype), return_dict=False)[0]}
-    sd_variant = (sd_dtype, _is_channels_last(sd_unet), bool(getattr(sd_unet, "_sdkit_per_sample", False)), False)
-    for name, *variant in VARIANTS["cuda" if device.startswith("cuda") else "cpu"]:
-        if tuple(variant) != sd_variant:  # that one is measured as sdkit's default
-            cases[name] = case(*variant)
+    sd_variant = Variant(SDKIT, sd_dtype, _is_channels_last(sd_unet), bool(getattr(sd_unet, "_sdkit_per_sample", False)))
+    for v in VARIANTS["cuda" if device.startswith("cuda") else "cpu"]:
+        if (v.extra and not all_variants) or (v.compiled and not compile):
+            continue
+        if dataclasses.replace(v, name=SDKIT) != sd_variant:  # that one is measured as sdkit's default
+            cases[v.name] = case(v)
     return cases, ref
 
 
@@ -125,12 +153,16 @@ def run(cfg) -> dict:
     path = model_path(cfg.big_model)
     sdkit_pipe = load_pipeline(str(path), device=cfg.device)
     device = sdkit_pipe._sdkit["device"]
-    cases, ref = step_cases(path, cfg.dtype_size, sdkit_pipe, device)
+    cases, ref = step_cases(path, cfg.dtype_size, sdkit_pipe, device, cfg.all_variants, cfg.compile)
     low = torch.float16 if device.startswith("cuda") else torch.bfloat16  # the GEMM peak that matters here
 
     # Correctness of one step: relative L2 error of the noise prediction vs fp32.
     with torch.inference_mode():
-        outs = {k: f().float() for k, f in cases.items()}
+        outs, first_call = {}, {}
+        for k, f in cases.items():  # also the warm-up: oneDNN primitives, torch.compile
+            t0 = time.perf_counter()
+            outs[k] = f().float()
+            first_call[k] = time.perf_counter() - t0
         flops = count_flops(cases[SDKIT])  # the same FLOPs as fp32 (per-sample calls too), counted faster
         n = cfg.gemm_n
         a = torch.randn(n, n, device=device, dtype=low)
@@ -174,8 +206,8 @@ def run(cfg) -> dict:
         ratios_.append(ratio(f"share of {gemm} peak: {best_k}", share(best_k), what=f"UNet FLOP/s / {gemm} FLOP/s",
                              note="the fastest variant"))
     fmt = lambda xs: f"{np.median(xs):.3g} ({min(xs):.3g}–{max(xs):.3g})"  # noqa: E731
-    rows = [[k, fmt(tflops[k]), f"{rel[k]:.2e}"] for k in tflops]
-    rows += [[k, fmt([gemm_flops[k] / t / 1e12 for t in times[k]]), "–"] for k in gemm_flops]
+    rows = [[k, fmt(tflops[k]), f"{rel[k]:.2e}", f"{first_call[k]:.3g}"] for k in tflops]
+    rows += [[k, fmt([gemm_flops[k] / t / 1e12 for t in times[k]]), "–", "–"] for k in gemm_flops]
     return {
         "title": f"3. Device defaults: one denoising step on {device}, sdkit's default vs diffusers' fp32",
         "setup": (f"{cfg.big_model} UNet, one CFG step (batch 2) at {cfg.dtype_size}², {flops / 1e12:.3g} TFLOP "
@@ -184,9 +216,10 @@ def run(cfg) -> dict:
                   f"PSNR: {len(seeds)} images, {cfg.psnr_steps} DDIM steps at {cfg.psnr_size}², same seeds."),
         "times": summary(times),
         "ratios": ratios_,
-        "tables": [table(["case", "TFLOP/s median (spread)", "rel. L2 error vs fp32 (one step)"], rows),
+        "tables": [table(["case", "TFLOP/s median (spread)", "rel. L2 error vs fp32 (one step)",
+                          "first call (s, incl. compile)"], rows),
                    table(["image PSNR vs diffusers fp32, same seed (dB)", "value"],
                          [[f"seed {s}", p] for s, p in zip(seeds, psnrs)])],
         "data": {"flops": flops, "rel_error": rel, "psnr": psnrs, "tflops": tflops, "gemm_peak_flops_per_s": gemm_peak,
-                 "sdkit_dtype": info["dtype"], "sdkit_per_sample": per_sample},
+                 "sdkit_dtype": info["dtype"], "sdkit_per_sample": per_sample, "first_call": first_call},
     }

@@ -1,6 +1,6 @@
 """Run sdkit's benchmarks and write bench/results/latest.{json,md}.
 
-    .venv/bin/python bench/run.py               # full run, SD 1.5-shaped random models (~5-10 min on 2 cores)
+    .venv/bin/python bench/run.py               # full run, SD 1.5-shaped random models (~10 min on 2 quiet cores)
     .venv/bin/python bench/run.py --smoke --out /tmp/b   # tiny models, seconds; checks the harness only
     .venv/bin/python bench/run.py --only dtype,memory    # a subset
 
@@ -34,29 +34,31 @@ class Config:
     device: str = "auto"  # as load_pipeline: cuda > mps > cpu
     threads: int = 0  # torch CPU threads; 0 keeps torch's default (one per core), as users get
     big_model: str = "sd15"  # SD 1.5 shapes, random weights (bench/models.py); "tiny" in the smoke run
-    reps: int = 5  # repetitions per ratio for the big model
+    reps: int = 3  # repetitions per ratio for the big model (each is seconds; the machine is shared)
     tiny_reps: int = 20  # the tiny model is fast: more repetitions resolve milliseconds
-    # 1. overhead: a few steps at a small size; the ratio does not depend on the size.
+    # 1. overhead: a short generate call; sdkit's cost per call does not depend on the size.
     overhead_size: int = 128
     overhead_steps: int = 2
-    overhead_n: int = 2
-    overhead_batch: int = 2
-    # 2. batching: UNet steps at 256^2 for 1 and 4 candidates, and generate end to end.
+    overhead_n: int = 1
+    overhead_batch: int = 1
+    # 2. batching: N candidates at 256^2, generate end to end.
     batching_size: int = 256
-    batching_n: int = 4
+    batching_n: int = 2
     batching_steps: int = 2
     # 3. device defaults: one CFG step at SD 1.5's native 512^2; PSNR from a short run at 256^2.
     dtype_size: int = 512
     dtype_reps: int = 3
     psnr_size: int = 256
     psnr_steps: int = 8
+    compile: bool = True  # the torch.compile variant (~2 min to compile on 2 cores); off in the smoke run
+    all_variants: bool = False  # also the variants that were measured once and did not pay (bench/README.md)
     gemm_n: int = 4096
     gemm_flops: float = 3e11  # per timed GEMM case: ~0.3 s at this CPU's bf16 peak
     # 4. scoring: CLIP ViT-B/32 shapes, images per second.
     scoring_model: str = "b32"  # "tiny" in the smoke run
-    scoring_images: int = 64
+    scoring_images: int = 32
     scoring_batch: int = 16
-    scoring_reps: int = 5
+    scoring_reps: int = 3
     # 5. memory: peak RSS of whole runs in fresh subprocesses, tiny UNet but full-size 512^2 images.
     memory_size: int = 512
     memory_ns: tuple[int, int] = (4, 32)
@@ -68,7 +70,7 @@ class Config:
 # One thread in the smoke run: on a busy shared machine two OpenMP threads wait on each other for
 # every one of the tiny model's hundreds of small ops (10-80x slower); the smoke run times nothing.
 SMOKE = dict(smoke=True, threads=1, big_model="tiny", reps=2, tiny_reps=2, overhead_size=64, batching_size=64, batching_n=2,
-             batching_steps=1, dtype_size=64, dtype_reps=2, psnr_size=64, psnr_steps=2, gemm_n=256, gemm_flops=1e8,
+             batching_steps=1, dtype_size=64, dtype_reps=2, compile=False, psnr_size=64, psnr_steps=2, gemm_n=256, gemm_flops=1e8,
              scoring_model="tiny", scoring_images=8, scoring_batch=4, scoring_reps=2, memory_size=64,
              memory_ns=(2, 4), memory_batch=2, memory_steps=1, memory_reps=1)
 
@@ -80,6 +82,8 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results", help="where latest.{json,md} go")
     ap.add_argument("--reps", type=int, help="override the repetitions of every big-model ratio")
     ap.add_argument("--device", default="auto", help="torch device for the pipelines (default: as load_pipeline)")
+    ap.add_argument("--no-compile", action="store_true", help="device defaults: skip the torch.compile variant")
+    ap.add_argument("--all-variants", action="store_true", help="device defaults: also the variants that did not pay")
     ap.add_argument("--threads", type=int, help="torch CPU threads (default: torch's, i.e. one per core)")
     args = ap.parse_args(argv)
     wanted = [b.strip() for b in args.only.split(",") if b.strip()]
@@ -95,6 +99,10 @@ def main(argv=None) -> int:
         if args.reps < 1:
             ap.error(f"--reps {args.reps}: must be >= 1")
         cfg = dataclasses.replace(cfg, reps=args.reps, dtype_reps=args.reps)
+    if args.no_compile:
+        cfg = dataclasses.replace(cfg, compile=False)
+    if args.all_variants:
+        cfg = dataclasses.replace(cfg, all_variants=True)
     if args.threads is not None:
         cfg = dataclasses.replace(cfg, threads=args.threads)
     import torch
