@@ -35,7 +35,7 @@ class ClipSettings:
     steps: int = 600
     batch_size: int = 64
     lr: float = 2e-3
-    junk_fraction: float = 0.25  # images that match no prompt (ellipses, two shapes, off colours...)
+    junk_fraction: float = 0.25  # images that match no prompt (lumps, two shapes, off colours...)
     recon_fraction: float = 0.5  # images passed through the VAE first, as generated images are
     recon_pool: int = 4000  # how many images are reconstructed once for that (decoding all costs minutes)
     bf16: bool = False  # measured: autocast is slower than fp32 for a 64-wide transformer here
@@ -60,7 +60,9 @@ class UnetSettings:
     batch_size: int = 32
     lr: float = 2e-3
     cfg_dropout: float = 0.1  # prompt replaced by "" so classifier-free guidance has an unconditional model
-    prediction_type: str = "v_prediction"  # as SD 2.x; epsilon barely trains colour, decided at high noise
+    # v as SD 2.x: colours come out right. Epsilon (SD 1.x) barely weighs the high-noise steps
+    # where colour is decided, so at a small budget it draws the right shape in the wrong colour.
+    prediction_type: str = "v_prediction"
     min_snr_gamma: float = 5.0  # Min-SNR weighting (Hang et al. 2023): faster convergence
     ema_decay: float = 0.995  # the saved UNet is the EMA; short runs need a short horizon
     bf16: bool = False  # measured: at 16-64 channels on 16 x 16 latents autocast is slower than fp32...
