@@ -107,7 +107,7 @@ def test_reranking_helps_in_the_ci_world():
     assert load_world_info(world)["clip_zero_shot"] >= 0.95
     q = evaluate(world, n=8, groups=4, seed=0, log=None)
     print(q.table())
-    assert q.adherence >= 0.2, q.table()  # the model draws the prompt a fair share of the time
+    assert q.adherence >= 0.15, q.table()  # the model draws the prompt a fair share of the time (0.30 here)
     for name in ("torch", "flax"):
         # Reranking helps by a clear margin: well beyond what a random pick varies by.
         assert q.top1[name] >= q.adherence + max(0.1, 3 * q.random_pick_sd), q.table()
