@@ -45,6 +45,15 @@ def __dir__():
     return sorted(list(globals()) + __all__)
 
 
+# These names are also submodule names (sdkit/generate.py defines generate, ...). Importing a submodule
+# sets the package attribute to the module, so they are bound eagerly here, once, to the functions.
+from .fingerprint import fingerprint  # noqa: E402
+from .gallery import gallery  # noqa: E402
+from .generate import generate  # noqa: E402
+from .rank import rank  # noqa: E402
+from .rerank import rerank  # noqa: E402
+
+
 def _quiet_known_noise() -> None:
     # transformers 5 warns on every import that CLIPImageProcessor falls back to its PIL
     # implementation without torchvision. That fallback is what sdkit relies on (PyPI

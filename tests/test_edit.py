@@ -281,7 +281,7 @@ def test_cli_inpaint_and_bad_input(tmp_path, capsys):
     rc = main(["inpaint", "--image", str(tmp_path / "in.png"), "--box", "4,4,20,20", "a hat", "-n", "1", "--seed", "3",
                "--steps", "2", "--quiet", "--out", str(tmp_path / "out")])
     assert rc == 0
-    (png,) = (tmp_path / "out").glob("*/*.png")
+    (png,) = (tmp_path / "out").glob("*/*-s*.png")
     assert Image.open(png).size == (40, 24) and "Mask blur: 4" in read_parameters(png)
     rc = main(["outpaint", "--image", str(tmp_path / "in.png"), "x", "--left", "-1", "--out", str(tmp_path / "o2")])
     assert rc == 2 and "left=-1" in capsys.readouterr().err
