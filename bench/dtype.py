@@ -61,7 +61,8 @@ class Variant:
 BF, HALF = torch.bfloat16, torch.float16
 # The fp32 baseline and sdkit's own default are always measured too.
 VARIANTS = {
-    "cpu": [Variant("bf16, batched", BF),
+    "cpu": [Variant("fp32, per-sample (sdkit's default until bench/)", torch.float32, per_sample=True),
+            Variant("bf16, batched", BF),
             Variant("bf16, per-sample", BF, per_sample=True),
             Variant("bf16 + channels_last, batched", BF, channels_last=True),
             Variant("bf16 + channels_last + torch.compile, batched", BF, channels_last=True, compiled=True),

@@ -32,19 +32,31 @@ def child(n: int, batch_size: int, size: int, steps: int, out: str) -> dict:
     from .models import tiny_path
 
     pipe = load_pipeline(str(tiny_path()), device="cpu")
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    before = peak_mb()
     run = generate(pipe, "a red circle", n=n, seed=0, num_inference_steps=steps, height=size, width=size,
                    batch_size=batch_size, output_dir=out, progress=False)
     assert len(run) == n and all(Path(c.path).exists() for c in run), "not every candidate was saved"
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
-    return {"n": n, "peak_mb": peak / 1024, "after_load_mb": before / 1024}
+    return {"n": n, "peak_mb": peak_mb(), "after_load_mb": before}
+
+
+def peak_mb() -> float:
+    """This process's peak RSS. VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the parent
+    across fork and exec, so a child of a 10 GB benchmark process would report 10 GB."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
+    scale = 1 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB elsewhere
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20
 
 
 def peak_rss(n: int, cfg) -> dict:
     with tempfile.TemporaryDirectory(prefix="sdkit-bench-mem-") as out:
-        env = dict(os.environ, PYTHONWARNINGS="ignore")
-        if cfg.threads:
-            env["OMP_NUM_THREADS"] = str(cfg.threads)
+        # One thread: memory does not depend on it, and the tiny model on two threads of a busy
+        # machine is 10-80x slower (bench/README.md).
+        env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1")
         args = [sys.executable, "-m", "bench.memory", str(n), str(cfg.memory_batch), str(cfg.memory_size),
                 str(cfg.memory_steps), out]
         p = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
@@ -66,7 +78,8 @@ def run(cfg) -> dict:
     return {
         "title": f"5. Memory: peak RSS for {few} vs {many} candidates",
         "setup": (f"tiny UNet, {cfg.memory_size}×{cfg.memory_size} images, {cfg.memory_steps} steps, batch size "
-                  f"{cfg.memory_batch}, saving to disk (output_dir); each run a fresh subprocess, {reps} runs each."),
+                  f"{cfg.memory_batch}, saving to disk (output_dir); each run a fresh subprocess (1 thread), {reps} runs each; "
+                  f"peak RSS = VmHWM."),
         "ratios": [ratio(f"peak RSS, {many} vs {few} candidates", r, what=f"peak RSS n={many} / n={few}",
                          target=("<=", 1.1))],
         "tables": [table(["candidates", "peak RSS (MB), runs", "RSS after loading (MB)"],

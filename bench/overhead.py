@@ -38,11 +38,11 @@ def measure(model: str, *, device: str, size: int, steps: int, n: int, batch_siz
     kw = dict(num_inference_steps=steps, guidance_scale=7.5, height=size, width=size)
     sd = lambda: generate(pipe, PROMPT, n=n, seeds=seeds, batch_size=batch_size, progress=False, **kw).images  # noqa: E731
     bare = lambda: bare_call(pipe, PROMPT, seeds, batch_size, **kw)  # noqa: E731
-    a, b = sd(), bare()
+    a, b = sd(), bare()  # also the warm-up
     same = all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(a, b))
     if not same:
         raise AssertionError(f"{model}: sdkit's generate and the bare pipeline call gave different images")
-    times = interleaved({"sdkit generate": sd, "bare diffusers call": bare}, reps=reps)
+    times = interleaved({"sdkit generate": sd, "bare diffusers call": bare}, reps=reps, warmup=0)
     return {"times": times, "identical": same, "dtype": pipe._sdkit["dtype"],
             "batch_invariant": bool(getattr(pipe.unet, "_sdkit_per_sample", False))}
 
