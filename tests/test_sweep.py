@@ -284,7 +284,7 @@ def test_killed_ray_actor_loses_and_duplicates_nothing(ray_runtime, tmp_path):
     assert_exactly_once(sweep, out)
     # Retried or not, every image is the one its seed makes. Compared by fingerprint: a replacement actor
     # started while the machine is loaded once produced last-bit differences (seen 1 run in ~4 on 2 busy
-    # cores); the exact-pixel local-vs-Ray check is test_local_and_ray_give_identical_pixels.
+    # cores); the exact-pixel local-vs-Ray check is test_ray_pixels_equal_local.
     from sdkit.fingerprint import fingerprint
 
     local = run_sweep(sweep, tmp_path / "local", progress=False)
