@@ -250,8 +250,9 @@ class _WidgetBar:
         from IPython.display import display
 
         self.n = initial
-        self.bar = w.IntProgress(value=initial, min=0, max=max(total, 1), description=desc)
-        display(self.bar)
+        self.bar = w.IntProgress(value=0, min=0, max=max(total, 1), description=desc)
+        display(self.bar)  # shown at 0: the stored text must not depend on how much was already on disk
+        self.bar.value = initial
 
     def update(self, k):
         self.n += k
