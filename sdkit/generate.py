@@ -250,9 +250,11 @@ class _WidgetBar:
         from IPython.display import display
 
         self.n = initial
-        self.bar = w.IntProgress(value=0, min=0, max=max(total, 1), description=desc)
-        display(self.bar)  # shown at 0: the stored text must not depend on how much was already on disk
-        self.bar.value = initial
+        self.bar = w.IntProgress(value=initial, min=0, max=max(total, 1), description=desc)
+        # Our own text form: the widget's repr carries its value, which depends on what a resumed run
+        # found on disk, and a notebook's stored output must not (nbval compares it).
+        view = {"version_major": 2, "version_minor": 0, "model_id": self.bar.model_id}
+        display({"application/vnd.jupyter.widget-view+json": view, "text/plain": f"[{desc}: progress bar]"}, raw=True)
 
     def update(self, k):
         self.n += k
