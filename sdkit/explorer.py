@@ -27,6 +27,7 @@ import numpy as np
 
 from .gallery import Gallery
 from .grid import Entry, save_ranked_grid
+from .rerank import clip_for, get_scorer  # one scorer cache for panel, CLI and notebooks
 from .schedulers import SCHEDULERS
 
 # Dropdowns cannot show None (it means "nothing selected"), so "use the model's own" is a string.
@@ -35,34 +36,6 @@ SIZES = [("model default", DEFAULT)] + [(str(s), s) for s in (32, 64, 128, 256, 
 SCORERS = [("CLIP (Flax)", "flax"), ("CLIP (PyTorch)", "torch"), ("none", "none")]
 MODELS = ["sdkit:tiny", "sdkit:toy", "stable-diffusion-v1-5/stable-diffusion-v1-5"]
 MAX_SEED = 2**63
-
-_scorers: dict[tuple, Any] = {}  # (backend, model_id) -> scorer: loading CLIP takes seconds, do it once
-_scorers_lock = threading.Lock()
-
-
-def scorer_model_for(model: str) -> str:
-    """The CLIP that belongs with a model: tiny random CLIP for tiny models, the toy world's CLIP, else OpenAI's."""
-    if model.startswith("sdkit:tiny"):
-        from .tiny_clip import tiny_clip_path
-
-        return tiny_clip_path()
-    if model == "sdkit:toy":
-        from .toy.world import toy_world_path
-
-        return str(Path(toy_world_path()) / "clip")
-    from .score import DEFAULT_CLIP
-
-    return DEFAULT_CLIP
-
-
-def get_scorer(backend: str, model_id: str):
-    with _scorers_lock:
-        if (backend, model_id) not in _scorers:
-            from .score import load_scorer
-
-            _scorers[backend, model_id] = load_scorer(backend, model_id)
-        return _scorers[backend, model_id]
-
 
 def _v(value):
     return DEFAULT if value is None else value
@@ -355,7 +328,7 @@ class Explorer(widgets.VBox):
         if req.scorer is None or callable(req.scorer):
             return req.scorer
         self._say(f"loading the {req.scorer} CLIP scorer…")
-        return get_scorer(req.scorer, self.scorer_model or scorer_model_for(req.model))
+        return get_scorer(req.scorer, self.scorer_model or clip_for(req.model))
 
     def _on_progress(self, p) -> None:
         """Called by `generate` in the worker thread: every denoising step, and every decoded batch."""

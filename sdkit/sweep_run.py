@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from .candidate import Candidate
+from .generate import progress_bar  # ipywidgets in notebooks (stable stored output), tqdm elsewhere
 from .save import MANIFEST, append_manifest, file_name, png_bytes, read_manifest, read_metadata
 
 if TYPE_CHECKING:
@@ -88,7 +89,7 @@ def run_sweep(sweep: Sweep, output_dir, *, backend: str = "local", ray_address: 
     units = [[i for i in u if i not in done] for u in sweep.units()]
     units = [u for u in units if u]
     is_cancelled = cancel.is_set if isinstance(cancel, threading.Event) else (cancel or (lambda: False))
-    bar = _progress_bar(len(items), len(done), sweep.run_id, progress)
+    bar = progress_bar(len(items), progress, desc="images", unit="image", initial=len(done))
     generated = 0
 
     def finished(index: int, name: str) -> None:
@@ -326,19 +327,3 @@ def _run_ray(sweep, out, units, finished, is_cancelled, ray_address, workers, ra
         finished(int(row["index"]), str(row["file"]))
         if is_cancelled():
             break
-
-
-class _NoBar:
-    def update(self, k):
-        pass
-
-    def close(self):
-        pass
-
-
-def _progress_bar(total: int, initial: int, desc: str, enabled: bool):
-    if not enabled:
-        return _NoBar()
-    from .generate import progress_bar  # ipywidgets in notebooks (stable stored output), tqdm elsewhere
-
-    return progress_bar(total, True, desc="images", unit="image", initial=initial)
