@@ -212,9 +212,11 @@ def load_sweep_scorer(sweep: Sweep):
         return None
     if callable(sweep.scorer):
         return sweep.scorer()
+    from .rerank import clip_for
     from .score import load_scorer
 
-    return load_scorer(sweep.scorer, **({"model_id": sweep.scorer_model} if sweep.scorer_model else {}))
+    # Default CLIP: the one that belongs with the model (the tiny/toy CLIP for built-ins, else OpenAI's).
+    return load_scorer(sweep.scorer, sweep.scorer_model or clip_for(sweep.model))
 
 
 def _apply_scores(scorer, candidates: list[Candidate]) -> None:

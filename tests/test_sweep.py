@@ -290,3 +290,11 @@ def test_killed_ray_actor_loses_and_duplicates_nothing(ray_runtime, tmp_path):
     local = run_sweep(sweep, tmp_path / "local", progress=False)
     for a, b in zip(local.candidates, result.candidates):
         assert fingerprint(Image.open(a.path)) == fingerprint(Image.open(b.path)), b.path
+
+
+def test_default_clip_belongs_with_the_model():
+    from sdkit.rerank import clip_for
+    from sdkit.sweep_run import load_sweep_scorer
+
+    scorer = load_sweep_scorer(Sweep(["a cat"], seeds=1, model="sdkit:tiny", scorer="torch"))
+    assert scorer.model_id == clip_for("sdkit:tiny")  # not openai/clip-vit-base-patch32, which needs a download
