@@ -1,9 +1,10 @@
 """Batching: N candidates through sdkit's default vs one pipeline call per image (the tutorials' loop).
 
 All cases use the same loaded weights (sdkit's defaults for the device), so only
-the batching differs. On the CPU sdkit runs the UNet one sample at a time by
-default (batch invariance, see sdkit/invariance.py); the "batched UNet" cases
-switch that off for the duration of the call, to show what it costs.
+the batching differs. On the CPU sdkit runs the UNet one candidate (one CFG
+pair) at a time by default (batch invariance, see sdkit/invariance.py); the
+"batched UNet" cases switch that off for the duration of the call, to show what
+it costs.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ PROMPT = "a photograph of a red horse in a field"
 
 @contextlib.contextmanager
 def batched_unet(pipe):
-    """Undo sdkit's per-sample UNet and VAE slicing while inside (diffusers' own behaviour)."""
+    """Undo sdkit's per-candidate UNet and VAE slicing while inside (diffusers' own behaviour)."""
     unet = pipe.unet
     wrapped = unet.__dict__.get("forward")
     if wrapped is None or not hasattr(wrapped, "__wrapped__"):
@@ -66,7 +67,7 @@ def run(cfg) -> dict:
     cases = {loop: loop_batched, default: sdkit_default, full: all_batched}
     per_sample = bool(getattr(pipe.unet, "_sdkit_per_sample", False))
     if per_sample and n != bs:
-        cases[f"batch {n}, per-sample UNet"] = lambda: generate(pipe, PROMPT, n=n, seeds=seeds, batch_size=n,
+        cases[f"batch {n}, per-candidate UNet"] = lambda: generate(pipe, PROMPT, n=n, seeds=seeds, batch_size=n,
                                                                 progress=False, **kw)
     times = interleaved(cases, reps=cfg.reps)
     per_image = {k: [t / n for t in ts] for k, ts in times.items()}
@@ -76,13 +77,13 @@ def run(cfg) -> dict:
                compare(f"batching {n} (batched UNet) vs one call per image", per_image, full, loop,
                        what=f"{full} / {loop} (time per image)")]
     if per_sample:
-        slow = default if n == bs else f"batch {n}, per-sample UNet"
+        slow = default if n == bs else f"batch {n}, per-candidate UNet"
         ratios_.append(compare(f"cost of batch invariance at batch {n}", per_image, slow, full,
-                               what=f"per-sample / batched UNet, batch {n} (time)"))
+                               what=f"per-candidate / batched UNet, batch {n} (time)"))
     return {
         "title": "2. Batching: N candidates vs one call per image",
         "setup": (f"{cfg.big_model}, {n} candidates at {cfg.batching_size}², {cfg.batching_steps} DDIM steps, guidance 7.5, "
-                  f"sdkit's {pipe._sdkit['device']} defaults ({pipe._sdkit['dtype']}, per-sample UNet {per_sample}); "
+                  f"sdkit's {pipe._sdkit['device']} defaults ({pipe._sdkit['dtype']}, per-candidate UNet {per_sample}); "
                   f"times are per image."),
         "times": summary(per_image),
         "ratios": ratios_,

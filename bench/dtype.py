@@ -2,7 +2,7 @@
 
 A step is one UNet call on the classifier-free-guidance pair (batch 2, 77 text
 tokens). The variants show where the time goes: bf16 weights and activations,
-channels_last, per-sample UNet calls (sdkit's batch invariance), fused QKV. A
+channels_last, one UNet call per row (splitting the CFG pair), fused QKV. A
 bf16 GEMM runs in the same interleaved loop, so "share of GEMM peak" is a ratio
 measured side by side too. Correctness: each variant's noise prediction vs
 fp32, and the PSNR of whole images from the same seed (sdkit default vs fp32).
@@ -52,7 +52,7 @@ class Variant:
     name: str
     dtype: torch.dtype
     channels_last: bool = False
-    per_sample: bool = False  # sdkit's batch invariance: one UNet call per sample
+    per_sample: bool = False  # one UNet call per row: splits the CFG pair (sdkit keeps each pair in one call)
     fused_qkv: bool = False
     compiled: bool = False  # torch.compile (inductor, frozen weights); its first call is the compile
     extra: bool = False  # only with --all-variants: measured once, not worth every run
@@ -61,13 +61,13 @@ class Variant:
 BF, HALF = torch.bfloat16, torch.float16
 # The fp32 baseline and sdkit's own default are always measured too.
 VARIANTS = {
-    "cpu": [Variant("fp32, per-sample (sdkit's default until bench/)", torch.float32, per_sample=True),
-            Variant("bf16, batched", BF),
-            Variant("bf16, per-sample", BF, per_sample=True),
-            Variant("bf16 + channels_last, batched", BF, channels_last=True),
-            Variant("bf16 + channels_last + torch.compile, batched", BF, channels_last=True, compiled=True),
-            Variant("bf16 + channels_last, per-sample", BF, channels_last=True, per_sample=True, extra=True),
-            Variant("bf16 + channels_last + fused QKV, batched", BF, channels_last=True, fused_qkv=True, extra=True)],
+    "cpu": [Variant("fp32, CFG pair split (sdkit's CPU default before bench/)", torch.float32, per_sample=True),
+            Variant("fp32 + channels_last", torch.float32, channels_last=True),
+            Variant("bf16", BF),
+            Variant("bf16 + channels_last", BF, channels_last=True),
+            Variant("bf16 + channels_last + torch.compile", BF, channels_last=True, compiled=True),
+            Variant("bf16 + channels_last, CFG pair split (one row per call)", BF, channels_last=True, per_sample=True),
+            Variant("bf16 + channels_last + fused QKV", BF, channels_last=True, fused_qkv=True, extra=True)],
     "cuda": [Variant("fp16, batched", HALF),
              Variant("fp16 + channels_last, batched", HALF, channels_last=True),
              Variant("bf16, batched", BF),
@@ -93,7 +93,7 @@ def step_cases(path, size: int, sdkit_pipe, device: str, all_variants: bool = Fa
     t = torch.tensor([500, 500], device=device)
     ref = UNet2DConditionModel.from_pretrained(path / "unet").eval().to(device)  # from_pretrained's default: fp32
     sd_unet = sdkit_pipe.unet
-    # sdkit's own UNet, without its per-sample wrapper, serves the variant with its dtype and layout.
+    # sdkit's own UNet, without its per-candidate wrapper, serves the variant with its dtype and layout.
     batched = getattr(sd_unet.forward, "__wrapped__", sd_unet.forward)
     unets = {(sd_unet.dtype, _is_channels_last(sd_unet)): (sd_unet, batched)}
     plain_procs = {}
@@ -139,7 +139,8 @@ def step_cases(path, size: int, sdkit_pipe, device: str, all_variants: bool = Fa
     sd_dtype = sd_unet.dtype
     cases = {DIFFUSERS: lambda: ref(x32, t, e32, return_dict=False)[0],
              SDKIT: lambda: sd_unet(x32.to(sd_dtype), t, e32.to(sd_dtype), return_dict=False)[0]}
-    sd_variant = Variant(SDKIT, sd_dtype, _is_channels_last(sd_unet), bool(getattr(sd_unet, "_sdkit_per_sample", False)))
+    # One candidate's CFG step is one batch-2 call with or without sdkit's per-candidate wrapper.
+    sd_variant = Variant(SDKIT, sd_dtype, _is_channels_last(sd_unet))
     for v in VARIANTS["cuda" if device.startswith("cuda") else "cpu"]:
         if (v.extra and not all_variants) or (v.compiled and not compile):
             continue
@@ -164,7 +165,7 @@ def run(cfg) -> dict:
             t0 = time.perf_counter()
             outs[k] = f().float()
             first_call[k] = time.perf_counter() - t0
-        flops = count_flops(cases[SDKIT])  # the same FLOPs as fp32 (per-sample calls too), counted faster
+        flops = count_flops(cases[SDKIT])  # the same FLOPs as fp32 (per-row calls too), counted faster
         n = cfg.gemm_n
         a = torch.randn(n, n, device=device, dtype=low)
         b = torch.randn(n, n, device=device, dtype=low)
@@ -213,7 +214,7 @@ def run(cfg) -> dict:
         "title": f"3. Device defaults: one denoising step on {device}, sdkit's default vs diffusers' fp32",
         "setup": (f"{cfg.big_model} UNet, one CFG step (batch 2) at {cfg.dtype_size}², {flops / 1e12:.3g} TFLOP "
                   f"(torch FlopCounterMode); sdkit default = `load_pipeline(device={device!r})`: "
-                  f"{info['dtype']}, channels_last {_is_channels_last(sdkit_pipe.unet)}, per-sample UNet {per_sample}. {gemm} {n}×{n} ×{gemm_reps} in the same loop. "
+                  f"{info['dtype']}, channels_last {_is_channels_last(sdkit_pipe.unet)}, per-candidate UNet {per_sample}. {gemm} {n}×{n} ×{gemm_reps} in the same loop. "
                   f"PSNR: {len(seeds)} images, {cfg.psnr_steps} DDIM steps at {cfg.psnr_size}², same seeds."),
         "times": summary(times),
         "ratios": ratios_,

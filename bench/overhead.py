@@ -49,7 +49,7 @@ def measure(model: str, *, device: str, size: int, steps: int, n: int, batch_siz
 
 def run(cfg) -> dict:
     big = measure(cfg.big_model, device=cfg.device, size=cfg.overhead_size, steps=cfg.overhead_steps, n=cfg.overhead_n,
-                  batch_size=cfg.overhead_batch, reps=cfg.reps)
+                  batch_size=cfg.overhead_batch, reps=cfg.overhead_reps)
     # One torch thread for the tiny model: sdkit's cost is Python, and on a shared machine two OpenMP
     # threads stall each other on the tiny model's small ops, burying milliseconds in noise.
     threads = torch.get_num_threads()

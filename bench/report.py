@@ -91,3 +91,21 @@ def write(result: dict, out_dir: Path) -> tuple[Path, Path]:
     js.write_text(json.dumps(result, indent=1, default=str) + "\n")
     md.write_text(markdown(result))
     return js, md
+
+
+BEGIN, END = "<!-- bench:begin (written by make bench) -->", "<!-- bench:end -->"
+
+
+def readme_section(result: dict) -> str:
+    """What the README shows: the machine and every ratio against its target."""
+    return "\n".join([machine_lines(result["machine"]), "",
+                      ratio_table([r for b in result["benchmarks"].values() for r in b["ratios"]])])
+
+
+def update_readme(readme: Path, result: dict) -> None:
+    """Replace the text between the README's bench markers with this run's table."""
+    text = readme.read_text()
+    a, b = text.find(BEGIN), text.find(END)
+    if a < 0 or b < a:
+        raise ValueError(f"{readme}: no {BEGIN} ... {END} markers to put the table between")
+    readme.write_text(text[: a + len(BEGIN)] + "\n" + readme_section(result) + "\n" + text[b:])

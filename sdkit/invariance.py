@@ -3,11 +3,13 @@
 CPU kernels (oneDNN convolutions, GEMM blocking) choose their algorithm by
 batch size, so the same latent gives last-bit-different outputs in a batch of
 8 and in a batch of 3, and after 30 steps that can flip a pixel. Running the
-UNet one sample at a time (and the VAE too, via its slicing) gives every
-candidate the same arithmetic in any batch. On a CPU this costs little: the
-UNet is compute bound already at batch 1 (bench/ measures it). On GPUs batching
-pays, so it is off there by default and results are reproducible per batch
-size only.
+UNet one candidate at a time (and the VAE too, via its slicing) gives every
+candidate the same arithmetic in any batch. With classifier-free guidance a
+candidate is a pair of rows, [unconditional, conditional], and the pair stays
+together: one UNet call of batch 2 per candidate, the same call the tutorial's
+one-image-at-a-time loop makes, so invariance costs nothing next to that loop
+(bench/ measures it). On GPUs batching pays, so invariance is off there by
+default and results are reproducible per batch size only.
 """
 
 from __future__ import annotations
@@ -18,27 +20,45 @@ import torch
 
 
 def make_batch_invariant(pipe) -> None:
-    """Run `pipe.unet` per sample and decode the VAE per sample. Idempotent."""
+    """Run `pipe.unet` per candidate and decode the VAE per sample. Idempotent."""
     unet = pipe.unet
     if not getattr(unet, "_sdkit_per_sample", False):
-        unet.forward = _per_sample(unet.forward)
+        unet.forward = _per_candidate(unet.forward)
         unet._sdkit_per_sample = True
     pipe.vae.enable_slicing()  # diffusers' slicing decodes one latent at a time
 
 
-def _per_sample(forward):
+def cfg_pairs(sample: torch.Tensor) -> bool:
+    """True when `sample` is diffusers' classifier-free-guidance batch: `cat([latents] * 2)`.
+
+    Every diffusers SD pipeline builds it that way (the 9-channel inpainting input too), so
+    the two halves are equal exactly; without guidance the rows are distinct latents. Read
+    from the tensor, not from a pipeline, because pipelines made with `from_pipe` share one UNet.
+    """
+    b = sample.shape[0]
+    return b % 2 == 0 and torch.equal(sample[: b // 2], sample[b // 2 :])
+
+
+def _per_candidate(forward):
     @functools.wraps(forward)
     def wrapped(sample, timestep, encoder_hidden_states=None, *args, return_dict: bool = True, **kwargs):
         b = sample.shape[0]
-        if b == 1:
+        if cfg_pairs(sample):
+            half = b // 2
+            groups = [torch.tensor([i, i + half], device=sample.device) for i in range(half)]
+        else:
+            groups = [torch.tensor([i], device=sample.device) for i in range(b)]
+        if len(groups) == 1:
             return forward(sample, timestep, encoder_hidden_states, *args, return_dict=return_dict, **kwargs)
         outs = []
-        for i in range(b):
-            t = timestep[i : i + 1] if torch.is_tensor(timestep) and timestep.ndim and timestep.shape[0] == b else timestep
-            ehs = encoder_hidden_states[i : i + 1] if encoder_hidden_states is not None else None
-            kw = {k: _slice(v, i, b) for k, v in kwargs.items()}
-            outs.append(forward(sample[i : i + 1], t, ehs, *args, return_dict=False, **kw)[0])
-        out = torch.cat(outs)
+        for rows in groups:
+            t = timestep[rows] if torch.is_tensor(timestep) and timestep.ndim and timestep.shape[0] == b else timestep
+            ehs = encoder_hidden_states[rows] if encoder_hidden_states is not None else None
+            kw = {k: _take(v, rows, b) for k, v in kwargs.items()}
+            outs.append(forward(sample[rows], t, ehs, *args, return_dict=False, **kw)[0])
+        out = torch.empty((b, *outs[0].shape[1:]), dtype=outs[0].dtype, device=outs[0].device)
+        for rows, o in zip(groups, outs):
+            out[rows] = o
         if not return_dict:
             return (out,)
         from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
@@ -48,9 +68,9 @@ def _per_sample(forward):
     return wrapped
 
 
-def _slice(v, i, b):
+def _take(v, rows, b):
     if torch.is_tensor(v) and v.ndim and v.shape[0] == b:
-        return v[i : i + 1]
+        return v[rows]
     if isinstance(v, dict):
-        return {k: _slice(x, i, b) for k, x in v.items()}
+        return {k: _take(x, rows, b) for k, x in v.items()}
     return v

@@ -94,3 +94,23 @@ def test_bad_benchmark_name_is_refused_before_any_work(tmp_path):
                        cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert p.returncode == 2 and "--only speed" in p.stderr and "overhead,batching,dtype,scoring,memory" in p.stderr
     assert not (tmp_path / "latest.json").exists()
+
+
+def test_readme_table_is_replaced_between_its_markers(tmp_path):
+    from bench import report
+
+    result = {"machine": {"cpu": "CPU-X", "cores": 2, "torch_threads": 2, "cpu_flags": "avx2", "loadavg": "0 0 0",
+                          "python": "3", "torch": "t", "diffusers": "d", "transformers": "tr", "jax": "j", "flax": "f",
+                          "commit": "abc", "date": "today"},
+              "benchmarks": {"x": {"ratios": [report.ratio("speed-up", [2.0, 3.0, 2.5], what="a / b", target=(">=", 2.5))]}}}
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# title\n\n{report.BEGIN}\nold table\n{report.END}\n\nafter\n")
+    report.update_readme(readme, result)
+    text = readme.read_text()
+    assert "old table" not in text and text.startswith("# title\n") and text.endswith(f"{report.END}\n\nafter\n")
+    assert "CPU-X" in text and "| speed-up | a / b | 2.5× | 2–3 |" in text and "| >= 2.5 | yes |" in text
+    report.update_readme(readme, result)  # idempotent: the markers stay
+    assert readme.read_text() == text
+    readme.write_text("no markers\n")
+    with pytest.raises(ValueError, match="markers"):
+        report.update_readme(readme, result)
