@@ -47,6 +47,23 @@ def psnr(a, b) -> float:
     return float("inf") if mse == 0 else float(10 * np.log10(255.0**2 / mse))
 
 
+OP_KINDS = {"attention": ("scaled_dot_product", "softmax", "bmm"), "convolution": ("convolution",),
+            "linear layers": ("addmm", "aten::mm")}
+
+
+def time_by_op(fn) -> dict[str, float]:
+    """Seconds of one call by kind of op: self CPU time from torch.profiler (CPU only)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    out = dict.fromkeys([*OP_KINDS, "everything else"], 0.0)
+    for ev in prof.key_averages():
+        kind = next((k for k, names in OP_KINDS.items() if any(n in ev.key for n in names)), "everything else")
+        out[kind] += ev.self_cpu_time_total / 1e6
+    return out
+
+
 @dataclass(frozen=True)
 class Variant:
     name: str
@@ -175,6 +192,8 @@ def run(cfg) -> dict:
         cases[gemm] = lambda: [a @ b for _ in range(gemm_reps)]
         cases["GEMM fp32"] = lambda: [a32 @ b32 for _ in range(max(1, gemm_reps // 4))]
         times = interleaved(cases, reps=cfg.dtype_reps, warmup=0)  # warmed up by the correctness pass
+        # Where a step's time goes, fp32 vs sdkit's default: shows which ops the low precision speeds up.
+        by_op = {k: time_by_op(cases[k]) for k in (DIFFUSERS, SDKIT)} if device == "cpu" else {}
     rel = {k: float((o - outs[DIFFUSERS]).norm() / outs[DIFFUSERS].norm()) for k, o in outs.items()}
     gemm_flops = {gemm: 2 * n**3 * gemm_reps, "GEMM fp32": 2 * n**3 * max(1, gemm_reps // 4)}
     gemm_peak = [gemm_flops[gemm] / t for t in times[gemm]]
@@ -210,6 +229,14 @@ def run(cfg) -> dict:
     fmt = lambda xs: f"{np.median(xs):.3g} ({min(xs):.3g}–{max(xs):.3g})"  # noqa: E731
     rows = [[k, fmt(tflops[k]), f"{rel[k]:.2e}", f"{first_call[k]:.3g}"] for k in tflops]
     rows += [[k, fmt([gemm_flops[k] / t / 1e12 for t in times[k]]), "–", "–"] for k in gemm_flops]
+    tables_by_op = []
+    if by_op:
+        f32, sd = by_op[DIFFUSERS], by_op[SDKIT]
+        tables_by_op = [table(["op kind (one step, self CPU time, torch.profiler)", f"{DIFFUSERS} (s)", f"{SDKIT} (s)",
+                               "speed-up"],
+                              [[k, f32[k], sd[k], f"{f32[k] / sd[k]:.2f}×" if sd[k] else "–"] for k in f32]
+                              + [["total", sum(f32.values()), sum(sd.values()),
+                                  f"{sum(f32.values()) / sum(sd.values()):.2f}×"]])]
     return {
         "title": f"3. Device defaults: one denoising step on {device}, sdkit's default vs diffusers' fp32",
         "setup": (f"{cfg.big_model} UNet, one CFG step (batch 2) at {cfg.dtype_size}², {flops / 1e12:.3g} TFLOP "
@@ -220,8 +247,10 @@ def run(cfg) -> dict:
         "ratios": ratios_,
         "tables": [table(["case", "TFLOP/s median (spread)", "rel. L2 error vs fp32 (one step)",
                           "first call (s, incl. compile)"], rows),
+                   *tables_by_op,
                    table(["image PSNR vs diffusers fp32, same seed (dB)", "value"],
                          [[f"seed {s}", p] for s, p in zip(seeds, psnrs)])],
         "data": {"flops": flops, "rel_error": rel, "psnr": psnrs, "tflops": tflops, "gemm_peak_flops_per_s": gemm_peak,
-                 "sdkit_dtype": info["dtype"], "sdkit_per_sample": per_sample, "first_call": first_call},
+                 "sdkit_dtype": info["dtype"], "sdkit_per_sample": per_sample, "first_call": first_call,
+                 "seconds_by_op": by_op},
     }

@@ -67,6 +67,11 @@ def test_dtype_reports_correctness_next_to_speed(smoke):
     assert data["flops"] > 0 and len(data["psnr"]) == 2
     assert data["rel_error"]["diffusers default (fp32)"] == 0.0  # the reference against itself
     assert all(0 <= e < 0.5 for e in data["rel_error"].values())
+    by_op = data["seconds_by_op"]  # where a step's time goes, for the fp32 reference and sdkit's default
+    assert set(by_op) == {"diffusers default (fp32)", "sdkit default"}
+    for seconds in by_op.values():
+        assert set(seconds) == {"attention", "convolution", "linear layers", "everything else"}
+        assert seconds["convolution"] > 0 and seconds["linear layers"] > 0 and seconds["attention"] > 0
 
 
 def test_memory_runs_in_subprocesses(smoke):

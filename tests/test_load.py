@@ -155,3 +155,23 @@ def test_deleted_tutorial_ids_resolve_to_mirrors(tmp_path, tiny_path, tiny_inpai
     assert out.returncode == 0, out.stderr[-3000:]
     assert "IDS stable-diffusion-v1-5/stable-diffusion-v1-5 stable-diffusion-v1-5/stable-diffusion-inpainting" in out.stdout
     assert "runwayml/stable-diffusion-v1-5 was deleted from the Hub; using its mirror" in out.stdout
+
+
+@pytest.mark.slow  # inductor compiles the tiny UNet: ~1 min on 2 cores
+def test_compile_matches_eager_and_stays_batch_invariant(tmp_path):
+    import numpy as np
+
+    from sdkit import generate
+    from sdkit.tiny import tiny_pipeline_path
+
+    path = tmp_path / "copy"
+    shutil.copytree(tiny_pipeline_path(), path)
+    eager = load_pipeline(str(path), dtype="fp32")
+    compiled = load_pipeline(str(path), dtype="fp32", compile=True)
+    assert compiled.unet is not eager.unet and compiled.unet._sdkit_compiled
+    kw = dict(n=3, seed=0, num_inference_steps=3, height=64, width=64, progress=False)
+    a = [np.asarray(c.image, np.int16) for c in generate(eager, "a red circle", batch_size=3, **kw)]
+    b = [np.asarray(c.image, np.int16) for c in generate(compiled, "a red circle", batch_size=3, **kw)]
+    c = [np.asarray(c.image, np.int16) for c in generate(compiled, "a red circle", batch_size=1, **kw)]
+    assert max(np.abs(x - y).max() for x, y in zip(a, b)) <= 2  # the same pictures, up to rounding
+    assert all(np.array_equal(x, y) for x, y in zip(b, c))  # one compiled call per candidate in any batch
