@@ -90,6 +90,13 @@ def child(model: str, n_images: int, batch: int, reps: int) -> dict:
     cases[f"model only: torch, batch {batch}"] = torch_model
     cases[f"model only: flax, batch {batch}"] = lambda: flax_clip.get_image_features(pixels).block_until_ready()
     cases[f"preprocess only, batch {batch}"] = lambda: preprocess(images[:batch], scorers[FLAX1].image_config)
+    # CLIP is mostly fp32 GEMMs: the two libraries' GEMM on the same matrices explains the model-only ratio.
+    g = 2048 if model == "b32" else 256
+    a_np = np.random.default_rng(0).standard_normal((g, g), dtype=np.float32)
+    a_t, a_j = torch.from_numpy(a_np), jax.device_put(a_np, devices[0])
+    gemm_xla = jax.jit(lambda x: x @ x)
+    cases[f"GEMM fp32 {g}², torch"] = lambda: a_t @ a_t
+    cases[f"GEMM fp32 {g}², XLA"] = lambda: gemm_xla(a_j).block_until_ready()
 
     for name, fn in cases.items():  # first call: includes XLA compilation for the Flax cases
         t0 = time.perf_counter()
@@ -99,9 +106,13 @@ def child(model: str, n_images: int, batch: int, reps: int) -> dict:
     agree = {name: float(np.max(np.abs(s(images, PROMPT).logits - ref))) for name, s in scorers.items()}
     agree[TRANSFORMERS] = float(np.max(np.abs(transformers_direct() - ref)))
     times = interleaved(cases, reps=reps, warmup=0)
-    counts = {name: (batch if name.startswith(("model only", "preprocess only")) else n_images) for name in cases}
+    counts = {name: (batch if name.startswith(("model only", "preprocess only")) else 1 if name.startswith("GEMM")
+                     else n_images) for name in cases}
+    g64 = a_np.astype(np.float64) @ a_np.astype(np.float64)
+    gemm_error = {"torch": float(np.abs((a_t @ a_t).numpy() - g64).max()),
+                  "XLA": float(np.abs(np.asarray(gemm_xla(a_j)) - g64).max())}
     return {"times": times, "first_call": first_call, "max_abs_logit_diff_vs_torch_scorer": agree,
-            "images": counts, "devices": len(devices), "xla_flags": os.environ.get("XLA_FLAGS", ""),
+            "images": counts, "devices": len(devices), "gemm_n": g, "gemm_max_abs_error_vs_fp64": gemm_error, "xla_flags": os.environ.get("XLA_FLAGS", ""),
             "torch_threads": torch.get_num_threads()}
 
 
@@ -130,21 +141,27 @@ def run(cfg) -> dict:
     mb = f"model only: flax, batch {cfg.scoring_batch}"
     ratios_.append(compare("model only: Flax vs PyTorch", per_image, f"model only: torch, batch {cfg.scoring_batch}", mb,
                            what="torch / flax (time per image)"))
-    ips = {k: [1 / t for t in ts] for k, ts in per_image.items()}
+    g = d["gemm_n"]
+    ratios_.append(compare("fp32 GEMM: XLA vs torch", times, f"GEMM fp32 {g}², torch", f"GEMM fp32 {g}², XLA",
+                           what=f"torch / XLA (time, {g}×{g} fp32 matmul)"))
+    gemm_tflops = {k: [2 * g**3 / t / 1e12 for t in ts] for k, ts in times.items() if k.startswith("GEMM")}
+    ips = {k: [1 / t for t in ts] for k, ts in per_image.items() if not k.startswith("GEMM")}
     fmt = lambda xs: f"{sorted(xs)[len(xs) // 2]:.3g} ({min(xs):.3g}–{max(xs):.3g})"  # noqa: E731
     rows = [[k, fmt(ips[k]), f"{d['first_call'][k]:.3g}", d["max_abs_logit_diff_vs_torch_scorer"].get(k, "–")]
-            for k in times]
+            for k in ips]
+    gemm_rows = [[k, fmt(v), d["gemm_max_abs_error_vs_fp64"][k.rsplit(", ", 1)[1]]] for k, v in gemm_tflops.items()]
     return {
         "title": "4. Scoring: Flax vs PyTorch CLIP, images per second",
         "setup": (f"CLIP {'ViT-B/32' if cfg.scoring_model == 'b32' else 'tiny'} shapes, random weights, "
                   f"{cfg.scoring_images} images of {image_size(cfg.scoring_model)}² against one prompt, batch {cfg.scoring_batch} per forward pass "
                   f"(split over the devices for 2 devices), fp32 unless marked; one subprocess with XLA_FLAGS "
                   f"`{d['xla_flags']}`, torch threads {d['torch_threads']}."),
-        "times": summary(per_image),
+        "times": summary({k: v for k, v in per_image.items() if not k.startswith("GEMM")}),
         "unit": "s per image",
         "ratios": ratios_,
         "tables": [table(["case", "images/s median (spread)", "first call (s, incl. compile)",
-                          "max |logit − torch scorer|"], rows)],
+                          "max abs(logit − torch scorer)"], rows),
+                   table(["fp32 GEMM, one thread pool each", "TFLOP/s median (spread)", "max abs error vs fp64"], gemm_rows)],
         "data": d,
     }
 

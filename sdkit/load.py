@@ -258,7 +258,8 @@ def load_pipeline(
         safety_checker: keep the model's NSFW checker (default). False removes it, explicitly.
         variant: "auto" uses the repo's fp16 weights when loading in fp16 and it has them; or a variant name / None.
         low_memory: for 4-8 GB GPUs: attention and VAE slicing, VAE tiling, and model CPU offload on CUDA.
-        batch_invariant: run the UNet and VAE per sample so candidate k is bit-identical in any batch size.
+        batch_invariant: run the UNet per candidate (its guidance pair in one call) and the VAE per image,
+            so candidate k is bit-identical in any batch size.
             "auto" turns it on for the CPU, where it costs nothing next to one call per image (see `sdkit.invariance`).
         compile: `torch.compile` the UNet (inductor, weights frozen on CPU). The first call compiles for
             minutes; later calls run ~8% faster on a bf16 CPU (bench/). Results differ from eager in the last bits.
