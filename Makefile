@@ -52,10 +52,11 @@ test-fast: $(STAMP)
 
 test-notebooks: $(STAMP)
 	@if ls notebooks/*.ipynb >/dev/null 2>&1; then \
-	  SDKIT_MODELS=tiny $(PY) -m pytest --nbval notebooks --nbval-sanitize-with notebooks/sanitize.cfg -p no:cacheprovider; \
+	  $(PY) -m sdkit.notebook check notebooks; \
 	else echo "no notebooks yet"; fi
 
 ## Re-run every notebook on the tiny models and store the outputs nbval checks (after intentional changes).
+## Both this and test-notebooks run in a temporary copy with an empty outputs/, as on a fresh clone.
 notebooks: $(STAMP)
 	$(PY) -m sdkit.notebook execute notebooks
 

@@ -21,7 +21,7 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
                    help="Hub id, local folder, or built-in 'sdkit:tiny' / 'sdkit:toy' (default: sdkit:tiny, random weights)")
     p.add_argument("--scheduler", default=None, help="DDIM, PNDM, Euler, 'Euler a', Heun, 'DPM++ 2M', 'DPM++ 2M Karras', UniPC")
     p.add_argument("--device", default="auto")
-    p.add_argument("--dtype", default="auto", help="auto (fp16 on GPUs, bf16 on CPUs with native bf16, else fp32), fp16, bf16, fp32")
+    p.add_argument("--dtype", default="auto", help="auto (fp16 on GPUs; bf16 on CPUs with native bf16 for UNets of 100M+ parameters; else fp32), fp16, bf16, fp32")
     p.add_argument("--compile", action="store_true", help="torch.compile the UNet: minutes to compile, then faster steps")
     p.add_argument("--no-safety-checker", action="store_true", help="remove the NSFW safety checker (explicit opt-out)")
     p.add_argument("--low-memory", action="store_true", help="attention/VAE slicing, VAE tiling, CPU offload (4-8 GB GPUs)")

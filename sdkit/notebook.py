@@ -11,10 +11,13 @@ shapes world (pictures that match prompts like "a red circle", at 32x32).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -80,27 +83,87 @@ def thick_cells(path) -> list[int]:
     return [i for i, c in enumerate(nb["cells"]) if c["cell_type"] == "code" and THICK.search("".join(c["source"]))]
 
 
+def _notebooks(paths) -> list[Path]:
+    files = []
+    for p in map(Path, paths):
+        files += sorted(p.glob("*.ipynb")) if p.is_dir() else [p]
+    if not files:
+        raise FileNotFoundError(f"no notebooks in {[str(p) for p in paths]}")
+    return files
+
+
+def _fresh_tree(files: list[Path], tmp: Path) -> dict[Path, Path]:
+    """Copy each notebook's folder into `tmp`, beside an empty outputs/, as a fresh clone has them.
+
+    Notebooks write to ../outputs and resume from what is there (a sweep skips finished images), so
+    running them in the checkout would store, or check, results left by older code.
+    """
+    copies = {}
+    for folder in sorted({f.resolve().parent for f in files}):
+        dest = tmp / f"{len(copies)}" / folder.name
+        shutil.copytree(folder, dest, ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
+        copies[folder] = dest
+    return {f: copies[f.resolve().parent] / f.name for f in files}
+
+
+@contextlib.contextmanager
+def _models_env(models_mode: str):
+    """`SDKIT_MODELS` for the kernels started inside, restored after."""
+    old = os.environ.get(ENV)
+    os.environ[ENV] = models_mode
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(ENV, None)
+        else:
+            os.environ[ENV] = old
+
+
 def execute(paths, timeout: int = 1200, models_mode: str = "tiny") -> None:
-    """Run notebooks in place with `SDKIT_MODELS=models_mode` and keep their outputs (what nbval checks)."""
+    """Run notebooks with `SDKIT_MODELS=models_mode` and store their outputs (what nbval checks).
+
+    They run in a temporary copy with an empty outputs/, in order, so the stored outputs are those a
+    fresh clone (CI) produces; only the notebooks themselves are written back.
+    """
     import nbformat
     from nbclient import NotebookClient
 
-    os.environ[ENV] = models_mode
-    files = []
-    for p in paths:
-        p = Path(p)
-        files += sorted(p.glob("*.ipynb")) if p.is_dir() else [p]
-    for f in files:
-        print(f"executing {f} ...", flush=True)
-        nb = nbformat.read(f, as_version=4)
-        NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(f.parent)}}).execute()
-        for cell in nb.cells:  # execution timings would make every re-run a diff
-            cell.get("metadata", {}).pop("execution", None)
-        nbformat.write(nb, f)
+    files = _notebooks(paths)
+    with _models_env(models_mode), tempfile.TemporaryDirectory(prefix="sdkit-notebooks-") as tmp:
+        for f, copy in _fresh_tree(files, Path(tmp)).items():
+            print(f"executing {f} ...", flush=True)
+            nb = nbformat.read(copy, as_version=4)
+            NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(copy.parent)}}).execute()
+            for cell in nb.cells:  # execution timings would make every re-run a diff
+                cell.get("metadata", {}).pop("execution", None)
+            nbformat.write(nb, f)
 
+
+def check(paths, sanitize: str | None = None, models_mode: str = "tiny", pytest_args=()) -> int:
+    """Strict nbval on notebooks, in a temporary copy with an empty outputs/ (see `execute`); pytest's exit code.
+
+    `sanitize`: an nbval sanitize file (default: sanitize.cfg beside the first notebook, if there is one).
+    """
+    import pytest
+
+    files = _notebooks(paths)
+    sanitize = Path(sanitize) if sanitize else files[0].parent / "sanitize.cfg"
+    with _models_env(models_mode), tempfile.TemporaryDirectory(prefix="sdkit-nbval-") as tmp:
+        copies = _fresh_tree(files, Path(tmp))
+        args = ["--nbval", *map(str, copies.values()), "--rootdir", tmp, "-p", "no:cacheprovider", *pytest_args]
+        if sanitize.exists():
+            args += ["--nbval-sanitize-with", str(sanitize.resolve())]
+        return int(pytest.main(args))
+
+
+USAGE = "usage: python -m sdkit.notebook {execute|check} [NOTEBOOK_OR_DIR...]"
 
 if __name__ == "__main__":
     args = sys.argv[1:]
-    if not args or args[0] != "execute":
-        sys.exit("usage: python -m sdkit.notebook execute NOTEBOOK_OR_DIR...")
-    execute(args[1:] or ["notebooks"])
+    if not args or args[0] not in ("execute", "check"):
+        sys.exit(USAGE)
+    if args[0] == "execute":
+        execute(args[1:] or ["notebooks"])
+    else:
+        sys.exit(check(args[1:] or ["notebooks"]))

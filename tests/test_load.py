@@ -15,14 +15,42 @@ from sdkit.tiny import install_in_hub_cache
 
 def test_auto_device_and_dtype_on_cpu(tiny_pipe):
     assert tiny_pipe.device.type == "cpu"
-    # bf16 where the CPU has it natively (bench/: 1.9x faster than fp32), with the UNet in NHWC for oneDNN.
-    bf16 = cpu_has_bf16()
-    assert tiny_pipe.unet.dtype == (torch.bfloat16 if bf16 else torch.float32)
-    assert tiny_pipe.vae.dtype == tiny_pipe.text_encoder.dtype == tiny_pipe.unet.dtype
-    w = tiny_pipe.unet.conv_in.weight
-    assert (w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous()) == bf16
-    assert tiny_pipe._sdkit["dtype"] == str(tiny_pipe.unet.dtype).removeprefix("torch.")
+    # The tiny UNet is too small for bf16 to pay (bench/), so fp32 on every CPU: the same pixels everywhere.
+    assert tiny_pipe.unet.dtype == tiny_pipe.vae.dtype == tiny_pipe.text_encoder.dtype == torch.float32
+    assert tiny_pipe.unet.conv_in.weight.is_contiguous()
+    assert tiny_pipe._sdkit["dtype"] == "float32"
     assert tiny_pipe._sdkit["model_id"] == "sdkit:tiny"
+
+
+def test_big_unet_gets_bf16_and_nhwc_where_the_cpu_has_it(tmp_path, monkeypatch):
+    from sdkit import load
+    from sdkit.tiny import tiny_pipeline_path
+
+    path = tmp_path / "copy"
+    shutil.copytree(tiny_pipeline_path(), path)
+    monkeypatch.setattr(load, "CPU_BF16_MIN_PARAMS", 200_000)  # the tiny UNet (203,204) counts as big
+    pipe = load_pipeline(str(path))
+    bf16 = cpu_has_bf16()
+    # bf16 where the CPU has it natively (bench/: 1.9x faster than fp32 at SD 1.5 size), the UNet in NHWC for oneDNN.
+    assert pipe.unet.dtype == pipe.vae.dtype == pipe.text_encoder.dtype == (torch.bfloat16 if bf16 else torch.float32)
+    w = pipe.unet.conv_in.weight
+    assert (w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous()) == bf16
+    assert pipe._sdkit["dtype"] == str(pipe.unet.dtype).removeprefix("torch.")
+
+
+def test_unet_parameters_from_headers_match_the_loaded_model(tiny_pipe, tmp_path):
+    from sdkit.load import unet_parameters
+    from sdkit.tiny import tiny_pipeline_path
+
+    n = sum(p.numel() for p in tiny_pipe.unet.parameters())
+    assert unet_parameters(tiny_pipeline_path()) == n
+    path = tmp_path / "variant"
+    shutil.copytree(tiny_pipeline_path(), path)
+    unet = path / "unet"
+    shutil.copy(unet / "diffusion_pytorch_model.safetensors", unet / "diffusion_pytorch_model.fp16.safetensors")
+    assert unet_parameters(path) == n  # a variant holds the same tensors, not more
+    shutil.rmtree(unet)
+    assert unet_parameters(path) is None
 
 
 def test_cpu_bf16_detection_follows_the_cpu_flags(monkeypatch):
@@ -35,8 +63,10 @@ def test_cpu_bf16_detection_follows_the_cpu_flags(monkeypatch):
     monkeypatch.setattr(load, "cpu_has_bf16", lambda: False)
     assert load.auto_dtype("cpu") == torch.float32
     monkeypatch.setattr(load, "cpu_has_bf16", lambda: True)
-    assert load.auto_dtype("cpu") == torch.bfloat16
+    assert load.auto_dtype("cpu") == load.auto_dtype("cpu", 860_000_000) == torch.bfloat16
+    assert load.auto_dtype("cpu", 1_000_000) == torch.float32  # small UNets: bf16 is slower there
     assert load.auto_dtype("cuda") == load.auto_dtype("cuda:1") == load.auto_dtype("mps") == torch.float16
+    assert load.auto_dtype("cuda", 1_000_000) == torch.float16
 
 
 def test_cached_and_shared_between_tasks(tiny_pipe):

@@ -95,3 +95,34 @@ def test_nbval_fails_when_a_picture_changes(tmp_path):
     stored = next("".join(o["text"]).strip() for c in json.loads(src.read_text())["cells"] if c["cell_type"] == "code"
                   and "print(fingerprint(" in "".join(c["source"]) for o in c["outputs"] if o.get("name") == "stdout")
     assert changed.returncode == 1 and stored in changed.stdout, changed.stdout[-3000:]
+
+
+def _resume_notebook(path: Path, stored: str | None = None) -> None:
+    """A notebook that, like a sweep, finds what an earlier run left in ../outputs, and leaves something there."""
+    src = ('import os\nprint("found an old run:", os.path.exists("../outputs/marker"))\n'
+           'os.makedirs("../outputs", exist_ok=True)\nopen("../outputs/marker", "w").close()')
+    outputs = [] if stored is None else [{"name": "stdout", "output_type": "stream", "text": [stored]}]
+    cell = {"cell_type": "code", "execution_count": 1 if outputs else None, "id": "c1", "metadata": {},
+            "outputs": outputs, "source": [src]}
+    nb = {"cells": [cell], "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}},
+          "nbformat": 4, "nbformat_minor": 5}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(nb))
+
+
+@pytest.mark.slow
+def test_execute_and_check_run_on_an_empty_outputs_dir(tmp_path):
+    """What `make notebooks` stores and `make test` checks is what a fresh clone (CI) produces."""
+    from sdkit.notebook import check, execute
+
+    nb = tmp_path / "notebooks" / "resume.ipynb"
+    _resume_notebook(nb)
+    (tmp_path / "outputs").mkdir()
+    (tmp_path / "outputs" / "marker").touch()  # left by an earlier run in the checkout
+    execute([nb.parent])
+    text = json.loads(nb.read_text())["cells"][0]["outputs"][0]["text"]
+    assert "".join(text) == "found an old run: False\n"
+    assert sorted(os.listdir(tmp_path / "outputs")) == ["marker"]  # the checkout's outputs/ is left alone
+    assert check([nb.parent]) == 0
+    _resume_notebook(nb, stored="found an old run: True\n")  # outputs stored from a stale checkout
+    assert check([nb.parent]) == 1
