@@ -98,7 +98,10 @@ def save_random_clip(path: str | os.PathLike, config=None, seed: int = 0, image_
     save_clip_tokenizer(path)
     config = config if config is not None else CLIPConfig()
     model = random_clip_model(config, seed)
-    model.save_pretrained(path, safe_serialization=True)
+    from .tiny import quiet_hf  # no "Writing model shards" bar: a notebook's first run would store it
+
+    with quiet_hf():
+        model.save_pretrained(path, safe_serialization=True)
     size = image_size or config.vision_config.image_size
     CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size}).save_pretrained(path)
     return path

@@ -280,3 +280,13 @@ def test_pickle_only_checkpoints_are_refused(tmp_path, tiny, offline_hub):
     hub_cache(offline_hub, "sdkit-test/pickled-clip", src)
     with pytest.raises(ValueError, match="never loads pickle"):
         load_flax_clip("sdkit-test/pickled-clip")
+
+
+def test_building_the_tiny_clip_shows_no_progress_bar(tmp_path, capfd):
+    """A notebook that builds it on first use would store transformers' "Writing model shards" widget."""
+    from transformers.utils import logging as tl
+
+    save_tiny_clip(tmp_path / "clip", seed=TINY_CLIP_SEED)
+    captured = capfd.readouterr()
+    assert "Writing model shards" not in captured.err + captured.out
+    assert tl.is_progress_bar_enabled()  # restored afterwards
