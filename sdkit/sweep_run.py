@@ -15,6 +15,7 @@ import json
 import os
 import secrets
 import threading
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
@@ -164,6 +165,7 @@ def collect(sweep: Sweep, out: Path, *, generated: int = 0, skipped: int = 0, ca
         rec = by_file.get(sweep.file_name(it))
         if rec is not None:
             candidates.append(Candidate(image=None, path=str(out / rec["file"]), **{k: v for k, v in rec.items() if k in fields}))
+    _warn_if_mixed(sweep, candidates)
     missing = len(sweep) - len(candidates)
     if missing and not cancelled:
         raise RuntimeError(f"{missing} of {len(sweep)} images of sweep {sweep.run_id} are not in {out / MANIFEST}; "
@@ -174,6 +176,20 @@ def collect(sweep: Sweep, out: Path, *, generated: int = 0, skipped: int = 0, ca
         ranked = _rank(candidates)
     return SweepResult(sweep.run_id, str(out), str(out / MANIFEST), candidates, generated, skipped, len(sweep),
                        ranked, cancelled)
+
+
+def _warn_if_mixed(sweep: Sweep, candidates: list[Candidate]) -> None:
+    """A resumed sweep whose images were made on different hardware or dtypes ("auto" resolves per machine
+    and per sdkit version): their pixels are not strictly comparable, so say so rather than rank silently."""
+    kinds = {}
+    for c in candidates:
+        kinds.setdefault(f"{(c.device or '?').split(':')[0]}/{c.dtype}", []).append(c.index)
+    if len(kinds) > 1:
+        counts = ", ".join(f"{len(v)} on {k}" for k, v in sorted(kinds.items()))
+        warnings.warn(f"sweep {sweep.run_id}: its images were made with different devices or dtypes ({counts}), "
+                      "e.g. resumed on another machine or sdkit version; seeds no longer pair them exactly. "
+                      "Run it into a new output_dir, or pin device= and dtype= in the Sweep, for a clean comparison.",
+                      stacklevel=3)
 
 
 def _score_unscored(sweep: Sweep, out: Path, candidates: list[Candidate]) -> None:

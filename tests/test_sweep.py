@@ -179,6 +179,27 @@ def test_resume_after_a_crash(tmp_path):
     assert (again.generated, again.skipped) == (0, len(sweep))
 
 
+def test_resume_with_another_auto_dtype_warns(tmp_path, monkeypatch, recwarn):
+    """dtype="auto" resolves per machine and sdkit version; a sweep resumed across them must say so."""
+    import torch
+
+    from sdkit import load
+
+    sweep = tiny_sweep(seeds=2, batch_size=2, grid={"guidance_scale": [1.0, 5.0], **FAST})
+    out = tmp_path / "sweep"
+    with monkeypatch.context() as m:  # the first run: a machine (or an sdkit) where auto meant bf16
+        m.setattr(load, "auto_dtype", lambda device, unet_params=None: torch.bfloat16)
+        first = run_sweep(sweep, out, progress=False)
+    assert {c.dtype for c in first.candidates} == {"bfloat16"}
+    assert not [w for w in recwarn if "different devices or dtypes" in str(w.message)]
+    (out / "manifest.jsonl").write_text("".join((out / "manifest.jsonl").read_text().splitlines(True)[:2]))
+    for name in set(os.listdir(out)) - {"manifest.jsonl"} - {r["file"] for r in read_manifest(out)}:
+        os.remove(out / name)  # as if it had stopped after two images
+    with pytest.warns(UserWarning, match=r"different devices or dtypes \(2 on cpu/bfloat16, 6 on cpu/float32\)"):
+        resumed = run_sweep(sweep, out, progress=False)
+    assert (resumed.skipped, resumed.generated) == (2, 6)
+
+
 def test_retried_unit_is_not_written_twice(tmp_path):
     """What Ray does after a kill: run a unit again, whose images may be on disk, recorded or not."""
     from sdkit.sweep_run import SweepWorker, collect
@@ -234,15 +255,31 @@ def ray_runtime():
 
 
 def test_ray_pixels_equal_local(ray_runtime, tmp_path):
+    """One actor with the driver's CPU count (Ray sets OMP_NUM_THREADS from it): the same pixels, bit for bit."""
+    import torch
+
     sweep = tiny_sweep(seeds=2, batch_size=2, grid={"scheduler": ["DDIM", "Euler a"], "guidance_scale": 5.0, **FAST})
     local = run_sweep(sweep, tmp_path / "local", progress=False)
-    on_ray = run_sweep(sweep, tmp_path / "ray", backend="ray", workers=2, progress=False)
+    on_ray = run_sweep(sweep, tmp_path / "ray", backend="ray", workers=1, progress=False,
+                       ray_remote_args={"num_cpus": torch.get_num_threads()})
     assert on_ray.generated == len(sweep) == 8
     assert_exactly_once(sweep, tmp_path / "ray")
     for a, b in zip(local.candidates, on_ray.candidates):
         assert Path(a.path).name == Path(b.path).name
         assert np.array_equal(pixels(a.path), pixels(b.path)), a.path
         assert a.params() | {"path": None} == b.params() | {"path": None}
+
+
+def test_ray_with_fewer_threads_per_actor_differs_at_most_in_the_last_bit(ray_runtime, tmp_path):
+    """Two actors of one thread each: a process started with one OpenMP thread picks other fp32 kernels
+    (oneDNN's 1x1 convolutions here), so a few pixel values may differ by one; nothing more."""
+    sweep = tiny_sweep(seeds=2, batch_size=2, grid={"scheduler": ["DDIM", "Euler a"], "guidance_scale": 5.0, **FAST})
+    local = run_sweep(sweep, tmp_path / "local", progress=False)
+    on_ray = run_sweep(sweep, tmp_path / "ray", backend="ray", workers=2, progress=False)
+    assert_exactly_once(sweep, tmp_path / "ray")
+    for a, b in zip(local.candidates, on_ray.candidates):
+        diff = np.abs(pixels(a.path).astype(int) - pixels(b.path))
+        assert diff.max() <= 1 and (diff > 0).mean() < 0.01, (a.path, diff.max(), (diff > 0).mean())
 
 
 def _sweep_actor_pids() -> list[int]:
