@@ -58,7 +58,7 @@ def cpu_has_bf16() -> bool:
 
 
 # bf16 pays on a CPU only when big matrix products dominate: SD 1.5's UNet (860M parameters) runs a 512² step
-# 1.9x faster than in fp32 (bench/results/latest.md), but sdkit's tiny and toy UNets (0.2M, 1M) run 5% slower,
+# 1.7-1.9x faster than in fp32 (bench/results/latest.md), but sdkit's tiny and toy UNets (0.2M, 1M) run 5% slower,
 # per-op overhead and casts outweighing the arithmetic. Every SD-family UNet has 300M or more.
 CPU_BF16_MIN_PARAMS = 100_000_000
 
@@ -276,7 +276,7 @@ def load_pipeline(
         task: "text-to-image", "image-to-image" or "inpainting".
         device: "auto" (cuda > mps > cpu) or a torch device string.
         dtype: "auto" (fp16 on GPUs; on CPUs with native bf16, bf16 for UNets of 100M+ parameters, which
-            it speeds up ~1.9x, fp32 for smaller ones, which it slows; else fp32), "fp16", "bf16", "fp32" or a torch.dtype.
+            it speeds up 1.7-1.9x, fp32 for smaller ones, which it slows; else fp32), "fp16", "bf16", "fp32" or a torch.dtype.
         scheduler: an sdkit scheduler name (see `sdkit.schedulers.SCHEDULERS`); None keeps the model's own.
         safety_checker: keep the model's NSFW checker (default). False removes it, explicitly.
         variant: "auto" uses the repo's fp16 weights when loading in fp16 and it has them; or a variant name / None.
@@ -285,7 +285,7 @@ def load_pipeline(
             so candidate k is bit-identical in any batch size.
             "auto" turns it on for the CPU, where it costs nothing next to one call per image (see `sdkit.invariance`).
         compile: `torch.compile` the UNet (inductor, weights frozen on CPU). The first call compiles for
-            minutes; later calls run ~8% faster on a bf16 CPU (bench/). Results differ from eager in the last bits.
+            minutes; later calls run 8-15% faster on a bf16 CPU (bench/). Results differ from eager in the last bits.
 
     A second call with the same model, device and dtype reuses the loaded weights,
     also for another task or scheduler (diffusers' `from_pipe`). Tokens come from
