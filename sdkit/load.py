@@ -76,14 +76,15 @@ def auto_dtype(device: str, unet_params: int | None = None) -> torch.dtype:
 
 def unet_parameters(path) -> int | None:
     """Parameters of the UNet in a diffusers folder, from its safetensors headers (no weights are read)."""
+    from safetensors import safe_open
+
     files = sorted((Path(path) / "unet").glob("*.safetensors"))
     if not files:
         return None
     shapes = {}  # by tensor name: an fp16 variant beside the fp32 file holds the same tensors
     for f in files:
-        with open(f, "rb") as fh:
-            header = json.loads(fh.read(int.from_bytes(fh.read(8), "little")))
-        shapes.update({k: v["shape"] for k, v in header.items() if k != "__metadata__"})
+        with safe_open(f, framework="pt") as sf:
+            shapes.update({k: sf.get_slice(k).get_shape() for k in sf.keys()})
     return sum(math.prod(s) for s in shapes.values())
 
 

@@ -11,7 +11,6 @@ shapes world (pictures that match prompts like "a red circle", at 32x32).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
@@ -20,6 +19,7 @@ import sys
 import tempfile
 from pathlib import Path
 from types import SimpleNamespace
+from unittest import mock
 
 ENV = "SDKIT_MODELS"
 CHOICES = ("", "real", "tiny", "toy")
@@ -106,18 +106,9 @@ def _fresh_tree(files: list[Path], tmp: Path) -> dict[Path, Path]:
     return {f: copies[f.resolve().parent] / f.name for f in files}
 
 
-@contextlib.contextmanager
 def _models_env(models_mode: str):
     """`SDKIT_MODELS` for the kernels started inside, restored after."""
-    old = os.environ.get(ENV)
-    os.environ[ENV] = models_mode
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop(ENV, None)
-        else:
-            os.environ[ENV] = old
+    return mock.patch.dict(os.environ, {ENV: models_mode})
 
 
 def execute(paths, timeout: int = 1200, models_mode: str = "tiny") -> None:

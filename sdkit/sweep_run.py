@@ -10,6 +10,7 @@ their units.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 import os
@@ -181,11 +182,9 @@ def collect(sweep: Sweep, out: Path, *, generated: int = 0, skipped: int = 0, ca
 def _warn_if_mixed(sweep: Sweep, candidates: list[Candidate]) -> None:
     """A resumed sweep whose images were made on different hardware or dtypes ("auto" resolves per machine
     and per sdkit version): their pixels are not strictly comparable, so say so rather than rank silently."""
-    kinds = {}
-    for c in candidates:
-        kinds.setdefault(f"{(c.device or '?').split(':')[0]}/{c.dtype}", []).append(c.index)
+    kinds = collections.Counter(f"{(c.device or '?').split(':')[0]}/{c.dtype}" for c in candidates)
     if len(kinds) > 1:
-        counts = ", ".join(f"{len(v)} on {k}" for k, v in sorted(kinds.items()))
+        counts = ", ".join(f"{n} on {k}" for k, n in sorted(kinds.items()))
         warnings.warn(f"sweep {sweep.run_id}: its images were made with different devices or dtypes ({counts}), "
                       "e.g. resumed on another machine or sdkit version; seeds no longer pair them exactly. "
                       "Run it into a new output_dir, or pin device= and dtype= in the Sweep, for a clean comparison.",

@@ -254,11 +254,15 @@ def ray_runtime():
     ray.shutdown()
 
 
+def ray_sweep():
+    return tiny_sweep(seeds=2, batch_size=2, grid={"scheduler": ["DDIM", "Euler a"], "guidance_scale": 5.0, **FAST})
+
+
 def test_ray_pixels_equal_local(ray_runtime, tmp_path):
     """One actor with the driver's CPU count (Ray sets OMP_NUM_THREADS from it): the same pixels, bit for bit."""
     import torch
 
-    sweep = tiny_sweep(seeds=2, batch_size=2, grid={"scheduler": ["DDIM", "Euler a"], "guidance_scale": 5.0, **FAST})
+    sweep = ray_sweep()
     local = run_sweep(sweep, tmp_path / "local", progress=False)
     on_ray = run_sweep(sweep, tmp_path / "ray", backend="ray", workers=1, progress=False,
                        ray_remote_args={"num_cpus": torch.get_num_threads()})
@@ -273,7 +277,7 @@ def test_ray_pixels_equal_local(ray_runtime, tmp_path):
 def test_ray_with_fewer_threads_per_actor_differs_at_most_in_the_last_bit(ray_runtime, tmp_path):
     """Two actors of one thread each: a process started with one OpenMP thread picks other fp32 kernels
     (oneDNN's 1x1 convolutions here), so a few pixel values may differ by one; nothing more."""
-    sweep = tiny_sweep(seeds=2, batch_size=2, grid={"scheduler": ["DDIM", "Euler a"], "guidance_scale": 5.0, **FAST})
+    sweep = ray_sweep()
     local = run_sweep(sweep, tmp_path / "local", progress=False)
     on_ray = run_sweep(sweep, tmp_path / "ray", backend="ray", workers=2, progress=False)
     assert_exactly_once(sweep, tmp_path / "ray")
