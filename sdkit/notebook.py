@@ -86,6 +86,8 @@ def thick_cells(path) -> list[int]:
 def _notebooks(paths) -> list[Path]:
     files = []
     for p in map(Path, paths):
+        if not p.exists():
+            raise FileNotFoundError(f"{str(p)!r}: no such notebook or folder")
         files += sorted(p.glob("*.ipynb")) if p.is_dir() else [p]
     if not files:
         raise FileNotFoundError(f"no notebooks in {[str(p) for p in paths]}")
@@ -138,6 +140,8 @@ def check(paths, sanitize: str | None = None, models_mode: str = "tiny", pytest_
     """
     import pytest
 
+    if sanitize is not None and not Path(sanitize).exists():
+        raise FileNotFoundError(f"sanitize={str(sanitize)!r}: no such file")
     files = _notebooks(paths)
     sanitize = Path(sanitize) if sanitize else files[0].parent / "sanitize.cfg"
     with _models_env(models_mode), tempfile.TemporaryDirectory(prefix="sdkit-nbval-") as tmp:

@@ -126,3 +126,14 @@ def test_execute_and_check_run_on_an_empty_outputs_dir(tmp_path):
     assert check([nb.parent]) == 0
     _resume_notebook(nb, stored="found an old run: True\n")  # outputs stored from a stale checkout
     assert check([nb.parent]) == 1
+
+
+def test_execute_and_check_name_a_missing_path_before_any_work(tmp_path):
+    from sdkit.notebook import check, execute
+
+    with pytest.raises(FileNotFoundError, match="'nope.ipynb': no such notebook or folder"):
+        execute(["nope.ipynb"])
+    with pytest.raises(FileNotFoundError, match=r"no notebooks in \["):
+        check([tmp_path])
+    with pytest.raises(FileNotFoundError, match="sanitize='missing.cfg': no such file"):
+        check([tmp_path], sanitize="missing.cfg")
