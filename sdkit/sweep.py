@@ -49,7 +49,7 @@ class Sweep:
     seed: int = 0  # base seed for a count; every prompt and grid point gets the same seeds, so comparisons are paired
     grid: Mapping[str, Any] = field(default_factory=dict)  # name -> list of values (swept) or one value (fixed)
     model: str = "stable-diffusion-v1-5/stable-diffusion-v1-5"
-    scorer: str | Callable | None = None  # "flax", "torch", a zero-argument factory returning a scorer, or None
+    scorer: str | Callable | None = None  # "flax", "torch", "auto" (see load_scorer), a zero-argument factory, or None
     scorer_model: str | None = None  # the scorer's CLIP checkpoint; None: load_scorer's default
     device: str = "auto"  # on each worker
     dtype: str = "auto"
@@ -66,8 +66,8 @@ class Sweep:
         set_("grid", _check_grid(self.grid))
         if not isinstance(self.model, str) or not self.model.strip():
             raise ValueError(f"model={self.model!r}: give a Hub id, a local diffusers folder or 'sdkit:tiny'")
-        if not (self.scorer is None or callable(self.scorer) or self.scorer in ("flax", "torch")):
-            raise ValueError(f"scorer={self.scorer!r}: use 'flax', 'torch', a factory returning a scorer, or None")
+        if not (self.scorer is None or callable(self.scorer) or self.scorer in ("flax", "torch", "auto")):
+            raise ValueError(f"scorer={self.scorer!r}: use 'flax', 'torch', 'auto', a factory returning a scorer, or None")
         if not isinstance(self.batch_size, int) or isinstance(self.batch_size, bool) or self.batch_size < 1:
             raise ValueError(f"batch_size={self.batch_size!r}: must be an integer >= 1")
         if not re.fullmatch(r"[A-Za-z0-9_.-]+", self.name or ""):

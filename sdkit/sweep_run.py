@@ -59,7 +59,8 @@ def run_sweep(sweep: Sweep, output_dir, *, backend: str = "local", ray_address: 
         ray_address: None starts or reuses a local Ray; "auto" or "ray://head:10001" joins a cluster.
             Ignored if Ray is already initialised.
         workers: Ray actors; default one per GPU in the cluster, else 1.
-        ray_remote_args: resources per actor; default {"num_gpus": 1} with GPUs, else a share of the CPUs.
+        ray_remote_args: resources per actor; default {"num_gpus": 1} and a share of the CPUs with GPUs
+            (fewer GPUs than workers: an even share of one), else a share of the CPUs (see `actor_pool`).
         progress: show a progress bar fed by finished images.
         callback: called as callback(index, file_name) for each finished image.
         cancel: an Event (or callable); when set, no new work starts. Finished images stay on disk.
@@ -326,17 +327,32 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def actor_pool(resources: dict, workers: int | None = None, ray_remote_args: dict | None = None) -> tuple[int, dict]:
+    """Pool size and resources per actor on a cluster with `resources` (as `ray.cluster_resources()` gives).
+
+    With GPUs: one actor (one pipeline) per GPU, `num_gpus=1` each; Ray then sets each actor's
+    CUDA_VISIBLE_DEVICES, so its "cuda" is its own GPU. More workers than GPUs share them evenly (two per
+    GPU get 1/2 each), never more than fit. Without: the CPU share below. `ray_remote_args` wins if given.
+    """
+    import math
+
+    gpus = int(resources.get("GPU", 0))
+    workers = workers or max(1, gpus)
+    if ray_remote_args is not None:
+        return workers, dict(ray_remote_args)
+    # A whole CPU per actor plus Ray Data's own tasks can deadlock a small machine: take a share.
+    cpus = min(1.0, resources.get("CPU", 1) / (workers + 1))
+    if gpus:
+        return workers, {"num_gpus": 1 / math.ceil(workers / gpus), "num_cpus": cpus}
+    return workers, {"num_cpus": cpus}
+
+
 def _run_ray(sweep, out, units, finished, is_cancelled, ray_address, workers, ray_remote_args) -> None:
     import ray
 
     if not ray.is_initialized():
         ray.init(address=ray_address)
-    resources = ray.cluster_resources()
-    gpus = int(resources.get("GPU", 0))
-    workers = workers or max(1, gpus)
-    if ray_remote_args is None:
-        # A whole CPU per actor plus Ray Data's own tasks can deadlock a small machine: take a share.
-        ray_remote_args = {"num_gpus": 1} if gpus else {"num_cpus": min(1.0, resources.get("CPU", 1) / (workers + 1))}
+    workers, ray_remote_args = actor_pool(ray.cluster_resources(), workers, ray_remote_args)
     ds = ray.data.from_items([{"unit": json.dumps(u)} for u in units], override_num_blocks=len(units))
     ds = ds.map_batches(SweepWorker, fn_constructor_kwargs={"sweep": sweep, "output_dir": str(out)},
                         batch_size=1, compute=ray.data.ActorPoolStrategy(size=workers), **ray_remote_args)
