@@ -48,7 +48,8 @@ def rerank(candidates, scorer: Any = "flax", *, clip_model: str | None = None, s
 
     Args:
         candidates: a `Run` or candidates with `.image`, `.prompt`, `.seed`.
-        scorer: "flax", "torch", or a scorer object (anything with the `scorer(images, prompts)` signature).
+        scorer: "flax", "torch", "auto" (Flax unless only torch sees the GPU; see `load_scorer`), or a scorer
+            object (anything with the `scorer(images, prompts)` signature).
         clip_model: CLIP id or path for a named backend; default: the CLIP that belongs with the
             candidates' model (see `clip_for`).
         save: write the scores into each saved PNG's metadata and append manifest lines.

@@ -1,7 +1,11 @@
 """Score candidate images against their prompts. Every scorer has one signature:
 
-    scorer(images: Sequence[PIL.Image.Image], prompts: Sequence[str]) -> Scores
+    scorer(images: Sequence[PIL.Image.Image] | torch.Tensor, prompts: Sequence[str]) -> Scores
 
+`images` are PIL images, or a float tensor (N, 3, H, W) in [0, 1] as diffusers' `output_type="pt"`
+gives: that batch is preprocessed on its own device with the same result as its PIL images
+(`sdkit.preprocess.preprocess_tensor`), so pipeline output reaches the scorer without a PIL round
+trip (the PyTorch scorer takes it as is, the Flax scorer through DLPack when JAX shares the GPU).
 `prompts` has length 1 (shared) or len(images) (candidate i against prompts[i]). A new
 scorer (LAION aesthetic, PickScore, ...) is a new class of this shape with `.name` and
 `.model_id`. Two CLIP backends ship: `FlaxCLIPScorer` (sdkit's Flax CLIP, data-parallel over
@@ -14,6 +18,7 @@ does not take 75% of the GPU from the PyTorch pipeline; see `clip_flax.configure
 
 from __future__ import annotations
 
+import sys
 import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -24,7 +29,7 @@ from PIL import Image
 
 from . import clip_flax  # noqa: F401  (first: configures JAX memory before JAX starts)
 from .clip_flax import resolve_checkpoint
-from .preprocess import ImageConfig, preprocess
+from .preprocess import ImageConfig, preprocess, preprocess_tensor
 
 DEFAULT_CLIP = "openai/clip-vit-base-patch32"
 
@@ -45,18 +50,30 @@ class Scorer(Protocol):
     name: str
     model_id: str
 
-    def __call__(self, images: Sequence[Image.Image], prompts: Sequence[str] | str) -> Scores: ...
+    def __call__(self, images, prompts: Sequence[str] | str) -> Scores: ...  # PIL images or an (N, 3, H, W) tensor
 
 
-def check_inputs(images: Sequence[Image.Image], prompts: Sequence[str] | str) -> tuple[list, list[str]]:
-    """Validate a scorer call; returns the images and one prompt per image."""
-    images = list(images)
+def is_tensor(x) -> bool:
+    """A torch tensor (without importing torch for callers that never made one)."""
+    return "torch" in sys.modules and isinstance(x, sys.modules["torch"].Tensor)
+
+
+def check_inputs(images, prompts: Sequence[str] | str) -> tuple:
+    """Validate a scorer call; returns the images (a list, or the tensor) and one prompt per image."""
+    if is_tensor(images):
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"image tensor has shape {tuple(images.shape)}; expected (N, 3, H, W), "
+                             "as diffusers' output_type='pt' gives")
+        if not images.is_floating_point():
+            raise TypeError(f"image tensor has dtype {images.dtype}; expected a float tensor in [0, 1]")
+    else:
+        images = list(images)
+        for i, im in enumerate(images):
+            if not isinstance(im, Image.Image):
+                raise TypeError(f"images[{i}] is a {type(im).__name__}, expected a PIL.Image.Image")
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-    if not images:
+    if not len(images):
         raise ValueError("no images to score: `images` is empty")
-    for i, im in enumerate(images):
-        if not isinstance(im, Image.Image):
-            raise TypeError(f"images[{i}] is a {type(im).__name__}, expected a PIL.Image.Image")
     for i, p in enumerate(prompts):
         if not isinstance(p, str):
             raise TypeError(f"prompts[{i}] is a {type(p).__name__}, expected a str")
@@ -107,13 +124,17 @@ class CLIPScorer:
             self._text_cache.popitem(last=False)
         return out
 
-    def __call__(self, images: Sequence[Image.Image], prompts: Sequence[str] | str) -> Scores:
+    def __call__(self, images, prompts: Sequence[str] | str) -> Scores:
         """Score image i against prompts[i] (or the single prompt). See the module docstring."""
         images, prompts = check_inputs(images, prompts)
         unique = list(dict.fromkeys(prompts))  # text is encoded per prompt, not per image
         index = np.array([unique.index(p) for p in prompts], np.int32)
         text = self.encode_prompt(unique)
-        cosine = self._cosine(preprocess(images, self.image_config), index, text).astype(np.float32)
+        if is_tensor(images):  # on the tensor's device; the same pixels as its PIL images would give
+            pixels = preprocess_tensor(images, self.image_config)
+        else:
+            pixels = preprocess(images, self.image_config)
+        cosine = self._cosine(pixels, index, text).astype(np.float32)
         return Scores(logits=np.float32(self.logit_scale) * cosine, clip_score=np.maximum(100 * cosine, 0),
                       scorer=f"{self.name}:{self.model_id}")
 
@@ -121,8 +142,8 @@ class CLIPScorer:
     def _encode_text(self, input_ids: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
-    def _cosine(self, pixel_values: np.ndarray, index: np.ndarray, text: np.ndarray) -> np.ndarray:
-        """cos(image i, text[index[i]]) for each image."""
+    def _cosine(self, pixel_values, index: np.ndarray, text: np.ndarray) -> np.ndarray:
+        """cos(image i, text[index[i]]) for each image; `pixel_values` is numpy or a torch tensor."""
         raise NotImplementedError
 
 
@@ -183,6 +204,8 @@ class FlaxCLIPScorer(CLIPScorer):
         self.config, self.dtype, self.batch_size = clip.config, dtype, batch_size
         self.mesh = Mesh(np.array(self.devices), ("batch",))
         self._replicated = NamedSharding(self.mesh, P())
+        self._batched = NamedSharding(self.mesh, P("batch"))
+        self.last_transfer = None  # how the last call's pixels reached JAX: "pil", "numpy" or "dlpack"
         self.params = jax.device_put(clip.params, self._replicated)  # once, reused by every call
         # The first device's replica, for text: a view of the same buffers, no copy.
         self._params0 = jax.tree.map(lambda a: a.addressable_shards[0].data, self.params)
@@ -193,8 +216,27 @@ class FlaxCLIPScorer(CLIPScorer):
             in_specs=(P(), P("batch"), P("batch"), P()), out_specs=P("batch")))
 
     @staticmethod
-    def _pad(x: np.ndarray, size: int) -> np.ndarray:
-        return np.concatenate([x, np.zeros((size - len(x),) + x.shape[1:], x.dtype)]) if size > len(x) else x
+    def _pad(x, size: int):
+        if size <= len(x):
+            return x
+        import jax.numpy as jnp
+
+        xp = np if isinstance(x, np.ndarray) else jnp  # numpy from PIL; a JAX array from DLPack
+        return xp.concatenate([x, xp.zeros((size - len(x),) + x.shape[1:], x.dtype)])
+
+    def handover(self, pixels) -> str:
+        """How a torch pixel tensor reaches JAX: "dlpack" (no copy) when both are on a GPU, else "numpy"."""
+        return "dlpack" if pixels.device.type == "cuda" and self.devices[0].platform == "gpu" else "numpy"
+
+    def _to_jax(self, pixels):
+        """A torch pixel tensor -> numpy (CPU) or a JAX array sharded over the batch axis (DLPack)."""
+        import jax
+
+        self.last_transfer = self.handover(pixels)
+        if self.last_transfer == "numpy":
+            return pixels.cpu().numpy()
+        # The tensor's own GPU buffer, seen by JAX; device_put then moves only what other devices need.
+        return jax.dlpack.from_dlpack(pixels.contiguous())
 
     def _encode_text(self, input_ids: np.ndarray) -> np.ndarray:
         eos = self.tokenizer.eos_token_id
@@ -205,17 +247,25 @@ class FlaxCLIPScorer(CLIPScorer):
             out.append(self._text_fn(self._params0, ids[None, :n]))
         return np.concatenate([np.asarray(e) for e in out])
 
-    def _cosine(self, pixel_values: np.ndarray, index: np.ndarray, text: np.ndarray) -> np.ndarray:
+    def _cosine(self, pixel_values, index: np.ndarray, text: np.ndarray) -> np.ndarray:
         import jax
 
         # Pad the prompt table to a power of two, so a new number of prompts rarely recompiles.
         text = self._pad(text.astype(np.float32), 1 << max(len(text) - 1, 0).bit_length())
         text = jax.device_put(text, self._replicated)  # once per call, not once per batch
+        if isinstance(pixel_values, np.ndarray):
+            self.last_transfer = "pil"
+        else:
+            pixel_values = self._to_jax(pixel_values)
         pixel_values = pixel_values.astype(self.dtype)
+        on_device = not isinstance(pixel_values, np.ndarray)
         step = len(self.devices) * self.batch_size
-        out = [self._image_fn(self.params, self._pad(pixel_values[a:a + step], step),
-                              self._pad(index[a:a + step], step), text)
-               for a in range(0, len(pixel_values), step)]  # dispatched asynchronously, fetched below
+        out = []
+        for a in range(0, len(pixel_values), step):  # dispatched asynchronously, fetched below
+            x = self._pad(pixel_values[a:a + step], step)
+            if on_device:  # committed to one GPU: spread it over the mesh as the jitted function expects
+                x = jax.device_put(x, self._batched)
+            out.append(self._image_fn(self.params, x, self._pad(index[a:a + step], step), text))
         return np.concatenate([np.asarray(o) for o in out])[: len(pixel_values)]
 
 
@@ -275,7 +325,8 @@ class TorchCLIPScorer(CLIPScorer):
         with torch.inference_mode():
             t = torch.from_numpy(text).to(self.device)
             for a in range(0, len(pixel_values), self.batch_size):
-                x = torch.from_numpy(pixel_values[a:a + self.batch_size]).to(self.device, self.dtype)
+                x = pixel_values[a:a + self.batch_size]
+                x = (x if torch.is_tensor(x) else torch.from_numpy(x)).to(self.device, self.dtype)
                 e = self.model.get_image_features(pixel_values=x).pooler_output.float()
                 e = e / e.norm(dim=-1, keepdim=True)
                 i = torch.from_numpy(index[a:a + self.batch_size].astype(np.int64)).to(self.device)
@@ -284,14 +335,71 @@ class TorchCLIPScorer(CLIPScorer):
 
 
 BACKENDS = {"flax": FlaxCLIPScorer, "torch": TorchCLIPScorer}
+CHOICES = (*BACKENDS, "auto")
+_warned_jax_cpu = False
+
+
+def jax_has_accelerator() -> bool:
+    """JAX's default backend is a GPU or TPU (not the CPU)."""
+    import jax
+
+    return jax.default_backend() != "cpu"
+
+
+def torch_accelerator() -> str | None:
+    """"cuda" or "mps" when torch sees that device, else None."""
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return "mps"
+    return None
+
+
+def jax_cuda_fix() -> str:
+    """The command that installs a JAX matching torch's CUDA (major version)."""
+    import torch
+
+    major = (torch.version.cuda or "12").split(".")[0]
+    extra = "cuda13" if major == "13" else "cuda12"  # JAX ships CUDA 12 and CUDA 13 plugins
+    return f'pip install -U "jax[{extra}]"'
+
+
+def _warn_jax_on_cpu(fallback: bool) -> None:
+    """Once per process: torch has a CUDA GPU, JAX does not, so Flax would score on the CPU."""
+    global _warned_jax_cpu
+    if _warned_jax_cpu:
+        return
+    _warned_jax_cpu = True
+    import jax
+    import torch
+
+    then = ("load_scorer('auto') uses the PyTorch scorer on the GPU instead" if fallback else
+            "the Flax scorer runs on the CPU (load_scorer('auto') or 'torch' would use the GPU)")
+    warnings.warn(f"JAX {jax.__version__} sees no GPU (backend {jax.default_backend()!r}) while torch "
+                  f"{torch.__version__} sees CUDA {torch.version.cuda}: {then}. To score with Flax on the GPU, "
+                  f"run `{jax_cuda_fix()}` (or pip install 'sdkit[cuda]') and restart Python.",
+                  RuntimeWarning, stacklevel=3)
 
 
 def load_scorer(backend: str = "flax", model_id: str = DEFAULT_CLIP, **kwargs) -> Scorer:
-    """A CLIP scorer. backend "flax": sdkit's Flax CLIP on all JAX devices; "torch": transformers' CLIPModel.
+    """A CLIP scorer. backend "flax": sdkit's Flax CLIP on all JAX devices; "torch": transformers' CLIPModel;
+    "auto": Flax, unless torch has a GPU that JAX does not see (a CPU-only JAX), then torch on that GPU.
 
-    `kwargs` go to the scorer class (flax: dtype, devices, batch_size; torch: device, dtype, batch_size;
-    both: revision, cache_dir).
+    "flax" with a CPU-only JAX next to a CUDA torch keeps Flax (on the CPU) and warns once with the install
+    command; so does "auto" as it falls back. `kwargs` go to the scorer class (flax: dtype, devices,
+    batch_size; torch: device, dtype, batch_size; both: revision, cache_dir).
     """
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown scorer backend {backend!r}; expected one of {sorted(BACKENDS)}")
+    if backend not in CHOICES:
+        raise ValueError(f"unknown scorer backend {backend!r}; expected one of {sorted(CHOICES)}")
+    if backend in ("flax", "auto") and "devices" not in kwargs and "device" not in kwargs:
+        gpu = torch_accelerator()
+        if gpu is not None and not jax_has_accelerator():
+            if gpu == "cuda":
+                _warn_jax_on_cpu(fallback=backend == "auto")
+            if backend == "auto":
+                backend = "torch"
+    if backend == "auto":
+        backend = "torch" if "device" in kwargs else "flax"
     return BACKENDS[backend](model_id, **kwargs)

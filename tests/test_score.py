@@ -284,3 +284,133 @@ def test_preallocation_env(monkeypatch):
         warnings.simplefilter("error")
         clip_flax.configure_jax_memory()
     assert os.environ["XLA_PYTHON_CLIENT_PREALLOCATE"] == "true"
+
+
+# --- tensor batches (diffusers' output_type="pt"): no PIL round trip, the same scores -------------------------
+
+
+def pipeline_output(n=5, size=(64, 64), seed=0):
+    """A float batch in [0, 1] as diffusers returns it, and the PIL images its own `numpy_to_pil` makes of it."""
+    from diffusers.image_processor import VaeImageProcessor
+
+    rng = np.random.default_rng(seed)
+    smooth = np.stack([np.asarray(realistic_image(*size, seed=seed + i)) for i in range(n)]) / 255.0
+    x = torch.from_numpy(np.clip(smooth + rng.normal(0, 0.02, smooth.shape), 0, 1).astype(np.float32))
+    x = x.permute(0, 3, 1, 2).contiguous()
+    return x, VaeImageProcessor.numpy_to_pil(VaeImageProcessor.pt_to_numpy(x))
+
+
+@pytest.mark.parametrize("resample", [Image.Resampling.BICUBIC, Image.Resampling.BILINEAR, Image.Resampling.LANCZOS,
+                                      Image.Resampling.BOX, Image.Resampling.HAMMING])
+@pytest.mark.parametrize("size", [(64, 64), (512, 512), (40, 56), (56, 40), (20, 24), (33, 300)])
+def test_tensor_preprocessing_is_pils_bit_for_bit(resample, size):
+    """Pillow's fixed-point resize, reproduced in float64: the same pixels, not merely close ones."""
+    from sdkit.preprocess import ImageConfig, preprocess, preprocess_tensor
+
+    x, pils = pipeline_output(2, size, seed=size[0])
+    for config in (ImageConfig(resample=resample), ImageConfig(resample=resample, shortest_edge=32, crop_size=(32, 32)),
+                   ImageConfig(resample=resample, shortest_edge=None, size=(30, 50), crop_size=(40, 40))):
+        np.testing.assert_array_equal(preprocess_tensor(x, config).numpy(), preprocess(pils, config))
+
+
+def test_tensor_batch_scores_equal_pil_scores(tiny, flax_scorer, torch_scorer, monkeypatch):
+    """The bound is zero: the pixels fed to CLIP are identical, so each backend's scores are too."""
+    images, prompts = candidates()
+    x, pils = pipeline_output(N)
+    for scorer in (torch_scorer, flax_scorer):
+        np.testing.assert_array_equal(scorer(x, prompts).logits, scorer(pils, prompts).logits)
+        half = x.half()  # an fp16 pipeline's output: its PIL images are made from the same fp16 values
+        from diffusers.image_processor import VaeImageProcessor
+
+        half_pils = VaeImageProcessor.numpy_to_pil(VaeImageProcessor.pt_to_numpy(half))
+        np.testing.assert_array_equal(scorer(half, prompts).logits, scorer(half_pils, prompts).logits)
+    assert flax_scorer.handover(x) == "numpy" and flax_scorer.last_transfer == "pil"
+    # The DLPack route (taken for CUDA tensors when JAX is on the GPU) runs on the CPU too: force it.
+    monkeypatch.setattr(FlaxCLIPScorer, "handover", lambda self, pixels: "dlpack")
+    np.testing.assert_array_equal(flax_scorer(x, prompts).logits, flax_scorer(pils, prompts).logits)
+    flax_scorer(x, prompts)
+    assert flax_scorer.last_transfer == "dlpack"
+
+
+DLPACK_CHILD = """
+import sys
+sys.path.insert(0, {tests!r})
+import jax, numpy as np
+from sdkit.score import FlaxCLIPScorer
+from test_score import candidates, pipeline_output
+scorer = FlaxCLIPScorer({tiny!r}, batch_size=2)
+assert len(scorer.devices) == 2
+scorer.handover = lambda pixels: "dlpack"
+x, pils = pipeline_output(7)
+_, prompts = candidates()
+np.testing.assert_array_equal(scorer(x, prompts).logits, scorer(pils, prompts).logits)
+assert scorer.last_transfer == "pil"
+scorer(x, prompts)
+assert scorer.last_transfer == "dlpack"
+print("ok")
+"""
+
+
+def test_dlpack_route_spreads_over_the_device_mesh(tiny):
+    """DLPack gives an array on one device; the scorer reshards it over its mesh (2 JAX CPU devices here)."""
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu"}
+    code = DLPACK_CHILD.format(tests=os.path.join(REPO, "tests"), tiny=str(tiny))
+    p = subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0 and p.stdout.strip().endswith("ok"), p.stderr[-3000:]
+
+
+@pytest.mark.parametrize("images,error,match", [
+    (torch.zeros(3, 32, 32), ValueError, r"shape \(3, 32, 32\); expected \(N, 3, H, W\)"),
+    (torch.zeros(2, 4, 32, 32), ValueError, r"shape \(2, 4, 32, 32\)"),
+    (torch.zeros(2, 3, 32, 32, dtype=torch.uint8), TypeError, "dtype torch.uint8; expected a float tensor"),
+    (torch.zeros(0, 3, 32, 32), ValueError, "no images"),
+    (torch.zeros(3, 3, 32, 32), ValueError, "got 2 prompts for 3 images"),
+])
+def test_bad_tensor_input(flax_scorer, torch_scorer, images, error, match):
+    for scorer in (flax_scorer, torch_scorer):
+        with pytest.raises(error, match=match):
+            scorer(images, ["a", "b"])
+
+
+# --- which scorer on which machine: JAX without a GPU next to a CUDA torch ----------------------------------------
+
+
+@pytest.fixture
+def machine(monkeypatch):
+    """Set what JAX and torch see: machine(jax_gpu=False, torch="cuda", cuda="12.8")."""
+    from sdkit import score
+
+    def set_(jax_gpu: bool, torch_gpu, cuda="12.8"):
+        monkeypatch.setattr(score, "jax_has_accelerator", lambda: jax_gpu)
+        monkeypatch.setattr(score, "torch_accelerator", lambda: torch_gpu)
+        monkeypatch.setattr(torch.version, "cuda", cuda)
+        monkeypatch.setattr(score, "_warned_jax_cpu", False)
+    return set_
+
+
+def test_flax_with_cpu_only_jax_next_to_cuda_torch_warns_once_and_stays_flax(tiny, machine):
+    machine(jax_gpu=False, torch_gpu="cuda")
+    with pytest.warns(RuntimeWarning, match=r'sees no GPU.*CUDA 12\.8.*runs on the CPU.*pip install -U "jax\[cuda12\]"'):
+        scorer = load_scorer("flax", tiny)
+    assert isinstance(scorer, FlaxCLIPScorer) and scorer.devices[0].platform == "cpu"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # once per process
+        assert isinstance(load_scorer("flax", tiny), FlaxCLIPScorer)
+
+
+def test_auto_falls_back_to_torch_only_when_jax_lacks_the_gpu(tiny, machine):
+    machine(jax_gpu=False, torch_gpu="cuda", cuda="13.0")
+    with pytest.warns(RuntimeWarning, match=r"'auto'\) uses the PyTorch scorer on the GPU.*jax\[cuda13\]"):
+        assert isinstance(load_scorer("auto", tiny), TorchCLIPScorer)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no warning in any of these
+        for jax_gpu, torch_gpu, expected in [(True, "cuda", FlaxCLIPScorer), (False, None, FlaxCLIPScorer),
+                                             (False, "mps", TorchCLIPScorer), (True, None, FlaxCLIPScorer)]:
+            machine(jax_gpu=jax_gpu, torch_gpu=torch_gpu)
+            assert type(load_scorer("auto", tiny)) is expected, (jax_gpu, torch_gpu)
+        machine(jax_gpu=False, torch_gpu="cuda")
+        import jax
+
+        # The user chose where to run: no second-guessing.
+        assert type(load_scorer("flax", tiny, devices=jax.devices())) is FlaxCLIPScorer
+        assert type(load_scorer("auto", tiny, device="cpu")) is TorchCLIPScorer
