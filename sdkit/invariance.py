@@ -3,8 +3,11 @@
 CPU kernels (oneDNN convolutions, GEMM blocking) choose their algorithm by
 batch size, so the same latent gives last-bit-different outputs in a batch of
 8 and in a batch of 3, and after 30 steps that can flip a pixel. Running the
-UNet one candidate at a time (and the VAE too, via its slicing) gives every
-candidate the same arithmetic in any batch. With classifier-free guidance a
+text encoder one prompt at a time, the UNet one candidate at a time and the VAE
+one image at a time (via its slicing) gives every candidate the same arithmetic
+in any batch. The text encoder matters too: a prompt's embedding computed in a
+batch of 3 differs from its embedding alone by ~1e-7, which ancestral samplers
+amplify into pixels (seen with diffusers' own test components). With classifier-free guidance a
 candidate is a pair of rows, [unconditional, conditional], and the pair stays
 together: one UNet call of batch 2 per candidate, the same call the tutorial's
 one-image-at-a-time loop makes, so invariance costs nothing next to that loop
@@ -20,12 +23,17 @@ import torch
 
 
 def make_batch_invariant(pipe) -> None:
-    """Run `pipe.unet` per candidate and decode the VAE per sample. Idempotent."""
+    """Encode each prompt alone, run `pipe.unet` per candidate and the VAE per sample. Idempotent."""
     unet = pipe.unet
     if not getattr(unet, "_sdkit_per_sample", False):
         unet.forward = _per_candidate(unet.forward)
         unet._sdkit_per_sample = True
-    pipe.vae.enable_slicing()  # diffusers' slicing decodes one latent at a time
+    for name in ("text_encoder", "text_encoder_2"):  # SDXL has two
+        encoder = getattr(pipe, name, None)
+        if encoder is not None and not getattr(encoder, "_sdkit_per_sample", False):
+            encoder.forward = _per_row(encoder.forward)
+            encoder._sdkit_per_sample = True
+    pipe.vae.enable_slicing()  # diffusers' slicing encodes and decodes one image at a time
 
 
 def cfg_pairs(sample: torch.Tensor) -> bool:
@@ -74,3 +82,31 @@ def _take(v, rows, b):
     if isinstance(v, dict):
         return {k: _take(x, rows, b) for k, x in v.items()}
     return v
+
+
+def _per_row(forward):
+    """A text encoder's forward, one prompt (row of `input_ids`) at a time, outputs concatenated."""
+    @functools.wraps(forward)
+    def wrapped(input_ids=None, *args, **kwargs):
+        if input_ids is None or input_ids.ndim != 2 or input_ids.shape[0] == 1 or args:
+            return forward(input_ids, *args, **kwargs)
+        b = input_ids.shape[0]
+        outs = [forward(input_ids[i:i + 1], **{k: _take(v, slice(i, i + 1), b) for k, v in kwargs.items()})
+                for i in range(b)]
+        return _concat(outs)
+
+    return wrapped
+
+
+def _concat(outs):
+    """Concatenate per-row model outputs (a ModelOutput, tuple or tensor) along the batch."""
+    first = outs[0]
+    if torch.is_tensor(first):
+        return torch.cat(outs)
+    if first is None:
+        return None
+    if isinstance(first, dict):  # transformers' ModelOutput is an ordered dict
+        return type(first)(**{k: _concat([o[k] for o in outs]) for k in first.keys()})
+    if isinstance(first, (tuple, list)):
+        return type(first)(_concat(list(parts)) for parts in zip(*outs))
+    return first

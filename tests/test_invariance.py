@@ -1,10 +1,12 @@
 """sdkit.invariance: one UNet call per candidate, its classifier-free-guidance pair kept together."""
 
 import numpy as np
+import pytest
 import torch
 
 from sdkit import generate, load_pipeline
 from sdkit.invariance import _per_candidate, cfg_pairs
+from sdkit.schedulers import SCHEDULERS
 
 FAST = dict(num_inference_steps=3, height=64, width=64)
 
@@ -58,3 +60,56 @@ def test_same_as_one_batched_call_per_candidate(tiny_pipe):
             assert np.array_equal(np.asarray(c.image), np.asarray(ref))
     finally:
         tiny_pipe.unet.forward = wrapper
+
+
+@pytest.fixture(scope="module")
+def third_party_path(tmp_path_factory):
+    """A pipeline sdkit did not build: diffusers' own test components (`get_dummy_components()` of
+    tests/pipelines/stable_diffusion/test_stable_diffusion.py), saved with `save_pretrained`."""
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        block_out_channels=(4, 8), layers_per_block=1, sample_size=32, in_channels=4, out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=32, norm_num_groups=2)
+    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+                              set_alpha_to_one=False)
+    torch.manual_seed(0)
+    vae = AutoencoderKL(block_out_channels=[4, 8], in_channels=3, out_channels=3, latent_channels=4, norm_num_groups=2,
+                        down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2)
+    torch.manual_seed(0)
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        bos_token_id=0, eos_token_id=2, hidden_size=32, intermediate_size=37, layer_norm_eps=1e-05,
+        num_attention_heads=4, num_hidden_layers=5, pad_token_id=1, vocab_size=1000))
+    # diffusers' tests download hf-internal-testing/tiny-random-clip; offline, a byte-level BPE vocabulary
+    # (transformers' own byte map, no merges) gives ids below the encoder's 1000.
+    symbols = list(bytes_to_unicode().values())
+    vocab = {"<|startoftext|>": 0, "<pad>": 1, "<|endoftext|>": 2}
+    for s in symbols + [s + "</w>" for s in symbols]:
+        vocab.setdefault(s, len(vocab))
+    tokenizer = CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
+    pipe = StableDiffusionPipeline(unet=unet, scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
+                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    path = tmp_path_factory.mktemp("third_party") / "pipe"
+    pipe.save_pretrained(path)
+    return str(path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("scheduler", list(SCHEDULERS))
+@pytest.mark.parametrize("model", ["sdkit:tiny", "third-party"])
+def test_candidate_is_bit_identical_in_batches_of_1_2_3_8(model, scheduler, third_party_path):
+    """With guidance, 10 steps: enough for a 1e-7 difference in a batched prompt embedding to reach the
+    pixels under an ancestral sampler (it did on the third-party pipeline before prompts were encoded alone)."""
+    pipe = load_pipeline(third_party_path if model == "third-party" else model, scheduler=scheduler)
+    kw = dict(n=8, seed=0, num_inference_steps=10, progress=False, negative_prompt="")
+    prompt = "A painting of a squirrel eating a burger"
+    alone = [np.asarray(c.image) for c in generate(pipe, prompt, batch_size=1, **kw)]
+    assert not np.array_equal(alone[0], alone[1])
+    for bs in (2, 3, 8):
+        batched = [np.asarray(c.image) for c in generate(pipe, prompt, batch_size=bs, **kw)]
+        differ = [k for k, (a, b) in enumerate(zip(alone, batched)) if not np.array_equal(a, b)]
+        assert differ == [], f"{model}, {scheduler}, batch {bs}: candidates {differ} differ from alone"
