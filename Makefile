@@ -20,7 +20,7 @@ STEPS   ?= 20
 OUT     ?= outputs
 DEMO_ARGS ?=
 
-.PHONY: install demo test test-fast test-notebooks browser-deps bench toy notebooks clean
+.PHONY: install demo test test-fast test-notebooks browser-deps bench gpu-check gpu-wheels toy notebooks clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -67,6 +67,19 @@ toy: $(STAMP)
 ## Benchmarks: writes bench/results/latest.{json,md}.
 bench: $(STAMP)
 	$(PY) bench/run.py
+
+## The GPU check (bench/gpu_check.py), <= 8 minutes on one GPU, offline: writes $(GPU_OUT)/gpu_check.{json,md}.
+## No install step: the GPU machine brings torch/JAX; diffusers comes from wheels/ (`make gpu-wheels`).
+## `make gpu-check GPU_PYTHON=.venv/bin/python GPU_ARGS=--dry-run` runs the same script on the CPU, tiny models.
+GPU_PYTHON ?= python3
+GPU_OUT    ?= bench/results/gpu
+GPU_ARGS   ?=
+gpu-check:
+	PYTHON=$(GPU_PYTHON) bench/gpu_check.sh $(GPU_OUT) $(GPU_ARGS)
+
+## The wheels the GPU machine lacks (pure Python, any platform), fetched where there is network.
+gpu-wheels: $(STAMP)
+	$(PY) -m pip download -q --no-deps -d wheels "diffusers==$$($(PY) -c 'import diffusers; print(diffusers.__version__)')"
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -119,3 +119,117 @@ def test_readme_table_is_replaced_between_its_markers(tmp_path):
     readme.write_text("no markers\n")
     with pytest.raises(ValueError, match="markers"):
         report.update_readme(readme, result)
+
+
+# --- the GPU check (bench/gpu_check.py), in its dry run: the same script on the CPU with the tiny models -----------
+
+
+GPU_SECTIONS = ["models", "pipeline", "scorer", "reproducibility", "compile", "search"]
+
+
+@pytest.fixture(scope="module")
+def gpu_dry(tmp_path_factory):
+    out = tmp_path_factory.mktemp("gpu")
+    p = subprocess.run([sys.executable, "bench/gpu_check.py", "--dry-run", "--out", str(out)], cwd=ROOT,
+                       capture_output=True, text=True, timeout=900)
+    assert p.returncode == 0, p.stderr[-3000:]
+    return json.loads((out / "gpu_check.json").read_text()), (out / "gpu_check.md").read_text()
+
+
+def test_gpu_check_dry_run_runs_every_section(gpu_dry):
+    result, _ = gpu_dry
+    assert result["dry_run"] is True and list(result["sections"]) == GPU_SECTIONS
+    status = {n: s["status"] for n, s in result["sections"].items()}
+    assert status == {"models": "ok", "pipeline": "ok", "scorer": "ok", "reproducibility": "ok",
+                      "compile": "skipped", "search": "skipped"}, result["sections"]
+    assert "torch.compile off" in result["sections"]["compile"]["skipped"]
+    assert 0 < result["elapsed_s"] < result["budget_s"]
+    assert result["machine"]["gpu_info"]["XLA_PYTHON_CLIENT_PREALLOCATE"] == "false"  # sdkit set it before JAX started
+
+
+def test_gpu_check_pipeline_figures_are_measured(gpu_dry):
+    result, _ = gpu_dry
+    data = result["sections"]["pipeline"]["data"]
+    assert data["dtype"] == "float32" and data["attention"] == ["AttnProcessor2_0"]  # the tiny UNet on a CPU
+    assert sorted(int(b) for b in data["batches"]) == [1, 4, 8]
+    for b, d in data["batches"].items():
+        for side in ("sdkit", "bare"):
+            assert d["s_per_image"][side]["median"] > 0 and d["peak_mb"][side] > 50, (b, side)
+        assert d["ratio"]["min"] <= d["ratio"]["median"] <= d["ratio"]["max"]
+        assert isinstance(d["pixels"]["identical"], bool) and d["pixels"]["max_abs"] >= 0
+    assert data["batches"]["1"]["pixels"]["identical"]  # one image: the same work on both sides
+
+
+def test_gpu_check_scorer_and_reproducibility_figures(gpu_dry):
+    result, _ = gpu_dry
+    sc = result["sections"]["scorer"]["data"]
+    assert sc["flax_tensor_transfer"] == "numpy"  # CPU: DLPack only when torch and JAX share a GPU
+    assert sc["max_abs_logit_diff_vs_cpu_flax"]["flax, PIL"] == 0  # the same CPU here
+    assert sc["tensor_vs_pil"] == {"flax": 0.0, "torch": 0.0}
+    assert all(v["median"] > 0 for v in sc["images_per_s"].values()) and len(sc["images_per_s"]) == 5
+    rp = result["sections"]["reproducibility"]
+    assert set(rp["data"]) == {"batch_invariant=True (default)", "batch_invariant=False"}
+    for mode, d in rp["data"].items():
+        assert d["two_runs"]["identical"], mode  # same seeds, same batch size, same process
+        assert d["s_per_image"]["median"] > 0
+    assert rp["data"]["batch_invariant=True (default)"]["vs_batch_1"]["4"]["identical"]
+    assert rp["invariance_cost"] > 0
+
+
+def test_gpu_check_markdown_holds_the_measured_values(gpu_dry):
+    result, md = gpu_dry
+    assert md.startswith("# sdkit GPU check (dry run on the CPU")
+    checks = [c for s in result["sections"].values() for c in s.get("checks", [])]
+    table = md.split("## Checks")[1].split("\n## ")[0]
+    assert table.count("\n| ") == len(checks) + 2 and len(checks) >= 15  # + header and rule
+    for b, d in result["sections"]["pipeline"]["data"]["batches"].items():
+        assert f"| {b} | {d['s_per_image']['sdkit']['median']:.4g} | {d['s_per_image']['bare']['median']:.4g} |" in md
+    for word in ("None", "nan", "TODO", "placeholder"):
+        assert word not in md, word
+    assert result["machine"]["cpu"] in md and result["machine"]["commit"] in md
+
+
+def test_gpu_check_dry_run_compiles_when_asked(tmp_path):
+    """The compile section on the tiny UNet (inductor: ~1.5 min on 2 cores), so it cannot rot either."""
+    p = subprocess.run([sys.executable, "bench/gpu_check.py", "--dry-run", "--compile", "--only", "models,compile",
+                        "--out", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert p.returncode == 0, p.stderr[-3000:]
+    c = json.loads((tmp_path / "gpu_check.json").read_text())["sections"]["compile"]
+    assert c["status"] == "ok", c
+    assert c["data"]["first_call_s"] > 0 and c["data"]["speedup"]["median"] > 0
+    assert c["data"]["pixels_vs_eager"]["max_abs"] <= 2  # inductor reorders float sums: last bits at most
+
+
+def test_gpu_check_records_a_failed_section_and_runs_on(tmp_path, monkeypatch):
+    from bench import gpu_check
+
+    def boom(self):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    monkeypatch.setattr(gpu_check.Check, "section_pipeline", boom)
+    result = gpu_check.run(gpu_check.Plan(**gpu_check.DRY), tmp_path, 300, ["models", "pipeline", "search"])
+    s = result["sections"]
+    assert s["models"]["status"] == "ok" and s["search"]["status"] == "skipped"
+    assert s["pipeline"]["status"] == "failed" and "illegal memory access" in s["pipeline"]["error"]
+    assert "Traceback" in s["pipeline"]["traceback"]
+    md = (tmp_path / "gpu_check.md").read_text()
+    assert "## pipeline failed" in md and json.loads((tmp_path / "gpu_check.json").read_text())["sections"] == s
+
+
+def test_gpu_check_budget_skips_what_does_not_fit(tmp_path):
+    from bench import gpu_check
+
+    result = gpu_check.run(gpu_check.Plan(**gpu_check.DRY), tmp_path, 0.01, ["models", "pipeline", "scorer"])
+    for name in ("pipeline", "scorer"):
+        s = result["sections"][name]
+        assert s["status"] == "skipped" and "of the 0 s budget left" in s["skipped"], s
+
+
+def test_gpu_check_refuses_bad_arguments(tmp_path):
+    p = subprocess.run([sys.executable, "bench/gpu_check.py", "--dry-run", "--only", "pipeline,speed", "--out",
+                        str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2 and "--only speed" in p.stderr and "models,pipeline,scorer" in p.stderr
+    p = subprocess.run([sys.executable, "bench/gpu_check.py", "--out", str(tmp_path)], cwd=ROOT, capture_output=True,
+                       text=True, timeout=120)
+    assert p.returncode == 2 and "sees no CUDA GPU; use --dry-run" in p.stderr
+    assert not (tmp_path / "gpu_check.json").exists()

@@ -30,6 +30,20 @@ def test_environment_yml_matches_pyproject():
     assert tuple(map(int, pinned.split("."))) >= tuple(map(int, low.split(".")))
 
 
+def test_cuda_environment_matches_pyproject():
+    """environment-cuda.yml: environment.yml's packages with JAX's CUDA plugin (the `cuda` extra), torch from
+    PyTorch's CUDA index."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    env = yaml.safe_load((ROOT / "environment-cuda.yml").read_text())
+    pip = next(d for d in env["dependencies"] if isinstance(d, dict))["pip"]
+    env_reqs = {_name(r): _spec(r) for r in pip if not r.startswith("-")}
+    cuda = {_name(r): _spec(r) for r in project["optional-dependencies"]["cuda"]}
+    assert cuda == {"jax": "jax[cuda12]>=0.6"}
+    for req in project["dependencies"] + project["optional-dependencies"]["notebook"]:
+        assert env_reqs.get(_name(req)) == cuda.get(_name(req), _spec(req)), f"environment-cuda.yml differs on {req!r}"
+    assert "--extra-index-url https://download.pytorch.org/whl/cu128" in pip and "-e ." in pip
+
+
 def test_transformers_is_not_pinned_below_5():
     deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
     assert "transformers>=5" in [d.replace(" ", "") for d in deps]

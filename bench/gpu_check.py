@@ -1,0 +1,604 @@
+"""The GPU check: what sdkit's GPU defaults do on SD 1.5-shaped random models, in under 8 minutes on one GPU.
+
+    bench/gpu_check.sh OUT_DIR                          # a CUDA machine: installs a carried diffusers wheel if needed
+    python bench/gpu_check.py --out DIR [--budget 420]  # the check itself
+    python bench/gpu_check.py --dry-run --out DIR       # the same code on the CPU with sdkit's tiny models, seconds
+
+Sections, in order (each guarded: a failure is recorded with its traceback and the rest still run; a
+global time budget skips what no longer fits, saying so):
+
+- models: builds the SD 1.5-shaped pipeline and a ViT-B/32 CLIP with random weights (bench/models.py).
+- pipeline: sdkit's defaults (`load_pipeline`: fp16 + SDPA on CUDA) against a bare diffusers pipeline loaded
+  from the same folder in the same dtype; per-image time at batch 1, 4 and 8, identical pixels, peak memory.
+- scorer: the Flax scorer on the GPU in the same process as the pipeline: both fit, JAX's share of GPU
+  memory (no 75% preallocation), scores against the CPU within 1e-3, images/s against the PyTorch scorer,
+  PIL images against the pipeline's tensor handed over without a PIL round trip (DLPack for JAX).
+- reproducibility: the same seed and batch size twice; each seed in batches of 1, 4 and 8, with the UNet
+  batched and batch-invariant (`batch_invariant=`), pixel differences measured.
+- compile: `load_pipeline(compile=True)` against eager: first call (compilation), per-image time, pixels.
+- search: sdkit's search strategies, once they land (recorded as not measured until then).
+
+Writes DIR/gpu_check.json (every figure) and DIR/gpu_check.md (tables) after every section, so a run cut
+short keeps what it measured. The dry run takes the same path on the CPU, sdkit:tiny and the tiny CLIP,
+so that the script cannot rot between GPU runs (tests/test_bench.py runs it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make `bench` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    __package__ = "bench"
+
+ROOT = Path(__file__).resolve().parent.parent
+PROMPT = "a photograph of a red horse in a field"
+SECTIONS = ("models", "pipeline", "scorer", "reproducibility", "compile", "search")
+SCORE_TOLERANCE = 1e-3  # max |logit difference| allowed between the GPU and the CPU (the issue's bound)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What the check runs. GPU sizes are SD 1.5's; each section's `need_s` is its least time to start."""
+
+    dry_run: bool = False
+    device: str = "cuda"
+    big_model: str = "sd15"  # bench/models.py names: "sd15" (SD 1.5 shapes, random) or "tiny"
+    clip: str = "b32"  # "b32" (ViT-B/32 shapes, random) or "tiny"
+    size: int = 512
+    steps: int = 20
+    batches: tuple[int, ...] = (1, 4, 8)
+    reps: int = 3
+    threads: int = 0  # torch CPU threads; 0 keeps torch's default
+    score_images: int = 64
+    score_reps: int = 3
+    repro_seeds: int = 8
+    compile_batch: int = 4
+    compile: bool = True
+    need_s: tuple[tuple[str, float], ...] = (("pipeline", 45), ("scorer", 30), ("reproducibility", 30),
+                                              ("compile", 150))
+
+
+# The dry run: tiny models, few steps, one CPU thread (two stall each other on a busy 2-core machine), and
+# torch.compile off (inductor takes a minute on the tiny UNet here; --compile turns it on).
+DRY = dict(dry_run=True, device="cpu", big_model="tiny", clip="tiny", size=64, steps=2, reps=1, threads=1,
+           score_images=8, score_reps=1, repro_seeds=4, compile=False,
+           need_s=(("pipeline", 1), ("scorer", 1), ("reproducibility", 1), ("compile", 10)))
+
+
+class OutOfTime(Exception):
+    """The global budget has no room for the next piece of work."""
+
+
+class Clock:
+    def __init__(self, budget_s: float):
+        self.t0, self.budget_s = time.monotonic(), budget_s
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.t0
+
+    def left(self) -> float:
+        return self.budget_s - self.elapsed()
+
+    def need(self, seconds: float, what: str) -> None:
+        if self.left() < seconds:
+            raise OutOfTime(f"{what}: needs ~{seconds:.0f} s, {max(self.left(), 0):.0f} s of the "
+                            f"{self.budget_s:.0f} s budget left")
+
+
+class PeakMemory:
+    """Peak memory since reset(): the CUDA caching allocator's peak on a GPU, this process's peak RSS on a CPU."""
+
+    def __init__(self, device: str):
+        self.cuda = device.startswith("cuda")
+        self.kind = "torch.cuda.max_memory_allocated" if self.cuda else "peak RSS (VmHWM)"
+
+    def reset(self) -> None:
+        import torch
+
+        if self.cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            return
+        try:
+            Path("/proc/self/clear_refs").write_text("5")  # Linux: resets VmHWM to the current RSS
+        except OSError:
+            self.kind = "peak RSS (VmHWM) since the process started"
+
+    def peak_mb(self) -> float:
+        import torch
+
+        if self.cuda:
+            torch.cuda.synchronize()
+            return torch.cuda.max_memory_allocated() / 2**20
+        from .memory import peak_mb
+
+        return peak_mb()
+
+
+# --- small helpers ---------------------------------------------------------------------------------------
+
+
+def arrays(images) -> list:
+    import numpy as np
+
+    return [np.asarray(im.convert("RGB"), dtype=np.int16) for im in images]
+
+
+def pixel_diff(a, b) -> dict:
+    """How far two lists of images are apart: max level difference, share of differing values, PSNR (dB)."""
+    import numpy as np
+
+    xa, xb = np.stack(arrays(a)), np.stack(arrays(b))
+    d = np.abs(xa - xb)
+    mse = float((d.astype(np.float64) ** 2).mean())
+    return {"identical": bool(d.max() == 0), "max_abs": int(d.max()), "fraction_differing": float((d > 0).mean()),
+            "psnr_db": None if mse == 0 else float(10 * np.log10(255**2 / mse))}
+
+
+def stat(xs: list[float]) -> dict:
+    from .timing import Stat
+
+    return Stat.of(xs).to_dict() | {"samples": list(xs)}
+
+
+def check(name: str, value, target: str, passed: bool | None) -> dict:
+    """One line of the summary: a measured value against what it should be (passed None: a figure, no target)."""
+    return {"name": name, "value": value, "target": target, "passed": passed}
+
+
+def gpu_info(device: str) -> dict:
+    import torch
+
+    info = {"torch_cuda": torch.version.cuda, "cuda_available": torch.cuda.is_available()}
+    if device.startswith("cuda"):
+        p = torch.cuda.get_device_properties(0)
+        info |= {"name": p.name, "memory_gb": round(p.total_memory / 2**30, 1), "capability": f"{p.major}.{p.minor}"}
+    try:
+        import jax
+
+        info["jax_backend"] = jax.default_backend()
+        info["jax_devices"] = [str(d) for d in jax.devices()]
+    except Exception as e:  # a broken JAX install is a finding, not a crash
+        info["jax_error"] = f"{type(e).__name__}: {e}"
+    info["XLA_PYTHON_CLIENT_PREALLOCATE"] = os.environ.get("XLA_PYTHON_CLIENT_PREALLOCATE")
+    return info
+
+
+# --- sections ---------------------------------------------------------------------------------------------
+
+
+class Check:
+    """State shared by the sections: the plan, the clock, the models, the loaded pipeline."""
+
+    def __init__(self, plan: Plan, clock: Clock):
+        self.plan, self.clock = plan, clock
+        self.memory = PeakMemory(plan.device)
+        self.model_path = self.clip_path = None
+        self._pipe = None
+
+    def kw(self, steps: int | None = None) -> dict:
+        p = self.plan
+        return dict(num_inference_steps=steps or p.steps, guidance_scale=7.5, height=p.size, width=p.size)
+
+    def paths(self):
+        if self.model_path is None:
+            self.section_models()
+        return self.model_path, self.clip_path
+
+    def pipe(self):
+        """sdkit's default pipeline for this device (load_pipeline caches it: every section shares one)."""
+        from sdkit import load_pipeline
+
+        return load_pipeline(str(self.paths()[0]), device=self.plan.device)
+
+    def generate(self, pipe, seeds, batch_size: int):
+        from sdkit import generate
+
+        return generate(pipe, PROMPT, n=len(seeds), seeds=list(seeds), batch_size=batch_size, progress=False,
+                        **self.kw()).images
+
+    # models
+    def section_models(self) -> dict:
+        from . import models
+
+        t0 = time.perf_counter()
+        self.model_path = models.model_path(self.plan.big_model)
+        t1 = time.perf_counter()
+        self.clip_path = models.clip_b32_path() if self.plan.clip == "b32" else models.tiny_clip()
+        t2 = time.perf_counter()
+        return {"data": {"model": str(self.model_path), "clip": str(self.clip_path),
+                         "build_or_load_s": {"pipeline": t1 - t0, "clip": t2 - t1}}, "checks": []}
+
+    # pipeline
+    def section_pipeline(self) -> dict:
+        import diffusers
+        import torch
+
+        from sdkit.load import _DTYPE_KW
+
+        from .overhead import bare_call
+        from .timing import interleaved
+
+        p, clock = self.plan, self.clock
+        path = str(self.paths()[0])
+        t0 = time.perf_counter()
+        pipe = self.pipe()
+        load_s = time.perf_counter() - t0
+        dtype = getattr(torch, pipe._sdkit["dtype"])
+        # A bare diffusers pipeline from the same folder, in the dtype sdkit chose: what a tutorial writes.
+        bare = diffusers.StableDiffusionPipeline.from_pretrained(path, safety_checker=None, requires_safety_checker=False,
+                                                                use_safetensors=True, **{_DTYPE_KW: dtype}).to(p.device)
+        bare.set_progress_bar_config(disable=True)
+        processors = sorted({type(a).__name__ for a in pipe.unet.attn_processors.values()})
+        data = {"dtype": pipe._sdkit["dtype"], "attention": processors, "load_s": load_s,
+                "batch_invariant": bool(getattr(pipe.unet, "_sdkit_per_sample", False)),
+                "memory_kind": self.memory.kind, "batches": {}}
+        checks = [check("sdkit default dtype", data["dtype"], "float16 on CUDA",
+                        data["dtype"] == "float16" if p.device.startswith("cuda") else None),
+                  check("attention processor", ", ".join(processors), "AttnProcessor2_0 (SDPA)",
+                        processors == ["AttnProcessor2_0"])]
+        seeds_all = list(range(max(p.batches)))
+        for b in p.batches:
+            # ~20 ms per image and step at 512² is a generous guess for a big GPU; 2 sides, warm-up + reps calls.
+            clock.need(2 * b * p.steps * 0.02 * (p.reps + 1) if not p.dry_run else 1, f"batch {b}")
+            seeds = seeds_all[:b]
+            sd = lambda: self.generate(pipe, seeds, b)  # noqa: E731
+            plain = lambda: bare_call(bare, PROMPT, seeds, b, **self.kw())  # noqa: E731
+            self.memory.reset()
+            a = sd()  # also the warm-up
+            peak_sdkit = self.memory.peak_mb()
+            self.memory.reset()
+            c = plain()
+            peak_bare = self.memory.peak_mb()
+            times = interleaved({"sdkit": sd, "bare": plain}, reps=p.reps, warmup=0)
+            per_image = {k: [t / b for t in ts] for k, ts in times.items()}
+            ratio = [x / y for x, y in zip(times["sdkit"], times["bare"])]
+            diff = pixel_diff(a, c)
+            data["batches"][b] = {"s_per_image": {k: stat(v) for k, v in per_image.items()}, "ratio": stat(ratio),
+                                  "pixels": diff, "peak_mb": {"sdkit": peak_sdkit, "bare": peak_bare}}
+            # Like for like unless sdkit's default here runs the UNet per candidate (the CPU) and the bare call
+            # batches: then both differ by design (reproducibility measures what invariance costs and buys).
+            same_work = b == 1 or not data["batch_invariant"]
+            checks.append(check(f"batch {b}: pixels sdkit vs bare diffusers, max level diff", diff["max_abs"],
+                                "0 (identical)" if same_work else "figure (per-candidate vs batched UNet)",
+                                diff["identical"] if same_work else None))
+            checks.append(check(f"batch {b}: time sdkit / bare (median)", round(stat(ratio)["median"], 4),
+                                "<= 1.01" if same_work else "figure (per-candidate vs batched UNet)",
+                                stat(ratio)["median"] <= 1.01 if same_work else None))
+        del bare
+        return {"data": data, "checks": checks}
+
+    # scorer
+    def section_scorer(self) -> dict:
+        import jax
+        import numpy as np
+        import torch
+        from diffusers.image_processor import VaeImageProcessor
+
+        from sdkit.score import FlaxCLIPScorer, TorchCLIPScorer
+
+        from .timing import interleaved
+
+        p = self.plan
+        clip = str(self.paths()[1])
+        pipe = self.pipe()
+        b = max(p.batches)
+        gens = [torch.Generator("cpu").manual_seed(s) for s in range(b)]
+        # The pipeline's own tensor output (what generate could hand over), tiled to the number to score.
+        out = pipe(prompt=[PROMPT] * b, generator=gens, output_type="pt", **self.kw(steps=2)).images
+        tensor = out.repeat((p.score_images + b - 1) // b, 1, 1, 1)[: p.score_images]
+        to_pil = lambda t: VaeImageProcessor.numpy_to_pil(VaeImageProcessor.pt_to_numpy(t))  # noqa: E731
+        pils = to_pil(tensor)
+        data = {"images": len(pils), "tensor": {"shape": list(tensor.shape), "dtype": str(tensor.dtype),
+                                                "device": str(tensor.device)}}
+        from sdkit.score import load_scorer
+
+        data["auto_scorer"] = type(load_scorer("auto", clip)).__name__  # Flax if JAX sees the GPU, else torch
+        flax = FlaxCLIPScorer(clip)  # every local JAX device: the GPU on a GPU machine
+        torch_s = TorchCLIPScorer(clip, device=p.device)
+        data["flax_devices"] = [str(d) for d in flax.devices]
+        logits = {"flax, PIL": flax(pils, PROMPT).logits}
+        logits["flax, tensor"] = flax(tensor, PROMPT).logits
+        data["flax_tensor_transfer"] = flax.last_transfer  # "dlpack" when JAX and torch share the GPU
+        logits["torch, PIL"] = torch_s(pils, PROMPT).logits
+        logits["torch, tensor"] = torch_s(tensor, PROMPT).logits
+        # JAX may run float32 matrix products in TF32 on GPUs: the same scores at full precision, for the record.
+        with jax.default_matmul_precision("highest"):
+            logits["flax, PIL, matmul precision highest"] = flax(pils, PROMPT).logits
+        cpu_flax = FlaxCLIPScorer(clip, devices=jax.devices("cpu"))
+        logits["CPU flax, PIL"] = cpu_flax(pils, PROMPT).logits
+        logits["CPU torch, PIL"] = TorchCLIPScorer(clip, device="cpu")(pils, PROMPT).logits
+        ref = logits["CPU flax, PIL"]
+        diffs = {k: float(np.abs(v - ref).max()) for k, v in logits.items()}
+        data["max_abs_logit_diff_vs_cpu_flax"] = diffs
+        data["tensor_vs_pil"] = {"flax": float(np.abs(logits["flax, tensor"] - logits["flax, PIL"]).max()),
+                                 "torch": float(np.abs(logits["torch, tensor"] - logits["torch, PIL"]).max())}
+        checks = [check("load_scorer('auto') picks", data["auto_scorer"], "FlaxCLIPScorer where JAX sees the GPU",
+                        data["auto_scorer"] == "FlaxCLIPScorer" if jax.default_backend() == "gpu" else None),
+                  check("Flax on this device vs Flax on the CPU, max |logit diff|", diffs["flax, PIL"],
+                        f"<= {SCORE_TOLERANCE:g}", diffs["flax, PIL"] <= SCORE_TOLERANCE),
+                  check("PyTorch scorer on this device vs the CPU, max |logit diff|",
+                        float(np.abs(logits["torch, PIL"] - logits["CPU torch, PIL"]).max()), f"<= {SCORE_TOLERANCE:g}",
+                        float(np.abs(logits["torch, PIL"] - logits["CPU torch, PIL"]).max()) <= SCORE_TOLERANCE),
+                  check("tensor hand-over vs PIL, max |logit diff| (flax, torch)",
+                        [data["tensor_vs_pil"]["flax"], data["tensor_vs_pil"]["torch"]], "0 (same pixels)",
+                        max(data["tensor_vs_pil"].values()) == 0)]
+        # Both fit: the pipeline runs its biggest batch with the scorers resident.
+        self.memory.reset()
+        self.generate(pipe, list(range(b)), b)
+        data["pipeline_peak_mb_with_scorers"] = self.memory.peak_mb()
+        data["memory"] = self._memory_split()
+        checks.append(check("pipeline batch after the scorers loaded", "ran", "no out-of-memory", True))
+        if "jax_fraction" in data["memory"]:
+            f = data["memory"]["jax_fraction"]
+            checks.append(check("GPU memory not held by torch (JAX + contexts), share", round(f, 3),
+                                "< 0.5 (JAX preallocating would hold 0.75)", f < 0.5))
+        cases = {"flax, PIL": lambda: flax(pils, PROMPT), "flax, tensor": lambda: flax(tensor, PROMPT),
+                 "torch, PIL": lambda: torch_s(pils, PROMPT), "torch, tensor": lambda: torch_s(tensor, PROMPT),
+                 "tensor -> PIL only (the round trip avoided)": lambda: to_pil(tensor)}
+        times = interleaved(cases, reps=p.score_reps, warmup=1)
+        ips = {k: [len(pils) / t for t in ts] for k, ts in times.items()}
+        data["images_per_s"] = {k: stat(v) for k, v in ips.items()}
+        r = [a / c for a, c in zip(ips["flax, PIL"], ips["torch, PIL"])]
+        data["flax_over_torch"] = stat(r)
+        checks.append(check("images/s, Flax / PyTorch scorer (PIL input, median)", round(stat(r)["median"], 3),
+                            ">= 1", stat(r)["median"] >= 1))
+        rt = [a / c for a, c in zip(ips["flax, tensor"], ips["flax, PIL"])]
+        checks.append(check("images/s, Flax tensor / Flax PIL (median)", round(stat(rt)["median"], 3), "figure", None))
+        return {"data": data, "checks": checks}
+
+    def _memory_split(self) -> dict:
+        """Who holds the GPU's memory: torch's allocator, and the rest of the process (JAX, CUDA contexts)."""
+        import jax
+        import torch
+
+        out = {}
+        if self.plan.device.startswith("cuda"):
+            free, total = torch.cuda.mem_get_info()
+            reserved = torch.cuda.memory_reserved()
+            out |= {"total_gb": total / 2**30, "used_gb": (total - free) / 2**30, "torch_reserved_gb": reserved / 2**30,
+                    "jax_fraction": (total - free - reserved) / total}
+        stats = [d.memory_stats() for d in jax.local_devices()]
+        if stats and stats[0]:
+            keep = ("bytes_in_use", "peak_bytes_in_use", "bytes_limit", "bytes_reserved", "pool_bytes")
+            out["jax_memory_stats"] = [{k: s[k] for k in keep if k in s} for s in stats]
+        return out
+
+    # reproducibility
+    def section_reproducibility(self) -> dict:
+        from sdkit import load_pipeline
+
+        from .timing import interleaved
+
+        p, clock = self.plan, self.clock
+        seeds = list(range(p.repro_seeds))
+        data, checks, per_image = {}, [], {}
+        default = bool(getattr(self.pipe().unet, "_sdkit_per_sample", False))
+        for invariant in (default, not default):  # the device's default first
+            clock.need(10 if not p.dry_run else 0.5, f"batch_invariant={invariant}")
+            pipe = load_pipeline(str(self.paths()[0]), device=p.device, batch_invariant=invariant)
+            mode = f"batch_invariant={invariant}" + (" (default)" if invariant == default else "")
+            runs = {bs: self.generate(pipe, seeds, bs) for bs in sorted({1, *p.batches}) if bs <= len(seeds)}
+            big = max(runs)
+            again = self.generate(pipe, seeds, big)
+            d = {"two_runs": pixel_diff(runs[big], again),
+                 "vs_batch_1": {bs: pixel_diff(runs[1], imgs) for bs, imgs in runs.items() if bs != 1}}
+            times = interleaved({"run": lambda: self.generate(pipe, seeds[:big], big)}, reps=p.reps, warmup=0)
+            d["batch"], d["s_per_image"] = big, stat([t / big for t in times["run"]])
+            per_image[invariant] = d["s_per_image"]["median"]
+            data[mode] = d
+            checks.append(check(f"{mode}: same seeds, batch {big}, two runs, max level diff", d["two_runs"]["max_abs"],
+                                "0 (identical)", d["two_runs"]["identical"]))
+            for bs, diff in d["vs_batch_1"].items():
+                checks.append(check(f"{mode}: batch {bs} vs batch 1, max level diff (share differing)",
+                                    f"{diff['max_abs']} ({diff['fraction_differing']:.3g})",
+                                    "0 (identical)" if invariant else "figure", diff["identical"] if invariant else None))
+        cost = per_image[True] / per_image[False]
+        checks.append(check(f"time per image, batch-invariant / batched UNet, batch {big}", round(cost, 3), "figure", None))
+        return {"data": data, "invariance_cost": cost, "checks": checks}
+
+    # compile
+    def section_compile(self) -> dict:
+        from sdkit import load_pipeline
+
+        from .timing import interleaved
+
+        p = self.plan
+        if not p.compile:
+            return {"skipped": "torch.compile off for this run (the dry run: inductor takes minutes on a CPU; "
+                               "--compile turns it on)"}
+        self.clock.need(dict(p.need_s)["compile"], "torch.compile")
+        b, seeds = p.compile_batch, list(range(p.compile_batch))
+        eager = self.pipe()
+        compiled = load_pipeline(str(self.paths()[0]), device=p.device, compile=True)
+        t0 = time.perf_counter()
+        first = self.generate(compiled, seeds, b)
+        first_s = time.perf_counter() - t0
+        ref = self.generate(eager, seeds, b)
+        times = interleaved({"eager": lambda: self.generate(eager, seeds, b),
+                             "compiled": lambda: self.generate(compiled, seeds, b)}, reps=p.reps, warmup=0)
+        speedup = [e / c for e, c in zip(times["eager"], times["compiled"])]
+        diff = pixel_diff(ref, first)
+        data = {"batch": b, "first_call_s": first_s, "s_per_image": {k: stat([t / b for t in v]) for k, v in times.items()},
+                "speedup": stat(speedup), "pixels_vs_eager": diff}
+        return {"data": data, "checks": [
+            check(f"torch.compile speed-up, batch {b} (median)", round(stat(speedup)["median"], 3), "figure", None),
+            check("torch.compile first call (s, compiles)", round(first_s, 1), "figure", None),
+            check("compiled vs eager pixels, max level diff", diff["max_abs"], "figure (last-bit differences expected)",
+                  None)]}
+
+    # search
+    def section_search(self) -> dict:
+        import importlib.util
+
+        if importlib.util.find_spec("sdkit.search") is None:
+            return {"skipped": "sdkit has no search strategies at this commit (the search issue has not landed)"}
+        return {"skipped": "sdkit.search exists but this check does not measure it yet: add its wall-time cases here"}
+
+
+# --- running and reporting --------------------------------------------------------------------------------
+
+
+def run(plan: Plan, out: Path, budget_s: float, only: list[str]) -> dict:
+    from . import machine
+
+    clock = Clock(budget_s)
+    chk = Check(plan, clock)
+    result = {"dry_run": plan.dry_run, "plan": dataclasses.asdict(plan), "budget_s": budget_s,
+              "machine": machine.describe() | {"gpu_info": gpu_info(plan.device)}, "sections": {}}
+    if result["machine"]["commit"] == "unknown" and os.environ.get("SDKIT_COMMIT"):
+        result["machine"]["commit"] = os.environ["SDKIT_COMMIT"]  # a copied tree without .git: the caller says
+    for name in only:
+        t0 = time.perf_counter()
+        print(f"gpu_check: {name} ...", file=sys.stderr, flush=True)
+        try:
+            if name != "models":
+                clock.need(dict(plan.need_s).get(name, 0), name)
+            entry = getattr(chk, f"section_{name}")()
+            entry["status"] = "skipped" if "skipped" in entry else "ok"
+        except OutOfTime as e:
+            entry = {"status": "skipped", "skipped": str(e)}
+        except Exception as e:  # recorded; the next section still runs
+            entry = {"status": "failed", "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()[-4000:]}
+            _free_gpu()
+        entry["seconds"] = round(time.perf_counter() - t0, 2)
+        result["sections"][name] = entry
+        result["elapsed_s"] = round(clock.elapsed(), 1)
+        write(result, out)  # after every section: a run cut short keeps what it measured
+        print(f"gpu_check: {name} {entry['status']} in {entry['seconds']} s", file=sys.stderr, flush=True)
+    return result
+
+
+def _free_gpu() -> None:
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, list):
+        return ", ".join(_fmt(x) for x in v)
+    return str(v)
+
+
+def markdown(result: dict) -> str:
+    m, g = result["machine"], result["machine"]["gpu_info"]
+    where = "dry run on the CPU with sdkit's tiny models: checks the script, not the GPU" if result["dry_run"] else \
+        f"{g.get('name', 'no GPU')}"
+    lines = [f"# sdkit GPU check ({where})", "",
+             f"{m['date']}, commit {m['commit']}; torch {m['torch']} (CUDA {g.get('torch_cuda') or 'none: a CPU build'}), jax {m['jax']} "
+             f"({g.get('jax_backend', g.get('jax_error'))}), diffusers {m['diffusers']}, transformers {m['transformers']}; "
+             f"CPU {m['cpu']}, {m['cores']} cores; XLA_PYTHON_CLIENT_PREALLOCATE={g.get('XLA_PYTHON_CLIENT_PREALLOCATE')}; "
+             f"{result['elapsed_s']} s of a {result['budget_s']:.0f} s budget.", "",
+             "| section | status | seconds | note |", "| --- | --- | --- | --- |"]
+    for name, s in result["sections"].items():
+        note = s.get("skipped") or s.get("error") or ""
+        lines.append(f"| {name} | {s['status']} | {s['seconds']} | {note} |")
+    lines += ["", "## Checks", "", "| section | measure | value | target | passed |", "| --- | --- | --- | --- | --- |"]
+    for name, s in result["sections"].items():
+        for c in s.get("checks", []):
+            passed = {True: "yes", False: "**no**", None: "–"}[c["passed"]]
+            lines.append(f"| {name} | {c['name']} | {_fmt(c['value'])} | {c['target']} | {passed} |")
+    pipe = result["sections"].get("pipeline", {}).get("data")
+    if pipe:
+        lines += ["", f"## Pipeline: sdkit ({pipe['dtype']}, {', '.join(pipe['attention'])}) vs bare diffusers", "",
+                  f"Seconds per image, median of {result['plan']['reps']} interleaved runs, {result['plan']['steps']} "
+                  f"DDIM steps at {result['plan']['size']}²; peak memory as {pipe['memory_kind']}.", "",
+                  "| batch | sdkit s/image | bare s/image | sdkit / bare | identical | peak MB sdkit | peak MB bare |",
+                  "| --- | --- | --- | --- | --- | --- | --- |"]
+        for b, d in pipe["batches"].items():
+            lines.append(f"| {b} | {d['s_per_image']['sdkit']['median']:.4g} | {d['s_per_image']['bare']['median']:.4g} | "
+                         f"{d['ratio']['median']:.4f} | {d['pixels']['identical']} | {d['peak_mb']['sdkit']:.0f} | "
+                         f"{d['peak_mb']['bare']:.0f} |")
+    sc = result["sections"].get("scorer", {}).get("data")
+    if sc:
+        lines += ["", f"## Scorer: {sc['images']} images, Flax on {', '.join(sc['flax_devices'])}; tensor hand-over to "
+                      f"JAX by {sc['flax_tensor_transfer']}", "", "| case | images/s (median) | max abs logit diff vs CPU Flax |",
+                  "| --- | --- | --- |"]
+        for k, v in sc["images_per_s"].items():
+            lines.append(f"| {k} | {v['median']:.4g} | {_fmt(sc['max_abs_logit_diff_vs_cpu_flax'].get(k, '–'))} |")
+        if sc.get("memory"):
+            lines += ["", "Memory: " + json.dumps({k: v for k, v in sc["memory"].items()}, default=str)]
+    rp = result["sections"].get("reproducibility", {}).get("data")
+    if rp:
+        lines += ["", "## Reproducibility: each seed against itself in batch 1", "",
+                  "| mode | compared | max level diff | share differing | PSNR dB |", "| --- | --- | --- | --- | --- |"]
+        for mode, d in rp.items():
+            rows = [("two runs, same batch", d["two_runs"])] + [(f"batch {b} vs 1", x) for b, x in d["vs_batch_1"].items()]
+            for what, x in rows:
+                psnr = "∞" if x["psnr_db"] is None else f"{x['psnr_db']:.1f}"
+                lines.append(f"| {mode} | {what} | {x['max_abs']} | {x['fraction_differing']:.3g} | {psnr} |")
+    for name, s in result["sections"].items():
+        if s["status"] == "failed":
+            lines += ["", f"## {name} failed", "", "```", s["traceback"].rstrip(), "```"]
+    return "\n".join(lines) + "\n"
+
+
+def write(result: dict, out: Path) -> tuple[Path, Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    js, md = out / "gpu_check.json", out / "gpu_check.md"
+    js.write_text(json.dumps(result, indent=1, default=str))
+    md.write_text(markdown(result))
+    return js, md
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", type=Path, required=True, help="folder for gpu_check.json and gpu_check.md")
+    ap.add_argument("--dry-run", action="store_true", help="the same check on the CPU with sdkit's tiny models")
+    ap.add_argument("--budget", type=float, default=420, help="seconds for the whole check (default 420: 8 minutes "
+                    "with the wheel install and a margin)")
+    ap.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS)}")
+    ap.add_argument("--compile", action="store_true", help="dry run: include torch.compile (a minute or more on a CPU)")
+    args = ap.parse_args(argv)
+    wanted = [s.strip() for s in args.only.split(",") if s.strip()]
+    bad = [s for s in wanted if s not in SECTIONS]
+    if bad:
+        ap.error(f"--only {','.join(bad)}: sections are {','.join(SECTIONS)}")
+    if args.budget <= 0:
+        ap.error(f"--budget {args.budget:g}: must be > 0 seconds")
+    import sdkit.score  # noqa: F401  (first: sets XLA_PYTHON_CLIENT_PREALLOCATE=false before JAX starts)
+    import torch
+
+    plan = Plan(**DRY) if args.dry_run else Plan()
+    if args.compile:
+        plan = dataclasses.replace(plan, compile=True)
+    if not plan.dry_run and not torch.cuda.is_available():
+        ap.error(f"torch {torch.__version__} sees no CUDA GPU; use --dry-run on a CPU")
+    if plan.threads:
+        torch.set_num_threads(plan.threads)
+    import warnings
+
+    warnings.filterwarnings("ignore", message=".*torchvision.*")
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    result = run(plan, args.out, args.budget, [s for s in SECTIONS if s in wanted])
+    print(markdown(result))
+    failed = [n for n, s in result["sections"].items() if s["status"] == "failed"]
+    print(f"wrote {args.out / 'gpu_check.json'} and {args.out / 'gpu_check.md'}"
+          + (f"; failed: {', '.join(failed)}" if failed else ""), file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # every model here is built locally; the GPU machine has no network
+    sys.exit(main())
