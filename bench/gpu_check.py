@@ -314,6 +314,9 @@ class Check:
         # JAX may run float32 matrix products in TF32 on GPUs: the same scores at full precision, for the record.
         with jax.default_matmul_precision("highest"):
             logits["flax, PIL, matmul precision highest"] = flax(pils, PROMPT).logits
+        # Likewise torch: cuDNN convolutions (CLIP's patch embedding) may use TF32 unless told not to.
+        with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
+            logits["torch, PIL, cuDNN TF32 off"] = torch_s(pils, PROMPT).logits
         cpu_flax = FlaxCLIPScorer(clip, devices=jax.devices("cpu"))
         logits["CPU flax, PIL"] = cpu_flax(pils, PROMPT).logits
         logits["CPU torch, PIL"] = TorchCLIPScorer(clip, device="cpu")(pils, PROMPT).logits
