@@ -313,9 +313,9 @@ def test_tensor_preprocessing_is_pils_bit_for_bit(resample, size):
         np.testing.assert_array_equal(preprocess_tensor(x, config).numpy(), preprocess(pils, config))
 
 
-def test_tensor_batch_scores_equal_pil_scores(tiny, flax_scorer, torch_scorer, monkeypatch):
+def test_tensor_batch_scores_equal_pil_scores(flax_scorer, torch_scorer, monkeypatch):
     """The bound is zero: the pixels fed to CLIP are identical, so each backend's scores are too."""
-    images, prompts = candidates()
+    _, prompts = candidates()
     x, pils = pipeline_output(N)
     for scorer in (torch_scorer, flax_scorer):
         np.testing.assert_array_equal(scorer(x, prompts).logits, scorer(pils, prompts).logits)
