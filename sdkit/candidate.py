@@ -64,6 +64,7 @@ class Run:
     output_dir: str | None = None
     manifest: str | None = None
     cancelled: bool = False  # stopped early; every finished candidate is still here and on disk
+    resumed: int = 0  # candidates a resumed run kept from disk (loaded, not made again)
 
     @property
     def images(self) -> list[Image.Image]:

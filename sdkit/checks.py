@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import math
 import os
+import threading
 import warnings
 from pathlib import Path
 from typing import Sequence
@@ -29,14 +33,17 @@ def check_generate_args(*, n, seeds, num_inference_steps, guidance_scale, height
         for s in seeds:
             if not isinstance(s, int) or isinstance(s, bool) or not 0 <= s < 2**64:
                 raise ValueError(f"seed {s!r} must be an integer in [0, 2**64)")
-    if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
+    # bool is an int to Python: True would run one step.
+    if not isinstance(num_inference_steps, int) or isinstance(num_inference_steps, bool) or num_inference_steps < 1:
         raise ValueError(f"num_inference_steps={num_inference_steps!r}: must be an integer >= 1")
-    if not isinstance(guidance_scale, (int, float)) or guidance_scale < 0:
-        raise ValueError(f"guidance_scale={guidance_scale!r}: must be a number >= 0 (1 or less disables guidance)")
+    # NaN compares false with everything (guidance silently off), inf gives a black image.
+    if (not isinstance(guidance_scale, (int, float)) or isinstance(guidance_scale, bool)
+            or not math.isfinite(guidance_scale) or guidance_scale < 0):
+        raise ValueError(f"guidance_scale={guidance_scale!r}: must be a finite number >= 0 (1 or less disables guidance)")
     for name, v in (("height", height), ("width", width)):
         if v is not None and (not isinstance(v, int) or v <= 0 or v % 8):
             raise ValueError(f"{name}={v!r}: must be a positive multiple of 8 (the VAE downsamples by 8)")
-    if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
+    if batch_size is not None and (not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1):
         raise ValueError(f"batch_size={batch_size!r}: must be an integer >= 1")
 
 
@@ -56,10 +63,52 @@ def warn_long_prompts(tokenizer, prompts: Sequence[str | None], what: str = "pro
     """CLIP's text encoder sees at most `model_max_length` tokens; say so instead of truncating silently."""
     limit = getattr(tokenizer, "model_max_length", 77)
     for p in dict.fromkeys(p for p in prompts if p):
-        n = len(tokenizer(p, truncation=False)["input_ids"])
+        n = len(tokenizer(p, truncation=False, verbose=False)["input_ids"])  # verbose: no transformers warning too
         if n > limit:
             warnings.warn(
                 f"{what} is {n} tokens; the text encoder reads only the first {limit} (incl. start/end), "
                 f"the rest is ignored: {p[:60]!r}...",
                 stacklevel=3,
             )
+
+
+# What diffusers and transformers log about a prompt over the text encoder's limit; sdkit's own
+# warning (warn_long_prompts) says it once, without printing the whole truncated text.
+_TRUNCATION_LOGS = ("The following part of your input was truncated",
+                    "Token indices sequence length is longer than the specified maximum")
+_quiet_lock = threading.Lock()
+_quiet_users = 0
+
+
+class _DropTruncationLogs(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(_TRUNCATION_LOGS)
+
+
+_DROP = _DropTruncationLogs()
+
+
+def _truncation_loggers() -> list[logging.Logger]:
+    names = [n for n in logging.root.manager.loggerDict if n.startswith("diffusers.pipelines.")]
+    names.append("transformers.tokenization_utils_base")
+    return [logging.getLogger(n) for n in names]
+
+
+@contextlib.contextmanager
+def quiet_truncation_logs():
+    """Within: diffusers' and transformers' truncation messages are dropped (the filter sits on the loggers
+    that emit them, so it works whatever handlers a user has). Thread-safe; nests."""
+    global _quiet_users
+    with _quiet_lock:
+        _quiet_users += 1
+        loggers = _truncation_loggers()
+        for lg in loggers:
+            lg.addFilter(_DROP)  # adding twice is a no-op
+    try:
+        yield
+    finally:
+        with _quiet_lock:
+            _quiet_users -= 1
+            if not _quiet_users:
+                for lg in _truncation_loggers():
+                    lg.removeFilter(_DROP)

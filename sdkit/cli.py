@@ -30,6 +30,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def explicit_options(parser: argparse.ArgumentParser, argv: list[str]) -> set[str]:
+    """The `dest`s given on the command line (not left at their defaults): `--resume` refuses those that differ."""
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[argv[0]]
+    saved, defaults = [(a, a.default) for a in sub._actions], sub._defaults
+    for a, _ in saved:
+        a.default = argparse.SUPPRESS
+    sub._defaults = {}  # set_defaults() values (func, task) are not given either
+    try:
+        ns, _ = sub.parse_known_args(argv[1:])
+    finally:
+        for a, d in saved:
+            a.default = d
+        sub._defaults = defaults
+    return {k for k, v in vars(ns).items() if not (k == "prompt" and v == [])}
+
+
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     # `sdkit "prompt" ...` means `sdkit generate "prompt" ...`.
@@ -40,6 +56,7 @@ def main(argv=None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    args.explicit = explicit_options(parser, argv)
     try:
         return int(args.func(args) or 0)
     except (ValueError, FileNotFoundError) as e:

@@ -26,10 +26,19 @@ def _box(s: str) -> tuple[int, int, int, int]:
     return box
 
 
+def _no_resume(_value: str):
+    raise argparse.ArgumentTypeError(
+        "not supported for edits: the init image and mask are recorded only as hashes. Resume from Python with "
+        "sdkit.edit.img2img/inpaint/outpaint(pipe, prompt, image, ..., output_dir=FOLDER, run_id=RUN_ID) and the "
+        "same image and settings, or start a new run")
+
+
 def _common(p: argparse.ArgumentParser, strength: float) -> None:
     p.add_argument("prompt", nargs="*", help="one or more prompts")
     p.add_argument("--prompts-file", type=Path, default=None, help="a file with one prompt per line")
     p.add_argument("--image", required=True, help="the init image (PNG, JPEG, ...)")
+    p.add_argument("--resume", metavar="FOLDER", type=_no_resume, default=None,
+                   help="not for edits (generate --resume is); resume an edit from Python, see sdkit.edit")
     p.add_argument("--strength", type=float, default=strength, help=f"in (0, 1]: how much to change (default {strength})")
     p.add_argument("--resize-mode", choices=("pad", "resize"), default="pad",
                    help="sizes not a multiple of 8: pad edge pixels (default) or resize; results keep the original size")

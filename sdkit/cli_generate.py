@@ -37,6 +37,9 @@ def add_parser(sub) -> None:
     p = sub.add_parser("generate", help="text-to-image: N seeded candidates per prompt")
     p.add_argument("prompt", nargs="*", help="one or more prompts")
     p.add_argument("--prompts-file", type=Path, default=None, help="a file with one prompt per line")
+    p.add_argument("--resume", metavar="FOLDER", type=Path, default=None,
+                   help="finish a killed or stopped run in its folder, with its recorded settings (prompts, seeds, "
+                        "model...); options that differ from them are refused")
     add_common_args(p)
     p.set_defaults(func=run)
 
@@ -86,7 +89,89 @@ def finish(run, args) -> int:
     return 130 if run.cancelled else 0
 
 
+def find_run(folder: Path) -> tuple[Path, dict]:
+    """The run folder (or its `<run_id>.run.json`) given to --resume, and the settings recorded there."""
+    from .generate import read_run_settings
+
+    folder = Path(folder)
+    if folder.is_file() and folder.name.endswith(".run.json"):
+        files, folder = [folder], folder.parent
+    elif folder.is_dir():
+        files = sorted(folder.glob("*.run.json"))
+    else:
+        raise FileNotFoundError(f"--resume {folder}: no such folder")
+    if len(files) != 1:
+        raise ValueError(f"--resume {folder}: " + (
+            "no sdkit run here (no <run_id>.run.json: not a run folder, or made before sdkit recorded runs)" if not files else
+            f"{len(files)} runs here ({', '.join(f.name for f in files)}); give the one to resume"))
+    return folder, read_run_settings(folder, files[0].name[: -len(".run.json")])
+
+
+def _check_explicit(args, rec: dict, folder: Path) -> None:
+    """Refuse options given with --resume that differ from the recorded run, before any model is loaded."""
+    explicit = getattr(args, "explicit", set())
+    if "out" in explicit:
+        raise ValueError(f"--out with --resume: a resumed run is finished in its own folder ({folder})")
+    given = {}
+    if {"prompt", "prompts_file"} & explicit:
+        given["prompts"] = read_prompts(args)
+    if "n" in explicit:
+        given["n"] = args.n
+    n = args.n if "n" in explicit else rec["n"]
+    if "seeds" in explicit:
+        given["seeds"] = args.seeds
+    elif "seed" in explicit:
+        given["seeds"] = [args.seed + k for k in range(n)]
+    if "negative_prompt" in explicit:
+        given["negative_prompts"] = [args.negative_prompt] * len(rec["prompts"])
+    for dest in ("num_inference_steps", "guidance_scale", "height", "width", "scheduler"):
+        if dest in explicit:
+            given[dest] = getattr(args, dest)
+    if "model" in explicit:
+        given["model_id"] = args.model
+    diffs = [f"{k} was {rec.get(k)!r}, now {v!r}" for k, v in given.items() if rec.get(k) != v]
+    if diffs:
+        raise ValueError(f"--resume {folder}: run {rec['run_id']} was started with other settings: " + "; ".join(diffs) +
+                         ". Leave these options out to take the recorded ones, or start a new run")
+
+
+def resume(args) -> int:
+    """`generate --resume FOLDER`: the recorded settings, checked against what the command line says."""
+    from .checks import check_generate_args
+    from .generate import generate
+    from .schedulers import SCHEDULERS
+
+    folder, rec = find_run(args.resume)
+    if rec.get("task", "text-to-image") != "text-to-image":
+        raise ValueError(f"--resume {folder}: run {rec['run_id']} is {rec['task']!r}; resume it from Python with "
+                         "sdkit.edit and the same image (its init image and mask are recorded only as hashes)")
+    _check_explicit(args, rec, folder)
+    check_generate_args(n=rec["n"], seeds=rec["seeds"], num_inference_steps=rec["num_inference_steps"],
+                        guidance_scale=rec["guidance_scale"], height=rec["height"], width=rec["width"],
+                        batch_size=args.batch_size)
+    from .load import load_pipeline
+
+    scheduler = rec["scheduler"] if rec["scheduler"] in SCHEDULERS else None  # else: the model's own
+    pipe = load_pipeline(rec["model_id"], "text-to-image", device=args.device,
+                         dtype=args.dtype if "dtype" in getattr(args, "explicit", set()) else rec["dtype"],
+                         revision=rec.get("revision"), scheduler=scheduler, safety_checker=not args.no_safety_checker,
+                         low_memory=args.low_memory, compile=args.compile)
+    negs = rec["negative_prompts"]
+    result = generate(pipe, rec["prompts"], n=rec["n"], seeds=rec["seeds"],
+                      negative_prompt=None if all(x is None for x in negs) else negs,
+                      num_inference_steps=rec["num_inference_steps"], guidance_scale=rec["guidance_scale"],
+                      height=rec["height"], width=rec["width"], batch_size=args.batch_size, output_dir=folder,
+                      run_id=rec["run_id"], progress=not args.quiet, extra=rec.get("extra") or None)
+    made = len(result) - result.resumed
+    print(f"resumed run {rec['run_id']}: {result.resumed} kept, {made} made")
+    if not made and any(folder.glob(f"{rec['run_id']}-grid*.png")):
+        args.scorer = "none"  # complete and already ranked: make nothing, not even a second grid
+    return finish(result, args)
+
+
 def run(args) -> int:
+    if getattr(args, "resume", None) is not None:
+        return resume(args)
     from .checks import check_generate_args, check_output_dir
     from .generate import generate
     from .save import new_run_id

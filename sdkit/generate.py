@@ -9,6 +9,8 @@ device, which is what makes a seed worth recording.
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 import secrets
 import sys
 import threading
@@ -20,8 +22,8 @@ from typing import Callable, Sequence
 import torch
 
 from .candidate import Candidate, Run
-from .checks import as_prompt_list, check_generate_args, check_output_dir, warn_long_prompts
-from .save import new_run_id, save_candidate
+from .checks import as_prompt_list, check_generate_args, check_output_dir, quiet_truncation_logs, warn_long_prompts
+from .save import image_hash, load_candidate, new_run_id, read_manifest, recover, save_candidate, write_temp
 from .schedulers import scheduler_name
 
 
@@ -98,7 +100,10 @@ def generate(
         negative_prompt, num_inference_steps, guidance_scale, height, width: as in diffusers.
         batch_size: candidates denoised together. Halved automatically on out-of-memory errors.
         output_dir: if given, each candidate is written there (PNG + metadata + manifest line) as soon as
-            its batch is decoded.
+            its batch is decoded, and the run's settings to `<run_id>.run.json`. The folder is `recover`ed first.
+        run_id: names the run's files. An existing run's id in `output_dir` resumes it: candidates already
+            saved are loaded from their PNGs, the missing ones made with their own seeds; other settings than
+            the recorded ones are refused (ValueError). Without seed/seeds, the recorded seeds are used.
         callback: called with a `Progress` after each denoising step and each finished batch.
         cancel: an Event (or a callable) checked every step; when set, generation stops within one step
             and the finished candidates are returned with `run.cancelled = True`.
@@ -120,11 +125,17 @@ def generate(
     warn_long_prompts(pipe.tokenizer, prompts)
     warn_long_prompts(pipe.tokenizer, negs, "negative_prompt")
 
+    run_id = run_id or new_run_id()
+    recorded = None
+    if out is not None:
+        recover(out)  # a killed run's leftovers, whoever left them
+        recorded = read_run_settings(out, run_id)
+    if seeds is None and seed is None and recorded is not None and len(recorded.get("seeds", ())) == n:
+        seeds = list(recorded["seeds"])  # resuming without naming seeds: the run's own
     if seeds is None:
         base = seed if seed is not None else secrets.randbits(31)
         seeds = [base + k for k in range(n)]
     info = getattr(pipe, "_sdkit", {})
-    run_id = run_id or new_run_id()
     template = Candidate(
         image=None, prompt="", seed=0, num_inference_steps=num_inference_steps, guidance_scale=float(guidance_scale),
         height=height, width=width, scheduler=scheduler_name(pipe.scheduler), model_id=info.get("model_id", ""),
@@ -135,12 +146,26 @@ def generate(
             for i, (p, neg) in enumerate(zip(prompts, negs)) for k, s in enumerate(seeds)]
     run = Run(run_id=run_id, candidates=[], output_dir=str(out) if out else None,
               manifest=str(out / "manifest.jsonl") if out else None)
+    if out is not None:
+        settings = run_settings(prompts, negs, seeds, n, template, pipe_kwargs)
+        if recorded is None and not write_run_settings(out, run_id, settings):
+            recorded = read_run_settings(out, run_id)  # another process started this run id first
+        if recorded is not None:
+            check_resume(out, run_id, recorded, settings)
+            run.candidates = kept_candidates(out, run_id, jobs)
+            run.resumed = len(run.candidates)
+            todo = len(jobs) - run.resumed
+            print(f"sdkit: resuming run {run_id} in {out}: " + (
+                f"{run.resumed} of {len(jobs)} candidates kept, {todo} to make" if todo else
+                f"already complete ({len(jobs)} candidates kept), nothing to make"), file=sys.stderr)
+    done_before = {c.index for c in run.candidates}
+    jobs_todo = [j for j in jobs if j.index not in done_before]
     bs = batch_size or default_batch_size(pipe)
     is_cancelled = cancel.is_set if isinstance(cancel, threading.Event) else (cancel or (lambda: False))
     # img2img/inpaint with strength < 1 skip the first steps: count only those that run.
     strength = float((pipe_kwargs or {}).get("strength", 1.0))
     steps_run = max(1, min(num_inference_steps, int(num_inference_steps * strength)))
-    bar = progress_bar(len(jobs) * steps_run, progress)
+    bar = progress_bar(len(jobs_todo) * steps_run, progress)
 
     def on_step(_pipe, step, _t, kwargs, batch):
         bar.update(1)
@@ -150,21 +175,22 @@ def generate(
             raise Cancelled
         return kwargs
 
-    pending = list(jobs)
+    pending = list(jobs_todo)
     try:
         while pending:
             if is_cancelled():
                 raise Cancelled
             batch = pending[:bs]
             try:
-                result = pipe(
-                    prompt=[j.prompt for j in batch],
-                    negative_prompt=None if all(j.negative_prompt is None for j in batch) else [j.negative_prompt or "" for j in batch],
-                    num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, height=height, width=width,
-                    generator=[torch.Generator("cpu").manual_seed(j.seed) for j in batch],
-                    callback_on_step_end=lambda p, s, t, k: on_step(p, s, t, k, batch),
-                    **(pipe_kwargs or {}),
-                )
+                with quiet_truncation_logs():  # warn_long_prompts said it once already
+                    result = pipe(
+                        prompt=[j.prompt for j in batch],
+                        negative_prompt=None if all(j.negative_prompt is None for j in batch) else [j.negative_prompt or "" for j in batch],
+                        num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, height=height, width=width,
+                        generator=[torch.Generator("cpu").manual_seed(j.seed) for j in batch],
+                        callback_on_step_end=lambda p, s, t, k: on_step(p, s, t, k, batch),
+                        **(pipe_kwargs or {}),
+                    )
             except Exception as e:
                 if not _is_oom(e):
                     raise
@@ -203,10 +229,94 @@ def generate(
         raise
     finally:
         bar.close()
+        run.candidates.sort(key=lambda c: c.index)  # a resume's kept candidates first, then the new ones
     if any(c.nsfw for c in run.candidates):
         warnings.warn(f"{sum(c.nsfw for c in run.candidates)} candidate(s) were flagged by the safety checker "
                       "(their image is black; `candidate.nsfw` is True)", stacklevel=2)
     return run
+
+
+RUN_SETTINGS = "{run_id}.run.json"
+# What decides a run's pixels, in the order a refused resume names them. Not batch_size: on the CPU
+# candidates are batch-invariant. `device` is recorded, and a resume elsewhere only warned about.
+CHECKED = ("model_id", "revision", "task", "dtype", "scheduler", "prompts", "negative_prompts", "n", "seeds",
+           "num_inference_steps", "guidance_scale", "height", "width", "extra", "pipe_kwargs")
+
+
+def _describe(v):
+    """pipe_kwargs values as JSON: images by their pixel hash, other objects by type (not compared further)."""
+    from PIL import Image
+
+    if isinstance(v, Image.Image):
+        return f"image {image_hash(v)}"
+    if isinstance(v, (list, tuple)):
+        return [_describe(x) for x in v]
+    if v is None or isinstance(v, (str, int, float, bool)):
+        return v
+    return f"<{type(v).__name__}>"
+
+
+def run_settings(prompts, negs, seeds, n, template: Candidate, pipe_kwargs) -> dict:
+    """A run's full settings, as stored in `<run_id>.run.json` (JSON-normalised, so they compare as read back)."""
+    d = {"prompts": prompts, "negative_prompts": negs, "n": n, "seeds": list(seeds),
+         "pipe_kwargs": {k: _describe(v) for k, v in sorted((pipe_kwargs or {}).items())}}
+    for k in ("num_inference_steps", "guidance_scale", "height", "width", "scheduler", "model_id", "revision", "task",
+              "dtype", "device", "extra", "sdkit_version", "run_id"):
+        d[k] = getattr(template, k)
+    return json.loads(json.dumps(d, sort_keys=True, default=repr))
+
+
+def read_run_settings(output_dir, run_id: str) -> dict | None:
+    """The settings a run in `output_dir` started with, or None if there is no such run."""
+    path = Path(output_dir) / RUN_SETTINGS.format(run_id=run_id)
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:  # written atomically, so only a hand edit can do this
+        raise ValueError(f"{path}: not valid JSON ({e}); fix or remove it to resume run {run_id!r}") from None
+
+
+def write_run_settings(out: Path, run_id: str, settings: dict) -> bool:
+    """Store `settings` atomically, never over an existing file; False if the run already has them."""
+    path = out / RUN_SETTINGS.format(run_id=run_id)
+    tmp = write_temp(path, (json.dumps(settings, indent=1, sort_keys=True) + "\n").encode(), faults=False)
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        return False
+    finally:
+        tmp.unlink(missing_ok=True)
+    return True
+
+
+def check_resume(out: Path, run_id: str, recorded: dict, settings: dict) -> None:
+    """Refuse to finish a run with other settings than it started with, naming each difference."""
+    diffs = [f"{k} was {recorded[k]!r}, now {settings.get(k)!r}" for k in CHECKED
+             if k in recorded and recorded[k] != settings.get(k)]
+    if diffs:
+        raise ValueError(f"cannot resume run {run_id!r} in {out} with other settings: " + "; ".join(diffs) +
+                         f". Resume with the recorded ones ({RUN_SETTINGS.format(run_id=run_id)}), or start a new run "
+                         "(another run_id or folder)")
+    if recorded.get("device") and recorded["device"] != settings.get("device"):
+        warnings.warn(f"run {run_id!r} started on {recorded['device']} and is resumed on {settings.get('device')}: "
+                      "the candidates made now can differ in the last bits from an uninterrupted run", stacklevel=3)
+
+
+def kept_candidates(out: Path, run_id: str, jobs: list[Candidate]) -> list[Candidate]:
+    """The run's candidates already saved in `out`, loaded from their PNGs (pixels and metadata), in index order."""
+    kept: dict[int, Candidate] = {}
+    for rec in read_manifest(out, run_id):
+        i = rec.get("index")
+        if not isinstance(i, int) or not 0 <= i < len(jobs) or i in kept:
+            continue
+        c = load_candidate(out / rec["file"])
+        job = jobs[i]
+        if (c.prompt, c.negative_prompt, c.seed) != (job.prompt, job.negative_prompt, job.seed):
+            raise ValueError(f"{out / rec['file']}: candidate {i} of run {run_id!r} is {c.prompt!r} seed {c.seed}, "
+                             f"but the run's settings make {job.prompt!r} seed {job.seed} there; not resuming")
+        kept[i] = c
+    return [kept[i] for i in sorted(kept)]
 
 
 def _negatives(negative_prompt, n_prompts: int) -> list[str | None]:

@@ -1,8 +1,12 @@
 """Saving candidates so that nothing is lost, and reading them back.
 
-Each PNG is written to a temporary file and renamed into place only when
-complete (so a crash never leaves half an image), never over an existing file,
-and then one JSON line is appended to the run's `manifest.jsonl`.
+Each PNG is written to a temporary file `.<name>.<pid>.<hex>.tmp`, fsynced, and
+hard-linked into place only when complete (so a crash never leaves half an
+image), never over an existing file; then one JSON line is appended to the
+run's `manifest.jsonl`, and only then is the temporary name removed. A kill -9
+at any instant leaves at worst a temp file of a dead process, a PNG without its
+line, or a torn last line: `recover` repairs all three, and runs whenever a
+folder is used again (`generate`, a resume, `read_manifest`).
 
 Metadata: a `parameters` text chunk in AUTOMATIC1111's format, which the common
 SD metadata readers understand, and an `sdkit` chunk with the full JSON.
@@ -14,8 +18,12 @@ import hashlib
 import io
 import json
 import os
+import re
 import secrets
+import signal
+import socket
 import time
+import warnings
 from pathlib import Path
 
 from PIL import Image, PngImagePlugin
@@ -23,6 +31,16 @@ from PIL import Image, PngImagePlugin
 from .candidate import Candidate
 
 MANIFEST = "manifest.jsonl"
+
+# Points of the save sequence where SDKIT_FAULT_AT="<point>:<k>" SIGKILLs this process the k-th time it
+# gets there: how the tests prove that a kill at any instant loses nothing (tests/test_save.py).
+FAULT_POINTS = ("tmp-written", "tmp-synced", "linked", "manifest-half", "manifest-written", "tmp-removed")
+_fault_hits: dict[str, int] = {}
+
+# Temp names carry the writer's pid and a tag of its host, so `recover` removes only what a dead
+# process on this host left (pids mean nothing across hosts sharing a folder).
+_HOST_TAG = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:4]
+_TMP = re.compile(r"^\.(?P<name>.+?)\.(?P<pid>\d+)(?:\.(?P<hex>[0-9a-f]+))?\.tmp$")
 
 
 def new_run_id() -> str:
@@ -84,47 +102,106 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_new_file(path: Path, data: bytes) -> Path:
-    """Write `data` atomically at `path`, or at `name-1.png`, `name-2.png`... if taken. Returns the path used."""
+def _fault_due(point: str) -> bool:
+    """True the k-th time `point` is reached when SDKIT_FAULT_AT="<point>:<k>" (a test hook; cheap when unset)."""
+    spec = os.environ.get("SDKIT_FAULT_AT")
+    if not spec:
+        return False
+    want, _, k = spec.partition(":")
+    if want not in FAULT_POINTS or not k.isdigit():
+        raise ValueError(f"SDKIT_FAULT_AT={spec!r}: use '<point>:<k>' with a point in {list(FAULT_POINTS)}")
+    if want != point:
+        return False
+    _fault_hits[point] = _fault_hits.get(point, 0) + 1
+    return _fault_hits[point] == int(k)
+
+
+def _fault(point: str) -> None:
+    if _fault_due(point):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def write_temp(path: Path, data: bytes, faults: bool = True) -> Path:
+    """Write and fsync `data` beside `path` under a temp name `recover` knows; returns the temp path.
+
+    `faults=False`: not a point of SDKIT_FAULT_AT (its k counts images, not other files).
+    """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(3)}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{_HOST_TAG}{secrets.token_hex(2)}.tmp")
     with open(tmp, "wb") as f:
         f.write(data)
         f.flush()
+        if faults:
+            _fault("tmp-written")
         os.fsync(f.fileno())
+    if faults:
+        _fault("tmp-synced")
+    return tmp
+
+
+def _link_free(tmp: Path, path: Path) -> Path:
+    """Hard-link `tmp` at `path`, or at `name-1.png`, `name-2.png`... if taken; never over a file."""
+    for i in range(10_000):
+        target = path if i == 0 else path.with_name(f"{path.stem}-{i}{path.suffix}")
+        try:
+            os.link(tmp, target)  # fails if target exists: never overwrite
+        except FileExistsError:
+            continue
+        _fsync_dir(path.parent)
+        _fault("linked")
+        return target
+    raise FileExistsError(f"could not find a free name for {path}")
+
+
+def _remove_temp(tmp: Path) -> None:
+    tmp.unlink(missing_ok=True)
+    _fault("tmp-removed")
+
+
+def write_new_file(path: Path, data: bytes) -> Path:
+    """Write `data` atomically at `path`, or at `name-1.png`, `name-2.png`... if taken. Returns the path used."""
+    path = Path(path)
+    tmp = write_temp(path, data)
     try:
-        for i in range(10_000):
-            target = path if i == 0 else path.with_name(f"{path.stem}-{i}{path.suffix}")
-            try:
-                os.link(tmp, target)  # fails if target exists: never overwrite
-                _fsync_dir(path.parent)
-                return target
-            except FileExistsError:
-                continue
-        raise FileExistsError(f"could not find a free name for {path}")
+        return _link_free(tmp, path)
     finally:
-        tmp.unlink(missing_ok=True)
+        _remove_temp(tmp)
 
 
-def append_manifest(output_dir: Path, record: dict) -> None:
-    """One line per image, written with a single O_APPEND write so lines never interleave."""
-    line = (json.dumps(record, sort_keys=True) + "\n").encode()
+def _append(output_dir: Path, data: bytes) -> None:
     fd = os.open(Path(output_dir) / MANIFEST, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
-        os.write(fd, line)
+        if _fault_due("manifest-half"):
+            os.write(fd, data[: len(data) // 2])
+            os.fsync(fd)
+            os.kill(os.getpid(), signal.SIGKILL)
+        os.write(fd, data)
         os.fsync(fd)
     finally:
         os.close(fd)
 
 
+def append_manifest(output_dir: Path, record: dict) -> None:
+    """One line per image, written with a single O_APPEND write so lines never interleave."""
+    _append(output_dir, (json.dumps(record, sort_keys=True) + "\n").encode())
+    _fault("manifest-written")
+
+
 def save_candidate(c: Candidate, output_dir) -> Candidate:
     """Write `c` as a PNG with metadata, then its manifest line. Sets and returns `c.path`."""
     output_dir = Path(output_dir)
-    path = write_new_file(output_dir / file_name(c), png_bytes(c))
-    c.path = str(path)
-    record = c.params()
-    record["file"] = path.name
-    append_manifest(output_dir, record)
+    path = output_dir / file_name(c)
+    tmp = write_temp(path, png_bytes(c))
+    try:
+        path = _link_free(tmp, path)
+        c.path = str(path)
+        record = c.params()
+        record["file"] = path.name
+        append_manifest(output_dir, record)
+    finally:
+        # Removed only after the manifest line: while a live writer's temp shares the PNG's inode,
+        # a concurrent `recover` knows the line is still coming and does not write a second one.
+        _remove_temp(tmp)
     return c
 
 
@@ -136,31 +213,150 @@ def update_scores(output_dir, candidates) -> None:
     for c in candidates:
         if c.path is None or c.image is None:
             continue
-        data = png_bytes(c)
-        tmp = Path(c.path).with_name(f".{Path(c.path).name}.{os.getpid()}.tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, c.path)  # same image, new metadata: replacing is the point here
+        tmp = write_temp(Path(c.path), png_bytes(c))
+        try:
+            os.replace(tmp, c.path)  # same image, new metadata: replacing is the point here
+        finally:
+            tmp.unlink(missing_ok=True)
         record = c.params()
         record["file"] = Path(c.path).name
         append_manifest(output_dir, record)
 
 
-def read_manifest(output_dir, run_id: str | None = None) -> list[dict]:
-    """Manifest records, last line per file winning; a torn last line (killed mid-write) is skipped.
+def _parse_manifest(path: Path) -> list[dict]:
+    records = []
+    with open(path, "rb") as f:
+        for line in f.read().decode("utf-8", "replace").splitlines():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:  # a line torn by a kill
+                continue
+            if isinstance(rec, dict):
+                records.append(rec)
+    return records
 
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True  # another thread of ours may be writing it
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # PermissionError: alive, someone else's
+        return True
+    return True
+
+
+def recover(output_dir) -> None:
+    """Repair what a kill -9 can leave in a folder of sdkit images; safe to run any time, idempotent.
+
+    - a torn last manifest line is ended, so the next line starts on its own;
+    - temp files of writers that are no longer alive on this host are removed (a live writer's are
+      left alone, so processes sharing a folder, e.g. Ray actors on one machine, are safe; temp files
+      from writers on other hosts sharing the folder are left to a `recover` on their host);
+    - a finished PNG without a manifest line (killed between the two) gets one, rebuilt from the
+      PNG's own sdkit metadata.
+    A read-only folder is left as it is.
+    """
+    out = Path(output_dir)
+    try:
+        entries = list(os.scandir(out))
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    manifest = out / MANIFEST
+    temps, pngs = [], []
+    for e in entries:  # listed before the manifest is read: see `save_candidate` on the order
+        if e.name.endswith(".tmp") and (m := _TMP.match(e.name)):
+            temps.append((e, m))
+        elif e.name.endswith(".png") and not e.name.startswith("."):
+            pngs.append(e)
+    if not temps and not pngs and not manifest.exists():
+        return
+    try:
+        with _folder_lock(out):
+            _recover_locked(out, manifest, temps, pngs)
+    except OSError:  # read-only (someone else's outputs, a mounted archive): read it as it is
+        return
+
+
+def _recover_locked(out: Path, manifest: Path, temps, pngs) -> None:
+    if manifest.exists() and manifest.stat().st_size:
+        with open(manifest, "rb") as f:
+            f.seek(-1, os.SEEK_END)
+            if f.read(1) != b"\n":  # a line cut short by a kill: end it
+                _append(out, b"\n")
+    live, dead = set(), []
+    for e, m in temps:
+        hex_ = m["hex"] or ""
+        mine = len(hex_) != 8 or hex_.startswith(_HOST_TAG)  # older temp names carry no host tag
+        try:
+            ino = e.stat(follow_symlinks=False).st_ino
+        except FileNotFoundError:
+            continue
+        if mine and not _pid_alive(int(m["pid"])):
+            dead.append(e.path)
+        else:
+            live.add(ino)
+    recorded = {r.get("file") for r in _parse_manifest(manifest)} if manifest.exists() else set()
+    for e in sorted(pngs, key=lambda e: e.name):
+        if e.name in recorded:
+            continue
+        try:
+            if e.stat().st_ino in live:  # a live writer's: its line is on the way
+                continue
+            record = read_metadata(e.path)
+        except (OSError, ValueError, SyntaxError):  # not an sdkit candidate (a grid, someone's PNG)
+            continue
+        if "seed" not in record or "run_id" not in record:
+            continue
+        record["path"], record["file"] = str(out / e.name), e.name
+        _append(out, (json.dumps(record, sort_keys=True) + "\n").encode())
+    for path in dead:  # last: a recover killed midway leaves the evidence for the next one
+        Path(path).unlink(missing_ok=True)
+
+
+class _folder_lock:
+    """An exclusive flock on the folder, so two `recover`s never both add a PNG's line."""
+
+    def __init__(self, path: Path):
+        self.path, self.fd = path, None
+
+    def __enter__(self):
+        try:
+            import fcntl
+
+            self.fd = os.open(self.path, os.O_RDONLY)
+            fcntl.flock(self.fd, fcntl.LOCK_EX)
+        except (ImportError, OSError):  # no flock here (Windows, some network file systems): go on unlocked
+            pass
+        return self
+
+    def __exit__(self, *exc):
+        if self.fd is not None:
+            os.close(self.fd)  # releases the lock
+
+
+def read_manifest(output_dir, run_id: str | None = None) -> list[dict]:
+    """Manifest records, one per file (its last line wins), after `recover`ing the folder.
+
+    A torn line (killed mid-write) is skipped; a line whose PNG is gone is dropped with a warning.
     A folder's manifest collects every run written there; `run_id` keeps one run's records.
     """
+    recover(output_dir)
     path = Path(output_dir) / MANIFEST
     if not path.exists():
         return []
     by_file: dict[str, dict] = {}
-    for line in path.read_text().splitlines():
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue
+    for rec in _parse_manifest(path):
         if run_id is None or rec.get("run_id") == run_id:
             by_file[rec.get("file", len(by_file))] = rec
+    gone = [f for f in by_file if isinstance(f, str) and not (Path(output_dir) / f).exists()]
+    if gone:
+        warnings.warn(f"{path}: {len(gone)} manifest record(s) name a file that is not there (deleted?), "
+                      f"e.g. {gone[0]!r}; they are left out", stacklevel=2)
+        for f in gone:
+            del by_file[f]
     return list(by_file.values())
 
 
@@ -171,6 +367,17 @@ def read_metadata(path) -> dict:
         if "sdkit" not in text:
             raise ValueError(f"{path}: no sdkit metadata (chunks: {sorted(text)}); was it written by sdkit?")
         return json.loads(text["sdkit"])
+
+
+def load_candidate(path) -> Candidate:
+    """A saved candidate back from its PNG: the pixels and every recorded setting."""
+    import dataclasses
+
+    meta = read_metadata(path)
+    with Image.open(path) as im:
+        image = im.convert("RGB")  # loads it, and detaches it from the file
+    fields = {f.name for f in dataclasses.fields(Candidate)} - {"image", "path"}
+    return Candidate(image=image, path=str(path), **{k: v for k, v in meta.items() if k in fields})
 
 
 def read_parameters(path) -> str:

@@ -14,7 +14,6 @@ import collections
 import dataclasses
 import json
 import os
-import secrets
 import threading
 import warnings
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ from typing import TYPE_CHECKING, Callable
 
 from .candidate import Candidate
 from .generate import progress_bar  # ipywidgets in notebooks (stable stored output), tqdm elsewhere
-from .save import MANIFEST, append_manifest, file_name, png_bytes, read_manifest, read_metadata
+from .save import MANIFEST, append_manifest, file_name, png_bytes, read_manifest, read_metadata, write_temp
 
 if TYPE_CHECKING:
     from .sweep import Sweep, SweepItem
@@ -120,36 +119,13 @@ def run_sweep(sweep: Sweep, output_dir, *, backend: str = "local", ray_address: 
 
 
 def prepare_output(sweep: Sweep, out: Path, items: list[SweepItem]) -> set[int]:
-    """Repair what a crash can leave, and return the indices of items already finished."""
-    manifest = out / MANIFEST
-    if manifest.exists() and manifest.stat().st_size:
-        with open(manifest, "rb") as f:
-            f.seek(-1, os.SEEK_END)
-            torn = f.read(1) != b"\n"
-        if torn:  # a line cut short by a kill: end it, so the next line is not glued onto it
-            append_manifest_bytes(out, b"\n")
-    for tmp in out.glob(f".{sweep.run_id}-*.tmp"):  # half-written by a killed worker; never a finished image
+    """Repair what a crash can leave (`sdkit.save.recover`), and return the indices of items already finished."""
+    # No worker of this sweep runs yet, so none of its temp files is live: remove them all, also those
+    # a worker on another host left (recover leaves another host's temp files alone).
+    for tmp in out.glob(f".{sweep.run_id}-*.tmp"):
         tmp.unlink(missing_ok=True)
-    recorded = {r.get("file") for r in read_manifest(out)}
-    on_disk = set(os.listdir(out))
-    done = set()
-    for it in items:
-        name = sweep.file_name(it)
-        if name in recorded:
-            done.add(it.index)
-        elif name in on_disk:  # linked into place, then killed before its manifest line
-            _append_record(out, out / name)
-            done.add(it.index)
-    return done
-
-
-def append_manifest_bytes(out: Path, data: bytes) -> None:
-    fd = os.open(out / MANIFEST, os.O_WRONLY | os.O_APPEND)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    recorded = {r.get("file") for r in read_manifest(out)}  # recovers first: torn line, unrecorded PNGs
+    return {it.index for it in items if sweep.file_name(it) in recorded}
 
 
 def _append_record(out: Path, path: Path) -> None:
@@ -299,24 +275,21 @@ class SweepWorker:
     def _save_once(self, c: Candidate) -> None:
         """Link a complete PNG into its fixed name, then append its manifest line; never a second copy."""
         path = self.out / file_name(c)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(3)}.tmp")
-        with open(tmp, "wb") as f:
-            f.write(png_bytes(c))
-            f.flush()
-            os.fsync(f.fileno())
+        tmp = write_temp(path, png_bytes(c))
         try:
-            os.link(tmp, path)  # atomic, and fails if the name is taken
-        except FileExistsError:
+            try:
+                os.link(tmp, path)  # atomic, and fails if the name is taken
+            except FileExistsError:
+                c.path = str(path)
+                self._record_existing(path)
+                return
+            _fsync_dir(self.out)
             c.path = str(path)
-            self._record_existing(path)
-            return
+            record = c.params()
+            record["file"] = path.name
+            append_manifest(self.out, record)
         finally:
-            tmp.unlink(missing_ok=True)
-        _fsync_dir(self.out)
-        c.path = str(path)
-        record = c.params()
-        record["file"] = path.name
-        append_manifest(self.out, record)
+            tmp.unlink(missing_ok=True)  # after the line, as in sdkit.save.save_candidate: recover relies on it
 
 
 def _fsync_dir(path: Path) -> None:

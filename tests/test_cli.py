@@ -48,6 +48,8 @@ def test_prompts_file(tmp_path, tiny_path):
     (["a cat", "--height", "100"], "height=100"),
     (["a cat", "--steps", "0"], "num_inference_steps=0"),
     (["a cat", "--guidance", "-2"], "guidance_scale=-2.0"),
+    (["a cat", "--guidance", "nan"], "guidance_scale=nan"),
+    (["a cat", "--guidance", "inf"], "guidance_scale=inf"),
     (["a cat", "-n", "2", "--seeds", "1,2,3"], "seeds has 3 entries but n=2"),
     (["a cat", "--scheduler", "Euler b"], "scheduler='Euler b'"),
     (["generate", "--prompts-file", "/nonexistent"], "no such file"),
@@ -64,3 +66,49 @@ def test_bad_input_exits_2_before_loading(monkeypatch, capsys, args, message):
 def test_missing_model_exits_1(tmp_path, capsys):
     assert main(["a cat", "--model", str(tmp_path / "none"), "--out", str(tmp_path)]) == 1
     assert "no such directory" in capsys.readouterr().err
+
+
+def test_resume_a_killed_cli_run(tmp_path, tiny_pipe, monkeypatch, capsys):
+    """Killed (SIGKILL, at a fault point) while saving the 2nd image; `--resume` finishes it bit-identically."""
+    import os
+    import signal
+
+    import numpy as np
+    from PIL import Image
+
+    from sdkit.generate import generate
+
+    env = {**os.environ, "SDKIT_FAULT_AT": "linked:2"}
+    cmd = [sys.executable, "-m", "sdkit", "a cat", "a dog", "-n", "2", "--seed", "4", "--steps", "2", "--out",
+           str(tmp_path), "--quiet", "--scorer", "none"]
+    assert subprocess.run(cmd, env=env, capture_output=True, timeout=300).returncode == -signal.SIGKILL
+    (run_dir,) = tmp_path.iterdir()
+    assert len(list(run_dir.glob("*.png"))) == 2
+
+    import sdkit.load
+
+    real = sdkit.load.load_pipeline
+    monkeypatch.setattr(sdkit.load, "load_pipeline", lambda *a, **k: pytest.fail("loaded a model before refusing"))
+    assert main(["generate", "--resume", str(run_dir), "--steps", "5", "a cat"]) == 2
+    err = capsys.readouterr().err
+    assert "num_inference_steps was 2, now 5" in err and "prompts was ['a cat', 'a dog'], now ['a cat']" in err
+    monkeypatch.setattr(sdkit.load, "load_pipeline", real)
+
+    assert main(["generate", "--resume", str(run_dir), "--quiet", "--scorer", "none", "--seed", "4"]) == 0
+    out = capsys.readouterr()
+    assert "2 kept, 2 made" in out.out and "2 of 4 candidates kept, 2 to make" in out.err
+    pngs = sorted(run_dir.glob("*-s*.png"))
+    ref = generate(tiny_pipe, ["a cat", "a dog"], n=2, seed=4, num_inference_steps=2, progress=False)
+    assert len(pngs) == 4 and not [p for p in run_dir.iterdir() if p.name.startswith(".")]
+    for p, c in zip(pngs, ref):
+        assert np.array_equal(np.asarray(Image.open(p)), np.asarray(c.image))
+    assert main(["generate", "--resume", str(run_dir), "--quiet", "--scorer", "none"]) == 0
+    assert "nothing to make" in capsys.readouterr().err
+
+
+def test_resume_is_refused_for_edits_and_empty_folders(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["img2img", "--resume", str(tmp_path), "--image", "x.png", "a cat"])
+    assert "--resume: not supported for edits" in capsys.readouterr().err
+    assert main(["generate", "--resume", str(tmp_path)]) == 2
+    assert "no sdkit run here" in capsys.readouterr().err

@@ -286,3 +286,19 @@ def test_cli_inpaint_and_bad_input(tmp_path, capsys):
     rc = main(["outpaint", "--image", str(tmp_path / "in.png"), "x", "--left", "-1", "--out", str(tmp_path / "o2")])
     assert rc == 2 and "left=-1" in capsys.readouterr().err
     assert not (tmp_path / "o2").exists()  # refused before creating anything
+
+
+def test_img2img_resumes_from_python_and_refuses_another_image(tiny_pipe, tmp_path):
+    image = noise(64, 64)
+    stop = [False]
+    first = img2img(tiny_pipe, "a cat", image, strength=0.5, n=3, seed=2, batch_size=2, output_dir=tmp_path,
+                    run_id="e", cancel=lambda: stop[0], callback=lambda p: p.finished and stop.__setitem__(0, True), **FAST)
+    assert first.cancelled and len(first) == 2
+    run = img2img(tiny_pipe, "a cat", image, strength=0.5, n=3, seed=2, output_dir=tmp_path, run_id="e", **FAST)
+    assert run.resumed == 2 and len(run) == 3
+    ref = img2img(tiny_pipe, "a cat", image, strength=0.5, n=3, seed=2, **FAST)
+    assert all(np.array_equal(arr(a.image), arr(b.image)) for a, b in zip(run, ref))
+    with pytest.raises(ValueError, match="cannot resume run 'e'.*init_image_hash"):
+        img2img(tiny_pipe, "a cat", noise(64, 64, seed=1), strength=0.5, n=3, seed=2, output_dir=tmp_path, run_id="e", **FAST)
+    with pytest.raises(ValueError, match=r"cannot resume run 'e'.*'strength': 0.5.*'strength': 0.6"):
+        img2img(tiny_pipe, "a cat", image, strength=0.6, n=3, seed=2, output_dir=tmp_path, run_id="e", **FAST)

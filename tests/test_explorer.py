@@ -121,6 +121,7 @@ def test_random_seed_is_drawn_shown_and_used(tmp_path):
     (dict(seed="12abc"), "seed='12abc'"),
     (dict(seed="-5"), "seed=-5"),
     (dict(model=" "), "model=' '"),
+    (dict(guidance_scale=float("nan")), "guidance_scale=nan"),  # the slider takes NaN as typed
 ])
 def test_bad_input_is_shown_and_nothing_starts(ex, monkeypatch, change, message):
     import sdkit.load

@@ -63,6 +63,10 @@ def test_random_seed_is_drawn_and_recorded(tiny_pipe):
     (dict(width=-64), "width=-64"),
     (dict(num_inference_steps=0), "num_inference_steps=0"),
     (dict(guidance_scale=-1.0), "guidance_scale=-1.0"),
+    (dict(guidance_scale=float("nan")), "guidance_scale=nan: must be a finite number"),  # was: guidance silently off
+    (dict(guidance_scale=float("inf")), "guidance_scale=inf: must be a finite number"),  # was: a black image
+    (dict(num_inference_steps=True), "num_inference_steps=True"),  # was: one step
+    (dict(batch_size=True), "batch_size=True"),
     (dict(n=3, seeds=[1, 2]), "seeds has 2 entries but n=3"),
     (dict(batch_size=0), "batch_size=0"),
     (dict(negative_prompt=["a", "b"]), "negative_prompt has 2 entries for 1 prompts"),
@@ -92,6 +96,86 @@ def test_unwritable_output_dir(tiny_pipe, tmp_path):
 def test_long_prompt_warns_about_truncation(tiny_pipe):
     with pytest.warns(UserWarning, match=r"reads only the first 77"):
         generate(tiny_pipe, "red " * 100, n=1, seed=0, **FAST)
+
+
+def test_very_long_prompt_is_one_warning_and_printed_nowhere(tiny_pipe, capfd):
+    """10,000 characters: sdkit's one warning, not diffusers' copy of the truncated text nor transformers' notice."""
+    import logging
+
+    prompt = "red " * 2500
+    # transformers says it once per tokenizer: make sure this test would see it
+    tiny_pipe.tokenizer.deprecation_warnings.pop("sequence-length-is-longer-than-the-specified-maximum", None)
+    records = []
+    handler = logging.Handler(logging.DEBUG)
+    handler.emit = records.append
+    loggers = [logging.getLogger(n) for n in ("", "diffusers", "transformers")]  # libraries' roots don't propagate
+    for lg in loggers:
+        lg.addHandler(handler)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            run = generate(tiny_pipe, prompt, n=1, seed=0, **FAST)
+    finally:
+        for lg in loggers:
+            lg.removeHandler(handler)
+    said = [str(w.message) for w in caught] + [r.getMessage() for r in dict.fromkeys(records)]
+    about = [m for m in said if any(k in m for k in ("truncat", "ignored", "only the first", "sequence length"))]
+    assert len(about) == 1 and "prompt is 2502 tokens" in about[0], about
+    out, err = capfd.readouterr()
+    assert all("red " * 20 not in m for m in said) and "red " * 20 not in out + err
+    assert len(run) == 1
+
+
+def test_resume_keeps_finished_and_makes_the_rest_bit_identically(tiny_pipe, tmp_path, capsys):
+    stop = threading.Event()
+    first = generate(tiny_pipe, ["a cat", "a dog"], n=3, seed=8, batch_size=2, output_dir=tmp_path, run_id="r",
+                     cancel=stop, callback=lambda p: p.finished and stop.set(), **FAST)
+    assert first.cancelled and len(first) == 2
+    saved = {p.name: p.stat().st_mtime_ns for p in tmp_path.glob("*.png")}
+    # seeds are not given again: the run's own are used
+    run = generate(tiny_pipe, ["a cat", "a dog"], n=3, batch_size=3, output_dir=tmp_path, run_id="r", **FAST)
+    assert "2 of 6 candidates kept, 4 to make" in capsys.readouterr().err
+    assert run.resumed == 2 and [c.index for c in run] == list(range(6)) and [c.seed for c in run] == [8, 9, 10] * 2
+    assert {p.name: p.stat().st_mtime_ns for p in tmp_path.glob("*.png") if p.name in saved} == saved  # kept, not redone
+    ref = generate(tiny_pipe, ["a cat", "a dog"], n=3, seed=8, **FAST)
+    assert all(np.array_equal(a, b) for a, b in zip(pixels(run), pixels(ref)))
+    from sdkit.save import read_manifest
+
+    assert sorted(r["index"] for r in read_manifest(tmp_path, run_id="r")) == list(range(6))
+    assert (tmp_path / "r.run.json").exists()
+
+
+def test_resuming_a_complete_run_makes_nothing(tiny_pipe, tmp_path, monkeypatch, capsys):
+    done = generate(tiny_pipe, "a cat", n=2, seed=1, output_dir=tmp_path, run_id="c", **FAST)
+    monkeypatch.setattr(type(tiny_pipe), "__call__", lambda *a, **k: pytest.fail("made an image again"))
+    again = generate(tiny_pipe, "a cat", n=2, seed=1, output_dir=tmp_path, run_id="c", **FAST)
+    assert "already complete (2 candidates kept), nothing to make" in capsys.readouterr().err
+    assert again.resumed == 2 and all(np.array_equal(a, b) for a, b in zip(pixels(again), pixels(done)))
+    assert len(list(tmp_path.glob("*.png"))) == 2
+
+
+@pytest.mark.parametrize("change,match", [
+    (dict(prompt="a dog"), r"prompts was \['a cat'\], now \['a dog'\]"),
+    (dict(num_inference_steps=4), "num_inference_steps was 3, now 4"),
+    (dict(guidance_scale=5.0), "guidance_scale was 7.5, now 5.0"),
+    (dict(seed=2), r"seeds was \[1, 2\], now \[2, 3\]"),
+    (dict(n=3), "n was 2, now 3"),
+    (dict(height=32), "height was 64, now 32"),
+    (dict(negative_prompt="blurry"), r"negative_prompts was \[None\], now \['blurry'\]"),
+])
+def test_resume_with_other_settings_is_refused(tiny_pipe, tmp_path, monkeypatch, change, match):
+    generate(tiny_pipe, "a cat", n=2, seed=1, output_dir=tmp_path, run_id="s", **FAST)
+    monkeypatch.setattr(type(tiny_pipe), "__call__", lambda *a, **k: pytest.fail("generated before refusing"))
+    args = dict(prompt="a cat", n=2, seed=1, **FAST) | change
+    with pytest.raises(ValueError, match="cannot resume run 's'.*" + match):
+        generate(tiny_pipe, args.pop("prompt"), output_dir=tmp_path, run_id="s", **args)
+
+
+def test_resume_with_another_scheduler_is_refused(tmp_path):
+    generate(load_pipeline("sdkit:tiny"), "a cat", n=1, seed=1, output_dir=tmp_path, run_id="s", **FAST)
+    with pytest.raises(ValueError, match="scheduler was 'DDIM', now 'Euler a'"):
+        generate(load_pipeline("sdkit:tiny", scheduler="Euler a"), "a cat", n=1, seed=1, output_dir=tmp_path,
+                 run_id="s", **FAST)
 
 
 def test_progress_callback_per_step_and_batch(tiny_pipe):
