@@ -42,7 +42,8 @@ browser-deps: $(STAMP)
 	  else sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; fi; }
 	$(PY) -c "import playwright" 2>/dev/null || $(PY) -m pip install -q playwright
 
-## All tests: unit + integration (tiny models, toy world, Ray, multi-device JAX), real browser, strict nbval.
+## All tests: unit + integration (tiny models, toy world, Ray, multi-device JAX), real browser, strict nbval
+## (under three CPU kernel settings: as this CPU computes, capped at AVX2, capped at AVX-512).
 test: $(STAMP) browser-deps
 	SDKIT_REQUIRE_BROWSER=1 $(PY) -m pytest tests -ra
 	$(MAKE) --no-print-directory test-notebooks
@@ -52,7 +53,7 @@ test-fast: $(STAMP)
 
 test-notebooks: $(STAMP)
 	@if ls notebooks/*.ipynb >/dev/null 2>&1; then \
-	  $(PY) -m sdkit.notebook check notebooks; \
+	  $(PY) -m sdkit.notebook check --kernels all notebooks; \
 	else echo "no notebooks yet"; fi
 
 ## Re-run every notebook on the tiny models and store the outputs nbval checks (after intentional changes).

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from sdkit.notebook import thick_cells
+from sdkit.notebook import align_numbers, thick_cells
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
@@ -137,3 +137,49 @@ def test_execute_and_check_name_a_missing_path_before_any_work(tmp_path):
         check([tmp_path])
     with pytest.raises(FileNotFoundError, match="sanitize='missing.cfg': no such file"):
         check([tmp_path], sanitize="missing.cfg")
+
+
+def test_decimal_numbers_may_differ_by_one_unit_in_their_last_digit():
+    assert align_numbers("CLIP score  23.54   seed 6", "CLIP score  23.53   seed 6") == "CLIP score  23.54   seed 6"
+    assert align_numbers("CLIP score  23.54   seed 6", "CLIP score  23.55   seed 6") == "CLIP score  23.54   seed 6"
+    assert align_numbers("23.54", "23.52") == "23.52"  # two units: a real change
+    assert align_numbers("23.54", "23.5") == "23.5"  # another precision is another output
+    assert align_numbers("seed 6 23.54", "seed 7 23.53") == "seed 7 23.53"  # integers are exact, so nothing aligns
+    assert align_numbers("a 1.50", "b 1.51") == "b 1.51"  # the words around the numbers must match
+    assert align_numbers("sdkit 0.42.1", "sdkit 0.42.2") == "sdkit 0.42.2"  # versions are not decimals
+    assert align_numbers("131.53/133.88 0.10", "131.54/133.87 -0.10") == "131.53/133.88 -0.10"
+    assert align_numbers("23.54", "23.53", units=0) == "23.53"  # tolerance 0: plain strict nbval
+
+
+# Real edits a notebook's author could make, each of which must fail the check (on the tiny models, where a
+# change shows least). Each is (what, old text, new text) in notebook 01's cells.
+EDITS = [
+    ("seed", 'autumn leaves", n=3, seed=0', 'autumn leaves", n=3, seed=1'),
+    ("guidance", "num_inference_steps=50,\n", "num_inference_steps=50, guidance_scale=7.0,\n"),
+    ("prompt", '"dog sitting in a field of autumn leaves"', '"dog sitting in a field of autumn leaf"'),
+    ("scheduler", 'scheduler="DPM++ 2M Karras"', 'scheduler="DPM++ 2M"'),
+    ("model", "pipe = load_pipeline(models.pipeline)",
+     "pipe = load_pipeline(str(__import__('sdkit.tiny').tiny.tiny_pipeline_path(seed=1)))"),  # same shapes, other weights
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("what,old,new", [(None, None, None)] + EDITS, ids=["unedited"] + [e[0] for e in EDITS])
+def test_notebook_check_fails_on_a_real_edit(tmp_path, what, old, new):
+    """The tolerance for other CPUs' rounding does not hide a changed seed, guidance, prompt, scheduler or model."""
+    from sdkit.notebook import check
+
+    src = ROOT / "notebooks" / "01_text_to_image_basics.ipynb"
+    nb = json.loads(src.read_text())
+    hits = 0
+    for c in nb["cells"]:
+        text = "".join(c["source"])
+        if old and old in text:
+            hits += text.count(old)
+            c["source"] = text.replace(old, new).splitlines(keepends=True)
+    assert hits == (1 if old else 0), f"the {what} edit matches {hits} places in {src.name}"
+    (tmp_path / "notebooks").mkdir()
+    (tmp_path / "notebooks" / src.name).write_text(json.dumps(nb))
+    shutil.copy(ROOT / "notebooks" / "sanitize.cfg", tmp_path / "notebooks")
+    code = check([tmp_path / "notebooks"], pytest_args=["-q"])
+    assert code == (1 if what else 0), f"edit {what!r}: check returned {code}"
