@@ -11,13 +11,16 @@ EXTRAS     ?= dev,ray
 PY         := $(VENV)/bin/python
 STAMP      := $(VENV)/.sdkit-installed
 
-# Main job settings (override on the command line).
-MODEL   ?= sdkit:tiny
-PROMPT  ?= a red circle
-N       ?= 8
-SEED    ?= 0
-STEPS   ?= 20
-OUT     ?= outputs
+# Main job settings (override on the command line). The default model is the shipped toy world: 32x32
+# shapes in four colours ("a red circle", "a blue triangle"...), trained by sdkit, so the ranked grid shows
+# real pictures with no download. A real model: MODEL=stable-diffusion-v1-5/stable-diffusion-v1-5 GUIDANCE=7.5.
+MODEL    ?= sdkit:toy
+PROMPT   ?= a red circle
+N        ?= 8
+SEED     ?= 0
+STEPS    ?= 20
+GUIDANCE ?= 2
+OUT      ?= outputs
 DEMO_ARGS ?=
 
 .PHONY: install demo test test-fast test-notebooks browser-deps bench gpu-check gpu-wheels toy notebooks clean
@@ -33,7 +36,7 @@ install: $(STAMP)
 
 ## The main job: N seeded candidates for a prompt, scored, ranked, saved with metadata in outputs/.
 demo: $(STAMP)
-	$(PY) -m sdkit generate "$(PROMPT)" -n $(N) --seed $(SEED) --steps $(STEPS) --model $(MODEL) --out $(OUT) $(DEMO_ARGS)
+	$(PY) -m sdkit generate "$(PROMPT)" -n $(N) --seed $(SEED) --steps $(STEPS) --guidance $(GUIDANCE) --model $(MODEL) --out $(OUT) $(DEMO_ARGS)
 
 ## A real browser for the widget test (Debian's Chromium + Playwright without its browser download).
 browser-deps: $(STAMP)
@@ -61,7 +64,7 @@ test-notebooks: $(STAMP)
 notebooks: $(STAMP)
 	$(PY) -m sdkit.notebook execute notebooks
 
-## Train the toy shapes world (cached) and print what reranking buys.
+## Train the toy world from scratch (cached), say whether it matches the shipped one, print what reranking buys.
 toy: $(STAMP)
 	$(PY) -m sdkit.toy
 

@@ -1,7 +1,10 @@
-"""Train the toy world (cached) and print what reranking buys.
+"""Train the toy world from scratch, compare it with the shipped one, and print what reranking buys.
 
-    python -m sdkit.toy                      # the CI-sized world, ~5 min on 2 cores the first time
+    python -m sdkit.toy                      # = make toy: trains the CI-sized world (~5 min on 2 cores),
+                                             #   then says whether it matches the shipped world
+    python -m sdkit.toy --shipped            # evaluate the shipped world only (no training)
     python -m sdkit.toy --size full --json bench/results/toy_quality.json
+    python -m sdkit.toy --ship               # maintainers: train, evaluate, and replace sdkit/toy/fixture/
 """
 
 from __future__ import annotations
@@ -9,12 +12,17 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 from pathlib import Path
+
+FIGURES = ("adherence", "random_pick", "best_possible", "top1", "control")
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m sdkit.toy", description=__doc__.splitlines()[0])
-    p.add_argument("--size", default="ci", help="'ci' (minutes) or 'full' (the README's figures)")
+    p.add_argument("--size", default="ci", help="'ci' (minutes; the shipped world's size) or 'full' (the README's figures)")
+    p.add_argument("--shipped", action="store_true", help="evaluate the shipped world, do not train")
+    p.add_argument("--ship", action="store_true", help="replace the shipped world (sdkit/toy/fixture) with this training")
     p.add_argument("-n", type=int, default=8, help="candidates per set (default 8)")
     p.add_argument("--groups", type=int, default=8, help="sets per prompt (default 8)")
     p.add_argument("--seed", type=int, default=0)
@@ -24,14 +32,33 @@ def main(argv=None) -> int:
     p.add_argument("--json", type=Path, help="also write the figures here")
     p.add_argument("--train-only", action="store_true", help="build the world, skip the evaluation")
     args = p.parse_args(argv)
+    if args.shipped and (args.ship or args.size != "ci"):
+        p.error("--shipped evaluates the shipped CI world; it goes with neither --ship nor --size")
 
-    from .world import load_world_info, toy_world_path
+    from .world import FIXTURE, load_world_info, ship_world, shipped_world_path, toy_world_path
 
-    world = toy_world_path(args.size)
+    shipped = shipped_world_path()
+    shipped_info = json.loads((shipped / "SHIPPED.json").read_text()) if shipped else None
+    if args.shipped:
+        if shipped is None:
+            p.error(f"this copy of sdkit has no shipped toy world ({FIXTURE} is missing)")
+        world = shipped
+    else:
+        world = toy_world_path(args.size, train=True)
     info = load_world_info(world)
     t = info["times"]
     print(f"toy world: {world}\n  trained in {t['total_s']:.0f}s (vae {t['vae_s']:.0f}s, clip {t['clip_s']:.0f}s, "
           f"unet {t['unet_s']:.0f}s); CLIP zero-shot {info['clip_zero_shot']:.3f} on held-out shapes")
+
+    same = None
+    if args.size == "ci" and not args.shipped and shipped_info:
+        # Compare as shipped: the fresh weights stored the way the fixture stores them.
+        with tempfile.TemporaryDirectory() as tmp:
+            same = ship_world(world, Path(tmp) / "w")["content_sha256"] == shipped_info["content_sha256"]
+        where = shipped_info["trained_on"]
+        print("  matches the shipped world bit for bit" if same else
+              f"  differs from the shipped world (trained on {where['cpu']}, {where['threads']} thread(s), "
+              f"torch {where['torch']}): training runs in bf16, whose kernels differ between CPUs; figures below")
     if args.train_only:
         return 0
 
@@ -40,11 +67,25 @@ def main(argv=None) -> int:
     q = evaluate(world, n=args.n, groups=args.groups, seed=args.seed, num_inference_steps=args.steps,
                  guidance_scale=args.guidance, scorers=[s for s in args.scorers.split(",") if s])
     print(q.table())
+    figures = {k: getattr(q, k) for k in FIGURES}
+    if same is False and shipped_info.get("figures"):
+        print("  this build vs the shipped world:")
+        for k in FIGURES:
+            print(f"    {k:<14} {_fmt(figures[k]):<32} shipped {_fmt(shipped_info['figures'].get(k))}")
+    if args.ship:
+        shipped_info = ship_world(world, FIXTURE, figures=figures)
+        print(f"shipped {world} -> {FIXTURE} (content sha256 {shipped_info['content_sha256'][:16]}...)")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"quality": q.to_dict(), "world": info}, indent=2))
         print(f"wrote {args.json}")
     return 0
+
+
+def _fmt(v) -> str:
+    if isinstance(v, dict):
+        return " ".join(f"{k} {x:.3f}" for k, x in v.items())
+    return "-" if v is None else f"{v:.3f}"
 
 
 if __name__ == "__main__":

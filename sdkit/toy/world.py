@@ -1,12 +1,18 @@
-"""Build the toy world once and cache it: a Stable Diffusion pipeline and a CLIP, in Hub layout.
+"""The toy world: shipped ready to use, or trained once and cached. A Stable Diffusion pipeline and a CLIP, in Hub layout.
 
-    <cache>/toy/<size>-<key>/
+    sdkit/toy/fixture/           the CI-sized world, trained by `make toy` on one machine and shipped
+        pipeline/ clip/          (fp16 safetensors, a few MB: the one set of weights in the repository),
+        world.json SHIPPED.json  so `sdkit:toy` and `make demo` show real pictures with no training
+    <cache>/toy/<size>-<key>/    a world trained here (`toy_world_path(train=True)`, `--size full`)
         pipeline/   model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/ (DDIM)
         clip/       a full CLIPModel checkpoint + tokenizer + preprocessor_config.json
         world.json  settings, timings and held-out accuracies of this build
 
-`<key>` hashes the training code, the settings and the library versions, so
-changing any of them trains a new world; weights are never committed.
+`<key>` hashes the training code, the settings and the library versions, so changing any of
+them trains a new world. SHIPPED.json holds the shipped world's training settings, the key,
+the machine it was trained on and a content hash of its tensors, which `make toy` compares a
+fresh training against (bit-identical on the same CPU and thread count; training uses bf16
+autocast, so another CPU's kernels give other weights and only the figures compare).
 """
 
 from __future__ import annotations
@@ -79,11 +85,83 @@ def world_key(settings: WorldSettings) -> str:
     return h.hexdigest()[:12]
 
 
-def toy_world_path(size: str | WorldSettings = "ci", *, log=print) -> Path:
-    """The toy world's directory, trained on first use (minutes) and cached.
+FIXTURE = Path(__file__).parent / "fixture"
+
+
+def shipped_world_path() -> Path | None:
+    """The shipped CI-sized world, if this copy of sdkit has it."""
+    return FIXTURE if (FIXTURE / "SHIPPED.json").is_file() and (FIXTURE / "pipeline").is_dir() else None
+
+
+def content_hash(world: str | os.PathLike) -> str:
+    """sha256 over every tensor of a world's safetensors (file, name, dtype, shape, bytes), in path order.
+
+    Tensors only: configs carry library versions, which do not change a picture."""
+    from safetensors import safe_open
+
+    world = Path(world)
+    h = hashlib.sha256()
+    for f in sorted(world.rglob("*.safetensors")):
+        with safe_open(f, "np") as st:
+            for k in sorted(st.keys()):
+                a = st.get_tensor(k)
+                h.update(f"{f.relative_to(world).as_posix()}:{k}:{a.dtype}:{a.shape}".encode())
+                h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def ship_world(src: str | os.PathLike, dest: str | os.PathLike = FIXTURE, figures: dict | None = None) -> dict:
+    """Copy a trained world to `dest` with fp32 weights stored as fp16 (halves the size; CLIP's
+    `logit_scale` stays fp32, whose exp must be 100 exactly), and write SHIPPED.json beside it."""
+    import platform
+
+    from safetensors.numpy import load_file, save_file
+
+    src, dest = Path(src), Path(dest)
+    tmp = dest.with_name(dest.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(src, tmp, ignore=shutil.ignore_patterns("*.safetensors", "*.lock"))
+    for f in sorted(src.rglob("*.safetensors")):
+        tensors = {k: (v.astype("float16") if v.dtype == "float32" and k != "logit_scale" else v)
+                   for k, v in load_file(f).items()}
+        save_file(tensors, tmp / f.relative_to(src), metadata={"format": "pt"})
+    info = load_world_info(src)
+    shipped = {
+        "what": "the CI-sized toy world (sdkit.toy.world.SIZES['ci']), weights in fp16",
+        "content_sha256": content_hash(tmp),
+        "world_key": src.name.rsplit("-", 1)[-1],
+        "settings": info["settings"],
+        "trained_on": {"cpu": _cpu_name(), "machine": platform.machine(), "threads": info["settings"]["threads"],
+                       "torch": info.get("torch")},
+        "times": info["times"],
+        "figures": figures or {},
+    }
+    (tmp / "SHIPPED.json").write_text(json.dumps(shipped, indent=2) + "\n")
+    shutil.rmtree(dest, ignore_errors=True)
+    os.rename(tmp, dest)
+    return shipped
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or "unknown"
+
+
+def toy_world_path(size: str | WorldSettings = "ci", *, train: bool = False, log=print) -> Path:
+    """The toy world's directory: the shipped CI world, or (`train=True`, other sizes) trained on first use
+    (minutes) and cached.
 
     Concurrent callers wait for one build (a file lock) instead of training twice.
     """
+    if size == "ci" and not train and shipped_world_path() is not None:
+        return shipped_world_path()
     settings = settings_for(size)
     name = size if isinstance(size, str) else "custom"
     final = cache_root() / "toy" / f"{name}-{world_key(settings)}"
