@@ -18,15 +18,16 @@ import html
 import secrets
 import threading
 import time
-import traceback
 from pathlib import Path
 from typing import Any
 
 import ipywidgets as widgets
 import numpy as np
 
+from .explorer_text import details_html, error_html, img2img_label, progress_text
 from .gallery import Gallery
 from .grid import Entry, save_ranked_grid
+from .model_defaults import default_clip_label, defaults_for, native_size
 from .rerank import clip_for, get_scorer  # one scorer cache for panel, CLI and notebooks
 from .schedulers import SCHEDULERS
 
@@ -44,6 +45,11 @@ def _v(value):
 def _with(options: list, value) -> list:
     """`options` plus `value` if it is not among them (checked at Generate, like any other input)."""
     return options if value is None or value in [v for _, v in options] else options + [(str(value), value)]
+
+
+def _sizes(native: int | None) -> list:
+    """The size choices; "model default" says what it is when the model's config tells (e.g. "32 (native)")."""
+    return [(f"{native} (native)" if native else "model default", DEFAULT)] + SIZES[1:]
 
 
 def _none(value):
@@ -67,24 +73,40 @@ class Request:
     model: str
     scheduler: str | None
     scorer: Any  # "flax" / "torch" / a scorer object / None
+    clip_model: str | None  # for a named scorer; None: the one that belongs with the model (`clip_for`)
     prompts: list[str]
     kwargs: dict  # for `generate`
     output_dir: Path
     init_image: Any = None  # set for "more like this": image-to-image from this image
     strength: float = 0.6
+    source: Any = None  # the candidate "more like this" started from, shown first in the gallery
+
+    @property
+    def what(self) -> str:
+        """'image-to-image from seed 7, strength 0.6', or '' for text-to-image."""
+        return "" if self.source is None else img2img_label(self.source.seed, self.strength)
 
 
 class Explorer(widgets.VBox):
     """The panel (a VBox) and its state: `.run`, `.ranked`, `.grid_path`, `.error` after each generation."""
 
-    def __init__(self, model: str = "sdkit:tiny", scorer: Any = "flax", *, prompt: str = "",
-                 negative_prompt: str = "", n: int = 4, num_inference_steps: int = 30, guidance_scale: float = 7.5,
+    def __init__(self, model: str = "sdkit:tiny", scorer: Any = "flax", *, clip_model: str | None = None,
+                 prompt: str | None = None, negative_prompt: str = "", n: int = 4,
+                 num_inference_steps: int | None = None, guidance_scale: float | None = None,
                  seed: int | None = None, height: int | None = None, width: int | None = None,
                  scheduler: str | None = None, output_dir: str | Path = "outputs", device: str = "auto",
-                 dtype: str = "auto", batch_size: int | None = None, scorer_model: str | None = None,
-                 thumb_size: int = 128):
+                 dtype: str = "auto", batch_size: int | None = None, thumb_size: int = 128,
+                 scorer_model: str | None = None):
+        if scorer_model is not None and clip_model not in (None, scorer_model):
+            raise ValueError(f"clip_model={clip_model!r} and scorer_model={scorer_model!r}: scorer_model is the old "
+                             "name of clip_model; give one")
+        clip_model = clip_model if clip_model is not None else scorer_model
         self.output_dir, self.device, self.dtype, self.batch_size = Path(output_dir), device, dtype, batch_size
-        self.scorer_model = scorer_model
+        # What suits this model when the caller did not say: its native size, the toy world's prompts and settings.
+        suits = defaults_for(model)
+        prompt = suits.prompt if prompt is None else prompt
+        num_inference_steps = suits.num_inference_steps if num_inference_steps is None else num_inference_steps
+        guidance_scale = suits.guidance_scale if guidance_scale is None else guidance_scale
         self.run = None  # the last Run
         self.ranked: list = []  # the last ranking (Ranked items, or candidates when there is no scorer)
         self.grid_path: Path | None = None
@@ -97,6 +119,7 @@ class Explorer(widgets.VBox):
         self._scorer = None
         self._scorer_error: str | None = None
         self._total = 0
+        self._req: Request | None = None  # the run in progress (or the last one)
 
         def field(width="240px"):  # one look for every control; descriptions aligned
             return dict(style={"description_width": "64px"}, layout=widgets.Layout(width=width))
@@ -104,6 +127,9 @@ class Explorer(widgets.VBox):
         self.prompt = widgets.Textarea(value=prompt, description="prompt", placeholder="one prompt per line",
                                        **field("98%"))
         self.prompt.layout.height = "4.5em"
+        self.hint = widgets.HTML()  # what the model can draw, when it cannot draw anything
+        self.hint.add_class("sdkit-hint")
+        self._show_hint(suits.hint)
         self.negative_prompt = widgets.Text(value=negative_prompt, description="negative", **field("98%"))
         self.n = widgets.IntText(value=n, description="N", **field())
         self.num_inference_steps = widgets.IntSlider(value=num_inference_steps, min=1, max=150, description="steps",
@@ -114,14 +140,20 @@ class Explorer(widgets.VBox):
         self.seed = widgets.Text(value="" if seed is None else str(seed), description="seed", **field())
         self.random_seed = widgets.Checkbox(value=seed is None, description="random seed", indent=False,
                                             layout=widgets.Layout(width="120px"))
-        self.height = widgets.Dropdown(options=_with(SIZES, height), value=_v(height), description="height",
+        sizes = _sizes(suits.size)
+        self.height = widgets.Dropdown(options=_with(sizes, height), value=_v(height), description="height",
                                        **field("180px"))
-        self.width = widgets.Dropdown(options=_with(SIZES, width), value=_v(width), description="width",
+        self.width = widgets.Dropdown(options=_with(sizes, width), value=_v(width), description="width",
                                       **field("180px"))
         self.scheduler = widgets.Dropdown(options=[("model default", DEFAULT)] + [(s, s) for s in SCHEDULERS],
                                           value=_v(scheduler), description="scheduler", **field("300px"))
         self.model = widgets.Combobox(value=model, options=MODELS, description="model", ensure_option=False,
                                       **field())
+        self.clip_model = widgets.Combobox(value=clip_model or "", options=[default_clip_label("")],
+                                           placeholder=f"default: {default_clip_label(model)}", description="CLIP",
+                                           ensure_option=False, tooltip="the scorer's CLIP (clip_model=...)",
+                                           **field("300px"))
+        self.model.observe(self._model_changed, "value")
         scorer_options = list(SCORERS)
         if scorer is not None and scorer not in [v for _, v in SCORERS]:
             if not callable(scorer):
@@ -142,7 +174,9 @@ class Explorer(widgets.VBox):
 
         self.gallery = Gallery(thumb_size=thumb_size, enlarged_size=320, show_viewer=False)
         self.gallery.on_select(self._show_details)
-        self.details = widgets.HTML("")
+        self.details = widgets.HTML("", layout=widgets.Layout(width="100%"))
+        # What save and copy seed did, next to their buttons (the status line may be scrolled away).
+        self.selected_status = widgets.HTML("")
         self.save_button = widgets.Button(description="save", icon="save", tooltip="save a copy into <output_dir>/saved")
         self.copy_seed_button = widgets.Button(description="copy seed", icon="copy",
                                                tooltip="put this seed in the seed field (random seed off)")
@@ -153,14 +187,16 @@ class Explorer(widgets.VBox):
         self.copy_seed_button.on_click(self.copy_seed)
         self.more_button.on_click(self.more_like_this)
         self.selected_box = widgets.HBox([self.gallery.viewer, widgets.VBox(
-            [self.details, _row(self.save_button, self.copy_seed_button, self.more_button, self.strength)],
-            layout=widgets.Layout(flex="1 1 0", margin="0 0 0 12px"))], layout=widgets.Layout(display="none"))
+            [self.details, _row(self.save_button, self.copy_seed_button, self.more_button, self.strength),
+             self.selected_status],
+            layout=widgets.Layout(flex="1 1 0", min_width="0", margin="0 0 0 12px"))],
+            layout=widgets.Layout(display="none"))
 
         form = widgets.VBox([
-            self.prompt, self.negative_prompt,
+            self.prompt, self.hint, self.negative_prompt,
             _row(self.n, self.num_inference_steps, self.guidance_scale),
             _row(self.seed, self.random_seed, self.height, self.width),
-            _row(self.model, self.scheduler, self.scorer),
+            _row(self.model, self.scheduler, self.scorer, self.clip_model),
             _row(self.generate_button, self.stop_button, self.progress, self.progress_label),
         ])
         super().__init__([form, self.status, self.gallery, self.selected_box])
@@ -202,7 +238,8 @@ class Explorer(widgets.VBox):
             return
         self.random_seed.value = False
         self.seed.value = str(e.candidate.seed)
-        self._say(f"seed {e.candidate.seed} is in the seed field; Generate makes it again with the settings above")
+        self.selected_status.value = (f"<span>seed {e.candidate.seed} is in the seed field (random seed off); "
+                                      "Generate makes it again with the settings above</span>")
 
     def save_selected(self, _=None) -> Path | None:
         """Save a copy of the selected candidate (PNG + metadata) into `<output_dir>/saved`."""
@@ -213,12 +250,18 @@ class Explorer(widgets.VBox):
         if e is None:
             return None
         try:
+            folder = check_output_dir(self.output_dir / "saved")
+            before = _saved_copy(e.candidate, folder)
+            if before is not None:  # a second click must not leave a `-1.png` twin behind
+                self.selected_status.value = f"<span>already saved: {html.escape(str(before))}</span>"
+                return before
             copy = dataclasses.replace(e.candidate, extra=dict(e.candidate.extra))
-            save_candidate(copy, check_output_dir(self.output_dir / "saved"))
+            save_candidate(copy, folder)
         except Exception as err:
-            self._fail(err, during="saving")
+            self.error = f"{type(err).__name__}: {err}"
+            self.selected_status.value = error_html(err, "saving")
             return None
-        self._say(f"saved {html.escape(copy.path)}")
+        self.selected_status.value = f"<span>saved {html.escape(copy.path)}</span>"
         return Path(copy.path)
 
     def more_like_this(self, _=None) -> None:
@@ -231,13 +274,14 @@ class Explorer(widgets.VBox):
         c = e.candidate
         self.error = None
         try:
+            strength = check_strength(float(self.strength.value), self.num_inference_steps.value)
             req = self._read_form(prompts=[c.prompt])
-            req.strength = check_strength(float(self.strength.value), req.kwargs["num_inference_steps"])
+            req.strength = strength
         except Exception as err:
             self._fail(err, during="checking the settings")
             return
         req.model = c.model_id or req.model
-        req.init_image = c.image
+        req.init_image, req.source = c.image, c
         req.kwargs["extra"] = {"init_seed": c.seed, "init_file": Path(c.path).name if c.path else None}
         self._start(req)
 
@@ -253,9 +297,7 @@ class Explorer(widgets.VBox):
             if not lines:
                 raise ValueError("prompt is empty: describe the image you want (one prompt per line)")
             prompts = as_prompt_list(lines)
-        if self.random_seed.value:
-            self.seed.value = str(secrets.randbits(31))  # shown, so a good run can be repeated
-        seed = parse_seed(self.seed.value)
+        seed = secrets.randbits(31) if self.random_seed.value else parse_seed(self.seed.value)
         kwargs = dict(n=self.n.value, seed=seed, negative_prompt=self.negative_prompt.value.strip() or None,
                       num_inference_steps=self.num_inference_steps.value,
                       guidance_scale=float(self.guidance_scale.value), height=_none(self.height.value),
@@ -266,9 +308,12 @@ class Explorer(widgets.VBox):
         model = self.model.value.strip()
         if not model:
             raise ValueError(f"model={self.model.value!r}: give a Hub id, a local folder, or one of {MODELS[:2]}")
-        return Request(model=model, scheduler=_none(self.scheduler.value),
-                       scorer=_none(self.scorer.value), prompts=prompts, kwargs=kwargs,
-                       output_dir=check_output_dir(self.output_dir))
+        req = Request(model=model, scheduler=_none(self.scheduler.value), scorer=_none(self.scorer.value),
+                      clip_model=self.clip_model.value.strip() or None, prompts=prompts, kwargs=kwargs,
+                      output_dir=check_output_dir(self.output_dir))
+        if self.random_seed.value:  # shown only once the form is good: a refused form makes no images
+            self.seed.value = str(seed)
+        return req
 
     # -- the worker ------------------------------------------------------------------------------------
 
@@ -276,9 +321,7 @@ class Explorer(widgets.VBox):
         self._cancel.clear()
         self.error = None
         self.steps_seen = 0
-        self.run, self.ranked, self.grid_path = None, [], None
-        self.gallery.clear()
-        self.selected_box.layout.display = "none"
+        self._req = req
         self.progress.value, self.progress.max, self.progress.bar_style = 0, 1, ""
         self.progress_label.value = ""
         self.generate_button.disabled, self.stop_button.disabled, self.more_button.disabled = True, False, True
@@ -290,8 +333,8 @@ class Explorer(widgets.VBox):
         from .load import load_pipeline
         from .save import new_run_id
 
-        self._candidates, self._scorer, self._scorer_error, self._total = [], None, None, 0
-        run = None
+        self._scorer, self._scorer_error, self._total = None, None, 0
+        run, started = None, False
         stage = "loading the model"
         try:
             self._say(f"loading {html.escape(req.model)}…")
@@ -301,7 +344,13 @@ class Explorer(widgets.VBox):
             stage = "generating"
             run_id = new_run_id()
             out = req.output_dir / run_id
-            self._say(f"generating {len(req.prompts) * req.kwargs['n']} candidates into {html.escape(str(out))}…")
+            # Only now is the last run's gallery replaced: a model or CLIP that does not load keeps it, as form
+            # errors do.
+            self._new_gallery(req)
+            started = True
+            what = f"{req.what}: " if req.what else ""
+            self._say(f"{what}generating {len(req.prompts) * req.kwargs['n']} candidates into "
+                      f"{html.escape(str(out))}…")
             common = dict(output_dir=out, run_id=run_id, callback=self._on_progress, cancel=self._cancel,
                           progress=False)
             if req.init_image is None:
@@ -318,17 +367,31 @@ class Explorer(widgets.VBox):
             run = getattr(e, "sdkit_run", None)
             self._fail(e, during=stage)
         try:
-            self._finish(run)
+            if started:
+                self._finish(run)
         except Exception as e:
             self._fail(e, during="saving the scores and the ranked grid")
         finally:
             self.generate_button.disabled, self.stop_button.disabled, self.more_button.disabled = False, True, False
 
+    def _new_gallery(self, req: Request) -> None:
+        self._candidates = []
+        self.run, self.ranked, self.grid_path = None, [], None
+        self.gallery.clear()
+        self.gallery.set_source(req.source)  # "more like this": what the new images come from stays in view
+        self.selected_box.layout.display = "none"
+
     def _load_scorer(self, req: Request):
         if req.scorer is None or callable(req.scorer):
             return req.scorer
-        self._say(f"loading the {req.scorer} CLIP scorer…")
-        return get_scorer(req.scorer, self.scorer_model or clip_for(req.model))
+        clip = req.clip_model or clip_for(req.model)
+        self._say(f"loading the {req.scorer} CLIP scorer ({html.escape(clip)})…")
+        try:
+            return get_scorer(req.scorer, clip)
+        except (ValueError, OSError) as e:  # say which setting to change, and where
+            given = "" if req.clip_model else f" (the default for model={req.model!r})"
+            raise ValueError(f"clip_model={clip!r}{given}: {e} Set the panel's CLIP field, or pass "
+                             "explore(..., clip_model=...).") from e
 
     def _on_progress(self, p) -> None:
         """Called by `generate` in the worker thread: every denoising step, and every decoded batch."""
@@ -342,7 +405,9 @@ class Explorer(widgets.VBox):
             self._last_draw = now
             self.progress.max = p.total * steps
             self.progress.value = min(self.progress.max, p.done * steps + (0 if p.finished else p.step * len(p.batch)))
-            self.progress_label.value = f"step {p.step}/{steps} · {p.done}/{p.total} candidates"
+            req = self._req
+            edit = {} if req.source is None else dict(steps=req.kwargs["num_inference_steps"], strength=req.strength)
+            self.progress_label.value = progress_text(p.step, steps, p.done, p.total, **edit)
         if p.finished:
             self._candidates.extend(p.finished)
             self._show_ranking()  # the new images appear at once, unscored
@@ -397,10 +462,13 @@ class Explorer(widgets.VBox):
         self.progress.bar_style = "warning" if run.cancelled else ("danger" if self.error else "success")
         flagged = sum(c.nsfw for c in run.candidates)
         total = self._total or len(run.candidates)
-        msg = (f"stopped: {len(run.candidates)} of {total} candidates kept" if run.cancelled
-               else f"{len(run.candidates)} candidates") + f" in {html.escape(str(run.output_dir))}"
+        what = f"{self._req.what}: " if self._req is not None and self._req.what else ""
+        msg = what + (f"stopped: {len(run.candidates)} of {total} candidates kept" if run.cancelled
+                      else f"{len(run.candidates)} candidates") + f" in {html.escape(str(run.output_dir))}"
         if self.grid_path:
-            msg += f"; ranked grid {html.escape(self.grid_path.name)}"
+            why = " (scoring failed)" if self._scorer_error else " (no scorer)"
+            msg += (f"; ranked grid {html.escape(self.grid_path.name)}" if scored
+                    else f"; grid {html.escape(self.grid_path.name)}, unranked{why}")
         if flagged:
             msg += f"; {flagged} flagged by the safety checker (black)"
         if not self.error:
@@ -421,35 +489,75 @@ class Explorer(widgets.VBox):
         """
         earlier = self.status.value if self.error else ""
         self.error = f"{type(e).__name__}: {e}"
-        tb = "".join(traceback.format_exception(e))
-        notes = "".join(f"<div>{html.escape(n)}</div>" for n in getattr(e, "__notes__", []))
-        self.status.value = earlier + (
-            f"<div style='color:#b00020'><b>Error while {html.escape(during)}:</b> {html.escape(str(e))}</div>{notes}"
-            f"<details><summary>traceback</summary><pre style='font-size:11px'>{html.escape(tb)}</pre></details>")
+        self.status.value = earlier + error_html(e, during)
 
     def _show_details(self, e: Entry) -> None:
-        c = e.candidate
-        items = "".join(f"<div><b>{html.escape(k)}</b> {html.escape(str(v))}</div>"
-                        for k, v in c.params().items() if v not in (None, "", {}))
-        self.details.value = (f"<div style='font-size:12px; line-height:1.45; word-break:break-all'>{items}</div>")
+        self.details.value = details_html(e.candidate.params())
+        self.selected_status.value = ""
         self.selected_box.layout.display = "flex"
+
+    def _show_hint(self, text: str) -> None:
+        self.hint.value = html.escape(text)
+        self.hint.layout.display = "" if text else "none"  # no blank line under the prompt for other models
+
+    def _model_changed(self, change) -> None:
+        """A new model in the field: say what it can draw, its native size and its CLIP (settings stay the user's)."""
+        model = str(change["new"]).strip()
+        self._show_hint(defaults_for(model).hint)
+        self.clip_model.placeholder = f"default: {default_clip_label(model)}"
+        sizes = _sizes(native_size(model))
+        for box in (self.height, self.width):
+            value = box.value  # new options would reset the choice
+            box.options = _with(sizes, _none(value))
+            box.value = value
+
+
+def _saved_copy(c, folder: Path) -> Path | None:
+    """The copy of `c` already in `folder` (same run, index, seed and prompt), if any."""
+    from .save import file_name, read_metadata
+
+    path = folder / file_name(c)
+    if not path.is_file():
+        return None
+    try:
+        meta = read_metadata(path)
+    except Exception:  # not one of ours: save beside it
+        return None
+    same = all(meta.get(k) == getattr(c, k) for k in ("run_id", "index", "seed", "prompt"))
+    return path if same else None
 
 
 def _row(*children) -> widgets.HBox:
     return widgets.HBox(list(children), layout=widgets.Layout(flex_flow="row wrap", align_items="center"))
 
 
-def explore(model: str = "sdkit:tiny", scorer: Any = "flax", **kwargs) -> Explorer:
+def explore(model: str = "sdkit:tiny", scorer: Any = "flax", *, clip_model: str | None = None,
+            prompt: str | None = None, negative_prompt: str = "", n: int = 4,
+            num_inference_steps: int | None = None, guidance_scale: float | None = None,
+            seed: int | None = None, height: int | None = None, width: int | None = None,
+            scheduler: str | None = None, output_dir: str | Path = "outputs", device: str = "auto",
+            dtype: str = "auto", batch_size: int | None = None, thumb_size: int = 128,
+            scorer_model: str | None = None) -> Explorer:
     """Open the explorer panel (display it as a cell's value).
 
     Args:
         model: a Hub id, a local diffusers folder, or a built-in ("sdkit:tiny", "sdkit:toy"); loaded once, cached.
         scorer: "flax" (sdkit's Flax CLIP), "torch" (transformers' CLIP), None (no ranking), or a scorer object.
-        kwargs: initial settings with diffusers' names (prompt, negative_prompt, n, num_inference_steps,
-            guidance_scale, seed, height, width, scheduler) and output_dir (default "outputs"; each run gets a
-            subfolder), device, dtype, batch_size, scorer_model (CLIP id; default: the one for `model`).
+        clip_model: the CLIP a named scorer loads (Hub id or folder; the panel's CLIP field). Default: the one
+            that belongs with `model` (`sdkit.rerank.clip_for`): the tiny or toy world's own, a `clip/` folder
+            beside the model's folder, else openai/clip-vit-base-patch32.
+        prompt, negative_prompt, n, num_inference_steps, guidance_scale, seed, height, width, scheduler: the
+            form's first values, with diffusers' names. Unset: what suits `model` (its native size; for the toy
+            world one of its prompts, 20 steps, guidance 2; else 30 steps, guidance 7.5) and a random seed.
+        output_dir: each run gets a subfolder here; saved copies go to `<output_dir>/saved`.
+        device, dtype, batch_size: as in `load_pipeline` and `generate`.
+        thumb_size: gallery thumbnails, in pixels.
+        scorer_model: the old name of `clip_model`.
 
     Returns:
         The `Explorer` widget. After a run: `.run`, `.ranked`, `.grid_path`, `.error`.
     """
-    return Explorer(model, scorer, **kwargs)
+    return Explorer(model, scorer, clip_model=clip_model, prompt=prompt, negative_prompt=negative_prompt, n=n,
+                    num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed,
+                    height=height, width=width, scheduler=scheduler, output_dir=output_dir, device=device,
+                    dtype=dtype, batch_size=batch_size, thumb_size=thumb_size, scorer_model=scorer_model)

@@ -24,6 +24,7 @@ _CSS = """<style>
 .sdkit-card.sdkit-best { border-color: #2ca02c; }
 .sdkit-card.sdkit-flagged { border-color: #d62728; }
 .sdkit-card.sdkit-selected { outline: 3px solid #1f77b4; }
+.sdkit-card.sdkit-source { border: 3px dashed #888; }
 .sdkit-card button { white-space: pre-line; height: auto; line-height: 1.3; padding: 2px; font-size: 12px; }
 </style>"""
 
@@ -44,16 +45,15 @@ def key(c) -> tuple:
 
 
 def caption(e: Entry) -> str:
-    """'#1 · 31.42 · seed 7' on one line; '#–' / '–' until ranked / scored."""
-    rank = f"#{e.rank}" if e.rank is not None else "#–"
-    score = f"{e.score:.2f}" if e.score is not None else "–"
-    return f"{rank} · {score} · seed {e.candidate.seed}" + (" · flagged" if e.candidate.nsfw else "")
+    """'#1 · 31.42 · seed 7' on one line; just 'seed 7' while unranked (no scorer, or scores still coming)."""
+    parts = ([f"#{e.rank}"] if e.rank is not None else []) + ([f"{e.score:.2f}"] if e.score is not None else [])
+    return " · ".join(parts + [f"seed {e.candidate.seed}"] + (["flagged"] if e.candidate.nsfw else []))
 
 
 class _Card(widgets.VBox):
-    def __init__(self, entry: Entry, thumb_size: int, on_click: Callable):
+    def __init__(self, entry: Entry, thumb_size: int, on_click: Callable, source: bool = False):
         c = entry.candidate
-        self.entry = entry
+        self.entry, self.source = entry, source
         self.image = widgets.Image(value=png(c.image, thumb_size) if c.image is not None else b"", format="png",
                                    layout=widgets.Layout(width=f"{thumb_size}px", height=f"{thumb_size}px"))
         self.button = widgets.Button(layout=widgets.Layout(width=f"{thumb_size}px"))
@@ -64,17 +64,19 @@ class _Card(widgets.VBox):
 
     def set(self, entry: Entry) -> None:
         self.entry = entry
-        self.button.tooltip = caption(entry)
-        self.button.description = caption(entry).replace(" · seed", "\nseed")  # two lines under the image
-        for cls, on in (("sdkit-best", entry.rank == 1 and not entry.candidate.nsfw),
-                        ("sdkit-flagged", entry.candidate.nsfw)):
+        text = f"source · seed {entry.candidate.seed}" if self.source else caption(entry)
+        self.button.tooltip = text
+        self.button.description = text.replace(" · seed", "\nseed")  # two lines under the image
+        for cls, on in (("sdkit-best", entry.rank == 1 and not entry.candidate.nsfw and not self.source),
+                        ("sdkit-flagged", entry.candidate.nsfw), ("sdkit-source", self.source)):
             (self.add_class if on else self.remove_class)(cls)
 
 
 class Gallery(widgets.VBox):
     """Thumbnails of ranked candidates (best first, grouped by prompt) and an enlarged view of the selected one.
 
-    `on_select(fn)` registers `fn(entry)` for clicks; `update(ranked)` shows a new ranking.
+    `on_select(fn)` registers `fn(entry)` for clicks; `update(ranked)` shows a new ranking;
+    `set_source(candidate)` shows the image a run started from (image-to-image) first, marked "source".
     """
 
     def __init__(self, ranked: Iterable[Any] = (), *, thumb_size: int = 128, enlarged_size: int = 384,
@@ -84,6 +86,8 @@ class Gallery(widgets.VBox):
         self.thumb_size, self.enlarged_size = thumb_size, enlarged_size
         self.selected: Entry | None = None
         self._cards: dict[tuple, _Card] = {}  # key(candidate) -> its card, reused across updates
+        self._shown: list[_Card] = []  # the ranked cards, in display order (the source card is not one)
+        self._source: _Card | None = None
         self._callbacks: list[Callable[[Entry], None]] = []
         self.grid = widgets.Box(layout=widgets.Layout(display="flex", flex_flow="row wrap", overflow="hidden auto",
                                                       max_height=max_height, align_content="flex-start"))
@@ -99,8 +103,8 @@ class Gallery(widgets.VBox):
 
     @property
     def entries(self) -> list[Entry]:
-        """What is shown, in display order."""
-        return [card.entry for card in self.grid.children]
+        """What is shown, in display order (without the source image)."""
+        return [card.entry for card in self._shown]
 
     def update(self, ranked: Iterable[Any]) -> None:
         """Show `ranked` (Ranked items or candidates): new candidates get a card, known ones move."""
@@ -113,16 +117,27 @@ class Gallery(widgets.VBox):
                 else:
                     card.set(e)
                 cards.append(card)
-        self.grid.children = tuple(cards)
+        self._shown = cards
+        self._layout()
         if self.selected is not None:
-            now = next((c.entry for c in cards if key(c.entry.candidate) == key(self.selected.candidate)), None)
+            now = next((c for c in cards if key(c.entry.candidate) == key(self.selected.candidate)), None)
             if now is not None:
-                self.selected = now
+                self.selected = now.entry
                 self.enlarged_caption.value = self._caption_html(now)
+
+    def set_source(self, candidate) -> None:
+        """Show `candidate` first, marked as the source of what follows; None removes it."""
+        self._source = None if candidate is None else _Card(Entry(candidate, None, candidate.score), self.thumb_size,
+                                                             self._clicked, source=True)
+        self._layout()
+
+    def _layout(self) -> None:
+        self.grid.children = tuple(([self._source] if self._source is not None else []) + self._shown)
 
     def clear(self) -> None:
         self.selected = None
         self._cards.clear()
+        self._shown, self._source = [], None
         self.grid.children = ()
         self.viewer.layout.display = "none"
 
@@ -130,8 +145,8 @@ class Gallery(widgets.VBox):
         self._callbacks.append(fn)
 
     def select(self, index: int) -> Entry:
-        """Select the `index`-th shown candidate, as a click on its caption would."""
-        cards = self.grid.children
+        """Select the `index`-th shown candidate (the source image not counted), as a click on its caption would."""
+        cards = self._shown
         if not 0 <= index < len(cards):
             raise IndexError(f"index={index}: the gallery shows {len(cards)} candidates")
         self._clicked(cards[index])
@@ -144,14 +159,14 @@ class Gallery(widgets.VBox):
         self.selected = card.entry
         image = card.entry.candidate.image
         self.enlarged.value = png(image) if image is not None else b""
-        self.enlarged_caption.value = self._caption_html(card.entry)
+        self.enlarged_caption.value = self._caption_html(card)
         self.viewer.layout.display = "flex"
         for fn in self._callbacks:
             fn(card.entry)
 
     @staticmethod
-    def _caption_html(e: Entry) -> str:
-        return f"<b>{html.escape(caption(e))}</b> &nbsp; {html.escape(e.candidate.prompt)}"
+    def _caption_html(card: _Card) -> str:
+        return f"<b>{html.escape(card.button.tooltip)}</b> &nbsp; {html.escape(card.entry.candidate.prompt)}"
 
 
 def gallery(ranked: Iterable[Any], *, thumb_size: int = 128, enlarged_size: int = 384,

@@ -165,7 +165,9 @@ def generate(
     # img2img/inpaint with strength < 1 skip the first steps: count only those that run.
     strength = float((pipe_kwargs or {}).get("strength", 1.0))
     steps_run = max(1, min(num_inference_steps, int(num_inference_steps * strength)))
-    bar = progress_bar(len(jobs_todo) * steps_run, progress)
+    # The notebook text names the whole call (not what a resume left to do), so stored outputs do not vary.
+    bar = progress_bar(len(jobs_todo) * steps_run, progress,
+                       text=f"denoising {len(jobs)} candidate{'s' * (len(jobs) != 1)} × {steps_run} steps")
 
     def on_step(_pipe, step, _t, kwargs, batch):
         bar.update(1)
@@ -355,16 +357,17 @@ class _WidgetBar:
     a notebook's stored output does not change from run to run (nbval compares it).
     """
 
-    def __init__(self, total: int, desc: str, initial: int = 0):
+    def __init__(self, total: int, desc: str, initial: int = 0, text: str | None = None):
         import ipywidgets as w
         from IPython.display import display
 
         self.n = initial
         self.bar = w.IntProgress(value=initial, min=0, max=max(total, 1), description=desc)
-        # Our own text form: the widget's repr carries its value, which depends on what a resumed run
-        # found on disk, and a notebook's stored output must not (nbval compares it).
+        # Our own text form, what a viewer without widgets (GitHub, nbval) shows. Not the widget's repr: that
+        # carries its value, which depends on what a resumed run found on disk. `text` says what the call
+        # does ("denoising 8 candidates × 20 steps"), from its arguments alone.
         view = {"version_major": 2, "version_minor": 0, "model_id": self.bar.model_id}
-        display({"application/vnd.jupyter.widget-view+json": view, "text/plain": f"[{desc}: progress bar]"}, raw=True)
+        display({"application/vnd.jupyter.widget-view+json": view, "text/plain": text or f"{desc}: {total}"}, raw=True)
 
     def update(self, k):
         self.n += k
@@ -383,13 +386,17 @@ def _in_notebook() -> bool:
     return shell is not None and "IPKernelApp" in getattr(shell, "config", {})
 
 
-def progress_bar(total: int, enabled: bool = True, desc: str = "denoising", unit: str = "step", initial: int = 0):
-    """A progress bar: core ipywidgets in a notebook, tqdm on a terminal, nothing if not `enabled`."""
+def progress_bar(total: int, enabled: bool = True, desc: str = "denoising", unit: str = "step", initial: int = 0,
+                 text: str | None = None):
+    """A progress bar: core ipywidgets in a notebook, tqdm on a terminal, nothing if not `enabled`.
+
+    `text`: what a notebook's stored output says in place of the bar (default: "<desc>: <total>").
+    """
     if not enabled:
         return _NoBar()
     if _in_notebook():
         try:
-            return _WidgetBar(total, desc, initial)
+            return _WidgetBar(total, desc, initial, text)
         except ImportError:
             pass
     from tqdm import tqdm

@@ -3,7 +3,7 @@
 `ranked_grid` draws with matplotlib's object API (no pyplot state), so it is safe
 in scripts, in background threads and in every notebook front end; the figure
 shows itself when it is a cell's value. `image_grid` is the plain pixel grid of
-the diffusers tutorials.
+the diffusers tutorials; `enlarge` shows one image large (small ones as sharp pixels).
 """
 
 from __future__ import annotations
@@ -59,10 +59,10 @@ def by_prompt(items: Sequence[Entry]) -> dict[str, list[Entry]]:
 
 
 def label(e: Entry) -> str:
-    """'#1  31.42' over 'seed 1234', as printed under each image."""
-    rank = f"#{e.rank}" if e.rank is not None else "#–"
-    score = f"{e.score:.2f}" if e.score is not None else "–"
-    return f"{rank}  {score}\nseed {e.candidate.seed}"
+    """'#1  31.42' over 'seed 1234', as printed under each image; unranked, unscored: 'seed 1234' alone."""
+    top = "  ".join(([f"#{e.rank}"] if e.rank is not None else [])
+                    + ([f"{e.score:.2f}"] if e.score is not None else []))
+    return f"{top}\nseed {e.candidate.seed}" if top else f"seed {e.candidate.seed}"
 
 
 class GridFigure(Figure):
@@ -217,3 +217,17 @@ def image_grid(images: Sequence[Image.Image], rows: int, cols: int) -> Image.Ima
     for i, img in enumerate(images):
         grid.paste(img, box=(i % cols * w, i // cols * h))
     return grid
+
+
+def enlarge(image: Image.Image, size: int = 512) -> Image.Image:
+    """`image` with its longer side `size` pixels, for looking at one candidate large.
+
+    Enlarging 2x or more (a 32-64 px toy or tiny image) copies pixels (NEAREST), so they stay sharp squares
+    instead of a bilinear blur; anything else is resampled with LANCZOS.
+    """
+    if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+        raise ValueError(f"size={size!r}: must be an integer >= 1 (pixels of the longer side)")
+    w, h = image.size
+    scale = size / max(w, h)
+    new = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return image.resize(new, Image.Resampling.NEAREST if scale >= 2 else Image.Resampling.LANCZOS)

@@ -15,9 +15,19 @@ _scorers: dict[tuple, Any] = {}
 _lock = threading.Lock()
 
 
+def clip_beside(model: str) -> str | None:
+    """The CLIP shipped beside a local model folder, as a toy world lays them out (`<world>/pipeline`,
+    `<world>/clip`); None if there is none."""
+    if not isinstance(model, str) or not model.strip() or model.startswith("sdkit:"):
+        return None
+    folder = Path(model.strip()).expanduser()
+    clip = folder.parent / "clip"
+    return str(clip) if folder.is_dir() and (clip / "config.json").is_file() else None
+
+
 def clip_for(model: str) -> str:
-    """The CLIP that belongs with a model: the tiny random CLIP for tiny models, the toy world's own CLIP,
-    else the tutorial's `openai/clip-vit-base-patch32`."""
+    """The CLIP that belongs with a model: the tiny random CLIP for tiny models, the toy world's own CLIP
+    (also for a folder with a `clip/` beside it), else the tutorial's `openai/clip-vit-base-patch32`."""
     if model.startswith("sdkit:tiny"):
         from .tiny_clip import tiny_clip_path
 
@@ -26,6 +36,9 @@ def clip_for(model: str) -> str:
         from .toy.world import toy_world_path
 
         return str(Path(toy_world_path()) / "clip")
+    beside = clip_beside(model)
+    if beside is not None:
+        return beside
     from .score import DEFAULT_CLIP
 
     return DEFAULT_CLIP

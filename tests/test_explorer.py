@@ -110,9 +110,10 @@ def test_random_seed_is_drawn_shown_and_used(tmp_path):
     base = int(ex.seed.value)
     assert [c.seed for c in ex.run] == [base, base + 1]
     # No scorer: generation order, unranked captions, grid still written.
-    assert [card.button.tooltip for card in ex.gallery.grid.children] == [
-        f"#– · – · seed {base}", f"#– · – · seed {base + 1}"]
+    assert [card.button.tooltip for card in ex.gallery.grid.children] == [f"seed {base}", f"seed {base + 1}"]
+    assert "–" not in "".join(card.button.description for card in ex.gallery.grid.children)
     assert ex.grid_path.exists()
+    assert "ranked grid" not in ex.status.value and f"grid {ex.grid_path.name}, unranked (no scorer)" in ex.status.value
 
 
 @pytest.mark.parametrize("change, message", [
@@ -271,3 +272,211 @@ def test_a_second_error_does_not_hide_the_first(ex):
     ex.n.value = 0
     ex.generate_button.click()  # a new click starts a fresh message
     assert "CLIP exploded" not in ex.status.value and "n=0" in ex.status.value
+
+
+# -- the CLIP: a field, a named argument, and the one shipped beside the model --------------------------------
+
+def test_clip_model_is_a_named_argument_of_explore():
+    import inspect
+
+    params = inspect.signature(explore).parameters
+    assert "clip_model" in params and params["clip_model"].kind is inspect.Parameter.KEYWORD_ONLY
+    assert not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())  # nothing hidden
+    assert list(params) == list(inspect.signature(Explorer.__init__).parameters)[1:]  # and nothing missing
+    with pytest.raises(ValueError, match="scorer_model is the old name of clip_model"):
+        Explorer(clip_model="a", scorer_model="b")
+
+
+@pytest.mark.parametrize("how", ["argument", "field"])
+def test_unknown_clip_names_the_argument_and_the_field(tmp_path, how):
+    missing = str(tmp_path / "no-clip")
+    ex = Explorer(scorer="flax", output_dir=tmp_path, **FAST, **({"clip_model": missing} if how == "argument" else {}))
+    if how == "field":
+        ex.clip_model.value = missing  # as typed into the panel's CLIP field
+    ex.generate_button.click()
+    finished(ex)
+    assert ex.error.startswith(f"ValueError: clip_model={missing!r}: ") and "no-clip" in ex.error
+    assert "CLIP field" in ex.error and "explore(..., clip_model=...)" in ex.error
+    assert "Error while loading the scorer" in ex.status.value
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """A folder in the toy world's layout (pipeline/, clip/, world.json), made of the tiny models."""
+    import shutil
+
+    from sdkit.tiny import tiny_pipeline_path
+    from sdkit.tiny_clip import tiny_clip_path
+
+    root = tmp_path_factory.mktemp("world")
+    shutil.copytree(tiny_pipeline_path(), root / "pipeline")
+    shutil.copytree(tiny_clip_path(), root / "clip")
+    (root / "world.json").write_text("{}")
+    return root
+
+
+def test_the_clip_beside_the_model_is_the_default(world, tmp_path, monkeypatch):
+    import sdkit.explorer
+    from sdkit.rerank import clip_for
+
+    pipeline, clip = str(world / "pipeline"), str(world / "clip")
+    assert clip_for(pipeline) == clip  # the CLI and rerank pick it too
+    loaded = []
+    monkeypatch.setattr(sdkit.explorer, "get_scorer", lambda backend, model_id: loaded.append(model_id) or MeanRed())
+    ex = Explorer(scorer="flax", output_dir=tmp_path, **{**FAST, "model": pipeline})
+    assert ex.clip_model.value == "" and ex.clip_model.placeholder == f"default: {clip}"
+    ex.generate_button.click()
+    finished(ex)
+    assert ex.error is None, ex.status.value
+    assert loaded == [clip]
+    ex.clip_model.value = "  other-clip "  # the field wins over the default
+    ex.generate_button.click()
+    finished(ex)
+    assert loaded == [clip, "other-clip"]
+
+
+# -- first open: what suits the model ----------------------------------------------------------------------
+
+def test_first_open_suits_the_model(world, monkeypatch):
+    from sdkit.toy import shapes
+
+    ex = Explorer(model="sdkit:tiny", scorer=None)
+    assert (ex.num_inference_steps.value, ex.guidance_scale.value, ex.prompt.value, ex.hint.value) == (30, 7.5, "", "")
+    assert ex.height.label == ex.width.label == "64 (native)"  # unet sample_size 8 x VAE factor 8
+    assert ex.height.value == "default"  # generation still asks the loaded pipeline for its own size
+
+    import sdkit.toy.world
+
+    monkeypatch.setattr(sdkit.toy.world, "toy_world_path", lambda *a, **k: pytest.fail("opening trained the world"))
+    for model, size in (("sdkit:toy", shapes.IMAGE_SIZE), (str(world / "pipeline"), 64)):
+        toy = Explorer(model=model, scorer=None)
+        assert toy.prompt.value == shapes.PROMPTS[0] and toy.height.label == f"{size} (native)"
+        assert (toy.num_inference_steps.value, toy.guidance_scale.value) == (20, 2.0)
+        for word in (*shapes.COLORS, *shapes.SHAPES):
+            assert word in toy.hint.value
+        assert "&lt;colour&gt;" in toy.hint.value  # shown as text, not swallowed as a tag
+
+    given = Explorer(model="sdkit:toy", scorer=None, prompt="a blue square", num_inference_steps=7, guidance_scale=0.0,
+                     height=64)
+    assert (given.prompt.value, given.num_inference_steps.value, given.guidance_scale.value, given.height.value) == (
+        "a blue square", 7, 0.0, 64)
+
+
+def test_changing_the_model_updates_hint_size_and_clip_but_not_settings(world):
+    ex = Explorer(model="sdkit:tiny", scorer=None, num_inference_steps=9)
+    ex.height.value = 128
+    ex.model.value = str(world / "pipeline")
+    assert "toy world" in ex.hint.value and ex.clip_model.placeholder == f"default: {world / 'clip'}"
+    assert ex.height.value == 128 and ex.width.label == "64 (native)" and ex.num_inference_steps.value == 9
+    ex.model.value = "some-org/not-in-the-cache"
+    assert ex.hint.value == "" and ex.width.label == "model default"
+    assert ex.clip_model.placeholder == "default: openai/clip-vit-base-patch32"
+
+
+def test_native_size_of_a_hub_model_in_the_cache(tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    from sdkit.model_defaults import TUTORIAL_CLIP, native_size
+    from sdkit.score import DEFAULT_CLIP
+    from sdkit.tiny import install_in_hub_cache, tiny_pipeline_path
+
+    assert TUTORIAL_CLIP == DEFAULT_CLIP
+    install_in_hub_cache(tiny_pipeline_path(), "someone/tiny-sd", tmp_path)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    assert native_size("someone/tiny-sd") == 64
+    assert native_size("someone/elsewhere") is None  # not cached: no network, just no hint
+
+
+# -- the panel as a user finds it ----------------------------------------------------------------------
+
+def test_save_and_copy_seed_report_beside_the_details_and_save_once(ex, tmp_path):
+    ex.generate_button.click()
+    finished(ex)
+    status = ex.status.value
+    ex.gallery.select(0)
+    first = ex.save_selected()
+    assert f"saved {first}" in ex.selected_status.value and ex.status.value == status
+    again = ex.save_selected()
+    assert again == first and f"already saved: {first}" in ex.selected_status.value
+    assert sorted(p.name for p in (tmp_path / "saved").glob("*.png")) == [first.name]  # no -1.png twin
+    ex.copy_seed_button.click()
+    assert "is in the seed field" in ex.selected_status.value and ex.status.value == status
+    ex.gallery.select(1)
+    assert ex.selected_status.value == ""  # a new selection, a clean slate
+
+
+def test_more_like_this_shows_its_source_and_counts_the_steps_that_run(ex):
+    ex.generate_button.click()
+    finished(ex)
+    source = ex.gallery.select(0).candidate
+    ex.n.value, ex.num_inference_steps.value, ex.strength.value = 2, 5, 0.6
+    labels = []
+    on_progress = ex._on_progress
+    ex._on_progress = lambda p: (on_progress(p), labels.append(ex.progress_label.value))
+    ex.more_button.click()
+    finished(ex)
+    assert ex.error is None, ex.status.value
+    first = ex.gallery.grid.children[0]
+    assert first.entry.candidate is source and first.button.tooltip == f"source · seed {source.seed}"
+    assert len(ex.gallery.entries) == 2 and source not in [e.candidate for e in ex.gallery.entries]
+    assert f"image-to-image from seed {source.seed}, strength 0.6: 2 candidates" in ex.status.value
+    # int(5 * 0.6) = 3 steps run, and the label ties them to the slider's 5.
+    assert "step 3/3 (5 × strength 0.6) · 2/2 candidates" in labels
+    assert ex.progress.value == ex.progress.max == 2 * 3
+
+
+def test_a_form_error_leaves_the_seed_field_alone(ex):
+    ex.random_seed.value = True
+    ex.seed.value = "5"
+    ex.n.value = 0
+    ex.generate_button.click()
+    assert "n=0" in ex.error and ex.seed.value == "5"  # no seed that no image has
+    ex.n.value = 1
+    ex.generate_button.click()
+    finished(ex)
+    assert ex.seed.value != "5" and ex.run[0].seed == int(ex.seed.value)  # a run shows the seed it drew
+
+
+def test_details_are_rounded_and_keep_the_whole_model_id(ex):
+    from sdkit.grid import Entry
+
+    ex.guidance_scale.value = 7.5
+    ex.generate_button.click()
+    finished(ex)
+    c = ex.gallery.select(0).candidate
+    assert f"<b>score</b> {c.score:.2f}</div>" in ex.details.value and repr(c.score) not in ex.details.value
+    assert "<b>guidance_scale</b> 7.5</div>" in ex.details.value
+    long_id = "/data/models/" + "x" * 120 + "/pipeline"
+    other = type(c)(image=c.image, prompt="p", seed=1, model_id=long_id, extra={"strength": 0.6000000000000001})
+    ex._show_details(Entry(other, None, None))
+    assert f"<b>model_id</b> {long_id}</div>" in ex.details.value and "overflow-wrap:anywhere" in ex.details.value
+    assert "strength=0.6<" in ex.details.value
+
+
+def test_a_bad_model_keeps_the_last_gallery(ex, tmp_path):
+    ex.generate_button.click()
+    finished(ex)
+    shown, run = ex.gallery.entries, ex.run
+    ex.model.value = str(tmp_path / "no-such-model")
+    ex.generate_button.click()
+    finished(ex)
+    assert "no such directory" in ex.error and "Error while loading the model" in ex.status.value
+    assert ex.gallery.entries == shown and ex.run is run and ex.grid_path is not None
+
+
+def test_the_toy_world_opens_ready_to_draw(tmp_path):
+    """explore("sdkit:toy") with nothing else: its prompt, size and settings, its own CLIP, matching pictures."""
+    from sdkit.toy import check
+    from sdkit.toy.world import shipped_world_path
+
+    if shipped_world_path() is None:
+        pytest.skip("no shipped toy world in this checkout")
+    ex = explore("sdkit:toy", output_dir=tmp_path, n=4, seed=0)
+    ex.generate_button.click()
+    finished(ex, timeout=300)
+    assert ex.error is None, ex.status.value
+    assert {(c.prompt, c.width, c.num_inference_steps, c.guidance_scale) for c in ex.run} == {
+        ("a red circle", 32, 20, 2.0)}
+    assert ex.run[0].scorer == f"clip-flax:{shipped_world_path() / 'clip'}"
+    best = ex.ranked[0].candidate
+    assert (check(best.image).shape, check(best.image).color) == ("circle", "red")

@@ -119,12 +119,12 @@ def test_ranked_grid_marks_flagged_and_accepts_plain_candidates():
     cands = make_candidates(n=3)
     cands[1].nsfw = True
     cands[2].score = 12.5
-    fig = ranked_grid(cands)  # no ranking: generation order, rank shown as '#–'
+    fig = ranked_grid(cands)  # no ranking: generation order, no rank placeholders
     axes = image_axes(fig)
-    assert axes[0].get_xlabel().splitlines() == ["#–  –", "seed 100"]
+    assert axes[0].get_xlabel() == "seed 100"
     assert "flagged" in axes[1].get_xlabel()
     assert axes[1].spines["left"].get_edgecolor()[:3] == pytest.approx(_rgb(FLAG_COLOR))
-    assert axes[2].get_xlabel().startswith("#–  12.50")
+    assert axes[2].get_xlabel().splitlines() == ["12.50", "seed 102"]
 
 
 def test_ranked_grid_saves_png_and_shows_in_notebooks(tmp_path):
@@ -197,7 +197,7 @@ def test_gallery_update_reranks_in_place():
     cands = make_candidates(n=3)
     g = Gallery(cands[:2])  # unscored: generation order
     first_cards = list(g.grid.children)
-    assert [card.button.description for card in first_cards] == ["#– · –\nseed 100", "#– · –\nseed 101"]
+    assert [card.button.description for card in first_cards] == ["seed 100", "seed 101"]  # no '#– · –' stand-ins
     g.update(ranked_items(cands, [1.0, 3.0, 2.0]))
     assert [e.candidate.seed for e in g.entries] == [101, 102, 100]
     assert g.grid.children[0] is first_cards[1] and g.grid.children[2] is first_cards[0]  # widgets reused
@@ -212,8 +212,43 @@ def test_gallery_caption_and_bad_input():
     from sdkit.grid import Entry
 
     assert caption(Entry(c, 2, 31.456)) == "#2 · 31.46 · seed 100 · flagged"
+    assert caption(Entry(c, None, None)) == "seed 100 · flagged"  # unranked: nothing to stand in for
+    assert caption(Entry(c, None, 12.5)) == "12.50 · seed 100 · flagged"
     with pytest.raises(ValueError, match="thumb_size=8"):
         Gallery([c], thumb_size=8)
     g = Gallery([c])
     with pytest.raises(IndexError, match="index=3: the gallery shows 1"):
         g.select(3)
+
+
+def test_gallery_shows_a_source_image_first_and_apart():
+    cands = make_candidates(n=3)
+    source = make_candidates(n=1, run_id="r0")[0]
+    g = Gallery(cands[:2])
+    g.set_source(source)
+    first = g.grid.children[0]
+    assert first.button.tooltip == "source · seed 100" and "sdkit-source" in first._dom_classes
+    assert "sdkit-best" not in first._dom_classes
+    g.update(ranked_items(cands, [1.0, 3.0, 2.0]))
+    assert g.grid.children[0] is first and len(g.grid.children) == 4  # stays first through re-ranking
+    assert [e.candidate.seed for e in g.entries] == [101, 102, 100]  # entries and select() skip it
+    assert g.select(0).candidate.seed == 101
+    first.button.click()  # it can be looked at like the others
+    assert g.selected.candidate is source and "source · seed 100" in g.enlarged_caption.value
+    g.clear()
+    assert g.grid.children == ()
+
+
+def test_enlarge_keeps_small_images_sharp():
+    from sdkit.grid import enlarge
+
+    small = make_candidates(n=1, size=32)[0].image
+    big = enlarge(small, 512)
+    assert big.size == (512, 512)
+    # Every source pixel became a 16 x 16 block of itself: no blur between neighbours.
+    assert np.array_equal(np.asarray(big)[::16, ::16], np.asarray(small))
+    assert len(np.unique(np.asarray(big)[:16, :16].reshape(-1, 3), axis=0)) == 1
+    wide = Image.new("RGB", (600, 300), "red")
+    assert enlarge(wide, 800).size == (800, 400)  # under 2x: resampled (LANCZOS), aspect kept
+    with pytest.raises(ValueError, match="size=0"):
+        enlarge(small, 0)

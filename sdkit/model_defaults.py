@@ -1,0 +1,107 @@
+"""What a model wants by default, found from its config files alone: native size, steps, guidance, prompts.
+
+Nothing here loads weights, downloads or trains: the explorer asks when it opens, and opening
+must be instant (for the toy world, before it is even trained).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+# The tutorials' settings for Stable Diffusion 1.x, and those `sdkit.toy.evaluate` measures the toy world with
+# (it was trained with little guidance: at 7.5 its shapes burn out).
+SD_STEPS, SD_GUIDANCE = 30, 7.5
+TUTORIAL_CLIP = "openai/clip-vit-base-patch32"  # sdkit.score.DEFAULT_CLIP (tested), named without importing JAX
+TOY_STEPS, TOY_GUIDANCE = 20, 2.0
+
+
+@dataclass(frozen=True)
+class ModelDefaults:
+    size: int | None  # native height = width in pixels; None if the configs cannot be read
+    num_inference_steps: int
+    guidance_scale: float
+    prompt: str  # a prompt it can draw ("" when it can draw anything)
+    hint: str  # what it can draw, in a sentence ("" when it can draw anything)
+
+
+def local_folder(model: str) -> Path | None:
+    """`model` as an existing local folder, else None."""
+    if not isinstance(model, str) or not model.strip() or model.startswith("sdkit:"):
+        return None
+    path = Path(model.strip()).expanduser()
+    return path if path.is_dir() else None
+
+
+def is_toy_world(model: str) -> bool:
+    """"sdkit:toy", or a toy world's `pipeline/` folder (it has `world.json` beside it)."""
+    if model == "sdkit:toy":
+        return True
+    path = local_folder(model)
+    return path is not None and (path.parent / "world.json").is_file()
+
+
+def _config(model: str, name: str) -> dict | None:
+    """`<component>/config.json` of a local folder, a built-in tiny model, or a Hub id already in the cache."""
+    if model.startswith("sdkit:tiny"):
+        from .tiny import tiny_pipeline_path  # built on first use: about a second, a few MB
+
+        folder = tiny_pipeline_path("inpainting" if model == "sdkit:tiny-inpainting" else "text-to-image")
+        file = folder / name / "config.json"
+    elif (folder := local_folder(model)) is not None:
+        file = folder / name / "config.json"
+    elif model.startswith("sdkit:"):
+        return None
+    else:  # a Hub id: only what the cache already holds, never the network
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(model, f"{name}/config.json")
+        if not isinstance(found, str):
+            return None
+        file = Path(found)
+    return json.loads(file.read_text()) if file.is_file() else None
+
+
+def native_size(model: str) -> int | None:
+    """UNet sample_size x VAE scale factor (what diffusers uses when no size is given), from config files only."""
+    if model == "sdkit:toy":
+        from .toy.shapes import IMAGE_SIZE
+
+        return IMAGE_SIZE  # the size it is trained at; asking its config would train it first (minutes)
+    try:
+        unet = _config(model, "unet")
+        if unet is None or not isinstance(unet.get("sample_size"), int):
+            return None
+        vae = _config(model, "vae") or {}
+        levels = len(vae.get("block_out_channels", (0, 0, 0, 0)))  # diffusers: 2 ** (levels - 1); SD 1.x has 4
+        return unet["sample_size"] * 2 ** (levels - 1)
+    except Exception:  # an unreadable config only costs the hint: generation uses the pipeline's own size
+        return None
+
+
+def toy_hint() -> str:
+    from .toy.shapes import COLORS, SHAPES
+
+    return (f"The toy world draws one shape on black: 'a <colour> <shape>' with colour {' / '.join(COLORS)} "
+            f"and shape {' / '.join(SHAPES)}; other prompts give noise.")
+
+
+def defaults_for(model: str) -> ModelDefaults:
+    """Settings that give good pictures with `model`, for a panel's first open."""
+    if is_toy_world(model):
+        from .toy.shapes import PROMPTS
+
+        return ModelDefaults(native_size(model), TOY_STEPS, TOY_GUIDANCE, PROMPTS[0], toy_hint())
+    return ModelDefaults(native_size(model), SD_STEPS, SD_GUIDANCE, "", "")
+
+
+def default_clip_label(model: str) -> str:
+    """Which CLIP `clip_for(model)` will pick, said without building or downloading it."""
+    from .rerank import clip_beside
+
+    if model.startswith("sdkit:tiny"):
+        return "sdkit's tiny CLIP"
+    if model == "sdkit:toy":
+        return "the toy world's clip/"
+    return clip_beside(model) or TUTORIAL_CLIP
