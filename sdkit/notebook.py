@@ -63,14 +63,31 @@ def models(**ids: str) -> SimpleNamespace:
     """
     m = mode()
     chosen = {role: _substitute(role, mid, m) for role, mid in ids.items()}
-    # The models' native image size, so one notebook makes 512px images for real and 64px ones on tiny models.
+    # The models' native image size, so one notebook makes 512px images for real and 64px ones on tiny models,
+    # and settings that make good pictures with each: the toy world wants little guidance (README, toy world).
     size = {"real": 512, "tiny": 64, "toy": 32}[m]
+    steps, guidance = {"real": (30, 7.5), "tiny": (30, 7.5), "toy": (20, 2.0)}[m]
     label = {"real": "real Hub models", "tiny": "sdkit's TINY RANDOM-WEIGHT models (pictures are noise)",
              "toy": "the TOY SHAPES world (trained 32x32 shapes, not Stable Diffusion)"}[m]
     print(f"Models: {label}")
     for role, mid in ids.items():
         print(f"  {role}: {mid}" + (f"  ->  {_short(chosen[role])}" if chosen[role] != mid else ""))
-    return SimpleNamespace(**chosen, mode=m, size=size)
+    if m == "toy":
+        from .toy import shapes
+
+        print(f"  The toy world draws 'a <colour> <shape>' only: colours {', '.join(shapes.COLORS)}; shapes "
+              f"{', '.join(shapes.SHAPES)}; it was trained on nothing else.")
+    print(f"  (switch with `%env {ENV}=toy` or `tiny` before this cell, or unset it for the real models)")
+    return SimpleNamespace(**chosen, mode=m, size=size, steps=steps, guidance=guidance)
+
+
+def models_mode_of(path, default: str = "tiny") -> str:
+    """The models a notebook's stored outputs come from: its metadata's `sdkit.models`, else `default`."""
+    meta = json.loads(Path(path).read_text()).get("metadata", {}).get("sdkit", {})
+    m = meta.get("models", default)
+    if m not in ("tiny", "toy"):
+        raise ValueError(f"{path}: metadata sdkit.models={m!r}: use 'tiny' or 'toy'")
+    return m
 
 
 def _short(model_id: str) -> str:
@@ -221,7 +238,7 @@ def pytest_configure(config):
 
 
 def execute(paths, timeout: int = 1200, models_mode: str = "tiny") -> None:
-    """Run notebooks with `SDKIT_MODELS=models_mode` and store their outputs (what nbval checks).
+    """Run notebooks with `SDKIT_MODELS=models_mode` (or their metadata's `sdkit.models`) and store their outputs.
 
     They run in a temporary copy with an empty outputs/, in order, so the stored outputs are those a
     fresh clone (CI) produces; only the notebooks themselves are written back.
@@ -230,11 +247,14 @@ def execute(paths, timeout: int = 1200, models_mode: str = "tiny") -> None:
     from nbclient import NotebookClient
 
     files = _notebooks(paths)
-    with _models_env(models_mode), tempfile.TemporaryDirectory(prefix="sdkit-notebooks-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="sdkit-notebooks-") as tmp:
         for f, copy in _fresh_tree(files, Path(tmp)).items():
-            print(f"executing {f} ...", flush=True)
+            m = models_mode_of(f, models_mode)
+            print(f"executing {f} ({ENV}={m}) ...", flush=True)
             nb = nbformat.read(copy, as_version=4)
-            NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(copy.parent)}}).execute()
+            with _models_env(m):
+                NotebookClient(nb, timeout=timeout, kernel_name="python3",
+                               resources={"metadata": {"path": str(copy.parent)}}).execute()
             for cell in nb.cells:  # execution timings would make every re-run a diff
                 cell.get("metadata", {}).pop("execution", None)
             nbformat.write(nb, f)
@@ -257,19 +277,22 @@ def check(paths, sanitize: str | None = None, models_mode: str = "tiny", pytest_
         raise ValueError(f"kernels={kernels!r}: name at least one of {list(KERNEL_SETTINGS)}")
     files = _notebooks(paths)
     sanitize = Path(sanitize) if sanitize else files[0].parent / "sanitize.cfg"
+    groups: dict[str, list[Path]] = {}
+    for f in files:
+        groups.setdefault(models_mode_of(f, models_mode), []).append(f)
     worst = 0
     for name, env in envs.items():
-        with tempfile.TemporaryDirectory(prefix="sdkit-nbval-") as tmp:
-            copies = _fresh_tree(files, Path(tmp))
-            args = [sys.executable, "-m", "pytest", "--nbval", "-p", "sdkit.notebook", f"--sdkit-tolerance={tolerance}",
-                    *map(str, copies.values()), "--rootdir", tmp, "-p", "no:cacheprovider", *pytest_args]
-            if sanitize.exists():
-                args += ["--nbval-sanitize-with", str(sanitize.resolve())]
-            if len(envs) > 1:
-                print(f"== notebooks under kernel setting {name!r}: {KERNEL_SETTINGS[name] or 'this CPU as it is'}",
-                      flush=True)
-            code = subprocess.run(args, env={**env, ENV: models_mode}, cwd=tmp).returncode
-            worst = worst or code
+        if len(envs) > 1:
+            print(f"== notebooks under kernel setting {name!r}: {KERNEL_SETTINGS[name] or 'this CPU as it is'}", flush=True)
+        for m, group in groups.items():
+            with tempfile.TemporaryDirectory(prefix="sdkit-nbval-") as tmp:
+                copies = _fresh_tree(group, Path(tmp))
+                args = [sys.executable, "-m", "pytest", "--nbval", "-p", "sdkit.notebook", f"--sdkit-tolerance={tolerance}",
+                        *map(str, copies.values()), "--rootdir", tmp, "-p", "no:cacheprovider", *pytest_args]
+                if sanitize.exists():
+                    args += ["--nbval-sanitize-with", str(sanitize.resolve())]
+                code = subprocess.run(args, env={**env, ENV: m}, cwd=tmp).returncode
+                worst = worst or code
     return worst
 
 

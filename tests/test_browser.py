@@ -1,4 +1,4 @@
-"""End to end in a real browser: JupyterLab on localhost, headless Chromium, the explorer notebook.
+"""End to end in a real browser: JupyterLab on localhost, headless Chromium, the explorer and quickstart notebooks.
 
 Needs Debian's Chromium and Playwright (no browser download):
 
@@ -26,13 +26,14 @@ pytestmark = pytest.mark.browser
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = Path(__file__).parent / "browser" / "explorer_e2e.ipynb"
+QUICKSTART = ROOT / "notebooks" / "00_quickstart.ipynb"
 ARTIFACTS = Path(__file__).parent / "artifacts"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 # From NOTES.md: what headless Chromium needs in a container with no network.
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run", "--disable-quic"]
 INSTALL = "apt-get update && apt-get install -y chromium; .venv/bin/pip install playwright"
-N = 4  # candidates the notebook asks for
+N = 8  # candidates the notebook asks for
 CAPTION = re.compile(r"^#(\d+) · (\d+\.\d\d)\s+seed (\d+)$")  # two lines on the button
 
 
@@ -65,6 +66,8 @@ def jupyterlab(tmp_path):
     out = root / "outputs"  # relative to the kernel's working directory, as a user's would be
     root.mkdir()
     shutil.copy(NOTEBOOK, root)
+    (root / "notebooks").mkdir()  # the quickstart writes to ../outputs, as in the repository
+    shutil.copy(QUICKSTART, root / "notebooks")
     # Do not ask "get notified about Jupyter news?" (a toast over the page; and there is no network).
     notif = settings / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings"
     notif.parent.mkdir(parents=True)
@@ -75,7 +78,7 @@ def jupyterlab(tmp_path):
     tracker.write_text(json.dumps({"autoStartDefaultKernel": True}))
     port = _free_port()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-           "SDKIT_E2E_OUT": "outputs", "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime"),
+           "SDKIT_E2E_OUT": "outputs", "SDKIT_MODELS": "toy", "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime"),
            "JUPYTER_PLATFORM_DIRS": "1"}
     log = open(tmp_path / "jupyterlab.log", "wb")
     server = subprocess.Popen(
@@ -107,36 +110,67 @@ def jupyterlab(tmp_path):
         shutil.copy(tmp_path / "jupyterlab.log", ARTIFACTS / "jupyterlab.log")
 
 
-def test_explorer_in_jupyterlab(jupyterlab):
+def _in_browser(name, run, *args):
     from playwright.sync_api import expect, sync_playwright
 
-    url, out = jupyterlab
     ARTIFACTS.mkdir(exist_ok=True)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1100, "height": 1700})
         try:
-            _run(page, url, out, expect)
+            run(page, *args, expect)
         except BaseException:
-            page.screenshot(path=ARTIFACTS / "explorer-failure.png", full_page=True)
+            page.screenshot(path=ARTIFACTS / f"{name}-failure.png", full_page=True)
             raise
         finally:
             browser.close()
 
 
-def _run(page, url, out, expect):
-    page.goto(f"{url}/lab/tree/{NOTEBOOK.name}")
+def _open_and_run_all(page, url, path, expect):
+    """Open a notebook in JupyterLab, wait for its kernel, and Run All Cells from the menu, as a user would."""
+    page.goto(f"{url}/lab/tree/{path}")
     expect(page.locator(".jp-NotebookPanel .jp-Notebook")).to_be_visible(timeout=60_000)
     select = page.get_by_role("button", name="Select", exact=True)  # in case the kernel dialog still shows
     if select.is_visible():
         select.click()
     # The kernel is up when the status bar says so.
     expect(page.get_by_text("Python 3 (ipykernel) | Idle")).to_be_visible(timeout=120_000)
-
-    page.get_by_role("tab", name=re.compile("File Browser")).click()  # fold the sidebar: more room for the panel
-    # Run all cells from the menu, as a user would.
+    page.get_by_role("tab", name=re.compile("File Browser")).click()  # fold the sidebar: more room for the notebook
     page.locator(".lm-MenuBar-itemLabel", has_text=re.compile(r"^Run$")).click()
     page.locator(".lm-Menu-itemLabel", has_text=re.compile(r"^Run All Cells$")).click()
+
+
+def test_quickstart_in_jupyterlab(jupyterlab):
+    """The first notebook a newcomer opens runs in JupyterLab and shows the ranked grid of real pictures."""
+    url, _ = jupyterlab
+    _in_browser("quickstart", _run_quickstart, url)
+
+
+def _run_quickstart(page, url, expect):
+    _open_and_run_all(page, url, f"notebooks/{QUICKSTART.name}", expect)
+    # The last cell makes the winner again from its PNG and says whether it is the same image.
+    expect(page.get_by_text(re.compile(r"seed \d+ same image: True"))).to_be_visible(timeout=300_000)
+    assert not page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr'] .jp-RenderedText",
+                            has_text="Traceback").count()
+    # The ranked grid: a matplotlib figure of 2 prompts x 8 candidates, rendered as an image in the page.
+    grid = page.locator(".jp-OutputArea-output img").last
+    expect(grid).to_be_visible()
+    width, height = grid.evaluate("e => [e.naturalWidth, e.naturalHeight]")
+    assert width > 1000 and height > 200, (width, height)
+    ranking = page.locator(".jp-OutputArea-output", has_text="CLIP score").first.inner_text()
+    assert "'a red circle'" in ranking and "'a blue triangle'" in ranking, ranking
+    grid.scroll_into_view_if_needed()
+    page.wait_for_timeout(300)
+    page.screenshot(path=ARTIFACTS / "quickstart.png", full_page=True)
+
+
+def test_explorer_in_jupyterlab(jupyterlab):
+    url, out = jupyterlab
+    _in_browser("explorer", _run, url, out)
+
+
+def _run(page, url, out, expect):
+    _open_and_run_all(page, url, NOTEBOOK.name, expect)
     panel = page.locator(".sdkit-explorer")
     expect(panel).to_be_visible(timeout=180_000)  # first import of torch, diffusers, JAX
 
@@ -151,7 +185,7 @@ def _run(page, url, out, expect):
     images = panel.locator(".sdkit-gallery img")
     expect(images).to_have_count(N)
     sizes = images.evaluate_all("els => els.map(e => [e.complete, e.naturalWidth, e.naturalHeight])")
-    assert sizes == [[True, 64, 64]] * N, sizes  # decoded in the browser, at the tiny model's size
+    assert sizes == [[True, 32, 32]] * N, sizes  # decoded in the browser, at the toy world's size
     captions = [c.strip() for c in panel.locator(".sdkit-gallery .sdkit-card button").all_inner_texts()]
     parsed = [CAPTION.match(c) for c in captions]
     assert all(parsed), captions
@@ -164,7 +198,7 @@ def _run(page, url, out, expect):
     panel.locator(".sdkit-gallery .sdkit-card button").first.click()
     expect(panel.locator(".sdkit-enlarged img")).to_be_visible()
     expect(panel.get_by_role("button", name="more like this")).to_be_visible()
-    expect(panel.get_by_text("model_id sdkit:tiny")).to_be_visible()
+    expect(panel.get_by_text("sdkit:toy").first).to_be_visible()
     page.wait_for_timeout(300)  # let the enlarged image paint before the screenshot
     panel.screenshot(path=ARTIFACTS / "explorer.png")
     page.screenshot(path=ARTIFACTS / "explorer-page.png", full_page=True)

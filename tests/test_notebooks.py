@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from sdkit.notebook import align_numbers, thick_cells
+from sdkit.notebook import align_numbers, models_mode_of, thick_cells
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
@@ -26,7 +26,8 @@ def _code(nb_path):
 
 def test_there_are_walkthroughs():
     names = [p.stem for p in NOTEBOOKS]
-    for topic in ("text_to_image", "clip_reranking", "styled_prompts", "inpainting", "explorer", "sweep", "testing"):
+    for topic in ("quickstart", "text_to_image", "clip_reranking", "styled_prompts", "inpainting", "explorer", "sweep",
+                  "testing"):
         assert any(topic in n for n in names), topic
 
 
@@ -51,7 +52,8 @@ def test_outputs_are_stored_and_clean(nb):
     assert all(c["execution_count"] is not None for c in code[1:]), "run `make notebooks` to store outputs"
     text = json.dumps(data)
     assert '"output_type": "error"' not in text
-    assert "TINY RANDOM-WEIGHT" in text  # stored outputs are from the tiny models, and say so
+    label = {"tiny": "TINY RANDOM-WEIGHT", "toy": "TOY SHAPES"}[models_mode_of(nb)]
+    assert label in text  # stored outputs say which models made them (tiny, or the toy world's real pictures)
     for secret in ("hf_", "HF_TOKEN=", "use_auth_token"):
         assert secret not in "".join(_code(nb)), f"{secret!r} in a code cell"
 
@@ -59,6 +61,16 @@ def test_outputs_are_stored_and_clean(nb):
 @pytest.mark.parametrize("nb", [p for p in NOTEBOOKS if "sweep" not in p.stem], ids=lambda p: p.stem)
 def test_images_are_fingerprinted(nb):
     assert any("fingerprint(" in c for c in _code(nb)), "print a fingerprint so nbval notices changed pictures"
+
+
+def test_quickstart_shows_the_toy_world():
+    """The first notebook a newcomer opens has real pictures: stored from the toy world, the grid included."""
+    nb = json.loads((ROOT / "notebooks" / "00_quickstart.ipynb").read_text())
+    assert models_mode_of(ROOT / "notebooks" / "00_quickstart.ipynb") == "toy"
+    outputs = [o for c in nb["cells"] if c["cell_type"] == "code" for o in c["outputs"]]
+    assert any("image/png" in o.get("data", {}) for o in outputs), "the ranked grid is stored as a picture"
+    ranking = next("".join(o["text"]) for o in outputs if "CLIP score" in "".join(o.get("text", "")))
+    assert "'a red circle'" in ranking and "'a blue triangle'" in ranking
 
 
 def test_readme_lists_every_notebook():
