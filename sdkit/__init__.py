@@ -24,7 +24,7 @@ _EXPORTS = {
     "load_scorer": "score", "Scores": "score",
     "rank": "rank", "Ranked": "rank",
     "rerank": "rerank",
-    "ranked_grid": "grid", "image_grid": "grid", "save_ranked_grid": "grid", "gallery": "gallery",
+    "ranked_grid": "grid", "image_grid": "grid", "save_ranked_grid": "grid", "enlarge": "grid", "gallery": "gallery",
     "score_heatmap": "heatmap",
     "explore": "explorer",
     "fingerprint": "fingerprint",
