@@ -219,7 +219,8 @@ def _report(item, new: str, aligned: str) -> None:
     if path:
         changed = [(s, n) for s, n in zip(DECIMAL.findall(aligned), DECIMAL.findall(new)) if s != n]
         with open(path, "a") as f:
-            f.write(json.dumps({"cell": item.nodeid, "stored_vs_new": changed}) + "\n")
+            caps = {k: os.environ[k] for k in ("MKL_ENABLE_INSTRUCTIONS", "ONEDNN_MAX_CPU_ISA") if k in os.environ}
+            f.write(json.dumps({"cell": item.nodeid, "stored_vs_new": changed, "kernel_caps": caps}) + "\n")
 
 
 def pytest_addoption(parser):
