@@ -170,7 +170,7 @@ def generate(
                        text=f"denoising {len(jobs)} candidate{'s' * (len(jobs) != 1)} × {steps_run} steps")
 
     def on_step(_pipe, step, _t, kwargs, batch):
-        bar.update(1)
+        bar.update(len(batch))  # one step of every candidate in the batch
         if callback is not None:
             callback(Progress(min(step + 1, steps_run), steps_run, len(run.candidates), len(jobs), [j.index for j in batch]))
         if is_cancelled():

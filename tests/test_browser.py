@@ -135,6 +135,10 @@ def _open_and_run_all(page, url, path, expect):
         select.click()
     # The kernel is up when the status bar says so.
     expect(page.get_by_text("Python 3 (ipykernel) | Idle")).to_be_visible(timeout=120_000)
+    # Opening a notebook must not modify it (a stored kernelspec unlike the kernel's own made JupyterLab
+    # rewrite it and mark the tab dirty, so every look asked "save changes?").
+    page.wait_for_timeout(1000)
+    expect(page.locator(".lm-TabBar-tab.jp-mod-dirty")).to_have_count(0)
     page.get_by_role("tab", name=re.compile("File Browser")).click()  # fold the sidebar: more room for the notebook
     page.locator(".lm-MenuBar-itemLabel", has_text=re.compile(r"^Run$")).click()
     page.locator(".lm-Menu-itemLabel", has_text=re.compile(r"^Run All Cells$")).click()

@@ -294,3 +294,20 @@ def test_regenerate_refuses_edit_tasks_with_a_pointer():
 
     with pytest.raises(ValueError, match=r"sdkit.edit.inpaint\(..., seeds=\[5\]\)"):
         regenerate({"task": "inpainting", "seed": 5, "model_id": "sdkit:tiny-inpainting"})
+
+
+def test_progress_bar_reaches_its_total(tiny_pipe, monkeypatch):
+    """One step of a batch of 2 is two candidate-steps: the bar ends full, not half way (it did)."""
+    import importlib
+
+    module = importlib.import_module("sdkit.generate")
+    bars = []
+    real = module.progress_bar
+
+    def spy(*args, **kwargs):
+        bars.append(real(*args, **kwargs))
+        return bars[-1]
+
+    monkeypatch.setattr(module, "progress_bar", spy)
+    module.generate(tiny_pipe, "a cat", n=5, seed=0, num_inference_steps=3, batch_size=2, height=64, width=64)
+    assert bars[0].total == 5 * 3 and bars[0].n == bars[0].total

@@ -73,6 +73,17 @@ def test_quickstart_shows_the_toy_world():
     assert "'a red circle'" in ranking and "'a blue triangle'" in ranking
 
 
+@pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.stem)
+def test_opening_in_jupyterlab_changes_nothing(nb):
+    """JupyterLab writes the running kernel's spec into the notebook; a stored one that differs marks the
+    notebook modified the moment it opens (tests/test_browser.py checks the tab in a real browser)."""
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    stored = json.loads(nb.read_text())["metadata"]["kernelspec"]
+    spec = KernelSpecManager().get_kernel_spec(stored["name"])
+    assert stored == {"display_name": spec.display_name, "language": spec.language, "name": "python3"}
+
+
 def test_readme_lists_every_notebook():
     readme = (ROOT / "README.md").read_text()
     for nb in NOTEBOOKS:
