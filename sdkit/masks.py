@@ -41,17 +41,23 @@ def _open(path, name: str) -> Image.Image:
         raise ValueError(f"{name}={str(path)!r} is not a readable image ({type(e).__name__}: {e})") from None
 
 
+def _as_pil(x, name: str, allowed: str) -> Image.Image:
+    """A file path, numpy array or PIL image as a PIL image, in whatever mode it has."""
+    if isinstance(x, (str, os.PathLike)):
+        return _open(x, name)
+    if isinstance(x, np.ndarray):
+        return Image.fromarray(_to_uint8(x, name))
+    if isinstance(x, Image.Image):
+        return x
+    raise TypeError(f"{name} must be {allowed}, got {type(x).__name__}")
+
+
 def load_image(image, name: str = "image") -> Image.Image:
     """A PIL image, numpy array (H, W[, C], uint8 or floats in [0, 1]) or file path -> RGB PIL image.
 
     Transparency is composited on white (as CLIP's preprocessing does), not dropped.
     """
-    if isinstance(image, (str, os.PathLike)):
-        image = _open(image, name)
-    elif isinstance(image, np.ndarray):
-        image = Image.fromarray(_to_uint8(image, name))
-    elif not isinstance(image, Image.Image):
-        raise TypeError(f"{name} must be a PIL image, a numpy array or a file path, got {type(image).__name__}")
+    image = _as_pil(image, name, "a PIL image, a numpy array or a file path")
     if image.width < 1 or image.height < 1:
         raise ValueError(f"{name} is empty (size {image.size})")
     return to_rgb(image)
@@ -86,12 +92,7 @@ def load_mask(mask, name: str = "mask_image") -> Image.Image:
     Colour masks are converted to grey; transparent pixels count as black (keep), so a
     mask painted on a transparent layer works.
     """
-    if isinstance(mask, (str, os.PathLike)):
-        mask = _open(mask, name)
-    elif isinstance(mask, np.ndarray):
-        mask = Image.fromarray(_to_uint8(mask, name))
-    elif not isinstance(mask, Image.Image):
-        raise TypeError(f"{name} must be a PIL image, a numpy array, a file path or a box, got {type(mask).__name__}")
+    mask = _as_pil(mask, name, "a PIL image, a numpy array, a file path or a box")
     if "A" in mask.getbands() or mask.info.get("transparency") is not None:
         rgba = mask.convert("RGBA")
         mask = Image.alpha_composite(Image.new("RGBA", rgba.size, (0, 0, 0, 255)), rgba)

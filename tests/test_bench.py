@@ -17,13 +17,17 @@ TARGETS = {
 }
 
 
+def _script(*args) -> subprocess.CompletedProcess:
+    """Run a bench script as `make bench` / `make gpu-check` do: a script, from the repository root."""
+    p = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert p.returncode == 0, p.stderr[-3000:]
+    return p
+
+
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
-    # As `make bench` runs it: a script, from the repository root.
-    p = subprocess.run([sys.executable, "bench/run.py", "--smoke", "--out", str(out)], cwd=ROOT,
-                       capture_output=True, text=True, timeout=900)
-    assert p.returncode == 0, p.stderr[-3000:]
+    p = _script("bench/run.py", "--smoke", "--out", str(out))
     return json.loads((out / "latest.json").read_text()), (out / "latest.md").read_text(), p
 
 
@@ -130,9 +134,7 @@ GPU_SECTIONS = ["models", "pipeline", "scorer", "reproducibility", "compile", "s
 @pytest.fixture(scope="module")
 def gpu_dry(tmp_path_factory):
     out = tmp_path_factory.mktemp("gpu")
-    p = subprocess.run([sys.executable, "bench/gpu_check.py", "--dry-run", "--out", str(out)], cwd=ROOT,
-                       capture_output=True, text=True, timeout=900)
-    assert p.returncode == 0, p.stderr[-3000:]
+    _script("bench/gpu_check.py", "--dry-run", "--out", str(out))
     return json.loads((out / "gpu_check.json").read_text()), (out / "gpu_check.md").read_text()
 
 
