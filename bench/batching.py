@@ -14,7 +14,7 @@ import contextlib
 import torch
 
 from sdkit import generate, load_pipeline
-from sdkit.generate import default_batch_size
+from sdkit.generation import default_batch_size
 
 from .models import model_path
 from .report import compare

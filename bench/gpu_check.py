@@ -223,7 +223,7 @@ class Check:
         import diffusers
         import torch
 
-        from sdkit.load import _DTYPE_KW
+        from sdkit.load.pipeline import _DTYPE_KW
 
         from .overhead import bare_call
         from .timing import interleaved
@@ -284,7 +284,7 @@ class Check:
         import torch
         from diffusers.image_processor import VaeImageProcessor
 
-        from sdkit.score import FlaxCLIPScorer, TorchCLIPScorer
+        from sdkit.scoring.scorers import FlaxCLIPScorer, TorchCLIPScorer
 
         from .timing import interleaved
 
@@ -300,7 +300,7 @@ class Check:
         pils = to_pil(tensor)
         data = {"images": len(pils), "tensor": {"shape": list(tensor.shape), "dtype": str(tensor.dtype),
                                                 "device": str(tensor.device)}}
-        from sdkit.score import load_scorer
+        from sdkit.scoring.scorers import load_scorer
 
         data["auto_scorer"] = type(load_scorer("auto", clip)).__name__  # Flax if JAX sees the GPU, else torch
         flax = FlaxCLIPScorer(clip)  # every local JAX device: the GPU on a GPU machine
@@ -575,7 +575,7 @@ def main(argv=None) -> int:
         ap.error(f"--only {','.join(bad)}: sections are {','.join(SECTIONS)}")
     if args.budget <= 0:
         ap.error(f"--budget {args.budget:g}: must be > 0 seconds")
-    import sdkit.score  # noqa: F401  (first: sets XLA_PYTHON_CLIENT_PREALLOCATE=false before JAX starts)
+    import sdkit.scoring.scorers  # noqa: F401  (first: sets XLA_PYTHON_CLIENT_PREALLOCATE=false before JAX starts)
     import torch
 
     plan = Plan(**DRY) if args.dry_run else Plan()

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import torch
 
-from sdkit.tiny import build_atomically, cache_root
-from sdkit.tokenizer import save_clip_tokenizer
+from sdkit.models.tiny import build_atomically, cache_root
+from sdkit.models.tokenizer import save_clip_tokenizer
 
 # Shapes of stable-diffusion-v1-5/stable-diffusion-v1-5's config.json files.
 SD15_UNET = dict(
@@ -75,21 +75,21 @@ def sd15_path(seed: int = 0) -> Path:
 
 def tiny_path() -> Path:
     """sdkit's tiny text-to-image pipeline (64x64), for overhead checks and the smoke run."""
-    from sdkit.tiny import tiny_pipeline_path
+    from sdkit.models.tiny import tiny_pipeline_path
 
     return tiny_pipeline_path("text-to-image")
 
 
 def clip_b32_path(seed: int = 0) -> str:
     """A random CLIP ViT-B/32 (openai/clip-vit-base-patch32 shapes) in the Hub layout."""
-    from sdkit.tiny_clip import save_random_clip
+    from sdkit.models.tiny_clip import save_random_clip
 
     final = cache_root() / "bench" / f"clip-vit-b32-random-seed{seed}"
     return str(build_atomically(final, lambda d: save_random_clip(d, seed=seed)))
 
 
 def tiny_clip() -> str:
-    from sdkit.tiny_clip import tiny_clip_path
+    from sdkit.models.tiny_clip import tiny_clip_path
 
     return tiny_clip_path()
 

@@ -45,9 +45,9 @@ def child(model: str, n_images: int, batch: int, reps: int) -> dict:
     import torch
     from transformers import CLIPModel, CLIPProcessor
 
-    from sdkit import clip_flax
-    from sdkit.preprocess import preprocess
-    from sdkit.score import load_scorer
+    from sdkit.scoring import flax_clip as clip_flax
+    from sdkit.scoring.preprocess import preprocess
+    from sdkit.scoring.scorers import load_scorer
 
     from .models import clip_b32_path, tiny_clip
 

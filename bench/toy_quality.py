@@ -5,7 +5,7 @@
 
 Trains each world on first use (cached, minutes), then for every guidance scale generates
 12 prompts x groups x n candidates with sdkit's `generate`, checks each image with the pixel
-checker, and reranks with both CLIP scorers (see `sdkit.toy.evaluate`). Writes
+checker, and reranks with both CLIP scorers (see `sdkit.toy.adherence`). Writes
 bench/results/toy_quality.{json,md}.
 """
 
@@ -20,7 +20,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make `sdkit` importable from a checkout
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from sdkit.toy.evaluate import evaluate  # noqa: E402
+from sdkit.toy.adherence import evaluate  # noqa: E402
 from sdkit.toy.world import load_world_info, toy_world_path  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -5,7 +5,26 @@
     run = generate(pipe, "Kermit the Frog on the Iron Throne", n=10, seed=0, output_dir="outputs")
     ranked_grid(rerank(run, "flax"))
 
-Names are imported lazily: `import sdkit` is quick, and JAX starts only when a Flax scorer is used.
+Names are imported lazily: `import sdkit` imports neither torch, JAX, ipywidgets nor matplotlib, and JAX
+starts only when a Flax scorer is used.
+
+The house, in the order the data flows (`LAYERS`; a module imports only from its own layer or those
+before it, never in a circle: tests/test_layout.py walks the imports):
+
+    foundations  errors, checks, results (Candidate, Run, Scores, Ranked), fingerprints, files, images, quiet
+    models       models/ (sdkit:tiny, the tiny CLIP, tokenizers, the built-in registry, the one cache
+                 builder) and the toy world's shapes, trainer and weights (toy/shapes, train, world)
+    load         load/ (Hub resolver, devices, schedulers, batch invariance, load_pipeline)
+    save         save (atomic files, PNG metadata, manifest, recovery)
+    generation   generation (generate, regenerate)
+    edit         edit/ (img2img, inpaint, outpaint; masks)
+    scoring      scoring/ (scorers: Flax and PyTorch CLIP, preprocessing)
+    ranking      ranking (score_candidates, rank, rerank)
+    show         show/ (ranked grid, gallery, heatmap)
+    sweep        sweep/ (the spec, local and Ray runs)
+    tools        toy/adherence (the toy world's measurement), notebook (nbval helpers)
+    explorer     show/explorer/ (form, session, widgets)
+    cli          cli/ (one module per subcommand)
 """
 
 from __future__ import annotations
@@ -15,22 +34,39 @@ import importlib
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "Candidate": "candidate", "Run": "candidate",
-    "generate": "generate", "regenerate": "generate", "Progress": "generate",
-    "load_pipeline": "load",
+    "Candidate": "results", "Run": "results",
+    "generate": "generation", "regenerate": "generation", "Progress": "results",
+    "load_pipeline": "load.pipeline",
     "read_manifest": "save", "read_metadata": "save",
-    "img2img": "edit", "inpaint": "edit", "outpaint": "edit",
-    "box_mask": "masks", "show_mask": "masks",
-    "load_scorer": "score", "Scores": "score",
-    "rank": "rank", "Ranked": "rank",
-    "rerank": "rerank",
-    "ranked_grid": "grid", "image_grid": "grid", "save_ranked_grid": "grid", "enlarge": "grid", "gallery": "gallery",
-    "score_heatmap": "heatmap",
-    "explore": "explorer",
-    "fingerprint": "fingerprint",
-    "Sweep": "sweep", "run_sweep": "sweep",
+    "img2img": "edit.tasks", "inpaint": "edit.tasks", "outpaint": "edit.tasks",
+    "box_mask": "edit.masks", "show_mask": "edit.masks",
+    "load_scorer": "scoring.scorers", "Scores": "results",
+    "rank": "ranking", "Ranked": "results", "rerank": "ranking", "format_ranking": "ranking",
+    "ranked_grid": "show.grid", "image_grid": "show.grid", "save_ranked_grid": "show.grid", "enlarge": "show.grid",
+    "gallery": "show.gallery", "score_heatmap": "show.heatmap",
+    "explore": "show.explorer.app",
+    "fingerprint": "fingerprints",
+    "Sweep": "sweep.spec", "run_sweep": "sweep.run",
 }
 __all__ = sorted(_EXPORTS)
+
+# Module-name prefixes per layer, bottom first; a module's layer is that of its longest matching prefix.
+LAYERS = (
+    ("sdkit", "sdkit.errors", "sdkit.checks", "sdkit.results", "sdkit.fingerprints", "sdkit.files",
+     "sdkit.images", "sdkit.quiet"),
+    ("sdkit.models", "sdkit.toy", "sdkit.toy.shapes", "sdkit.toy.display", "sdkit.toy.train", "sdkit.toy.world"),
+    ("sdkit.load",),
+    ("sdkit.save",),
+    ("sdkit.generation",),
+    ("sdkit.edit",),
+    ("sdkit.scoring",),
+    ("sdkit.ranking",),
+    ("sdkit.show",),
+    ("sdkit.sweep",),
+    ("sdkit.toy.adherence", "sdkit.toy.__main__", "sdkit.notebook"),
+    ("sdkit.show.explorer",),
+    ("sdkit.cli", "sdkit.__main__"),
+)
 
 
 def __getattr__(name: str):
@@ -43,15 +79,6 @@ def __getattr__(name: str):
 
 def __dir__():
     return sorted(list(globals()) + __all__)
-
-
-# These names are also submodule names (sdkit/generate.py defines generate, ...). Importing a submodule
-# sets the package attribute to the module, so they are bound eagerly here, once, to the functions.
-from .fingerprint import fingerprint  # noqa: E402
-from .gallery import gallery  # noqa: E402
-from .generate import generate  # noqa: E402
-from .rank import rank  # noqa: E402
-from .rerank import rerank  # noqa: E402
 
 
 def _quiet_known_noise() -> None:

@@ -45,10 +45,10 @@ def _substitute(role: str, model_id: str, m: str) -> str:
         return model_id
     if role == "clip":
         if m == "toy":
-            from .toy.world import toy_world_path
+            from sdkit.toy.world import toy_world_path
 
             return str(Path(toy_world_path()) / "clip")
-        from .tiny_clip import tiny_clip_path
+        from sdkit.models.tiny_clip import tiny_clip_path
 
         return str(tiny_clip_path())
     if m == "toy":
@@ -73,7 +73,7 @@ def models(**ids: str) -> SimpleNamespace:
     for role, mid in ids.items():
         print(f"  {role}: {mid}" + (f"  ->  {_short(chosen[role])}" if chosen[role] != mid else ""))
     if m == "toy":
-        from .toy import shapes
+        from sdkit.toy import shapes
 
         print(f"  The toy world draws 'a <colour> <shape>' only: colours {', '.join(shapes.COLORS)}; shapes "
               f"{', '.join(shapes.SHAPES)}; it was trained on nothing else.")

@@ -18,30 +18,17 @@ import hashlib
 import io
 import json
 import os
-import re
 import secrets
-import signal
-import socket
 import time
 import warnings
 from pathlib import Path
 
 from PIL import Image, PngImagePlugin
 
-from .candidate import Candidate
+from sdkit.files import HOST_TAG, TEMP_NAME, fault, fault_due, kill_now, link_free, remove_temp, write_temp
+from sdkit.results import Candidate
 
 MANIFEST = "manifest.jsonl"
-
-# Points of the save sequence where SDKIT_FAULT_AT="<point>:<k>" SIGKILLs this process the k-th time it
-# gets there: how the tests prove that a kill at any instant loses nothing (tests/test_save.py).
-FAULT_POINTS = ("tmp-written", "tmp-synced", "linked", "manifest-half", "manifest-written", "tmp-removed")
-_fault_hits: dict[str, int] = {}
-
-# Temp names carry the writer's pid and a tag of its host, so `recover` removes only what a dead
-# process on this host left (pids mean nothing across hosts sharing a folder).
-_HOST_TAG = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:4]
-_TMP = re.compile(r"^\.(?P<name>.+?)\.(?P<pid>\d+)(?:\.(?P<hex>[0-9a-f]+))?\.tmp$")
-
 
 def new_run_id() -> str:
     """Sortable and unique enough: time to the second plus 4 random hex digits."""
@@ -91,90 +78,13 @@ def file_name(c: Candidate) -> str:
     return f"{c.run_id}-{c.index:03d}-s{c.seed}.png"
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fault_due(point: str) -> bool:
-    """True the k-th time `point` is reached when SDKIT_FAULT_AT="<point>:<k>" (a test hook; cheap when unset)."""
-    spec = os.environ.get("SDKIT_FAULT_AT")
-    if not spec:
-        return False
-    want, _, k = spec.partition(":")
-    if want not in FAULT_POINTS or not k.isdigit():
-        raise ValueError(f"SDKIT_FAULT_AT={spec!r}: use '<point>:<k>' with a point in {list(FAULT_POINTS)}")
-    if want != point:
-        return False
-    _fault_hits[point] = _fault_hits.get(point, 0) + 1
-    return _fault_hits[point] == int(k)
-
-
-def _fault(point: str) -> None:
-    if _fault_due(point):
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
-def write_temp(path: Path, data: bytes, faults: bool = True) -> Path:
-    """Write and fsync `data` beside `path` under a temp name `recover` knows; returns the temp path.
-
-    `faults=False`: not a point of SDKIT_FAULT_AT (its k counts images, not other files).
-    """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{_HOST_TAG}{secrets.token_hex(2)}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        if faults:
-            _fault("tmp-written")
-        os.fsync(f.fileno())
-    if faults:
-        _fault("tmp-synced")
-    return tmp
-
-
-def _link_free(tmp: Path, path: Path) -> Path:
-    """Hard-link `tmp` at `path`, or at `name-1.png`, `name-2.png`... if taken; never over a file."""
-    for i in range(10_000):
-        target = path if i == 0 else path.with_name(f"{path.stem}-{i}{path.suffix}")
-        try:
-            os.link(tmp, target)  # fails if target exists: never overwrite
-        except FileExistsError:
-            continue
-        _fsync_dir(path.parent)
-        _fault("linked")
-        return target
-    raise FileExistsError(f"could not find a free name for {path}")
-
-
-def _remove_temp(tmp: Path) -> None:
-    tmp.unlink(missing_ok=True)
-    _fault("tmp-removed")
-
-
-def write_new_file(path: Path, data: bytes) -> Path:
-    """Write `data` atomically at `path`, or at `name-1.png`, `name-2.png`... if taken. Returns the path used."""
-    path = Path(path)
-    tmp = write_temp(path, data)
-    try:
-        return _link_free(tmp, path)
-    finally:
-        _remove_temp(tmp)
-
-
 def _append(output_dir: Path, data: bytes) -> None:
     fd = os.open(Path(output_dir) / MANIFEST, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
-        if _fault_due("manifest-half"):
+        if fault_due("manifest-half"):
             os.write(fd, data[: len(data) // 2])
             os.fsync(fd)
-            os.kill(os.getpid(), signal.SIGKILL)
+            kill_now()
         os.write(fd, data)
         os.fsync(fd)
     finally:
@@ -184,7 +94,7 @@ def _append(output_dir: Path, data: bytes) -> None:
 def append_manifest(output_dir: Path, record: dict) -> None:
     """One line per image, written with a single O_APPEND write so lines never interleave."""
     _append(output_dir, (json.dumps(record, sort_keys=True) + "\n").encode())
-    _fault("manifest-written")
+    fault("manifest-written")
 
 
 def save_candidate(c: Candidate, output_dir) -> Candidate:
@@ -193,7 +103,7 @@ def save_candidate(c: Candidate, output_dir) -> Candidate:
     path = output_dir / file_name(c)
     tmp = write_temp(path, png_bytes(c))
     try:
-        path = _link_free(tmp, path)
+        path = link_free(tmp, path)
         c.path = str(path)
         record = c.params()
         record["file"] = path.name
@@ -201,7 +111,7 @@ def save_candidate(c: Candidate, output_dir) -> Candidate:
     finally:
         # Removed only after the manifest line: while a live writer's temp shares the PNG's inode,
         # a concurrent `recover` knows the line is still coming and does not write a second one.
-        _remove_temp(tmp)
+        remove_temp(tmp)
     return c
 
 
@@ -267,7 +177,7 @@ def recover(output_dir) -> None:
     manifest = out / MANIFEST
     temps, pngs = [], []
     for e in entries:  # listed before the manifest is read: see `save_candidate` on the order
-        if e.name.endswith(".tmp") and (m := _TMP.match(e.name)):
+        if e.name.endswith(".tmp") and (m := TEMP_NAME.match(e.name)):
             temps.append((e, m))
         elif e.name.endswith(".png") and not e.name.startswith("."):
             pngs.append(e)
@@ -289,7 +199,7 @@ def _recover_locked(out: Path, manifest: Path, temps, pngs) -> None:
     live, dead = set(), []
     for e, m in temps:
         hex_ = m["hex"] or ""
-        mine = len(hex_) != 8 or hex_.startswith(_HOST_TAG)  # older temp names carry no host tag
+        mine = len(hex_) != 8 or hex_.startswith(HOST_TAG)  # older temp names carry no host tag
         try:
             ino = e.stat(follow_symlinks=False).st_ino
         except FileNotFoundError:

@@ -10,20 +10,20 @@ warnings.filterwarnings("ignore", message=".*torchvision.*")
 
 @pytest.fixture(scope="session")
 def tiny_path():
-    from sdkit.tiny import tiny_pipeline_path
+    from sdkit.models.tiny import tiny_pipeline_path
 
     return tiny_pipeline_path("text-to-image")
 
 
 @pytest.fixture(scope="session")
 def tiny_inpaint_path():
-    from sdkit.tiny import tiny_pipeline_path
+    from sdkit.models.tiny import tiny_pipeline_path
 
     return tiny_pipeline_path("inpainting")
 
 
 @pytest.fixture(scope="session")
 def tiny_pipe():
-    from sdkit.load import load_pipeline
+    from sdkit.load.pipeline import load_pipeline
 
     return load_pipeline("sdkit:tiny")

@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from sdkit.cli import main
+from sdkit.cli.main import main
 
 
 def test_cli_generates_files_with_metadata(tmp_path, tiny_path):
@@ -21,7 +21,7 @@ def test_cli_generates_files_with_metadata(tmp_path, tiny_path):
     assert {(r["prompt"], r["seed"], r["scheduler"]) for r in records} >= {("a red circle", 7, "Euler a"), ("a blue square", 8, "Euler a")}
     assert "4 images in" in out.stdout
     # scored and ranked by default: scores in the manifest (last line per file) and the PNGs, a grid beside them
-    from sdkit.grid import read_grid_metadata
+    from sdkit.show.grid import read_grid_metadata
     from sdkit.save import read_manifest, read_metadata
 
     assert all(r["score"] is not None and r["scorer"].startswith("clip-flax") for r in read_manifest(run_dir))
@@ -56,9 +56,9 @@ def test_prompts_file(tmp_path, tiny_path):
     (["a cat", "--out", "/proc/nope"], "cannot be created"),
 ])
 def test_bad_input_exits_2_before_loading(monkeypatch, capsys, args, message):
-    import sdkit.load
+    import sdkit.load.pipeline
 
-    monkeypatch.setattr(sdkit.load, "load_pipeline", lambda *a, **k: pytest.fail("loaded a model before validating"))
+    monkeypatch.setattr(sdkit.load.pipeline, "load_pipeline", lambda *a, **k: pytest.fail("loaded a model before validating"))
     assert main(args) == 2
     assert message in capsys.readouterr().err
 
@@ -76,7 +76,7 @@ def test_resume_a_killed_cli_run(tmp_path, tiny_pipe, monkeypatch, capsys):
     import numpy as np
     from PIL import Image
 
-    from sdkit.generate import generate
+    from sdkit.generation import generate
 
     env = {**os.environ, "SDKIT_FAULT_AT": "linked:2"}
     cmd = [sys.executable, "-m", "sdkit", "a cat", "a dog", "-n", "2", "--seed", "4", "--steps", "2", "--out",
@@ -85,14 +85,14 @@ def test_resume_a_killed_cli_run(tmp_path, tiny_pipe, monkeypatch, capsys):
     (run_dir,) = tmp_path.iterdir()
     assert len(list(run_dir.glob("*.png"))) == 2
 
-    import sdkit.load
+    import sdkit.load.pipeline
 
-    real = sdkit.load.load_pipeline
-    monkeypatch.setattr(sdkit.load, "load_pipeline", lambda *a, **k: pytest.fail("loaded a model before refusing"))
+    real = sdkit.load.pipeline.load_pipeline
+    monkeypatch.setattr(sdkit.load.pipeline, "load_pipeline", lambda *a, **k: pytest.fail("loaded a model before refusing"))
     assert main(["generate", "--resume", str(run_dir), "--steps", "5", "a cat"]) == 2
     err = capsys.readouterr().err
     assert "num_inference_steps was 2, now 5" in err and "prompts was ['a cat', 'a dog'], now ['a cat']" in err
-    monkeypatch.setattr(sdkit.load, "load_pipeline", real)
+    monkeypatch.setattr(sdkit.load.pipeline, "load_pipeline", real)
 
     assert main(["generate", "--resume", str(run_dir), "--quiet", "--scorer", "none", "--seed", "4"]) == 0
     out = capsys.readouterr()

@@ -10,10 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
-from sdkit import clip_flax
-from sdkit.clip_flax import CLIPConfig, load_flax_clip, params_from_state_dict, read_safetensors
-from sdkit.preprocess import ImageConfig, preprocess
-from sdkit.tiny_clip import TINY_CLIP_SEED, random_clip_model, save_tiny_clip, tiny_clip_path
+from sdkit.scoring import flax_clip as clip_flax
+from sdkit.scoring.flax_clip import CLIPConfig, load_flax_clip, params_from_state_dict, read_safetensors
+from sdkit.scoring.preprocess import ImageConfig, preprocess
+from sdkit.models.tiny_clip import TINY_CLIP_SEED, random_clip_model, save_tiny_clip, tiny_clip_path
 
 ATOL = 1e-4  # the parity bar, fp32
 PROMPTS = ["a red circle", "a photo of a horse sitting in a field at night, oil painting, trending", "", "zebra?!"]

@@ -5,10 +5,10 @@ import pytest
 import torch
 from PIL import Image
 
-from sdkit import edit
-from sdkit.edit import img2img, inpaint, outpaint, pipeline_for, prepare_img2img, prepare_inpaint, prepare_outpaint
-from sdkit.load import load_pipeline
-from sdkit.masks import box_mask, feather_mask, paste_back
+from sdkit.edit import tasks as edit
+from sdkit.edit.tasks import img2img, inpaint, outpaint, pipeline_for, prepare_img2img, prepare_inpaint, prepare_outpaint
+from sdkit.load.pipeline import load_pipeline
+from sdkit.edit.masks import box_mask, feather_mask, paste_back
 from sdkit.save import image_hash, read_manifest, read_metadata, read_parameters
 
 FAST = dict(num_inference_steps=2, progress=False)
@@ -184,9 +184,9 @@ def test_saved_metadata_records_what_made_the_image(inpaint_pipe, tmp_path):
 
 
 def test_edit_candidates_are_scored_and_ranked_like_text_to_image(tiny_pipe):
-    score = pytest.importorskip("sdkit.score")
-    from sdkit.rank import rank
-    from sdkit.tiny_clip import tiny_clip_path
+    score = pytest.importorskip("sdkit.scoring.scorers")
+    from sdkit.ranking import rank
+    from sdkit.models.tiny_clip import tiny_clip_path
 
     run = img2img(tiny_pipe, ["a red circle", "a blue square"], noise(32, 32), n=3, seed=0, **FAST)
     scorer = score.load_scorer("torch", tiny_clip_path(), device="cpu")
@@ -275,7 +275,7 @@ def test_task_arguments_cannot_be_overridden(tiny_pipe):
 # -- CLI -------------------------------------------------------------------------------------------
 
 def test_cli_inpaint_and_bad_input(tmp_path, capsys):
-    from sdkit.cli import main
+    from sdkit.cli.main import main
 
     noise(40, 24).save(tmp_path / "in.png")
     rc = main(["inpaint", "--image", str(tmp_path / "in.png"), "--box", "4,4,20,20", "a hat", "-n", "1", "--seed", "3",

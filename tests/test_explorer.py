@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sdkit.explorer import Explorer, explore
-from sdkit.grid import read_grid_metadata
+from sdkit.show.explorer.app import Explorer, explore
+from sdkit.show.grid import read_grid_metadata
 from sdkit.save import image_hash, read_manifest, read_metadata
-from sdkit.score import Scores
+from sdkit.results import Scores
 
 FAST = dict(model="sdkit:tiny", prompt="a red circle", n=3, num_inference_steps=2, seed=7, batch_size=2)
 
@@ -84,7 +84,7 @@ def test_generate_click_ranks_saves_and_shows(ex, tmp_path):
 
 
 def _entries(ranked):
-    from sdkit.grid import entries
+    from sdkit.show.grid import entries
 
     return entries(ranked)
 
@@ -125,9 +125,9 @@ def test_random_seed_is_drawn_shown_and_used(tmp_path):
     (dict(guidance_scale=float("nan")), "guidance_scale=nan"),  # the slider takes NaN as typed
 ])
 def test_bad_input_is_shown_and_nothing_starts(ex, monkeypatch, change, message):
-    import sdkit.load
+    import sdkit.load.pipeline
 
-    monkeypatch.setattr(sdkit.load, "load_pipeline", lambda *a, **k: pytest.fail("loaded a model for bad input"))
+    monkeypatch.setattr(sdkit.load.pipeline, "load_pipeline", lambda *a, **k: pytest.fail("loaded a model for bad input"))
     ex.random_seed.value = False
     for name, value in change.items():
         getattr(ex, name).value = value  # as typed into the widget
@@ -158,7 +158,7 @@ def test_scorer_that_cannot_load_is_named(tmp_path):
 def test_out_of_memory_keeps_finished_candidates(ex, monkeypatch):
     import importlib
 
-    gen = importlib.import_module("sdkit.generate")  # the module; `sdkit.generate` is the function
+    gen = importlib.import_module("sdkit.generation")  # the module that defines `sdkit.generate`
     real = gen.generate
 
     def oom_after_first_batch(pipe, prompt, **kw):
@@ -245,9 +245,9 @@ def test_selected_candidate_details_save_copy_seed_and_more_like_this(ex, tmp_pa
 
 
 def test_flax_clip_scores_match_the_scorer_called_directly(tmp_path):
-    from sdkit.rank import rank
-    from sdkit.score import load_scorer
-    from sdkit.tiny_clip import tiny_clip_path
+    from sdkit.ranking import rank
+    from sdkit.scoring.scorers import load_scorer
+    from sdkit.models.tiny_clip import tiny_clip_path
 
     ex = explore(scorer="flax", output_dir=tmp_path, **FAST)
     ex.generate_button.click()
@@ -305,8 +305,8 @@ def world(tmp_path_factory):
     """A folder in the toy world's layout (pipeline/, clip/, world.json), made of the tiny models."""
     import shutil
 
-    from sdkit.tiny import tiny_pipeline_path
-    from sdkit.tiny_clip import tiny_clip_path
+    from sdkit.models.tiny import tiny_pipeline_path
+    from sdkit.models.tiny_clip import tiny_clip_path
 
     root = tmp_path_factory.mktemp("world")
     shutil.copytree(tiny_pipeline_path(), root / "pipeline")
@@ -316,13 +316,13 @@ def world(tmp_path_factory):
 
 
 def test_the_clip_beside_the_model_is_the_default(world, tmp_path, monkeypatch):
-    import sdkit.explorer
-    from sdkit.rerank import clip_for
+    import sdkit.show.explorer.app
+    from sdkit.models.builtin import clip_for
 
     pipeline, clip = str(world / "pipeline"), str(world / "clip")
     assert clip_for(pipeline) == clip  # the CLI and rerank pick it too
     loaded = []
-    monkeypatch.setattr(sdkit.explorer, "get_scorer", lambda backend, model_id: loaded.append(model_id) or MeanRed())
+    monkeypatch.setattr(sdkit.show.explorer.app, "get_scorer", lambda backend, model_id: loaded.append(model_id) or MeanRed())
     ex = Explorer(scorer="flax", output_dir=tmp_path, **{**FAST, "model": pipeline})
     assert ex.clip_model.value == "" and ex.clip_model.placeholder == f"default: {clip}"
     ex.generate_button.click()
@@ -376,9 +376,9 @@ def test_changing_the_model_updates_hint_size_and_clip_but_not_settings(world):
 def test_native_size_of_a_hub_model_in_the_cache(tmp_path, monkeypatch):
     import huggingface_hub.constants
 
-    from sdkit.model_defaults import TUTORIAL_CLIP, native_size
-    from sdkit.score import DEFAULT_CLIP
-    from sdkit.tiny import install_in_hub_cache, tiny_pipeline_path
+    from sdkit.models.builtin import TUTORIAL_CLIP, native_size
+    from sdkit.scoring.scorers import DEFAULT_CLIP
+    from sdkit.models.tiny import install_in_hub_cache, tiny_pipeline_path
 
     assert TUTORIAL_CLIP == DEFAULT_CLIP
     install_in_hub_cache(tiny_pipeline_path(), "someone/tiny-sd", tmp_path)
@@ -438,7 +438,7 @@ def test_a_form_error_leaves_the_seed_field_alone(ex):
 
 
 def test_details_are_rounded_and_keep_the_whole_model_id(ex):
-    from sdkit.grid import Entry
+    from sdkit.show.grid import Entry
 
     ex.guidance_scale.value = 7.5
     ex.generate_button.click()

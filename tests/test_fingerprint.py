@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sdkit.fingerprint import fingerprint, quarter_means
+from sdkit.fingerprints import fingerprint, quarter_means
 from sdkit.notebook import align_numbers
 
 

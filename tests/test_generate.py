@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from sdkit.generate import GenerationError, generate
-from sdkit.load import load_pipeline
+from sdkit.errors import GenerationError
+from sdkit.generation import generate
+from sdkit.load.pipeline import load_pipeline
 
 FAST = dict(num_inference_steps=3, progress=False)
 
@@ -290,9 +291,9 @@ def test_progress_counts_only_steps_that_run_for_img2img():
 
 
 def test_regenerate_refuses_edit_tasks_with_a_pointer():
-    from sdkit.generate import regenerate
+    from sdkit.generation import regenerate
 
-    with pytest.raises(ValueError, match=r"sdkit.edit.inpaint\(..., seeds=\[5\]\)"):
+    with pytest.raises(ValueError, match=r"sdkit.inpaint\(..., seeds=\[5\]\)"):
         regenerate({"task": "inpainting", "seed": 5, "model_id": "sdkit:tiny-inpainting"})
 
 
@@ -300,7 +301,7 @@ def test_progress_bar_reaches_its_total(tiny_pipe, monkeypatch):
     """One step of a batch of 2 is two candidate-steps: the bar ends full, not half way (it did)."""
     import importlib
 
-    module = importlib.import_module("sdkit.generate")
+    module = importlib.import_module("sdkit.generation")
     bars = []
     real = module.progress_bar
 

@@ -1,4 +1,4 @@
-"""sdkit.grid (matplotlib ranked grid, image_grid) and sdkit.gallery (the ipywidgets gallery)."""
+"""sdkit.show.grid (matplotlib ranked grid, image_grid) and sdkit.show.gallery (the ipywidgets gallery)."""
 
 import io
 
@@ -7,16 +7,16 @@ import pytest
 from diffusers.utils import make_image_grid
 from PIL import Image
 
-from sdkit.candidate import Candidate
-from sdkit.gallery import Gallery, caption, gallery
-from sdkit.grid import (BEST_COLOR, FLAG_COLOR, image_grid, ranked_grid, read_grid_metadata, save_ranked_grid)
+from sdkit.results import Candidate
+from sdkit.show.gallery import Gallery, caption, gallery
+from sdkit.show.grid import (BEST_COLOR, FLAG_COLOR, image_grid, ranked_grid, read_grid_metadata, save_ranked_grid)
 
 
 def ranked_items(candidates, logits):
-    """The real `sdkit.rank.rank` when it is there; until then a stand-in with its contract."""
+    """The real `sdkit.ranking.rank` when it is there; until then a stand-in with its contract."""
     try:
-        from sdkit.rank import rank
-        from sdkit.score import Scores
+        from sdkit.ranking import rank
+        from sdkit.results import Scores
     except ImportError:
         from types import SimpleNamespace
 
@@ -209,7 +209,7 @@ def test_gallery_update_reranks_in_place():
 def test_gallery_caption_and_bad_input():
     c = make_candidates(n=1)[0]
     c.nsfw = True
-    from sdkit.grid import Entry
+    from sdkit.show.grid import Entry
 
     assert caption(Entry(c, 2, 31.456)) == "#2 · 31.46 · seed 100 · flagged"
     assert caption(Entry(c, None, None)) == "seed 100 · flagged"  # unranked: nothing to stand in for
@@ -240,7 +240,7 @@ def test_gallery_shows_a_source_image_first_and_apart():
 
 
 def test_enlarge_keeps_small_images_sharp():
-    from sdkit.grid import enlarge
+    from sdkit.show.grid import enlarge
 
     small = make_candidates(n=1, size=32)[0].image
     big = enlarge(small, 512)

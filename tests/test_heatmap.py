@@ -3,7 +3,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from sdkit.heatmap import score_heatmap, score_table
+from sdkit.show.heatmap import score_heatmap, score_table
 
 
 def _r(g, s, score, seed=0):

@@ -1,12 +1,12 @@
-"""sdkit.invariance: one UNet call per candidate, its classifier-free-guidance pair kept together."""
+"""sdkit.load.invariance: one UNet call per candidate, its classifier-free-guidance pair kept together."""
 
 import numpy as np
 import pytest
 import torch
 
 from sdkit import generate, load_pipeline
-from sdkit.invariance import _per_candidate, cfg_pairs
-from sdkit.schedulers import SCHEDULERS
+from sdkit.load.invariance import _per_candidate, cfg_pairs
+from sdkit.load.schedulers import SCHEDULERS
 
 FAST = dict(num_inference_steps=3, height=64, width=64)
 

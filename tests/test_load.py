@@ -9,8 +9,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from sdkit.load import ModelNotAvailable, cpu_has_bf16, load_pipeline, resolve
-from sdkit.tiny import install_in_hub_cache
+from sdkit.errors import ModelNotAvailable
+from sdkit.load.pipeline import cpu_has_bf16, load_pipeline, resolve
+from sdkit.models.tiny import install_in_hub_cache
 
 
 def test_auto_device_and_dtype_on_cpu(tiny_pipe):
@@ -23,8 +24,8 @@ def test_auto_device_and_dtype_on_cpu(tiny_pipe):
 
 
 def test_big_unet_gets_bf16_and_nhwc_where_the_cpu_has_it(tmp_path, monkeypatch):
-    from sdkit import load
-    from sdkit.tiny import tiny_pipeline_path
+    from sdkit.load import pipeline as load
+    from sdkit.models.tiny import tiny_pipeline_path
 
     path = tmp_path / "copy"
     shutil.copytree(tiny_pipeline_path(), path)
@@ -39,8 +40,8 @@ def test_big_unet_gets_bf16_and_nhwc_where_the_cpu_has_it(tmp_path, monkeypatch)
 
 
 def test_unet_parameters_from_headers_match_the_loaded_model(tiny_pipe, tmp_path):
-    from sdkit.load import unet_parameters
-    from sdkit.tiny import tiny_pipeline_path
+    from sdkit.load.pipeline import unet_parameters
+    from sdkit.models.tiny import tiny_pipeline_path
 
     n = sum(p.numel() for p in tiny_pipe.unet.parameters())
     assert unet_parameters(tiny_pipeline_path()) == n
@@ -54,7 +55,7 @@ def test_unet_parameters_from_headers_match_the_loaded_model(tiny_pipe, tmp_path
 
 
 def test_cpu_bf16_detection_follows_the_cpu_flags(monkeypatch):
-    from sdkit import load
+    from sdkit.load import pipeline as load
 
     flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
     if "flags" in flags:  # Linux: torch's check agrees with the kernel's list
@@ -79,7 +80,7 @@ def test_cached_and_shared_between_tasks(tiny_pipe):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 def test_sharing_keeps_the_dtype_and_layout(tmp_path, dtype):
     """diffusers' from_pipe casts shared modules to fp32 unless told otherwise; the base must not change."""
-    from sdkit.tiny import tiny_pipeline_path
+    from sdkit.models.tiny import tiny_pipeline_path
 
     path = tmp_path / "copy"
     shutil.copytree(tiny_pipeline_path(), path)
@@ -94,7 +95,7 @@ def test_sharing_keeps_the_dtype_and_layout(tmp_path, dtype):
 
 def test_scheduler_none_is_the_models_own_whatever_was_loaded_first(tmp_path):
     """A pipeline made by from_pipe must not inherit the base's scheduler, nor share its state."""
-    from sdkit.tiny import tiny_pipeline_path
+    from sdkit.models.tiny import tiny_pipeline_path
 
     path = tmp_path / "copy"
     shutil.copytree(tiny_pipeline_path(), path)  # a path of its own: nothing cached for it yet
@@ -175,7 +176,7 @@ def test_deleted_tutorial_ids_resolve_to_mirrors(tmp_path, tiny_path, tiny_inpai
     install_in_hub_cache(tiny_path, "stable-diffusion-v1-5/stable-diffusion-v1-5", cache)
     install_in_hub_cache(tiny_inpaint_path, "stable-diffusion-v1-5/stable-diffusion-inpainting", cache)
     code = textwrap.dedent("""
-        from sdkit.load import load_pipeline
+        from sdkit.load.pipeline import load_pipeline
         a = load_pipeline("runwayml/stable-diffusion-v1-5")
         b = load_pipeline("runwayml/stable-diffusion-inpainting", "inpainting")
         print("IDS", a._sdkit["model_id"], b._sdkit["model_id"])
@@ -192,7 +193,7 @@ def test_compile_matches_eager_and_stays_batch_invariant(tmp_path):
     import numpy as np
 
     from sdkit import generate
-    from sdkit.tiny import tiny_pipeline_path
+    from sdkit.models.tiny import tiny_pipeline_path
 
     path = tmp_path / "copy"
     shutil.copytree(tiny_pipeline_path(), path)

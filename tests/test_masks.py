@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
-from sdkit import masks
-from sdkit.masks import (Fit, box_mask, check_mask, feather_mask, fit_size, from_working, grow_mask, load_image,
+from sdkit.edit import masks
+from sdkit.edit.masks import (Fit, box_mask, check_mask, feather_mask, fit_size, from_working, grow_mask, load_image,
                          load_mask, outpaint_canvas, paste_back, show_mask, to_working)
 
 
@@ -187,7 +187,7 @@ def test_fit_size_errors(kwargs, match):
 
 def test_working_size_limit(monkeypatch):
     monkeypatch.setattr(masks, "MAX_SIDE", 128)
-    with pytest.raises(ValueError, match="136x48 exceeds sdkit.masks.MAX_SIDE=128.*height= and width="):
+    with pytest.raises(ValueError, match="136x48 exceeds sdkit.edit.masks.MAX_SIDE=128.*height= and width="):
         fit_size((130, 44))
     assert fit_size((130, 44), height=48, width=128).working == (128, 48)
 

@@ -182,7 +182,7 @@ EDITS = [
     ("prompt", '"dog sitting in a field of autumn leaves"', '"dog sitting in a field of autumn leaf"'),
     ("scheduler", 'scheduler="DPM++ 2M Karras"', 'scheduler="DPM++ 2M"'),
     ("model", "pipe = load_pipeline(models.pipeline)",
-     "pipe = load_pipeline(str(__import__('sdkit.tiny').tiny.tiny_pipeline_path(seed=1)))"),  # same shapes, other weights
+     "pipe = load_pipeline(str(__import__('sdkit.models.tiny').tiny.tiny_pipeline_path(seed=1)))"),  # same shapes, other weights
 ]
 
 

@@ -9,7 +9,7 @@ import pytest
 def shown(monkeypatch):
     import IPython.display
 
-    gen = importlib.import_module("sdkit.generate")  # the module; `sdkit.generate` is the function
+    gen = importlib.import_module("sdkit.generation")  # the module that defines `sdkit.generate`
     out = []
     monkeypatch.setattr(gen, "_in_notebook", lambda: True)
     monkeypatch.setattr(IPython.display, "display", lambda obj, raw=False: out.append(obj["text/plain"]))
@@ -29,7 +29,7 @@ def test_notebook_progress_says_what_the_call_does_and_not_what_a_resume_found(t
 def test_image_to_image_counts_the_steps_that_run(tiny_pipe, shown):
     from PIL import Image
 
-    from sdkit.edit import img2img
+    from sdkit.edit.tasks import img2img
 
     img2img(tiny_pipe, "a red circle", Image.new("RGB", (64, 64), "red"), strength=0.5, n=1, seed=0,
             num_inference_steps=6)

@@ -5,8 +5,8 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from sdkit.rank import Ranked, rank
-from sdkit.score import Scores
+from sdkit.ranking import rank
+from sdkit.results import Ranked, Scores
 
 
 @dataclass

@@ -1,8 +1,10 @@
 import numpy as np
 
 from sdkit import generate
-from sdkit.rank import rank
-from sdkit.rerank import clip_for, get_scorer, rerank
+from sdkit.ranking import rank
+from sdkit.models.builtin import clip_for
+from sdkit.ranking import rerank
+from sdkit.scoring.scorers import get_scorer
 from sdkit.save import read_manifest, read_metadata, read_parameters
 
 
@@ -23,7 +25,7 @@ def test_rerank_scores_ranks_and_records(tiny_pipe, tmp_path):
 
 
 def test_rerank_with_a_scorer_object_and_no_saving(tiny_pipe):
-    from sdkit.score import Scores
+    from sdkit.results import Scores
 
     run = generate(tiny_pipe, "a cat", n=3, seed=0, num_inference_steps=2, progress=False)
 

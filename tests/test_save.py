@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sdkit.generate import generate, regenerate
-from sdkit.save import (FAULT_POINTS, a1111_parameters, file_name, png_bytes, read_manifest, read_metadata, read_parameters,
-                        recover, update_scores, write_new_file, write_temp)
+from sdkit.generation import generate, regenerate
+from sdkit.files import FAULT_POINTS, TEMP_NAME, write_new_file, write_temp
+from sdkit.save import (a1111_parameters, file_name, png_bytes, read_manifest, read_metadata, read_parameters,
+                        recover, update_scores)
 
 FAST = dict(num_inference_steps=3, progress=False)
 
@@ -84,8 +85,8 @@ def test_read_metadata_of_foreign_png(tmp_path):
 
 KILL_SCRIPT = textwrap.dedent("""
     import sys, time
-    from sdkit.load import load_pipeline
-    from sdkit.generate import generate
+    from sdkit.load.pipeline import load_pipeline
+    from sdkit.generation import generate
     pipe = load_pipeline("sdkit:tiny")
     def slow(p):
         time.sleep(0.05)  # give the parent time to kill us mid-batch
@@ -127,8 +128,8 @@ def test_manifest_collects_runs_and_filters_by_run_id(tiny_pipe, tmp_path):
 
 FAULT_SCRIPT = textwrap.dedent("""
     import sys
-    from sdkit.load import load_pipeline
-    from sdkit.generate import generate
+    from sdkit.load.pipeline import load_pipeline
+    from sdkit.generation import generate
     run = generate(load_pipeline("sdkit:tiny"), "a red circle", n=3, seed=30, num_inference_steps=2, output_dir=sys.argv[1],
                    run_id="f", progress=False)
     if sys.argv[2:] == ["score"]:  # as after ranking: new metadata, the same pixels
@@ -234,6 +235,6 @@ def test_bad_fault_spec_is_named(tmp_path, monkeypatch):
 @pytest.mark.parametrize("name,pid", [(".a.png.123.45678901.tmp", 123), (".r-000-s5.png.77.5bce0e86.tmp", 77),
                                       (".r-grid.png.9.tmp", 9), (".r.run.json.4.abcdef.tmp", 4)])
 def test_temp_names_give_the_writer_pid(name, pid):
-    from sdkit.save import _TMP
+    _TMP = TEMP_NAME
 
     assert int(_TMP.match(name)["pid"]) == pid  # a hex tag of digits only is not taken for the pid

@@ -12,8 +12,9 @@ import pytest
 import torch
 from PIL import Image
 
-from sdkit.score import FlaxCLIPScorer, Scores, TorchCLIPScorer, load_scorer
-from sdkit.tiny_clip import tiny_clip_path
+from sdkit.results import Scores
+from sdkit.scoring.scorers import FlaxCLIPScorer, TorchCLIPScorer, load_scorer
+from sdkit.models.tiny_clip import tiny_clip_path
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROMPTS = ["a red circle", "a blue square on a white field", "a green triangle"]
@@ -54,7 +55,7 @@ def torch_reference(path, images, prompts):
     """Plain transformers: each image through CLIPModel with its own prompt, one at a time."""
     from transformers import CLIPModel, CLIPTokenizer
 
-    from sdkit.preprocess import ImageConfig, preprocess
+    from sdkit.scoring.preprocess import ImageConfig, preprocess
 
     model, tokenizer = CLIPModel.from_pretrained(path).eval(), CLIPTokenizer.from_pretrained(path)
     out = []
@@ -85,7 +86,7 @@ import json, os, sys, types
 sys.modules["sdkit"] = types.ModuleType("sdkit")
 sys.modules["sdkit"].__path__ = [os.path.join({repo!r}, "sdkit")]
 from PIL import Image
-from sdkit.score import FlaxCLIPScorer
+from sdkit.scoring.scorers import FlaxCLIPScorer
 from jax._src import xla_bridge
 started_at_import = xla_bridge.backends_are_initialized()
 import jax
@@ -261,7 +262,7 @@ def test_half_precision_params(tiny, flax_scorer):
 def test_preallocation_env(monkeypatch):
     from jax._src import xla_bridge
 
-    from sdkit import clip_flax
+    from sdkit.scoring import flax_clip as clip_flax
 
     class FakeGPU:
         platform = "gpu"
@@ -305,7 +306,7 @@ def pipeline_output(n=5, size=(64, 64), seed=0):
 @pytest.mark.parametrize("size", [(64, 64), (512, 512), (40, 56), (56, 40), (20, 24), (33, 300)])
 def test_tensor_preprocessing_is_pils_bit_for_bit(resample, size):
     """Pillow's fixed-point resize, reproduced in float64: the same pixels, not merely close ones."""
-    from sdkit.preprocess import ImageConfig, preprocess, preprocess_tensor
+    from sdkit.scoring.preprocess import ImageConfig, preprocess, preprocess_tensor
 
     x, pils = pipeline_output(2, size, seed=size[0])
     for config in (ImageConfig(resample=resample), ImageConfig(resample=resample, shortest_edge=32, crop_size=(32, 32)),
@@ -336,7 +337,7 @@ DLPACK_CHILD = """
 import sys
 sys.path.insert(0, {tests!r})
 import jax, numpy as np
-from sdkit.score import FlaxCLIPScorer
+from sdkit.scoring.scorers import FlaxCLIPScorer
 from test_score import candidates, pipeline_output
 scorer = FlaxCLIPScorer({tiny!r}, batch_size=2)
 assert len(scorer.devices) == 2
@@ -378,7 +379,7 @@ def test_bad_tensor_input(flax_scorer, torch_scorer, images, error, match):
 @pytest.fixture
 def machine(monkeypatch):
     """Set what JAX and torch see: machine(jax_gpu=False, torch="cuda", cuda="12.8")."""
-    from sdkit import score
+    from sdkit.scoring import scorers as score
 
     def set_(jax_gpu: bool, torch_gpu, cuda="12.8"):
         monkeypatch.setattr(score, "jax_has_accelerator", lambda: jax_gpu)

@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sdkit.generate import generate
+from sdkit.generation import generate
 from sdkit.save import read_manifest, read_metadata
-from sdkit.sweep import GRID_PARAMS, Sweep, run_sweep
+from sdkit.sweep.run import run_sweep
+from sdkit.sweep.spec import GRID_PARAMS, Sweep
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.*")  # Ray Data's own config renames
 
@@ -124,9 +125,9 @@ def test_bad_run_arguments(tmp_path):
 
 
 def test_local_sweep_matches_generate_and_ranks(tmp_path, tiny_pipe):
-    from sdkit.rank import rank
-    from sdkit.score import load_scorer
-    from sdkit.tiny_clip import tiny_clip_path
+    from sdkit.ranking import rank
+    from sdkit.scoring.scorers import load_scorer
+    from sdkit.models.tiny_clip import tiny_clip_path
 
     clip = tiny_clip_path()
     sweep = tiny_sweep(seeds=2, scorer="torch", scorer_model=clip, grid={"guidance_scale": [1.0, 5.0], **FAST})
@@ -142,7 +143,7 @@ def test_local_sweep_matches_generate_and_ranks(tmp_path, tiny_pipe):
     assert set(read_metadata(c.path)) == set(read_metadata(ref[0].path))
     assert set(read_manifest(tmp_path)[0]) == set(read_manifest(ref_dir)[0])
 
-    # Scores were recorded by the worker; they are the scorer's own, and the ranking is sdkit.rank's.
+    # Scores were recorded by the worker; they are the scorer's own, and the ranking is sdkit.ranking's.
     scorer = load_scorer("torch", clip)
     images = [Image.open(c.path).convert("RGB") for c in result.candidates]
     scores = scorer(images, [c.prompt for c in result.candidates])
@@ -186,7 +187,7 @@ def test_resume_with_another_auto_dtype_warns(tmp_path, monkeypatch, recwarn):
     """dtype="auto" resolves per machine and sdkit version; a sweep resumed across them must say so."""
     import torch
 
-    from sdkit import load
+    from sdkit.load import pipeline as load
 
     sweep = tiny_sweep(seeds=2, batch_size=2, grid={"guidance_scale": [1.0, 5.0], **FAST})
     out = tmp_path / "sweep"
@@ -207,7 +208,7 @@ def test_resume_with_another_auto_dtype_warns(tmp_path, monkeypatch, recwarn):
 
 def test_retried_unit_is_not_written_twice(tmp_path):
     """What Ray does after a kill: run a unit again, whose images may be on disk, recorded or not."""
-    from sdkit.sweep_run import SweepWorker, collect
+    from sdkit.sweep.run import SweepWorker, collect
 
     sweep = tiny_sweep(prompts=PROMPTS[:1], seeds=2, grid=FAST)
     worker = SweepWorker(sweep, tmp_path)
@@ -231,7 +232,7 @@ def test_cancel_stops_and_keeps_finished(tmp_path):
 
 
 def test_cli_sweep(tmp_path, capsys):
-    from sdkit.cli import main
+    from sdkit.cli.main import main
 
     argv = ["sweep", "a red circle", "-n", "2", "--seed", "3", "--grid", "guidance_scale=1,4", "--steps", "2",
             "--model", "sdkit:tiny", "--out", str(tmp_path), "--quiet"]
@@ -331,7 +332,7 @@ def test_killed_ray_actor_loses_and_duplicates_nothing(ray_runtime, tmp_path):
     # Retried or not, every image is the one its seed makes. Compared by fingerprint: a replacement actor
     # started while the machine is loaded once produced last-bit differences (seen 1 run in ~4 on 2 busy
     # cores); the exact-pixel local-vs-Ray check is test_ray_pixels_equal_local.
-    from sdkit.fingerprint import fingerprint
+    from sdkit.fingerprints import fingerprint
 
     local = run_sweep(sweep, tmp_path / "local", progress=False)
     for a, b in zip(local.candidates, result.candidates):
@@ -339,8 +340,8 @@ def test_killed_ray_actor_loses_and_duplicates_nothing(ray_runtime, tmp_path):
 
 
 def test_default_clip_belongs_with_the_model():
-    from sdkit.rerank import clip_for
-    from sdkit.sweep_run import load_sweep_scorer
+    from sdkit.models.builtin import clip_for
+    from sdkit.sweep.run import load_sweep_scorer
 
     scorer = load_sweep_scorer(Sweep(["a cat"], seeds=1, model="sdkit:tiny", scorer="torch"))
     assert scorer.model_id == clip_for("sdkit:tiny")  # not openai/clip-vit-base-patch32, which needs a download

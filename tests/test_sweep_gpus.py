@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from sdkit.sweep import Sweep, run_sweep
-from sdkit.sweep_run import actor_pool
+from sdkit.sweep.run import run_sweep
+from sdkit.sweep.spec import Sweep
+from sdkit.sweep.run import actor_pool
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.*")
 
@@ -34,8 +35,8 @@ def record_gpu_and_load_scorer(folder: str):
     """A sweep scorer factory: runs in each actor's constructor, so it records what Ray gave that actor."""
     import ray
 
-    from sdkit.score import load_scorer
-    from sdkit.tiny_clip import tiny_clip_path
+    from sdkit.scoring.scorers import load_scorer
+    from sdkit.models.tiny_clip import tiny_clip_path
 
     ctx = ray.get_runtime_context()
     record = {"pid": os.getpid(), "gpu_ids": [str(g) for g in ray.get_gpu_ids()],

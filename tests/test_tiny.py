@@ -5,7 +5,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from sdkit.tiny import describe, install_in_hub_cache, save_tiny_pipeline
+from sdkit.models.tiny import describe, install_in_hub_cache, save_tiny_pipeline
 
 
 def _digest(root: Path) -> str:
@@ -49,8 +49,8 @@ def test_hub_cache_layout_offline(tmp_path, tiny_path):
     install_in_hub_cache(tiny_path, "someorg/tiny-sd", cache)
     code = textwrap.dedent("""
         import sys
-        from sdkit.load import load_pipeline
-        from sdkit.generate import generate
+        from sdkit.load.pipeline import load_pipeline
+        from sdkit.generation import generate
         pipe = load_pipeline("someorg/tiny-sd")
         print("PATH", pipe._sdkit["model_id"], type(pipe).__name__)
         run = generate(pipe, "a red circle", n=1, seed=3, num_inference_steps=2, progress=False)

@@ -89,7 +89,7 @@ def test_upscale_is_nearest():
 
 
 def test_wrong_prompt_shares_no_word():
-    from sdkit.toy.evaluate import wrong_prompt
+    from sdkit.toy.adherence import wrong_prompt
 
     for p in shapes.PROMPTS:
         w = wrong_prompt(p)
@@ -110,7 +110,7 @@ def _assert_reranking_helps(q):
 @pytest.mark.parametrize("which", ["trained", "shipped"])
 def test_reranking_helps_in_the_ci_world(which):
     """Trains the CI world once per machine (cached), or takes the shipped one; then generates, checks, reranks."""
-    from sdkit.toy.evaluate import evaluate
+    from sdkit.toy.adherence import evaluate
     from sdkit.toy.world import load_world_info, shipped_world_path, toy_world_path
 
     world = toy_world_path("ci", train=True) if which == "trained" else shipped_world_path()
@@ -127,7 +127,7 @@ def test_the_shipped_world_is_the_one_recorded(tmp_path):
     again as shipped (what `make toy` does to a fresh training before comparing) changes nothing."""
     import json
 
-    from sdkit.load import resolve
+    from sdkit.load.pipeline import resolve
     from sdkit.toy.world import FIXTURE, content_hash, ship_world, shipped_world_path, toy_world_path
 
     assert shipped_world_path() == FIXTURE and toy_world_path() == FIXTURE
@@ -205,8 +205,8 @@ def test_toy_prompts_are_one_token_per_word(micro_world):
 def test_micro_world_runs_every_task(micro_world):
     from PIL import Image
 
-    from sdkit.generate import generate
-    from sdkit.load import load_pipeline
+    from sdkit.generation import generate
+    from sdkit.load.pipeline import load_pipeline
 
     path = str(micro_world / "pipeline")
     pipe = load_pipeline(path, device="cpu", dtype="fp32", safety_checker=False)
@@ -227,7 +227,7 @@ def test_micro_world_runs_every_task(micro_world):
 def test_micro_world_clip_loads_in_both_scorers(micro_world):
     from PIL import Image
 
-    from sdkit.score import load_scorer
+    from sdkit.scoring.scorers import load_scorer
 
     images = [Image.fromarray(im) for im in shapes.sample(6, seed=5)[0]]
     prompts = [shapes.PROMPTS[i] for i in range(6)]

@@ -35,7 +35,7 @@ def main(argv=None) -> int:
     if args.shipped and (args.ship or args.size != "ci"):
         p.error("--shipped evaluates the shipped CI world; it goes with neither --ship nor --size")
 
-    from .world import FIXTURE, load_world_info, ship_world, shipped_world_path, toy_world_path
+    from sdkit.toy.world import FIXTURE, load_world_info, ship_world, shipped_world_path, toy_world_path
 
     shipped = shipped_world_path()
     shipped_info = json.loads((shipped / "SHIPPED.json").read_text()) if shipped else None
@@ -62,7 +62,7 @@ def main(argv=None) -> int:
     if args.train_only:
         return 0
 
-    from .evaluate import evaluate
+    from sdkit.toy.adherence import evaluate
 
     q = evaluate(world, n=args.n, groups=args.groups, seed=args.seed, num_inference_steps=args.steps,
                  guidance_scale=args.guidance, scorers=[s for s in args.scorers.split(",") if s])

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import shapes
+from sdkit.toy import shapes
 
 # CLIP's normalisation; the saved preprocessor_config.json uses the same numbers.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)

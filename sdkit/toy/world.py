@@ -30,10 +30,11 @@ from pathlib import Path
 
 import torch
 
-from ..tiny import cache_root, quiet_hf
-from ..tokenizer import save_clip_tokenizer
-from . import shapes, train
-from .train import ClipSettings, UnetSettings, VaeSettings, WorldSettings
+from sdkit.models.tiny import cache_root
+from sdkit.quiet import quiet_hf
+from sdkit.models.tokenizer import save_clip_tokenizer
+from sdkit.toy import shapes, train
+from sdkit.toy.train import ClipSettings, UnetSettings, VaeSettings, WorldSettings
 
 SIZES = {
     # CI: a few minutes on 2 cores, and reranking must clearly help (tests/test_toy.py). SD 1.x's
@@ -188,7 +189,7 @@ def build_world(out_dir: str | os.PathLike, settings: WorldSettings = WorldSetti
     threads = torch.get_num_threads()
     torch.set_num_threads(settings.threads)  # restored below: the caller's setting is the caller's
     try:
-        with quiet_hf():  # our own progress lines, not "Writing model shards" bars
+        with quiet_hf(messages=True):  # our own progress lines, not "Writing model shards" bars
             return _build(Path(out_dir), settings, log)
     finally:
         torch.set_num_threads(threads)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .tokenizer import BOS, EOS, save_clip_tokenizer
+from sdkit.models.tokenizer import BOS, EOS, save_clip_tokenizer
 
 # Small but not degenerate: several heads, hidden != intermediate != projection,
 # 16 patches + a class token, 2 layers so the residual stream is exercised.
@@ -98,9 +98,9 @@ def save_random_clip(path: str | os.PathLike, config=None, seed: int = 0, image_
     save_clip_tokenizer(path)
     config = config if config is not None else CLIPConfig()
     model = random_clip_model(config, seed)
-    from .tiny import quiet_hf  # no "Writing model shards" bar: a notebook's first run would store it
+    from sdkit.quiet import quiet_hf  # no "Writing model shards" bar: a notebook's first run would store it
 
-    with quiet_hf():
+    with quiet_hf(messages=True):
         model.save_pretrained(path, safe_serialization=True)
     size = image_size or config.vision_config.image_size
     CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size}).save_pretrained(path)

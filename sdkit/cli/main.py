@@ -13,11 +13,13 @@ import argparse
 import importlib
 import sys
 
+from sdkit.errors import SdkitError
+
 # name -> module providing add_parser(subparsers); the module sets `func` on its parser.
 COMMANDS = {
-    "generate": "sdkit.cli_generate",
-    "sweep": "sdkit.cli_sweep",
-    "img2img": "sdkit.cli_edit", "inpaint": "sdkit.cli_edit", "outpaint": "sdkit.cli_edit",
+    "generate": "sdkit.cli.generate",
+    "sweep": "sdkit.cli.sweep",
+    "img2img": "sdkit.cli.edit", "inpaint": "sdkit.cli.edit", "outpaint": "sdkit.cli.edit",
 }
 
 
@@ -62,8 +64,6 @@ def main(argv=None) -> int:
     except (ValueError, FileNotFoundError) as e:
         print(f"sdkit: error: {e}", file=sys.stderr)
         return 2
-    except RuntimeError as e:
-        if type(e).__name__ in ("ModelNotAvailable", "GenerationError"):
-            print(f"sdkit: error: {e}", file=sys.stderr)
-            return 1
-        raise
+    except SdkitError as e:
+        print(f"sdkit: error: {e}", file=sys.stderr)
+        return 1

@@ -20,7 +20,8 @@ from pathlib import Path
 
 import torch
 
-from .tokenizer import DEFAULT_WORDS, save_clip_tokenizer
+from sdkit.models.tokenizer import DEFAULT_WORDS, save_clip_tokenizer
+from sdkit.quiet import quiet_hf
 
 # Words of the tutorials' prompts get one token each, so those prompts fit the tiny text encoder's 77
 # tokens as they fit the real tokenizer's (byte-level spelling would overflow and warn).
@@ -148,36 +149,12 @@ def build_atomically(final: Path, build) -> Path:
     return final
 
 
-class quiet_hf:
-    """Silence diffusers/transformers logging and progress bars while building toy artefacts."""
-
-    def __enter__(self):
-        from diffusers.utils import logging as dl
-        from transformers.utils import logging as tl
-
-        self._levels = (dl.get_verbosity(), tl.get_verbosity())
-        dl.set_verbosity_error()
-        tl.set_verbosity_error()
-        dl.disable_progress_bar()
-        tl.disable_progress_bar()
-        return self
-
-    def __exit__(self, *exc):
-        from diffusers.utils import logging as dl
-        from transformers.utils import logging as tl
-
-        dl.set_verbosity(self._levels[0])
-        tl.set_verbosity(self._levels[1])
-        dl.enable_progress_bar()
-        tl.enable_progress_bar()
-
-
 def tiny_pipeline_path(task: str = "text-to-image", seed: int = 0) -> Path:
     """Directory of the cached tiny pipeline for `task`, built on first use (~1 s, ~2 MB)."""
     if task not in TASK_UNET_CHANNELS:
         raise ValueError(f"task={task!r}: tiny pipelines exist for {sorted(TASK_UNET_CHANNELS)}")
     final = cache_root() / "tiny" / f"sd-{task}-seed{seed}-{_fingerprint(task, seed)}"
-    with quiet_hf():
+    with quiet_hf(messages=True):
         return build_atomically(final, lambda d: save_tiny_pipeline(d, task=task, seed=seed))
 
 

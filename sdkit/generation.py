@@ -10,45 +10,21 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import secrets
 import sys
 import threading
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
 
-from .candidate import Candidate, Run
-from .checks import as_prompt_list, check_generate_args, check_output_dir, quiet_truncation_logs, warn_long_prompts
-from .save import image_hash, load_candidate, new_run_id, read_manifest, recover, save_candidate, write_temp
-from .schedulers import scheduler_name
-
-
-@dataclass
-class Progress:
-    """Passed to `callback` after every denoising step and after every finished batch."""
-
-    step: int  # denoising steps done in the current batch
-    num_inference_steps: int
-    done: int  # candidates finished (saved) so far
-    total: int
-    batch: list[int]  # indices of the candidates being denoised
-    finished: list[Candidate] | None = None  # set when a batch has just been decoded and saved
-
-
-class Cancelled(Exception):
-    """Raised inside the denoising loop to stop at the next step."""
-
-
-class GenerationError(RuntimeError):
-    """Generation failed after some candidates finished; `.run` holds those (already on disk)."""
-
-    def __init__(self, message: str, run: Run):
-        super().__init__(message)
-        self.run = run
+from sdkit.errors import Cancelled, GenerationError
+from sdkit.files import write_once
+from sdkit.results import Candidate, Progress, Run
+from sdkit.checks import as_prompt_list, check_generate_args, check_output_dir, quiet_truncation_logs, warn_long_prompts
+from sdkit.save import image_hash, load_candidate, new_run_id, read_manifest, recover, save_candidate
+from sdkit.load.schedulers import scheduler_name
 
 
 def _is_oom(e: BaseException) -> bool:
@@ -282,14 +258,7 @@ def read_run_settings(output_dir, run_id: str) -> dict | None:
 def write_run_settings(out: Path, run_id: str, settings: dict) -> bool:
     """Store `settings` atomically, never over an existing file; False if the run already has them."""
     path = out / RUN_SETTINGS.format(run_id=run_id)
-    tmp = write_temp(path, (json.dumps(settings, indent=1, sort_keys=True) + "\n").encode(), faults=False)
-    try:
-        os.link(tmp, path)
-    except FileExistsError:
-        return False
-    finally:
-        tmp.unlink(missing_ok=True)
-    return True
+    return write_once(path, (json.dumps(settings, indent=1, sort_keys=True) + "\n").encode())
 
 
 def check_resume(out: Path, run_id: str, recorded: dict, settings: dict) -> None:
@@ -409,15 +378,15 @@ def regenerate(source, pipe=None, **overrides) -> Candidate:
 
     `overrides` change settings (e.g. `num_inference_steps=50`) while keeping the seed.
     """
-    from .load import load_pipeline
-    from .save import read_metadata
+    from sdkit.load.pipeline import load_pipeline
+    from sdkit.save import read_metadata
 
     meta = dict(source) if isinstance(source, dict) else read_metadata(source)
     meta.update(overrides)
     if meta.get("task", "text-to-image") != "text-to-image":
         raise ValueError(
             f"regenerate() redoes text-to-image only; this image is {meta['task']!r}, whose init image and mask are "
-            f"recorded only as hashes. Call sdkit.edit.{'img2img' if meta['task'] == 'image-to-image' else 'inpaint'}"
+            f"recorded only as hashes. Call sdkit.{'img2img' if meta['task'] == 'image-to-image' else 'inpaint'}"
             f"(..., seeds=[{meta['seed']}]) with the same image (and mask) instead."
         )
     if pipe is None:

@@ -1,7 +1,7 @@
 """Image-to-image, inpainting and outpainting as N seeded candidates, exactly like text-to-image.
 
 Each task first prepares its inputs (load, check, fit to multiples of 8), before any
-model work, then runs `sdkit.generate.generate` with the image and mask as
+model work, then runs `sdkit.generation.generate` with the image and mask as
 `pipe_kwargs` and its settings as `extra`: seeds, batching, cancelling, saving,
 metadata and ranking are text-to-image's. Results come back at the original size.
 
@@ -20,11 +20,11 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from .candidate import Run
-from .generate import generate
-from .masks import (Fit, box_mask, check_mask, feather_mask, fit_size, from_working, grow_mask, is_box, load_image,
+from sdkit.results import Run
+from sdkit.generation import generate
+from sdkit.edit.masks import (Fit, box_mask, check_mask, feather_mask, fit_size, from_working, grow_mask, is_box, load_image,
                     load_mask, outpaint_canvas, paste_back, to_working)
-from .save import image_hash
+from sdkit.save import image_hash
 
 DEFAULT_STEPS = inspect.signature(generate).parameters["num_inference_steps"].default
 _OURS = ("image", "mask_image", "strength", "height", "width")
@@ -146,7 +146,7 @@ def pipeline_for(pipe, task: str):
     """`pipe` as a pipeline for `task`, sharing its weights (diffusers' `from_pipe`, no reload)."""
     import diffusers
 
-    from .load import _CLASSES
+    from sdkit.load.pipeline import _CLASSES
 
     info = dict(getattr(pipe, "_sdkit", {}))
     channels = pipe.unet.config.in_channels
@@ -156,9 +156,9 @@ def pipeline_for(pipe, task: str):
     cls = getattr(diffusers, _CLASSES[task])
     if isinstance(pipe, cls):
         return pipe
-    from .load import _no_loading_bars
+    from sdkit.quiet import quiet_hf
 
-    with _no_loading_bars(quiet=True):
+    with quiet_hf(messages=True):
         new = cls.from_pipe(pipe)
     new.set_progress_bar_config(disable=True)
     new._sdkit = {**info, "task": task}
@@ -261,7 +261,7 @@ def outpaint(pipe, prompt: str | Sequence[str], image, *, left: int = 0, right: 
     The mask is the new area grown `mask_grow` pixels into the image; the result is blended
     across that band with a `mask_blur`-pixel feather, so the seam is smooth. With the
     defaults (8 and 8) the new area is fully generated and the outer 8 pixels of the image
-    are cross-faded. The canvas may be at most `sdkit.masks.MAX_SIDE` pixels per side.
+    are cross-faded. The canvas may be at most `sdkit.edit.masks.MAX_SIDE` pixels per side.
     Other arguments as in `inpaint`; results have the canvas size.
     """
     inputs = prepare_outpaint(image, left=left, right=right, top=top, bottom=bottom, strength=strength,

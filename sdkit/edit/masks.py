@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .preprocess import to_rgb
+from sdkit.images import to_rgb
 
 # Largest side, in pixels, of the image a pipeline works on (and of an outpainted canvas).
 # SD 1.x/2.x were trained at 512-768; at 2048 a 1.5-sized UNet already needs ~10 GB for
@@ -230,7 +230,7 @@ def fit_size(size: tuple[int, int], *, height: int | None = None, width: int | N
         fit = Fit(size, (max(8, round(w / 8) * 8), max(8, round(h / 8) * 8)), "resize")
     ww, wh = fit.working
     if max(ww, wh) > MAX_SIDE:
-        raise ValueError(f"working size {ww}x{wh} exceeds sdkit.masks.MAX_SIDE={MAX_SIDE} pixels per side; pass "
+        raise ValueError(f"working size {ww}x{wh} exceeds sdkit.edit.masks.MAX_SIDE={MAX_SIDE} pixels per side; pass "
                          "height= and width= (multiples of 8) to work at a smaller size; the result is resized back")
     return fit
 
@@ -271,7 +271,7 @@ def outpaint_canvas(image: Image.Image, *, left: int = 0, right: int = 0, top: i
     w, h = image.width + left + right, image.height + top + bottom
     if max(w, h) > MAX_SIDE:
         raise ValueError(f"outpainted canvas would be {w}x{h} (from {image.width}x{image.height} with left={left}, "
-                         f"right={right}, top={top}, bottom={bottom}); the limit is sdkit.masks.MAX_SIDE={MAX_SIDE} "
+                         f"right={right}, top={top}, bottom={bottom}); the limit is sdkit.edit.masks.MAX_SIDE={MAX_SIDE} "
                          "pixels per side")
     a = np.pad(np.asarray(image.convert("RGB")), [(top, bottom), (left, right), (0, 0)], mode="edge")
     m = np.full((h, w), 255, np.uint8)

@@ -10,10 +10,10 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-# The tutorials' settings for Stable Diffusion 1.x, and those `sdkit.toy.evaluate` measures the toy world with
+# The tutorials' settings for Stable Diffusion 1.x, and those `sdkit.toy.adherence` measures the toy world with
 # (it was trained with little guidance: at 7.5 its shapes burn out).
 SD_STEPS, SD_GUIDANCE = 30, 7.5
-TUTORIAL_CLIP = "openai/clip-vit-base-patch32"  # sdkit.score.DEFAULT_CLIP (tested), named without importing JAX
+TUTORIAL_CLIP = "openai/clip-vit-base-patch32"  # sdkit.scoring.scorers.DEFAULT_CLIP (tested), named without importing JAX
 TOY_STEPS, TOY_GUIDANCE = 20, 2.0
 
 
@@ -45,7 +45,7 @@ def is_toy_world(model: str) -> bool:
 def _config(model: str, name: str) -> dict | None:
     """`<component>/config.json` of a local folder, a built-in tiny model, or a Hub id already in the cache."""
     if model.startswith("sdkit:tiny"):
-        from .tiny import tiny_pipeline_path  # built on first use: about a second, a few MB
+        from sdkit.models.tiny import tiny_pipeline_path  # built on first use: about a second, a few MB
 
         folder = tiny_pipeline_path("inpainting" if model == "sdkit:tiny-inpainting" else "text-to-image")
         file = folder / name / "config.json"
@@ -66,7 +66,7 @@ def _config(model: str, name: str) -> dict | None:
 def native_size(model: str) -> int | None:
     """UNet sample_size x VAE scale factor (what diffusers uses when no size is given), from config files only."""
     if model == "sdkit:toy":
-        from .toy.shapes import IMAGE_SIZE
+        from sdkit.toy.shapes import IMAGE_SIZE
 
         return IMAGE_SIZE  # the size it is trained at; asking its config would train it first (minutes)
     try:
@@ -81,7 +81,7 @@ def native_size(model: str) -> int | None:
 
 
 def toy_hint() -> str:
-    from .toy.shapes import COLORS, SHAPES
+    from sdkit.toy.shapes import COLORS, SHAPES
 
     return (f"The toy world draws one shape on black: 'a <colour> <shape>' with colour {' / '.join(COLORS)} "
             f"and shape {' / '.join(SHAPES)}; other prompts give noise.")
@@ -90,7 +90,7 @@ def toy_hint() -> str:
 def defaults_for(model: str) -> ModelDefaults:
     """Settings that give good pictures with `model`, for a panel's first open."""
     if is_toy_world(model):
-        from .toy.shapes import PROMPTS
+        from sdkit.toy.shapes import PROMPTS
 
         return ModelDefaults(native_size(model), TOY_STEPS, TOY_GUIDANCE, PROMPTS[0], toy_hint())
     return ModelDefaults(native_size(model), SD_STEPS, SD_GUIDANCE, "", "")
@@ -98,10 +98,35 @@ def defaults_for(model: str) -> ModelDefaults:
 
 def default_clip_label(model: str) -> str:
     """Which CLIP `clip_for(model)` will pick, said without building or downloading it."""
-    from .rerank import clip_beside
-
     if model.startswith("sdkit:tiny"):
         return "sdkit's tiny CLIP"
     if model == "sdkit:toy":
         return "the toy world's clip/"
     return clip_beside(model) or TUTORIAL_CLIP
+
+
+def clip_beside(model: str) -> str | None:
+    """The CLIP shipped beside a local model folder, as a toy world lays them out (`<world>/pipeline`,
+    `<world>/clip`); None if there is none."""
+    if not isinstance(model, str) or not model.strip() or model.startswith("sdkit:"):
+        return None
+    folder = Path(model.strip()).expanduser()
+    clip = folder.parent / "clip"
+    return str(clip) if folder.is_dir() and (clip / "config.json").is_file() else None
+
+
+def clip_for(model: str) -> str:
+    """The CLIP that belongs with a model: the tiny random CLIP for tiny models, the toy world's own CLIP
+    (also for a folder with a `clip/` beside it), else the tutorial's `openai/clip-vit-base-patch32`."""
+    if model.startswith("sdkit:tiny"):
+        from sdkit.models.tiny_clip import tiny_clip_path
+
+        return str(tiny_clip_path())
+    if model == "sdkit:toy":
+        from sdkit.toy.world import toy_world_path
+
+        return str(Path(toy_world_path()) / "clip")
+    beside = clip_beside(model)
+    if beside is not None:
+        return beside
+    return TUTORIAL_CLIP

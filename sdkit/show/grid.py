@@ -20,7 +20,8 @@ import numpy as np
 from matplotlib.figure import Figure
 from PIL import Image
 
-from .candidate import Candidate
+from sdkit.files import replace_file, write_new_file
+from sdkit.results import Candidate
 
 FLAG_COLOR = "#d62728"  # safety-checker flagged: red frame
 BEST_COLOR = "#2ca02c"  # rank 1 of its prompt: green frame
@@ -44,7 +45,7 @@ def entries(ranked: Iterable[Any]) -> list[Entry]:
             score = getattr(r, "score", None)
             out.append(Entry(r.candidate, getattr(r, "rank", None), r.candidate.score if score is None else score))
         else:
-            raise TypeError(f"ranked[{i}] is a {type(r).__name__}; expected a Ranked (from sdkit.rank) or a Candidate")
+            raise TypeError(f"ranked[{i}] is a {type(r).__name__}; expected a Ranked (from sdkit.ranking) or a Candidate")
     return out
 
 
@@ -90,7 +91,7 @@ def ranked_grid(
     """Draw ranked candidates as a grid: one block of rows per prompt, best first.
 
     Args:
-        ranked: `Ranked` items from `sdkit.rank.rank` (or plain candidates, shown unranked).
+        ranked: `Ranked` items from `sdkit.ranking.rank` (or plain candidates, shown unranked).
         columns: images per row (default: as many as the largest prompt has, at most 8).
         title: a heading over everything (each prompt is always the title of its own block).
         save_to: also write the figure to this PNG path (replaced atomically if it exists).
@@ -127,7 +128,7 @@ def ranked_grid(
         for ax in axes[len(group):]:
             ax.set_axis_off()
     if save_to is not None:
-        write_png(Path(save_to), figure_png(fig, _grid_metadata(groups), dpi))
+        replace_file(Path(save_to), figure_png(fig, _grid_metadata(groups), dpi))
     return fig
 
 
@@ -162,22 +163,12 @@ def _grid_metadata(groups: dict[str, list[Entry]]) -> dict:
     return {"Software": "sdkit", "sdkit-grid": json.dumps(cells)}
 
 
-def write_png(path: Path, data: bytes) -> Path:
-    """Write atomically (temp file + rename), so a reader never sees half a PNG."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-    return path
-
-
 def save_ranked_grid(ranked: Iterable[Any], output_dir: str | os.PathLike, **kwargs) -> Path:
     """Write the ranked grid PNG into a run's folder, next to its images; returns its path.
 
     Named `<run_id>-grid.png` (it sorts after the run's images); never overwrites an existing
     file (a second grid becomes `-grid-1.png`). `kwargs` go to `ranked_grid`.
     """
-    from .save import write_new_file
 
     items = entries(ranked)
     fig = ranked_grid(items, **kwargs)

@@ -8,7 +8,7 @@
 Item k of a sweep (a prompt, a seed, a grid point) always has index k, so its file
 name `{run_id}-{index:03d}-s{seed}.png` is fixed (`run_id` is a fingerprint of the
 description): that is what makes a sweep resumable and exactly-once on disk
-(see `sdkit.sweep_run`). This module is the description: checked when created,
+(see `sdkit.sweep.run`). This module is the description: checked when created,
 before any model is loaded.
 """
 
@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from .candidate import Candidate
-from .save import file_name
+from sdkit.results import Candidate
+from sdkit.save import file_name
 
 # generate()'s per-image settings a grid may vary (`scheduler` goes to load_pipeline).
 GRID_PARAMS = ("guidance_scale", "num_inference_steps", "scheduler", "negative_prompt", "height", "width")
@@ -112,7 +112,7 @@ class Sweep:
 
 
 def _prompt_list(prompts) -> tuple[str, ...]:
-    from .checks import as_prompt_list
+    from sdkit.checks import as_prompt_list
 
     if isinstance(prompts, os.PathLike):
         path = Path(prompts)
@@ -154,8 +154,8 @@ def _seed_list(seeds, seed) -> tuple[int, ...]:
 
 
 def _check_grid(grid) -> dict[str, tuple]:
-    from .checks import check_generate_args
-    from .schedulers import check_scheduler
+    from sdkit.checks import check_generate_args
+    from sdkit.load.schedulers import check_scheduler
 
     if not isinstance(grid, Mapping):
         raise TypeError(f"grid must be a dict of parameter name -> values, got {type(grid).__name__}")
@@ -180,7 +180,3 @@ def _check_grid(grid) -> dict[str, tuple]:
             raise ValueError(f"grid[{name!r}] = {list(values)} repeats a value")
         out[name] = values
     return out
-
-
-# Running lives in sweep_run; importing it here keeps `from sdkit.sweep import Sweep, run_sweep` one line.
-from .sweep_run import SweepResult, SweepWorker, run_sweep  # noqa: E402,F401

@@ -7,7 +7,7 @@ from typing import Any, Iterable
 import numpy as np
 from matplotlib.figure import Figure
 
-from .grid import GridFigure
+from sdkit.show.grid import GridFigure
 
 
 def score_table(ranked: Iterable[Any], x: str, y: str):

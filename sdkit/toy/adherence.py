@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import shapes
+from sdkit.toy import shapes
 
 
 @dataclass
@@ -74,7 +74,7 @@ def wrong_prompt(prompt: str) -> str:
 
 def top1_adherence(candidates, ok: np.ndarray, scores, n: int) -> float:
     """Adherence of the candidates that `rank` puts first, in sets of `n` consecutive candidates."""
-    from ..rank import rank
+    from sdkit.ranking import rank
 
     picked = []
     for a in range(0, len(candidates), n):
@@ -86,7 +86,7 @@ def top1_adherence(candidates, ok: np.ndarray, scores, n: int) -> float:
 
 
 def _slice(scores, a: int, b: int):
-    from ..score import Scores
+    from sdkit.results import Scores
 
     return Scores(logits=scores.logits[a:b], clip_score=scores.clip_score[a:b], scorer=scores.scorer)
 
@@ -110,7 +110,7 @@ def evaluate(
         world: a toy world directory (`toy_world_path(...)`); None builds or loads the "ci" world.
         n: candidates per set; groups: sets per prompt (n * groups seeds per prompt in all).
         seed, num_inference_steps, guidance_scale: as in `sdkit.generate`.
-        scorers: CLIP backends for `sdkit.score.load_scorer`, or (name, scorer) pairs.
+        scorers: CLIP backends for `sdkit.scoring.scorers.load_scorer`, or (name, scorer) pairs.
         pipe: an already loaded pipeline of this world (skips loading).
         threads: torch CPU threads while it runs (restored after); None keeps the current setting.
             One, because the per-sample UNet calls are tiny: with other jobs on a 2-core machine,
@@ -129,10 +129,10 @@ def evaluate(
 
 
 def _evaluate(world, *, n, groups, seed, num_inference_steps, guidance_scale, scorers, pipe, log) -> ToyQuality:
-    from ..generate import generate
-    from ..load import load_pipeline
-    from ..score import load_scorer
-    from .world import toy_world_path
+    from sdkit.generation import generate
+    from sdkit.load.pipeline import load_pipeline
+    from sdkit.scoring.scorers import load_scorer
+    from sdkit.toy.world import toy_world_path
 
     if n < 1 or groups < 1:
         raise ValueError(f"n={n} and groups={groups} must both be >= 1")

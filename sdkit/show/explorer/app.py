@@ -1,6 +1,6 @@
 """The explorer: one notebook panel to generate candidates, watch them arrive, rank them and pick one.
 
-    from sdkit.explorer import explore
+    from sdkit.show.explorer.app import explore
     explore(model="sdkit:toy", scorer="flax")
 
 Generation runs in a background thread, so the kernel keeps handling widget
@@ -24,12 +24,13 @@ from typing import Any
 import ipywidgets as widgets
 import numpy as np
 
-from .explorer_text import details_html, error_html, img2img_label, progress_text
-from .gallery import Gallery
-from .grid import Entry, save_ranked_grid
-from .model_defaults import default_clip_label, defaults_for, native_size
-from .rerank import clip_for, get_scorer  # one scorer cache for panel, CLI and notebooks
-from .schedulers import SCHEDULERS
+from sdkit.show.explorer.text import details_html, error_html, img2img_label, progress_text
+from sdkit.show.gallery import Gallery
+from sdkit.show.grid import Entry, save_ranked_grid
+from sdkit.models.builtin import default_clip_label, defaults_for, native_size
+from sdkit.models.builtin import clip_for
+from sdkit.scoring.scorers import get_scorer  # one scorer cache for panel, CLI and notebooks
+from sdkit.load.schedulers import SCHEDULERS
 
 # Dropdowns cannot show None (it means "nothing selected"), so "use the model's own" is a string.
 DEFAULT = "default"
@@ -243,8 +244,8 @@ class Explorer(widgets.VBox):
 
     def save_selected(self, _=None) -> Path | None:
         """Save a copy of the selected candidate (PNG + metadata) into `<output_dir>/saved`."""
-        from .checks import check_output_dir
-        from .save import save_candidate
+        from sdkit.checks import check_output_dir
+        from sdkit.save import save_candidate
 
         e = self.gallery.selected
         if e is None:
@@ -265,8 +266,8 @@ class Explorer(widgets.VBox):
         return Path(copy.path)
 
     def more_like_this(self, _=None) -> None:
-        """N new candidates by image-to-image from the selected one (`sdkit.edit.img2img`), at the chosen strength."""
-        from .edit import check_strength
+        """N new candidates by image-to-image from the selected one (`sdkit.img2img`), at the chosen strength."""
+        from sdkit.edit.tasks import check_strength
 
         e = self.gallery.selected
         if e is None or self.running:
@@ -289,8 +290,8 @@ class Explorer(widgets.VBox):
 
     def _read_form(self, prompts: list[str] | None = None) -> Request:
         """Everything the run needs, checked before any model is touched."""
-        from .checks import as_prompt_list, check_generate_args, check_output_dir
-        from .schedulers import check_scheduler
+        from sdkit.checks import as_prompt_list, check_generate_args, check_output_dir
+        from sdkit.load.schedulers import check_scheduler
 
         if prompts is None:
             lines = [p.strip() for p in self.prompt.value.splitlines() if p.strip()]
@@ -329,9 +330,10 @@ class Explorer(widgets.VBox):
         self.thread.start()
 
     def _work(self, req: Request) -> None:
-        from .generate import GenerationError, generate
-        from .load import load_pipeline
-        from .save import new_run_id
+        from sdkit.errors import GenerationError
+        from sdkit.generation import generate
+        from sdkit.load.pipeline import load_pipeline
+        from sdkit.save import new_run_id
 
         self._scorer, self._scorer_error, self._total = None, None, 0
         run, started = None, False
@@ -356,7 +358,7 @@ class Explorer(widgets.VBox):
             if req.init_image is None:
                 run = generate(pipe, req.prompts, **common, **req.kwargs)
             else:  # the working size is the image's own
-                from .edit import img2img
+                from sdkit.edit.tasks import img2img
 
                 kwargs = {k: v for k, v in req.kwargs.items() if k not in ("height", "width")}
                 run = img2img(pipe, req.prompts, req.init_image, strength=req.strength, **common, **kwargs)
@@ -431,8 +433,8 @@ class Explorer(widgets.VBox):
         scored = [c for c in self._candidates if c.logit is not None]
         if not scored:
             return list(self._candidates)
-        from .rank import rank
-        from .score import Scores
+        from sdkit.ranking import rank
+        from sdkit.results import Scores
 
         scores = Scores(logits=np.array([c.logit for c in scored], np.float32),
                         clip_score=np.array([c.score for c in scored], np.float32), scorer=scored[0].scorer or "")
@@ -444,7 +446,7 @@ class Explorer(widgets.VBox):
         self.gallery.update(self.ranked)
 
     def _finish(self, run) -> None:
-        from .save import update_scores
+        from sdkit.save import update_scores
 
         self.run = run
         if run is None or not run.candidates:
@@ -514,7 +516,7 @@ class Explorer(widgets.VBox):
 
 def _saved_copy(c, folder: Path) -> Path | None:
     """The copy of `c` already in `folder` (same run, index, seed and prompt), if any."""
-    from .save import file_name, read_metadata
+    from sdkit.save import file_name, read_metadata
 
     path = folder / file_name(c)
     if not path.is_file():
@@ -544,7 +546,7 @@ def explore(model: str = "sdkit:tiny", scorer: Any = "flax", *, clip_model: str 
         model: a Hub id, a local diffusers folder, or a built-in ("sdkit:tiny", "sdkit:toy"); loaded once, cached.
         scorer: "flax" (sdkit's Flax CLIP), "torch" (transformers' CLIP), None (no ranking), or a scorer object.
         clip_model: the CLIP a named scorer loads (Hub id or folder; the panel's CLIP field). Default: the one
-            that belongs with `model` (`sdkit.rerank.clip_for`): the tiny or toy world's own, a `clip/` folder
+            that belongs with `model` (`sdkit.models.builtin.clip_for`): the tiny or toy world's own, a `clip/` folder
             beside the model's folder, else openai/clip-vit-base-patch32.
         prompt, negative_prompt, n, num_inference_steps, guidance_scale, seed, height, width, scheduler: the
             form's first values, with diffusers' names. Unset: what suits `model` (its native size; for the toy

@@ -1,4 +1,5 @@
-"""Results: one generated image and everything needed to make it again."""
+"""What sdkit makes and hands back: candidates (one image and everything needed to make it again), runs,
+scores, rankings and progress reports. Plain dataclasses, importable without torch or JAX."""
 
 from __future__ import annotations
 
@@ -6,9 +7,10 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 from PIL import Image
 
-from . import __version__
+from sdkit import __version__
 
 
 @dataclass
@@ -82,3 +84,47 @@ class Run:
     def __repr__(self) -> str:
         state = " cancelled" if self.cancelled else ""
         return f"Run({len(self.candidates)} candidates{state})"
+
+
+@dataclass
+class Progress:
+    """Passed to `callback` after every denoising step and after every finished batch."""
+
+    step: int  # denoising steps done in the current batch
+    num_inference_steps: int
+    done: int  # candidates finished (saved) so far
+    total: int
+    batch: list[int]  # indices of the candidates being denoised
+    finished: list[Candidate] | None = None  # set when a batch has just been decoded and saved
+
+
+@dataclass
+class Scores:
+    """Per-image scores, in input order. `clip_score` is what sdkit shows; ranking sorts by `logits`."""
+
+    logits: np.ndarray  # (N,) raw CLIP logit: exp(logit_scale) * cosine (logit_scale is 100 for OpenAI CLIPs)
+    clip_score: np.ndarray  # (N,) CLIP score: max(100 * cosine, 0), as torchmetrics' CLIPScore
+    scorer: str = ""  # "<name>:<model_id>", recorded with the candidates
+
+    def __len__(self) -> int:
+        return len(self.logits)
+
+
+@dataclass
+class Ranked:
+    """One candidate's place among those of its prompt. Its score is the candidate's own (`.score`,
+    `.logit`); only a candidate that cannot carry one (not an sdkit-like dataclass) has it kept here."""
+
+    candidate: Any  # the candidate (with its seed and prompt), carrying its score
+    rank: int  # 1 = best within its prompt
+    own: tuple[float, float] | None = field(default=None, repr=False)  # (score, logit) of a plain object
+
+    @property
+    def score(self) -> float:
+        """CLIP score: max(100 * cosine, 0), the number shown."""
+        return float(self.candidate.score if self.own is None else self.own[0])
+
+    @property
+    def logit(self) -> float:
+        """Raw CLIP logit, exp(logit_scale) * cosine, what the order is by."""
+        return float(self.candidate.logit if self.own is None else self.own[1])

@@ -18,8 +18,10 @@ from pathlib import Path
 
 import torch
 
-from .invariance import make_batch_invariant
-from .schedulers import check_scheduler, make_scheduler
+from sdkit.errors import ModelNotAvailable
+from sdkit.quiet import quiet_hf
+from sdkit.load.invariance import make_batch_invariant
+from sdkit.load.schedulers import check_scheduler, make_scheduler
 
 log = logging.getLogger("sdkit")
 
@@ -37,10 +39,6 @@ BUILTIN = ("sdkit:tiny", "sdkit:tiny-inpainting", "sdkit:toy")
 PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth", ".pkl")
 WEIGHTED = ("unet", "vae", "text_encoder", "safety_checker")
 _ALLOW = ["*.json", "*.txt", "*.model"]  # configs, tokenizer files
-
-
-class ModelNotAvailable(RuntimeError):
-    """The model cannot be found or fetched; the message says what to do."""
 
 
 def auto_device() -> str:
@@ -123,14 +121,14 @@ class Resolved:
 
 
 def _builtin_path(model_id: str) -> Path:
-    from .tiny import tiny_pipeline_path
+    from sdkit.models.tiny import tiny_pipeline_path
 
     if model_id == "sdkit:tiny":
         return tiny_pipeline_path("text-to-image")
     if model_id == "sdkit:tiny-inpainting":
         return tiny_pipeline_path("inpainting")
     if model_id == "sdkit:toy":
-        from .toy.world import toy_world_path
+        from sdkit.toy.world import toy_world_path
 
         return Path(toy_world_path()) / "pipeline"
     raise ValueError(f"model={model_id!r}: built-in models are {list(BUILTIN)}")
@@ -278,13 +276,13 @@ def load_pipeline(
         device: "auto" (cuda > mps > cpu) or a torch device string.
         dtype: "auto" (fp16 on GPUs; on CPUs with native bf16, bf16 for UNets of 100M+ parameters, which
             it speeds up 1.7-1.9x, fp32 for smaller ones, which it slows; else fp32), "fp16", "bf16", "fp32" or a torch.dtype.
-        scheduler: an sdkit scheduler name (see `sdkit.schedulers.SCHEDULERS`); None keeps the model's own.
+        scheduler: an sdkit scheduler name (see `sdkit.load.schedulers.SCHEDULERS`); None keeps the model's own.
         safety_checker: keep the model's NSFW checker (default). False removes it, explicitly.
         variant: "auto" uses the repo's fp16 weights when loading in fp16 and it has them; or a variant name / None.
         low_memory: for 4-8 GB GPUs: attention and VAE slicing, VAE tiling, and model CPU offload on CUDA.
         batch_invariant: run the UNet per candidate (its guidance pair in one call) and the VAE per image,
             so candidate k is bit-identical in any batch size.
-            "auto" turns it on for the CPU, where it costs nothing next to one call per image (see `sdkit.invariance`).
+            "auto" turns it on for the CPU, where it costs nothing next to one call per image (see `sdkit.load.invariance`).
         compile: `torch.compile` the UNet (inductor, weights frozen on CPU). The first call compiles for
             minutes; later calls run 8-15% faster on a bf16 CPU (bench/). Results differ from eager in the last bits.
 
@@ -321,7 +319,7 @@ def load_pipeline(
             # A scheduler holds per-run state (timesteps, step index), and the base may have another
             # one: each pipeline gets its own, made from the model's own scheduler config.
             own_cls, own_config = base._sdkit_own_scheduler
-            with _no_loading_bars(quiet=True):
+            with quiet_hf(messages=True):
                 # dtype given: from_pipe otherwise casts the shared modules, the base's too, to fp32.
                 pipe = cls.from_pipe(base, scheduler=own_cls.from_config(own_config), **{_DTYPE_KW: torch_dtype})
             pipe._sdkit_own_scheduler = base._sdkit_own_scheduler
@@ -330,7 +328,7 @@ def load_pipeline(
             if not safety_checker:
                 kwargs.update(safety_checker=None, requires_safety_checker=False)
             kwargs[_DTYPE_KW] = torch_dtype
-            with _no_loading_bars():
+            with quiet_hf():
                 pipe = cls.from_pretrained(res.path, variant=res.variant, use_safetensors=True, **kwargs)
             _place(pipe, device, low_memory)
             if compile:
@@ -346,37 +344,6 @@ def load_pipeline(
                        "device": device, "dtype": str(torch_dtype).replace("torch.", "")}
         _cache[key] = pipe
         return pipe
-
-
-class _no_loading_bars:
-    """Hide diffusers/transformers per-component loading bars (seconds of work; downloads keep their own bars).
-
-    In notebooks they render as tqdm widgets whose stored text changes every run. `quiet=True` also mutes
-    diffusers' warnings (for `from_pipe`, which warns about an empty list of fp32 modules)."""
-
-    def __init__(self, quiet: bool = False):
-        self.quiet = quiet
-
-    def __enter__(self):
-        from diffusers.utils import logging as dl
-        from transformers.utils import logging as tl
-
-        self._was = (dl.is_progress_bar_enabled(), tl.is_progress_bar_enabled())
-        self._level = dl.get_verbosity()
-        dl.disable_progress_bar()
-        tl.disable_progress_bar()
-        if self.quiet:
-            dl.set_verbosity_error()
-
-    def __exit__(self, *exc):
-        from diffusers.utils import logging as dl
-        from transformers.utils import logging as tl
-
-        dl.set_verbosity(self._level)
-        if self._was[0]:
-            dl.enable_progress_bar()
-        if self._was[1]:
-            tl.enable_progress_bar()
 
 
 def _place(pipe, device: str, low_memory: bool) -> None:

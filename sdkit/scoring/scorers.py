@@ -4,46 +4,35 @@
 
 `images` are PIL images, or a float tensor (N, 3, H, W) in [0, 1] as diffusers' `output_type="pt"`
 gives: that batch is preprocessed on its own device with the same result as its PIL images
-(`sdkit.preprocess.preprocess_tensor`), so pipeline output reaches the scorer without a PIL round
+(`sdkit.scoring.preprocess.preprocess_tensor`), so pipeline output reaches the scorer without a PIL round
 trip (the PyTorch scorer takes it as is, the Flax scorer through DLPack when JAX shares the GPU).
 `prompts` has length 1 (shared) or len(images) (candidate i against prompts[i]). A new
 scorer (LAION aesthetic, PickScore, ...) is a new class of this shape with `.name` and
 `.model_id`. Two CLIP backends ship: `FlaxCLIPScorer` (sdkit's Flax CLIP, data-parallel over
 all local JAX devices) and `TorchCLIPScorer` (transformers' `CLIPModel`). Both use the same
-tokenizer and the same preprocessing (`sdkit.preprocess`), so they differ only by the model.
+tokenizer and the same preprocessing (`sdkit.scoring.preprocess`), so they differ only by the model.
 
 Importing this module sets XLA_PYTHON_CLIENT_PREALLOCATE=false (unless you set it) so JAX
-does not take 75% of the GPU from the PyTorch pipeline; see `clip_flax.configure_jax_memory`.
+does not take 75% of the GPU from the PyTorch pipeline; see `flax_clip.configure_jax_memory`.
 """
 
 from __future__ import annotations
 
 import sys
+import threading
 import warnings
 from collections import OrderedDict
-from dataclasses import dataclass
 from typing import Protocol, Sequence
 
 import numpy as np
 from PIL import Image
 
-from . import clip_flax  # noqa: F401  (first: configures JAX memory before JAX starts)
-from .clip_flax import resolve_checkpoint
-from .preprocess import ImageConfig, preprocess, preprocess_tensor
+from sdkit.scoring import flax_clip  # noqa: F401  (first: configures JAX memory before JAX starts)
+from sdkit.results import Scores
+from sdkit.scoring.flax_clip import resolve_checkpoint
+from sdkit.scoring.preprocess import ImageConfig, preprocess, preprocess_tensor
 
 DEFAULT_CLIP = "openai/clip-vit-base-patch32"
-
-
-@dataclass
-class Scores:
-    """Per-image scores, in input order. `clip_score` is what sdkit shows; ranking sorts by `logits`."""
-
-    logits: np.ndarray  # (N,) raw CLIP logit: exp(logit_scale) * cosine (logit_scale is 100 for OpenAI CLIPs)
-    clip_score: np.ndarray  # (N,) CLIP score: max(100 * cosine, 0), as torchmetrics' CLIPScore
-    scorer: str = ""  # "<name>:<model_id>", recorded with the candidates
-
-    def __len__(self) -> int:
-        return len(self.logits)
 
 
 class Scorer(Protocol):
@@ -148,13 +137,13 @@ class CLIPScorer:
 
 
 def _text_embeds(module, params, input_ids):
-    return clip_flax.normalize(module.apply({"params": params}, input_ids, method=clip_flax.CLIP.get_text_features))
+    return flax_clip.normalize(module.apply({"params": params}, input_ids, method=flax_clip.CLIP.get_text_features))
 
 
 def _image_cosine(module, params, pixel_values, index, text):
     # Each image against its own prompt: gather by index, never by stride over a device axis.
-    image = clip_flax.normalize(module.apply({"params": params}, pixel_values,
-                                             method=clip_flax.CLIP.get_image_features))
+    image = flax_clip.normalize(module.apply({"params": params}, pixel_values,
+                                             method=flax_clip.CLIP.get_image_features))
     return (image * text[index]).sum(-1)
 
 
@@ -198,7 +187,7 @@ class FlaxCLIPScorer(CLIPScorer):
         dtype = jnp.dtype(dtype or jnp.float32)
         if dtype not in (jnp.float32, jnp.bfloat16, jnp.float16):
             raise ValueError(f"dtype {dtype} is not supported; use None (float32), 'bfloat16' or 'float16'")
-        clip = clip_flax.load_flax_clip(model_id, dtype=dtype, revision=revision, cache_dir=cache_dir)
+        clip = flax_clip.load_flax_clip(model_id, dtype=dtype, revision=revision, cache_dir=cache_dir)
         super().__init__(str(model_id), clip.path, float(np.asarray(clip.params["logit_scale"], np.float32)),
                          clip.config.text_config.max_position_embeddings)
         self.config, self.dtype, self.batch_size = clip.config, dtype, batch_size
@@ -303,9 +292,9 @@ class TorchCLIPScorer(CLIPScorer):
         path = resolve_checkpoint(model_id, revision, cache_dir)
         dtype = getattr(torch, dtype) if isinstance(dtype, str) else (dtype or torch.float32)
         self.device, self.dtype, self.batch_size = _torch_device(device), dtype, batch_size
-        from .load import _no_loading_bars
+        from sdkit.quiet import quiet_hf
 
-        with _no_loading_bars():
+        with quiet_hf():
             self.model = CLIPModel.from_pretrained(path, use_safetensors=True, dtype=dtype).to(self.device).eval()
         super().__init__(str(model_id), path, float(self.model.logit_scale.detach().float()),
                          self.model.config.text_config.max_position_embeddings)
@@ -403,3 +392,17 @@ def load_scorer(backend: str = "flax", model_id: str = DEFAULT_CLIP, **kwargs) -
     if backend == "auto":
         backend = "torch" if "device" in kwargs else "flax"
     return BACKENDS[backend](model_id, **kwargs)
+
+
+_scorers: dict[tuple, "Scorer"] = {}
+_scorers_lock = threading.Lock()
+
+
+def get_scorer(backend: str = "flax", model_id: str | None = None, **kwargs):
+    """A cached scorer: loading a CLIP and compiling it is done once per (backend, model)."""
+    model_id = model_id or DEFAULT_CLIP
+    key = (backend, str(model_id), tuple(sorted(kwargs.items())))
+    with _scorers_lock:
+        if key not in _scorers:
+            _scorers[key] = load_scorer(backend, str(model_id), **kwargs)
+        return _scorers[key]

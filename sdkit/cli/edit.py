@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .cli_generate import add_common_args, finish, generate_kwargs, pipeline_from_args, read_prompts
+from sdkit.cli.generate import add_common_args, finish, generate_kwargs, pipeline_from_args, read_prompts
 
 NAMES = ("img2img", "inpaint", "outpaint")
 
@@ -29,7 +29,7 @@ def _box(s: str) -> tuple[int, int, int, int]:
 def _no_resume(_value: str):
     raise argparse.ArgumentTypeError(
         "not supported for edits: the init image and mask are recorded only as hashes. Resume from Python with "
-        "sdkit.edit.img2img/inpaint/outpaint(pipe, prompt, image, ..., output_dir=FOLDER, run_id=RUN_ID) and the "
+        "sdkit.img2img/inpaint/outpaint(pipe, prompt, image, ..., output_dir=FOLDER, run_id=RUN_ID) and the "
         "same image and settings, or start a new run")
 
 
@@ -38,7 +38,7 @@ def _common(p: argparse.ArgumentParser, strength: float) -> None:
     p.add_argument("--prompts-file", type=Path, default=None, help="a file with one prompt per line")
     p.add_argument("--image", required=True, help="the init image (PNG, JPEG, ...)")
     p.add_argument("--resume", metavar="FOLDER", type=_no_resume, default=None,
-                   help="not for edits (generate --resume is); resume an edit from Python, see sdkit.edit")
+                   help="not for edits (generate --resume is); resume an edit from Python, see sdkit.img2img")
     p.add_argument("--strength", type=float, default=strength, help=f"in (0, 1]: how much to change (default {strength})")
     p.add_argument("--resize-mode", choices=("pad", "resize"), default="pad",
                    help="sizes not a multiple of 8: pad edge pixels (default) or resize; results keep the original size")
@@ -80,7 +80,7 @@ def add_parser(sub) -> None:
 
 def prepare(args):
     """Load and check the image (and mask) before any model is loaded."""
-    from .edit import prepare_img2img, prepare_inpaint, prepare_outpaint
+    from sdkit.edit.tasks import prepare_img2img, prepare_inpaint, prepare_outpaint
 
     size = dict(num_inference_steps=args.num_inference_steps, height=args.height, width=args.width,
                 resize_mode=args.resize_mode, strength=args.strength)
@@ -95,10 +95,10 @@ def prepare(args):
 
 
 def run(args) -> int:
-    from .checks import as_prompt_list, check_generate_args, check_output_dir
-    from .edit import run_edit
-    from .save import new_run_id
-    from .schedulers import check_scheduler
+    from sdkit.checks import as_prompt_list, check_generate_args, check_output_dir
+    from sdkit.edit.tasks import run_edit
+    from sdkit.save import new_run_id
+    from sdkit.load.schedulers import check_scheduler
 
     prompts = as_prompt_list(read_prompts(args))
     # Everything is checked before a model loads: loading a real one takes minutes.

@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterable
 import ipywidgets as widgets
 from PIL import Image
 
-from .grid import Entry, by_prompt, entries
+from sdkit.show.grid import Entry, by_prompt, entries
 
 # Small model outputs (32-64 px) are scaled up as crisp pixels, not blurred.
 _CSS = """<style>

@@ -79,8 +79,9 @@ def parse_grid(args) -> dict:
 
 
 def run(args) -> int:
-    from .cli_generate import read_prompts
-    from .sweep import Sweep, run_sweep
+    from sdkit.cli.generate import read_prompts
+    from sdkit.sweep.run import run_sweep
+    from sdkit.sweep.spec import Sweep
 
     sweep = Sweep(read_prompts(args), seeds=args.seeds if args.seeds is not None else args.n, seed=args.seed,
                   grid=parse_grid(args), model=args.model, scorer=args.scorer, scorer_model=args.scorer_model,

@@ -18,6 +18,8 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
+from sdkit.images import to_rgb
+
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
@@ -76,15 +78,6 @@ class ImageConfig:
             return cls()
         with open(file) as f:
             return cls.from_dict(json.load(f))
-
-
-def to_rgb(image: Image.Image) -> Image.Image:
-    """RGB, with transparency composited on white (as transformers does), not dropped."""
-    if "A" in image.getbands() or image.info.get("transparency") is not None:
-        image = image.convert("RGBA")
-        background = Image.new("RGBA", image.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, image).convert("RGB")
-    return image.convert("RGB")
 
 
 def _resize_size(width: int, height: int, config: ImageConfig) -> tuple[int, int]:

@@ -13,19 +13,19 @@ from __future__ import annotations
 import collections
 import dataclasses
 import json
-import os
 import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-from .candidate import Candidate
-from .generate import progress_bar  # ipywidgets in notebooks (stable stored output), tqdm elsewhere
-from .save import MANIFEST, append_manifest, file_name, png_bytes, read_manifest, read_metadata, write_temp
+from sdkit.results import Candidate
+from sdkit.generation import progress_bar  # ipywidgets in notebooks (stable stored output), tqdm elsewhere
+from sdkit.files import link_once, write_temp
+from sdkit.save import MANIFEST, append_manifest, file_name, png_bytes, read_manifest, read_metadata
 
 if TYPE_CHECKING:
-    from .sweep import Sweep, SweepItem
+    from sdkit.sweep.spec import Sweep, SweepItem
 
 BACKENDS = ("local", "ray")
 
@@ -40,7 +40,7 @@ class SweepResult:
     generated: int  # made by this call
     skipped: int  # already on disk when it started
     total: int  # items in the sweep
-    ranked: list | None = None  # sdkit.rank.rank over all candidates (per prompt); None without a scorer
+    ranked: list | None = None  # sdkit.ranking.rank over all candidates (per prompt); None without a scorer
     cancelled: bool = False
 
 
@@ -67,10 +67,10 @@ def run_sweep(sweep: Sweep, output_dir, *, backend: str = "local", ray_address: 
     Returns:
         A `SweepResult`.
     """
-    from .sweep import Sweep
+    from sdkit.sweep.spec import Sweep
 
     if not isinstance(sweep, Sweep):
-        raise TypeError(f"sweep must be a Sweep (sdkit.sweep.Sweep), got {type(sweep).__name__}")
+        raise TypeError(f"sweep must be a Sweep (sdkit.sweep.spec.Sweep), got {type(sweep).__name__}")
     if backend not in BACKENDS:
         raise ValueError(f"backend={backend!r}: choose one of {list(BACKENDS)}")
     if backend == "local" and (ray_address is not None or workers is not None or ray_remote_args is not None):
@@ -83,7 +83,7 @@ def run_sweep(sweep: Sweep, output_dir, *, backend: str = "local", ray_address: 
             import ray.data  # noqa: F401
         except ImportError:
             raise ImportError("backend='ray' needs Ray Data: pip install 'sdkit[ray]'") from None
-    from .checks import check_output_dir
+    from sdkit.checks import check_output_dir
 
     out = check_output_dir(output_dir)
     items = sweep.items()
@@ -172,7 +172,7 @@ def _score_unscored(sweep: Sweep, out: Path, candidates: list[Candidate]) -> Non
     """Images made by an earlier run without a scorer: score them now, recording the scores in their files."""
     from PIL import Image
 
-    from .save import update_scores
+    from sdkit.save import update_scores
 
     todo = [c for c in candidates if c.score is None]
     if not todo:
@@ -190,8 +190,8 @@ def _score_unscored(sweep: Sweep, out: Path, candidates: list[Candidate]) -> Non
 def _rank(candidates: list[Candidate]):
     import numpy as np
 
-    from .rank import rank
-    from .score import Scores
+    from sdkit.ranking import rank
+    from sdkit.results import Scores
 
     scores = Scores(logits=np.array([c.logit for c in candidates], dtype=np.float32),
                     clip_score=np.array([c.score for c in candidates], dtype=np.float32),
@@ -204,8 +204,8 @@ def load_sweep_scorer(sweep: Sweep):
         return None
     if callable(sweep.scorer):
         return sweep.scorer()
-    from .rerank import clip_for
-    from .score import load_scorer
+    from sdkit.models.builtin import clip_for
+    from sdkit.scoring.scorers import load_scorer
 
     # Default CLIP: the one that belongs with the model (the tiny/toy CLIP for built-ins, else OpenAI's).
     return load_scorer(sweep.scorer, sweep.scorer_model or clip_for(sweep.model))
@@ -228,7 +228,7 @@ class SweepWorker:
         self._pipe(None)  # load the weights now, not inside the first unit
 
     def _pipe(self, scheduler):
-        from .load import load_pipeline
+        from sdkit.load.pipeline import load_pipeline
 
         s = self.sweep  # other schedulers reuse the loaded weights (load_pipeline's cache, from_pipe)
         return load_pipeline(s.model, device=s.device, dtype=s.dtype, scheduler=scheduler, safety_checker=s.safety_checker)
@@ -242,7 +242,7 @@ class SweepWorker:
 
     def run_unit(self, indices: list[int], cancel=None) -> list[tuple[int, str]]:
         """Generate, score and save the items `indices` (one prompt and grid point); returns (index, file) done."""
-        from .generate import generate
+        from sdkit.generation import generate
 
         done, todo = [], []
         for it in (self.items[i] for i in indices):
@@ -277,27 +277,16 @@ class SweepWorker:
         path = self.out / file_name(c)
         tmp = write_temp(path, png_bytes(c))
         try:
-            try:
-                os.link(tmp, path)  # atomic, and fails if the name is taken
-            except FileExistsError:
+            if not link_once(tmp, path):
                 c.path = str(path)
                 self._record_existing(path)
                 return
-            _fsync_dir(self.out)
             c.path = str(path)
             record = c.params()
             record["file"] = path.name
             append_manifest(self.out, record)
         finally:
             tmp.unlink(missing_ok=True)  # after the line, as in sdkit.save.save_candidate: recover relies on it
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def actor_pool(resources: dict, workers: int | None = None, ray_remote_args: dict | None = None) -> tuple[int, dict]:

@@ -56,7 +56,7 @@ def read_prompts(args) -> list[str]:
 
 
 def pipeline_from_args(args, task: str):
-    from .load import load_pipeline
+    from sdkit.load.pipeline import load_pipeline
 
     return load_pipeline(args.model, task, device=args.device, dtype=args.dtype, scheduler=args.scheduler,
                          safety_checker=not args.no_safety_checker, low_memory=args.low_memory, compile=args.compile)
@@ -71,8 +71,8 @@ def generate_kwargs(args) -> dict:
 def finish(run, args) -> int:
     """Score, rank and draw the grid (unless --scorer none), report; exit 130 if interrupted (finished images are kept)."""
     if args.scorer != "none" and len(run):
-        from .grid import save_ranked_grid
-        from .rerank import rerank
+        from sdkit.show.grid import save_ranked_grid
+        from sdkit.ranking import rerank
 
         ranked = rerank(run, args.scorer, clip_model=args.clip_model)
         grid = save_ranked_grid(ranked, run.output_dir)
@@ -91,7 +91,7 @@ def finish(run, args) -> int:
 
 def find_run(folder: Path) -> tuple[Path, dict]:
     """The run folder (or its `<run_id>.run.json`) given to --resume, and the settings recorded there."""
-    from .generate import read_run_settings
+    from sdkit.generation import read_run_settings
 
     folder = Path(folder)
     if folder.is_file() and folder.name.endswith(".run.json"):
@@ -137,19 +137,19 @@ def _check_explicit(args, rec: dict, folder: Path) -> None:
 
 def resume(args) -> int:
     """`generate --resume FOLDER`: the recorded settings, checked against what the command line says."""
-    from .checks import check_generate_args
-    from .generate import generate
-    from .schedulers import SCHEDULERS
+    from sdkit.checks import check_generate_args
+    from sdkit.generation import generate
+    from sdkit.load.schedulers import SCHEDULERS
 
     folder, rec = find_run(args.resume)
     if rec.get("task", "text-to-image") != "text-to-image":
         raise ValueError(f"--resume {folder}: run {rec['run_id']} is {rec['task']!r}; resume it from Python with "
-                         "sdkit.edit and the same image (its init image and mask are recorded only as hashes)")
+                         "sdkit.img2img/inpaint and the same image (its init image and mask are recorded only as hashes)")
     _check_explicit(args, rec, folder)
     check_generate_args(n=rec["n"], seeds=rec["seeds"], num_inference_steps=rec["num_inference_steps"],
                         guidance_scale=rec["guidance_scale"], height=rec["height"], width=rec["width"],
                         batch_size=args.batch_size)
-    from .load import load_pipeline
+    from sdkit.load.pipeline import load_pipeline
 
     scheduler = rec["scheduler"] if rec["scheduler"] in SCHEDULERS else None  # else: the model's own
     pipe = load_pipeline(rec["model_id"], "text-to-image", device=args.device,
@@ -172,12 +172,12 @@ def resume(args) -> int:
 def run(args) -> int:
     if getattr(args, "resume", None) is not None:
         return resume(args)
-    from .checks import check_generate_args, check_output_dir
-    from .generate import generate
-    from .save import new_run_id
-    from .schedulers import check_scheduler
+    from sdkit.checks import check_generate_args, check_output_dir
+    from sdkit.generation import generate
+    from sdkit.save import new_run_id
+    from sdkit.load.schedulers import check_scheduler
 
-    from .checks import as_prompt_list
+    from sdkit.checks import as_prompt_list
 
     prompts = as_prompt_list(read_prompts(args))
     # Validate everything before loading a model: loading a real one takes minutes.

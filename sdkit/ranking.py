@@ -1,0 +1,134 @@
+"""Rank scored candidates within each prompt (best first, ties broken by seed), and `rerank`: score a run's
+candidates against their prompts, rank them and record the scores on disk, the one call notebooks, the CLI
+and the explorer share:
+
+    ranked = rerank(run, scorer="flax")      # best first within each prompt
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from sdkit.results import Ranked, Scores
+
+
+def with_scores(candidates: Sequence[Any], scores: Scores) -> list:
+    """Copies of dataclass `candidates` carrying their `Scores` (score, logit, scorer): where a score lives.
+    Other objects come back as they are (`rank` keeps their scores on the `Ranked` entry)."""
+    candidates = list(candidates)
+    if len(candidates) != len(scores.logits) or len(scores.logits) != len(scores.clip_score):
+        raise ValueError(f"got {len(candidates)} candidates but {len(scores.logits)} logits and "
+                         f"{len(scores.clip_score)} CLIP scores; score exactly the candidates you rank")
+    bad = np.flatnonzero(~np.isfinite(np.asarray(scores.logits, np.float64)))
+    if len(bad):
+        raise ValueError(f"logits at {bad.tolist()} are not finite ({np.asarray(scores.logits)[bad].tolist()}); "
+                         "cannot rank them (half precision overflow?)")
+    return [_with_score(c, float(sc), float(lg), scores.scorer)
+            for c, sc, lg in zip(candidates, scores.clip_score, scores.logits)]
+
+
+def score_candidates(candidates: Sequence[Any], scorer: Any) -> list:
+    """Score `candidates` (with `.image` and `.prompt`) against their own prompts in one scorer call;
+    copies carrying the scores, in input order. What rerank, the explorer, sweeps and the toy world share."""
+    candidates = list(candidates)
+    if not candidates:
+        return []
+    return with_scores(candidates, scorer([c.image for c in candidates], [c.prompt for c in candidates]))
+
+
+def rank(candidates: Sequence[Any], scores: Scores | None = None) -> list[Ranked]:
+    """Rank `candidates` (objects with `.prompt` and `.seed`) per prompt, by `scores` or, without, by the
+    scores they carry (`score_candidates`).
+
+    Prompt groups come in the order their prompt first appears; within a group the highest logit
+    comes first and equal logits go by ascending seed, so the order is stable across runs. Sorting
+    by the logit rather than the floored CLIP score keeps the order among negative cosines.
+    """
+    candidates = list(candidates)
+    if scores is None:
+        unscored = [c.seed for c in candidates if getattr(c, "logit", None) is None]
+        if unscored:
+            raise ValueError(f"candidates with seeds {unscored} carry no score; score them first "
+                             "(score_candidates, rerank) or pass their Scores")
+        scored = candidates
+        own = [None] * len(candidates)
+    else:
+        scored = with_scores(candidates, scores)
+        own = [None if _carries(c) else (float(sc), float(lg))
+               for c, sc, lg in zip(scored, scores.clip_score, scores.logits)]
+    logit = [float(c.logit) if o is None else o[1] for c, o in zip(scored, own)]
+    groups: dict[str, list[int]] = {}
+    for i, c in enumerate(scored):
+        groups.setdefault(c.prompt, []).append(i)
+    out = []
+    for members in groups.values():
+        members.sort(key=lambda i: (-logit[i], scored[i].seed))
+        out.extend(Ranked(scored[i], r, own[i]) for r, i in enumerate(members, start=1))
+    return out
+
+
+def _with_score(candidate: Any, score: float, logit: float, scorer: str) -> Any:
+    """A copy of a dataclass candidate with its score fields set (the input is not mutated)."""
+    if not dataclasses.is_dataclass(candidate):
+        return candidate
+    names = {f.name for f in dataclasses.fields(candidate)}
+    updates = {k: v for k, v in (("score", score), ("logit", logit), ("scorer", scorer)) if k in names}
+    return dataclasses.replace(candidate, **updates) if updates else candidate
+
+
+def _carries(candidate: Any) -> bool:
+    return dataclasses.is_dataclass(candidate) and {"score", "logit"} <= {f.name for f in dataclasses.fields(candidate)}
+
+
+def format_ranking(ranked: Sequence[Ranked], limit: int | None = None) -> str:
+    """A plain-text table of a ranking: prompt, rank, CLIP score, seed (what notebooks and the CLI print)."""
+    lines, prompt = [], None
+    for r in ranked:
+        c = r.candidate
+        if c.prompt != prompt:
+            prompt = c.prompt
+            lines.append(f"{prompt!r}")
+        if limit is None or r.rank <= limit:
+            flag = "  [NSFW-flagged]" if getattr(c, "nsfw", False) else ""
+            lines.append(f"  #{r.rank:<3d} CLIP score {r.score:6.2f}   seed {c.seed}{flag}")
+    return "\n".join(lines)
+
+
+def rerank(candidates, scorer: Any = "flax", *, clip_model: str | None = None, save: bool = True) -> list:
+    """Score `candidates` (a Run or a list) with `scorer` and rank them per prompt, best first.
+
+    Args:
+        candidates: a `Run` or candidates with `.image`, `.prompt`, `.seed`.
+        scorer: "flax", "torch", "auto" (Flax unless only torch sees the GPU; see `load_scorer`), or a scorer
+            object (anything with the `scorer(images, prompts)` signature).
+        clip_model: CLIP id or path for a named backend; default: the CLIP that belongs with the
+            candidates' model (see `clip_for`).
+        save: write the scores into each saved PNG's metadata and append manifest lines.
+
+    Returns:
+        `Ranked` entries (candidate, rank, score, logit), grouped by prompt, best first.
+    """
+    cands: Sequence = list(getattr(candidates, "candidates", candidates))
+    if not cands:
+        raise ValueError("nothing to rerank: the run has no candidates (was it cancelled before the first batch?)")
+    if isinstance(scorer, str):
+        from sdkit.models.builtin import clip_for
+        from sdkit.scoring.scorers import get_scorer
+
+        model = next((c.model_id for c in cands if getattr(c, "model_id", "")), "")
+        scorer = get_scorer(scorer, clip_model or clip_for(model))
+    ranked = rank(score_candidates(cands, scorer))
+    if save:
+        from sdkit.save import update_scores
+
+        by_dir: dict[str, list] = {}
+        for r in ranked:
+            if getattr(r.candidate, "path", None):
+                by_dir.setdefault(str(Path(r.candidate.path).parent), []).append(r.candidate)
+        for d, cs in by_dir.items():
+            update_scores(d, cs)
+    return ranked

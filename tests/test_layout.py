@@ -1,0 +1,145 @@
+"""The house itself: sdkit's layers (`sdkit.LAYERS`, described in the package docstring) hold, there is no import
+circle, no module shadows a name of the package face, and `import sdkit` stays light.
+
+Imports are read with `ast`, inside functions too: a lazy import is still a dependency. Lazy *faces*
+(a name -> module table resolved by `importlib`) are not imports and are not counted.
+"""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import sdkit
+
+ROOT = Path(sdkit.__file__).parent
+HEAVY = ("torch", "jax", "jaxlib", "flax", "ipywidgets", "matplotlib", "diffusers", "transformers")
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+MODULES = {module_name(p): p for p in sorted(ROOT.rglob("*.py"))}
+
+
+def imports_of(path: Path) -> set[str]:
+    return imports_in(path.read_text(), module_name(path), path.name == "__init__.py")
+
+
+def imports_in(source: str, name: str, is_package: bool = False) -> set[str]:
+    """The sdkit modules `source` (module `name`) imports; `from sdkit.x import y` is sdkit.x.y if that is one."""
+    out = set()
+    package = name if is_package else name.rpartition(".")[0]
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            targets = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(anchor + ([node.module] if node.module else []))
+            targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in MODULES else base for a in node.names]
+        else:
+            continue
+        out.update(t for t in targets if t == "sdkit" or t.startswith("sdkit."))
+    out.discard(name)
+    return {t if t in MODULES else t.rpartition(".")[0] for t in out}
+
+
+def layer_of(module: str) -> int:
+    best = max(((len(p), i) for i, layer in enumerate(sdkit.LAYERS) for p in layer
+                if module == p or module.startswith(p + ".")), default=None)
+    if best is None:
+        raise AssertionError(f"{module} is in no layer of sdkit.LAYERS; add it where it belongs")
+    return best[1]
+
+
+GRAPH = {m: imports_of(p) for m, p in MODULES.items()}
+
+
+def test_every_module_has_a_layer():
+    for m in MODULES:
+        layer_of(m)
+
+
+def test_nothing_imports_a_layer_above_it():
+    upward = [f"{m} (layer {layer_of(m)}) imports {t} (layer {layer_of(t)})"
+              for m, targets in sorted(GRAPH.items()) for t in sorted(targets) if layer_of(t) > layer_of(m)]
+    assert not upward, "\n".join(upward)
+
+
+def test_no_import_circles():
+    circles, state = [], {}
+
+    def visit(m, stack):
+        state[m] = "open"
+        for t in sorted(GRAPH.get(m, ())):
+            if state.get(t) == "open":
+                circles.append(" -> ".join(stack[stack.index(t):] + [t]))
+            elif t not in state:
+                visit(t, stack + [t])
+        state[m] = "done"
+
+    for m in sorted(GRAPH):
+        if m not in state:
+            visit(m, [m])
+    assert not circles, "\n".join(circles)
+
+
+def test_the_checker_sees_upward_imports_and_circles():
+    """The walk can fail: a lazy import of the explorer from save is upward, and a pair importing each other
+    is a circle."""
+    save = imports_in("import json\n\ndef f():\n    from sdkit.show.explorer import app\n", "sdkit.save")
+    assert save == {"sdkit.show.explorer.app"} and layer_of("sdkit.show.explorer.app") > layer_of("sdkit.save")
+    relative = imports_in("from ..results import Candidate\nfrom . import masks\n", "sdkit.edit.tasks")
+    assert relative == {"sdkit.results", "sdkit.edit.masks"}
+    global GRAPH
+    real = GRAPH
+    try:
+        GRAPH = {**real, "sdkit.results": real["sdkit.results"] | {"sdkit.checks"},
+                 "sdkit.checks": real["sdkit.checks"] | {"sdkit.results"}}
+        with pytest.raises(AssertionError, match="sdkit.checks -> sdkit.results -> sdkit.checks"):
+            test_no_import_circles()
+    finally:
+        GRAPH = real
+
+
+def test_no_module_shadows_a_name_of_the_face():
+    """`sdkit.generate` is the function: no submodule `sdkit/generate.py` may rebind it on import."""
+    shadowing = sorted(set(sdkit.__all__) & {m.split(".")[1] for m in MODULES if m.count(".") >= 1})
+    assert not shadowing, f"modules named like functions of the face: {shadowing}"
+    for name in sdkit.__all__:
+        module = sdkit._EXPORTS[name]
+        assert f"sdkit.{module}" in MODULES, f"sdkit.{name} points at a module that does not exist: {module}"
+
+
+def _imported_by(code: str) -> set[str]:
+    out = subprocess.run([sys.executable, "-X", "importtime", "-c", code], capture_output=True, text=True, check=True)
+    # importtime lines: "import time: self [us] | cumulative | imported package"
+    return {line.rsplit("|", 1)[1].strip().split(".")[0] for line in out.stderr.splitlines()
+            if line.startswith("import time:") and "|" in line}
+
+
+def test_import_sdkit_is_light():
+    heavy = sorted(set(HEAVY) & _imported_by("import sdkit"))
+    assert not heavy, f"`import sdkit` imported {heavy}"
+    # The check itself can fail: touching a heavy name does import it.
+    assert "torch" in _imported_by("import sdkit; sdkit.load_pipeline")
+
+
+@pytest.mark.parametrize("module, absent", [
+    ("sdkit.scoring.torch_clip", ("jax", "flax")),
+    ("sdkit.ranking", HEAVY),
+    ("sdkit.save", HEAVY),
+    ("sdkit.toy.shapes", HEAVY),
+    ("sdkit.models.builtin", HEAVY),
+])
+def test_light_modules_stay_light(module, absent):
+    loaded = sorted(set(absent) & _imported_by(f"import {module}"))
+    assert not loaded, f"`import {module}` imported {loaded}"
