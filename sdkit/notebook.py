@@ -44,13 +44,9 @@ def _substitute(role: str, model_id: str, m: str) -> str:
     if m == "real":
         return model_id
     if role == "clip":
-        if m == "toy":
-            from sdkit.toy.world import toy_world_path
+        from sdkit.models.builtin import clip_for
 
-            return str(Path(toy_world_path()) / "clip")
-        from sdkit.models.tiny_clip import tiny_clip_path
-
-        return str(tiny_clip_path())
+        return clip_for("sdkit:toy" if m == "toy" else "sdkit:tiny")
     if m == "toy":
         return "sdkit:toy"
     return "sdkit:tiny-inpainting" if "inpaint" in role or "inpaint" in model_id else "sdkit:tiny"

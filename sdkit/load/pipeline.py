@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from sdkit.errors import ModelNotAvailable
+from sdkit.models.builtin import BUILTIN, builtin_pipeline_path
 from sdkit.quiet import quiet_hf
 from sdkit.load.invariance import make_batch_invariant
 from sdkit.load.schedulers import check_scheduler, make_scheduler
@@ -34,7 +35,6 @@ MIRRORS = {
 }
 
 # Built-in models: no download, built on first use and cached.
-BUILTIN = ("sdkit:tiny", "sdkit:tiny-inpainting", "sdkit:toy")
 
 PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth", ".pkl")
 WEIGHTED = ("unet", "vae", "text_encoder", "safety_checker")
@@ -120,20 +120,6 @@ class Resolved:
     variant: str | None
 
 
-def _builtin_path(model_id: str) -> Path:
-    from sdkit.models.tiny import tiny_pipeline_path
-
-    if model_id == "sdkit:tiny":
-        return tiny_pipeline_path("text-to-image")
-    if model_id == "sdkit:tiny-inpainting":
-        return tiny_pipeline_path("inpainting")
-    if model_id == "sdkit:toy":
-        from sdkit.toy.world import toy_world_path
-
-        return Path(toy_world_path()) / "pipeline"
-    raise ValueError(f"model={model_id!r}: built-in models are {list(BUILTIN)}")
-
-
 def _looks_like_path(s: str) -> bool:
     return s.startswith((".", "/", "~")) or os.sep in s.strip("/").replace("/", "", 1) or os.path.exists(s)
 
@@ -172,7 +158,7 @@ def resolve(model: str, *, revision: str | None = None, dtype=torch.float32, var
         print(f"sdkit: {model} was deleted from the Hub; using its mirror {MIRRORS[model]}")
         model = MIRRORS[model]
     if model.startswith("sdkit:"):
-        path = _builtin_path(model)
+        path = builtin_pipeline_path(model)
     elif _looks_like_path(model):
         path = Path(model).expanduser()
         if not path.exists():

@@ -1,7 +1,9 @@
-"""What a model wants by default, found from its config files alone: native size, steps, guidance, prompts.
+"""The built-in model registry: the only place that knows sdkit's own models (`sdkit:tiny`,
+`sdkit:tiny-inpainting`, `sdkit:toy`), where they are built, and which CLIP belongs with a model; and what a
+model wants by default, found from its config files alone: native size, steps, guidance, prompts.
 
-Nothing here loads weights, downloads or trains: the explorer asks when it opens, and opening
-must be instant (for the toy world, before it is even trained).
+Nothing here loads weights or downloads; defaults are read without training either: the explorer asks when
+it opens, and opening must be instant (for the toy world, before it is even trained).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from pathlib import Path
 SD_STEPS, SD_GUIDANCE = 30, 7.5
 TUTORIAL_CLIP = "openai/clip-vit-base-patch32"  # sdkit.scoring.scorers.DEFAULT_CLIP (tested), named without importing JAX
 TOY_STEPS, TOY_GUIDANCE = 20, 2.0
+BUILTIN = ("sdkit:tiny", "sdkit:tiny-inpainting", "sdkit:toy")
 
 
 @dataclass(frozen=True)
@@ -130,3 +133,18 @@ def clip_for(model: str) -> str:
     if beside is not None:
         return beside
     return TUTORIAL_CLIP
+
+
+def builtin_pipeline_path(model_id: str) -> Path:
+    """The folder of a built-in pipeline, built (or, for the toy world, unpacked) on first use."""
+    from sdkit.models.tiny import tiny_pipeline_path
+
+    if model_id == "sdkit:tiny":
+        return tiny_pipeline_path("text-to-image")
+    if model_id == "sdkit:tiny-inpainting":
+        return tiny_pipeline_path("inpainting")
+    if model_id == "sdkit:toy":
+        from sdkit.toy.world import toy_world_path
+
+        return Path(toy_world_path()) / "pipeline"
+    raise ValueError(f"model={model_id!r}: built-in models are {list(BUILTIN)}")
