@@ -11,11 +11,11 @@ starts only when a Flax scorer is used.
 The house, in the order the data flows (`LAYERS`; a module imports only from its own layer or those
 before it, never in a circle: tests/test_layout.py walks the imports):
 
-    foundations  errors, checks, results (Candidate, Run, Scores, Ranked), fingerprints, files, images, quiet
+    foundations  errors, checks, results (Candidate, Run, Scores, Ranked), fingerprints, files, images, quiet, progress
     models       models/ (sdkit:tiny, the tiny CLIP, tokenizers, the built-in registry, the one cache
                  builder) and the toy world's shapes, trainer and weights (toy/shapes, train, world)
     load         load/ (Hub resolver, devices, schedulers, batch invariance, load_pipeline)
-    save         save (atomic files, PNG metadata, manifest, recovery)
+    save         save (PNG metadata, manifest, recovery), runs (recorded settings, resume)
     generation   generation (generate, regenerate)
     edit         edit/ (img2img, inpaint, outpaint; masks)
     scoring      scoring/ (scorers: Flax and PyTorch CLIP, preprocessing)
@@ -30,6 +30,8 @@ before it, never in a circle: tests/test_layout.py walks the imports):
 from __future__ import annotations
 
 import importlib
+import logging
+import sys
 
 __version__ = "0.1.0"
 
@@ -53,10 +55,10 @@ __all__ = sorted(_EXPORTS)
 # Module-name prefixes per layer, bottom first; a module's layer is that of its longest matching prefix.
 LAYERS = (
     ("sdkit", "sdkit.errors", "sdkit.checks", "sdkit.results", "sdkit.fingerprints", "sdkit.files",
-     "sdkit.images", "sdkit.quiet"),
+     "sdkit.images", "sdkit.quiet", "sdkit.progress"),
     ("sdkit.models", "sdkit.toy", "sdkit.toy.shapes", "sdkit.toy.display", "sdkit.toy.train", "sdkit.toy.world"),
     ("sdkit.load",),
-    ("sdkit.save",),
+    ("sdkit.save", "sdkit.runs"),
     ("sdkit.generation",),
     ("sdkit.edit",),
     ("sdkit.scoring",),
@@ -81,11 +83,34 @@ def __dir__():
     return sorted(list(globals()) + __all__)
 
 
+class _CurrentStderr(logging.StreamHandler):
+    """Writes to whatever sys.stderr is at the time (a notebook's, pytest's capture), not the one at import."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value):
+        pass
+
+
+def _library_logger() -> None:
+    # As transformers and diffusers do for theirs: sdkit's messages ("resuming run ...", "out of memory;
+    # retrying with batch_size=4") reach stderr as "sdkit: ..." with no logging setup by the user; INFO and up.
+    log = logging.getLogger(__name__)
+    if not log.handlers:
+        handler = _CurrentStderr()
+        handler.setFormatter(logging.Formatter("sdkit: %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        log.propagate = False
+
+
 def _quiet_known_noise() -> None:
     # transformers 5 warns on every import that CLIPImageProcessor falls back to its PIL
     # implementation without torchvision. That fallback is what sdkit relies on (PyPI
     # torchvision does not match every torch build), so the warning only adds noise.
-    import logging
 
     class _DropTorchvisionFallback(logging.Filter):
         def filter(self, record):
@@ -95,4 +120,5 @@ def _quiet_known_noise() -> None:
         logging.getLogger(name).addFilter(_DropTorchvisionFallback())
 
 
+_library_logger()
 _quiet_known_noise()

@@ -12,6 +12,23 @@ from pathlib import Path
 from typing import Sequence
 
 
+# Seeds are recorded as signed 64-bit-safe integers (JSON, Parquet, Ray): [0, 2**63).
+MAX_SEED = 2**63
+
+
+def is_int(v) -> bool:
+    """An int that is not a bool (Python counts True as 1: `steps=True` would run one step)."""
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def check_seed(seed, within: str | None = None) -> int:
+    """`seed` itself, or a ValueError naming it (`within`: the list it came from, e.g. "seeds")."""
+    if not is_int(seed) or not 0 <= seed < MAX_SEED:
+        what = f"seed {seed!r} in {within}" if within else f"seed={seed!r}"
+        raise ValueError(f"{what}: must be an integer in [0, 2**63)")
+    return seed
+
+
 def as_prompt_list(prompt: str | Sequence[str], name: str = "prompt") -> list[str]:
     prompts = [prompt] if isinstance(prompt, str) else list(prompt)
     if not prompts:
@@ -24,15 +41,25 @@ def as_prompt_list(prompt: str | Sequence[str], name: str = "prompt") -> list[st
     return prompts
 
 
+def read_prompt_file(path, what: str = "--prompts-file") -> list[str]:
+    """One prompt per line; blank lines and lines starting with '#' (after spaces) are skipped."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} {str(path)!r}: no such file")
+    prompts = [ln.strip() for ln in path.read_text().splitlines() if ln.strip() and not ln.strip().startswith("#")]
+    if not prompts:
+        raise ValueError(f"{what} {str(path)!r} has no prompts (one per line; '#' lines are skipped)")
+    return prompts
+
+
 def check_generate_args(*, n, seeds, num_inference_steps, guidance_scale, height, width, batch_size) -> None:
-    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+    if not is_int(n) or n < 1:
         raise ValueError(f"n={n!r} candidates: must be an integer >= 1")
     if seeds is not None:
         if len(seeds) != n:
             raise ValueError(f"seeds has {len(seeds)} entries but n={n}; give exactly one seed per candidate")
         for s in seeds:
-            if not isinstance(s, int) or isinstance(s, bool) or not 0 <= s < 2**64:
-                raise ValueError(f"seed {s!r} must be an integer in [0, 2**64)")
+            check_seed(s, "seeds")
     # bool is an int to Python: True would run one step.
     if not isinstance(num_inference_steps, int) or isinstance(num_inference_steps, bool) or num_inference_steps < 1:
         raise ValueError(f"num_inference_steps={num_inference_steps!r}: must be an integer >= 1")

@@ -9,9 +9,8 @@ device, which is what makes a seed worth recording.
 from __future__ import annotations
 
 import dataclasses
-import json
+import logging
 import secrets
-import sys
 import threading
 import warnings
 from pathlib import Path
@@ -20,11 +19,14 @@ from typing import Callable, Sequence
 import torch
 
 from sdkit.errors import Cancelled, GenerationError
-from sdkit.files import write_once
+from sdkit.progress import progress_bar
 from sdkit.results import Candidate, Progress, Run
-from sdkit.checks import as_prompt_list, check_generate_args, check_output_dir, quiet_truncation_logs, warn_long_prompts
-from sdkit.save import image_hash, load_candidate, new_run_id, read_manifest, recover, save_candidate
+from sdkit.runs import check_resume, kept_candidates, read_run_settings, run_settings, write_run_settings
+from sdkit.checks import as_prompt_list, check_generate_args, check_seed, check_output_dir, quiet_truncation_logs, warn_long_prompts
+from sdkit.save import new_run_id, recover, save_candidate
 from sdkit.load.schedulers import scheduler_name
+
+log = logging.getLogger(__name__)
 
 
 def _is_oom(e: BaseException) -> bool:
@@ -95,8 +97,8 @@ def generate(
     width = width if width is not None else _default_size(pipe)
     check_generate_args(n=n, seeds=seeds, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
                         height=height, width=width, batch_size=batch_size)
-    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**63):
-        raise ValueError(f"seed={seed!r}: must be an integer in [0, 2**63)")
+    if seed is not None:
+        check_seed(seed)
     out = check_output_dir(output_dir) if output_dir is not None else None
     warn_long_prompts(pipe.tokenizer, prompts)
     warn_long_prompts(pipe.tokenizer, negs, "negative_prompt")
@@ -131,9 +133,9 @@ def generate(
             run.candidates = kept_candidates(out, run_id, jobs)
             run.resumed = len(run.candidates)
             todo = len(jobs) - run.resumed
-            print(f"sdkit: resuming run {run_id} in {out}: " + (
+            log.info(f"resuming run {run_id} in {out}: " + (
                 f"{run.resumed} of {len(jobs)} candidates kept, {todo} to make" if todo else
-                f"already complete ({len(jobs)} candidates kept), nothing to make"), file=sys.stderr)
+                f"already complete ({len(jobs)} candidates kept), nothing to make"))
     done_before = {c.index for c in run.candidates}
     jobs_todo = [j for j in jobs if j.index not in done_before]
     bs = batch_size or default_batch_size(pipe)
@@ -178,7 +180,7 @@ def generate(
                         f"or a smaller size. {len(run.candidates)} finished candidates are kept" +
                         (f" in {out}" if out else ""), run) from e
                 bs = max(1, bs // 2)
-                print(f"sdkit: out of memory; retrying with batch_size={bs}", file=sys.stderr)
+                log.warning(f"out of memory; retrying with batch_size={bs}")
                 _free_memory()
                 continue
             flags = result.nsfw_content_detected or [False] * len(batch)
@@ -195,8 +197,8 @@ def generate(
                                   [j.index for j in batch], finished))
     except (Cancelled, KeyboardInterrupt):
         run.cancelled = True
-        print(f"sdkit: stopped; {len(run.candidates)} of {len(jobs)} candidates finished" +
-              (f" and saved in {out}" if out else ""), file=sys.stderr)
+        log.warning(f"stopped; {len(run.candidates)} of {len(jobs)} candidates finished" +
+              (f" and saved in {out}" if out else ""))
     except GenerationError:
         raise
     except Exception as e:
@@ -212,82 +214,6 @@ def generate(
         warnings.warn(f"{sum(c.nsfw for c in run.candidates)} candidate(s) were flagged by the safety checker "
                       "(their image is black; `candidate.nsfw` is True)", stacklevel=2)
     return run
-
-
-RUN_SETTINGS = "{run_id}.run.json"
-# What decides a run's pixels, in the order a refused resume names them. Not batch_size: on the CPU
-# candidates are batch-invariant. `device` is recorded, and a resume elsewhere only warned about.
-CHECKED = ("model_id", "revision", "task", "dtype", "scheduler", "prompts", "negative_prompts", "n", "seeds",
-           "num_inference_steps", "guidance_scale", "height", "width", "extra", "pipe_kwargs")
-
-
-def _describe(v):
-    """pipe_kwargs values as JSON: images by their pixel hash, other objects by type (not compared further)."""
-    from PIL import Image
-
-    if isinstance(v, Image.Image):
-        return f"image {image_hash(v)}"
-    if isinstance(v, (list, tuple)):
-        return [_describe(x) for x in v]
-    if v is None or isinstance(v, (str, int, float, bool)):
-        return v
-    return f"<{type(v).__name__}>"
-
-
-def run_settings(prompts, negs, seeds, n, template: Candidate, pipe_kwargs) -> dict:
-    """A run's full settings, as stored in `<run_id>.run.json` (JSON-normalised, so they compare as read back)."""
-    d = {"prompts": prompts, "negative_prompts": negs, "n": n, "seeds": list(seeds),
-         "pipe_kwargs": {k: _describe(v) for k, v in sorted((pipe_kwargs or {}).items())}}
-    for k in ("num_inference_steps", "guidance_scale", "height", "width", "scheduler", "model_id", "revision", "task",
-              "dtype", "device", "extra", "sdkit_version", "run_id"):
-        d[k] = getattr(template, k)
-    return json.loads(json.dumps(d, sort_keys=True, default=repr))
-
-
-def read_run_settings(output_dir, run_id: str) -> dict | None:
-    """The settings a run in `output_dir` started with, or None if there is no such run."""
-    path = Path(output_dir) / RUN_SETTINGS.format(run_id=run_id)
-    if not path.exists():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:  # written atomically, so only a hand edit can do this
-        raise ValueError(f"{path}: not valid JSON ({e}); fix or remove it to resume run {run_id!r}") from None
-
-
-def write_run_settings(out: Path, run_id: str, settings: dict) -> bool:
-    """Store `settings` atomically, never over an existing file; False if the run already has them."""
-    path = out / RUN_SETTINGS.format(run_id=run_id)
-    return write_once(path, (json.dumps(settings, indent=1, sort_keys=True) + "\n").encode())
-
-
-def check_resume(out: Path, run_id: str, recorded: dict, settings: dict) -> None:
-    """Refuse to finish a run with other settings than it started with, naming each difference."""
-    diffs = [f"{k} was {recorded[k]!r}, now {settings.get(k)!r}" for k in CHECKED
-             if k in recorded and recorded[k] != settings.get(k)]
-    if diffs:
-        raise ValueError(f"cannot resume run {run_id!r} in {out} with other settings: " + "; ".join(diffs) +
-                         f". Resume with the recorded ones ({RUN_SETTINGS.format(run_id=run_id)}), or start a new run "
-                         "(another run_id or folder)")
-    if recorded.get("device") and recorded["device"] != settings.get("device"):
-        warnings.warn(f"run {run_id!r} started on {recorded['device']} and is resumed on {settings.get('device')}: "
-                      "the candidates made now can differ in the last bits from an uninterrupted run", stacklevel=3)
-
-
-def kept_candidates(out: Path, run_id: str, jobs: list[Candidate]) -> list[Candidate]:
-    """The run's candidates already saved in `out`, loaded from their PNGs (pixels and metadata), in index order."""
-    kept: dict[int, Candidate] = {}
-    for rec in read_manifest(out, run_id):
-        i = rec.get("index")
-        if not isinstance(i, int) or not 0 <= i < len(jobs) or i in kept:
-            continue
-        c = load_candidate(out / rec["file"])
-        job = jobs[i]
-        if (c.prompt, c.negative_prompt, c.seed) != (job.prompt, job.negative_prompt, job.seed):
-            raise ValueError(f"{out / rec['file']}: candidate {i} of run {run_id!r} is {c.prompt!r} seed {c.seed}, "
-                             f"but the run's settings make {job.prompt!r} seed {job.seed} there; not resuming")
-        kept[i] = c
-    return [kept[i] for i in sorted(kept)]
 
 
 def _negatives(negative_prompt, n_prompts: int) -> list[str | None]:
@@ -306,71 +232,6 @@ def _free_memory() -> None:
         torch.cuda.empty_cache()
     if getattr(torch, "mps", None) is not None and torch.backends.mps.is_available():
         torch.mps.empty_cache()
-
-
-class _NoBar:
-    n = 0
-
-    def update(self, k):
-        pass
-
-    def close(self):
-        pass
-
-
-class _WidgetBar:
-    """A plain ipywidgets progress bar for notebooks.
-
-    tqdm.notebook is known to stick or break in Colab and some Jupyter front ends; a core
-    IntProgress works everywhere ipywidgets does. Its text form is fixed at display time, so
-    a notebook's stored output does not change from run to run (nbval compares it).
-    """
-
-    def __init__(self, total: int, desc: str, initial: int = 0, text: str | None = None):
-        import ipywidgets as w
-        from IPython.display import display
-
-        self.n = initial
-        self.bar = w.IntProgress(value=initial, min=0, max=max(total, 1), description=desc)
-        # Our own text form, what a viewer without widgets (GitHub, nbval) shows. Not the widget's repr: that
-        # carries its value, which depends on what a resumed run found on disk. `text` says what the call
-        # does ("denoising 8 candidates × 20 steps"), from its arguments alone.
-        view = {"version_major": 2, "version_minor": 0, "model_id": self.bar.model_id}
-        display({"application/vnd.jupyter.widget-view+json": view, "text/plain": text or f"{desc}: {total}"}, raw=True)
-
-    def update(self, k):
-        self.n += k
-        self.bar.value = self.n
-
-    def close(self):
-        self.bar.bar_style = "success" if self.n >= self.bar.max else "warning"
-
-
-def _in_notebook() -> bool:
-    try:
-        from IPython import get_ipython
-    except ImportError:
-        return False
-    shell = get_ipython()
-    return shell is not None and "IPKernelApp" in getattr(shell, "config", {})
-
-
-def progress_bar(total: int, enabled: bool = True, desc: str = "denoising", unit: str = "step", initial: int = 0,
-                 text: str | None = None):
-    """A progress bar: core ipywidgets in a notebook, tqdm on a terminal, nothing if not `enabled`.
-
-    `text`: what a notebook's stored output says in place of the bar (default: "<desc>: <total>").
-    """
-    if not enabled:
-        return _NoBar()
-    if _in_notebook():
-        try:
-            return _WidgetBar(total, desc, initial, text)
-        except ImportError:
-            pass
-    from tqdm import tqdm
-
-    return tqdm(total=total, initial=initial, desc=desc, unit=unit, leave=False)
 
 
 def regenerate(source, pipe=None, **overrides) -> Candidate:

@@ -37,7 +37,10 @@ def score_candidates(candidates: Sequence[Any], scorer: Any) -> list:
     candidates = list(candidates)
     if not candidates:
         return []
-    return with_scores(candidates, scorer([c.image for c in candidates], [c.prompt for c in candidates]))
+    scores = scorer([c.image for c in candidates], [c.prompt for c in candidates])
+    if not scores.scorer:  # a scorer of one's own that does not label its Scores: its name, if it has one
+        scores = dataclasses.replace(scores, scorer=getattr(scorer, "name", ""))
+    return with_scores(candidates, scores)
 
 
 def rank(candidates: Sequence[Any], scores: Scores | None = None) -> list[Ranked]:

@@ -22,7 +22,7 @@ class Candidate:
     seed: int
     index: int = 0  # position in its run; also in the file name
     negative_prompt: str | None = None
-    num_inference_steps: int = 50
+    num_inference_steps: int = 30  # generate's defaults (height/width: its native size for SD 1.x)
     guidance_scale: float = 7.5
     height: int = 512
     width: int = 512

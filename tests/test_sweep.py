@@ -66,12 +66,12 @@ def assert_exactly_once(sweep, out):
     (dict(grid={"guidance_scale": [7.5, float("nan")]}), ValueError, "guidance_scale=nan: must be a finite number"),
     (dict(grid={"guidance_scale": float("inf")}), ValueError, "guidance_scale=inf: must be a finite number"),
     (dict(grid={"num_inference_steps": True}), ValueError, "num_inference_steps=True"),
-    (dict(seeds=0), ValueError, "seeds=0"),
+    (dict(n=0), ValueError, "n=0"),
     (dict(seeds=[1, 2, 1]), ValueError, "repeat a seed"),
     (dict(seeds=[1, -2]), ValueError, "seed -2"),
     (dict(scorer="clip"), ValueError, "scorer='clip'"),
     (dict(name="my sweep"), ValueError, "name='my sweep'"),
-    (dict(max_items=100, seeds=10, grid={"guidance_scale": [1, 2, 3, 4, 5, 6]}), ValueError,
+    (dict(max_items=100, n=10, grid={"guidance_scale": [1, 2, 3, 4, 5, 6]}), ValueError,
      r"120 images \(2 prompts × 10 seeds × 6 guidance_scale\), over max_items=100; pass confirm=True"),
 ])
 def test_bad_description_is_refused(kwargs, error, match):
@@ -83,7 +83,7 @@ def test_big_sweep_with_confirmation_and_every_allowed_name():
     grid = {"guidance_scale": [1, 2, 3], "num_inference_steps": [2, 3], "scheduler": ["DDIM", "Euler a"],
             "negative_prompt": [None, "blurry"], "height": 64, "width": [64, 128]}
     assert set(grid) == set(GRID_PARAMS)
-    sweep = tiny_sweep(seeds=10, grid=grid, max_items=100, confirm=True)
+    sweep = tiny_sweep(n=10, grid=grid, max_items=100, confirm=True)
     assert len(sweep) == len(sweep.items()) == 2 * 10 * 3 * 2 * 2 * 2 * 2
     assert sorted(i for u in sweep.units() for i in u) == list(range(len(sweep)))
 
@@ -102,14 +102,14 @@ def test_prompts_file(tmp_path):
 
 
 def test_items_seeds_and_run_id():
-    sweep = tiny_sweep(seeds=3, seed=40)
+    sweep = tiny_sweep(n=3, seed=40)
     items = sweep.items()
     assert [it.seed for it in items[:3]] == [40, 41, 42]
     assert items[3].params == {"guidance_scale": 1.0, "scheduler": "Euler a", "num_inference_steps": 2}
     assert len({sweep.file_name(it) for it in items}) == len(items) == 24
     assert sweep.file_name(items[5]) == f"{sweep.run_id}-005-s42.png"
-    assert tiny_sweep(seeds=3, seed=40, batch_size=1, scorer="torch").run_id == sweep.run_id  # pixels unchanged
-    assert tiny_sweep(seeds=3, seed=41).run_id != sweep.run_id
+    assert tiny_sweep(n=3, seed=40, batch_size=1, scorer="torch").run_id == sweep.run_id  # pixels unchanged
+    assert tiny_sweep(n=3, seed=41).run_id != sweep.run_id
 
 
 def test_bad_run_arguments(tmp_path):
@@ -130,7 +130,7 @@ def test_local_sweep_matches_generate_and_ranks(tmp_path, tiny_pipe):
     from sdkit.models.tiny_clip import tiny_clip_path
 
     clip = tiny_clip_path()
-    sweep = tiny_sweep(seeds=2, scorer="torch", scorer_model=clip, grid={"guidance_scale": [1.0, 5.0], **FAST})
+    sweep = tiny_sweep(n=2, scorer="torch", clip_model=clip, grid={"guidance_scale": [1.0, 5.0], **FAST})
     result = run_sweep(sweep, tmp_path, progress=False)
     assert (result.generated, result.skipped, result.total, len(result.candidates)) == (8, 0, 8, 8)
     assert_exactly_once(sweep, tmp_path)
@@ -155,7 +155,7 @@ def test_local_sweep_matches_generate_and_ranks(tmp_path, tiny_pipe):
 
 
 def test_resume_after_a_crash(tmp_path):
-    sweep = tiny_sweep(seeds=2, batch_size=2, grid={"guidance_scale": [1.0, 5.0], **FAST})
+    sweep = tiny_sweep(n=2, batch_size=2, grid={"guidance_scale": [1.0, 5.0], **FAST})
     full = run_sweep(sweep, tmp_path / "full", progress=False)
 
     out = tmp_path / "crashed"
@@ -189,7 +189,7 @@ def test_resume_with_another_auto_dtype_warns(tmp_path, monkeypatch, recwarn):
 
     from sdkit.load import pipeline as load
 
-    sweep = tiny_sweep(seeds=2, batch_size=2, grid={"guidance_scale": [1.0, 5.0], **FAST})
+    sweep = tiny_sweep(n=2, batch_size=2, grid={"guidance_scale": [1.0, 5.0], **FAST})
     out = tmp_path / "sweep"
     with monkeypatch.context() as m:  # the first run: a machine (or an sdkit) where auto meant bf16
         m.setattr(load, "auto_dtype", lambda device, unet_params=None: torch.bfloat16)
@@ -210,7 +210,7 @@ def test_retried_unit_is_not_written_twice(tmp_path):
     """What Ray does after a kill: run a unit again, whose images may be on disk, recorded or not."""
     from sdkit.sweep.run import SweepWorker, collect
 
-    sweep = tiny_sweep(prompts=PROMPTS[:1], seeds=2, grid=FAST)
+    sweep = tiny_sweep(prompts=PROMPTS[:1], n=2, grid=FAST)
     worker = SweepWorker(sweep, tmp_path)
     unit = sweep.units()[0]
     first = worker.run_unit(unit)
@@ -225,7 +225,7 @@ def test_retried_unit_is_not_written_twice(tmp_path):
 
 
 def test_cancel_stops_and_keeps_finished(tmp_path):
-    sweep = tiny_sweep(seeds=2, batch_size=1)
+    sweep = tiny_sweep(n=2, batch_size=1)
     stop = threading.Event()
     result = run_sweep(sweep, tmp_path, progress=False, callback=lambda i, f: stop.set(), cancel=stop)
     assert result.cancelled and result.generated == len(result.candidates) == 1
@@ -261,7 +261,7 @@ def ray_runtime():
 
 
 def ray_sweep():
-    return tiny_sweep(seeds=2, batch_size=2, grid={"scheduler": ["DDIM", "Euler a"], "guidance_scale": 5.0, **FAST})
+    return tiny_sweep(n=2, batch_size=2, grid={"scheduler": ["DDIM", "Euler a"], "guidance_scale": 5.0, **FAST})
 
 
 def test_ray_pixels_equal_local(ray_runtime, tmp_path):
@@ -307,7 +307,7 @@ def _sweep_actor_pids() -> list[int]:
 
 def test_killed_ray_actor_loses_and_duplicates_nothing(ray_runtime, tmp_path):
     # batch_size=1: 8 units of 4 steps, so the kill lands while most of the work is still to do.
-    sweep = tiny_sweep(seeds=4, batch_size=1, grid={"num_inference_steps": 4})
+    sweep = tiny_sweep(n=4, batch_size=1, grid={"num_inference_steps": 4})
     out = tmp_path / "ray"
     killed = {}
 
@@ -343,5 +343,5 @@ def test_default_clip_belongs_with_the_model():
     from sdkit.models.builtin import clip_for
     from sdkit.sweep.run import load_sweep_scorer
 
-    scorer = load_sweep_scorer(Sweep(["a cat"], seeds=1, model="sdkit:tiny", scorer="torch"))
+    scorer = load_sweep_scorer(Sweep(["a cat"], n=1, model="sdkit:tiny", scorer="torch"))
     assert scorer.model_id == clip_for("sdkit:tiny")  # not openai/clip-vit-base-patch32, which needs a download

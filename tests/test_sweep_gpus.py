@@ -1,15 +1,13 @@
 """Sweeps on a Ray cluster with GPUs: one actor per GPU, each with its own, on a local cluster with fake GPUs."""
 
-import functools
 import json
 import os
 from pathlib import Path
 
 import pytest
 
-from sdkit.sweep.run import run_sweep
+from sdkit.sweep.run import actor_pool, run_sweep
 from sdkit.sweep.spec import Sweep
-from sdkit.sweep.run import actor_pool
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.*")
 
@@ -31,19 +29,29 @@ def test_actor_pool(resources, workers, args, expected):
     assert n == expected[0] and remote == pytest.approx(expected[1])
 
 
-def record_gpu_and_load_scorer(folder: str):
-    """A sweep scorer factory: runs in each actor's constructor, so it records what Ray gave that actor."""
-    import ray
+class GpuRecordingScorer:
+    """A sweep's scorer object, pickled to each actor: every call records what Ray gave that actor (one file per
+    actor process), then scores with the tiny CLIP."""
 
-    from sdkit.scoring.scorers import load_scorer
-    from sdkit.models.tiny_clip import tiny_clip_path
+    name = "gpu-recording"
 
-    ctx = ray.get_runtime_context()
-    record = {"pid": os.getpid(), "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
-              "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
-              "resources": {k: float(v) for k, v in ctx.get_assigned_resources().items()}}
-    Path(folder, f"{os.getpid()}.json").write_text(json.dumps(record))
-    return load_scorer("torch", str(tiny_clip_path()), device="cpu")
+    def __init__(self, folder: str):
+        self.folder, self._scorer = folder, None
+
+    def __call__(self, images, prompts):
+        import ray
+
+        from sdkit.models.tiny_clip import tiny_clip_path
+        from sdkit.scoring.scorers import load_scorer
+
+        ctx = ray.get_runtime_context()
+        record = {"pid": os.getpid(), "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
+                  "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+                  "resources": {k: float(v) for k, v in ctx.get_assigned_resources().items()}}
+        Path(self.folder, f"{os.getpid()}.json").write_text(json.dumps(record))
+        if self._scorer is None:
+            self._scorer = load_scorer("torch", str(tiny_clip_path()), device="cpu")
+        return self._scorer(images, prompts)
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +59,7 @@ def ray_with_two_gpus():
     ray = pytest.importorskip("ray")
     if ray.is_initialized():  # another module's runtime: this one needs its own resources
         ray.shutdown()
-    # Workers import sdkit from this checkout and this module (the scorer factory) from tests/.
+    # Workers import sdkit from this checkout and this module (the scorer's class) from tests/.
     path = os.pathsep.join(p for p in (str(ROOT), str(ROOT / "tests"), os.environ.get("PYTHONPATH")) if p)
     ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, log_to_driver=False,
              runtime_env={"env_vars": {"PYTHONPATH": path}})
@@ -71,8 +79,8 @@ def test_one_actor_per_gpu_on_a_gpu_cluster(ray_with_two_gpus, tmp_path, monkeyp
     monkeypatch.setattr(ray.data.Dataset, "map_batches", spy)
     actors = tmp_path / "actors"
     actors.mkdir()
-    sweep = Sweep(["a red circle", "a blue square"], seeds=2, batch_size=1, model="sdkit:tiny",
-                  scorer=functools.partial(record_gpu_and_load_scorer, str(actors)),
+    sweep = Sweep(["a red circle", "a blue square"], n=2, batch_size=1, model="sdkit:tiny",
+                  scorer=GpuRecordingScorer(str(actors)),
                   grid={"num_inference_steps": 2, "guidance_scale": [1.0, 5.0]})
     result = run_sweep(sweep, tmp_path / "out", backend="ray", progress=False)  # workers: default
     assert result.generated == len(sweep) == 8 and all(c.score is not None for c in result.candidates)

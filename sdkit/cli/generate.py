@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from sdkit.checks import read_prompt_file
+
 
 def add_common_args(p: argparse.ArgumentParser) -> None:
     """Arguments every generating subcommand shares (diffusers' names, dashed)."""
@@ -47,9 +49,7 @@ def add_parser(sub) -> None:
 def read_prompts(args) -> list[str]:
     prompts = list(args.prompt)
     if args.prompts_file is not None:
-        if not args.prompts_file.is_file():
-            raise FileNotFoundError(f"--prompts-file {args.prompts_file}: no such file")
-        prompts += [line.strip() for line in args.prompts_file.read_text().splitlines() if line.strip() and not line.startswith("#")]
+        prompts += read_prompt_file(args.prompts_file)
     if not prompts:
         raise ValueError("no prompt given: pass prompts as arguments or --prompts-file FILE")
     return prompts
@@ -91,7 +91,7 @@ def finish(run, args) -> int:
 
 def find_run(folder: Path) -> tuple[Path, dict]:
     """The run folder (or its `<run_id>.run.json`) given to --resume, and the settings recorded there."""
-    from sdkit.generation import read_run_settings
+    from sdkit.runs import read_run_settings
 
     folder = Path(folder)
     if folder.is_file() and folder.name.endswith(".run.json"):

@@ -22,7 +22,7 @@ def add_parser(sub) -> None:
     p = sub.add_parser("sweep", help="prompts × seeds × parameter grid, locally or on Ray; resumable")
     p.add_argument("prompt", nargs="*", help="one or more prompts")
     p.add_argument("--prompts-file", type=Path, default=None, help="a file with one prompt per line")
-    p.add_argument("-n", "--n", type=int, default=4, help="seeds per prompt (default 4): seed, seed+1, ...")
+    p.add_argument("-n", "--n", type=int, default=4, help="candidates per prompt and grid point (default 4): seed, seed+1, ...")
     p.add_argument("--seed", type=int, default=0, help="base seed (default 0)")
     p.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], default=None,
                    help="explicit seeds per prompt, comma-separated (overrides -n/--seed)")
@@ -37,7 +37,7 @@ def add_parser(sub) -> None:
     p.add_argument("--width", type=int, default=None)
     p.add_argument("--model", default="sdkit:tiny", help="Hub id, local folder, or 'sdkit:tiny' / 'sdkit:toy'")
     p.add_argument("--scorer", choices=["flax", "torch"], default=None, help="score and rank with CLIP")
-    p.add_argument("--scorer-model", default=None, help="the scorer's CLIP checkpoint")
+    p.add_argument("--clip-model", default=None, help="the scorer's CLIP checkpoint (default: the one that belongs with --model)")
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="auto")
     p.add_argument("--no-safety-checker", action="store_true")
@@ -83,8 +83,8 @@ def run(args) -> int:
     from sdkit.sweep.run import run_sweep
     from sdkit.sweep.spec import Sweep
 
-    sweep = Sweep(read_prompts(args), seeds=args.seeds if args.seeds is not None else args.n, seed=args.seed,
-                  grid=parse_grid(args), model=args.model, scorer=args.scorer, scorer_model=args.scorer_model,
+    sweep = Sweep(read_prompts(args), n=args.n, seeds=args.seeds, seed=args.seed,
+                  grid=parse_grid(args), model=args.model, scorer=args.scorer, clip_model=args.clip_model,
                   device=args.device, dtype=args.dtype, safety_checker=not args.no_safety_checker,
                   batch_size=args.batch_size, max_items=args.max_items, confirm=args.yes, name=args.name)
     ray = args.ray or args.ray_address is not None

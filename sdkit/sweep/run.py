@@ -19,8 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
+from sdkit.ranking import rank, score_candidates
 from sdkit.results import Candidate
-from sdkit.generation import progress_bar  # ipywidgets in notebooks (stable stored output), tqdm elsewhere
+from sdkit.progress import progress_bar  # ipywidgets in notebooks (stable stored output), tqdm elsewhere
 from sdkit.files import link_once, write_temp
 from sdkit.save import MANIFEST, append_manifest, file_name, png_bytes, read_manifest, read_metadata
 
@@ -150,8 +151,8 @@ def collect(sweep: Sweep, out: Path, *, generated: int = 0, skipped: int = 0, ca
                            "run the sweep again to finish them")
     ranked = None
     if sweep.scorer is not None and candidates:
-        _score_unscored(sweep, out, candidates)
-        ranked = _rank(candidates)
+        candidates = _score_unscored(sweep, out, candidates)
+        ranked = rank(candidates)
     return SweepResult(sweep.run_id, str(out), str(out / MANIFEST), candidates, generated, skipped, len(sweep),
                        ranked, cancelled)
 
@@ -168,53 +169,36 @@ def _warn_if_mixed(sweep: Sweep, candidates: list[Candidate]) -> None:
                       stacklevel=3)
 
 
-def _score_unscored(sweep: Sweep, out: Path, candidates: list[Candidate]) -> None:
+def _score_unscored(sweep: Sweep, out: Path, candidates: list[Candidate]) -> list[Candidate]:
     """Images made by an earlier run without a scorer: score them now, recording the scores in their files."""
     from PIL import Image
 
     from sdkit.save import update_scores
 
-    todo = [c for c in candidates if c.score is None]
+    todo = [i for i, c in enumerate(candidates) if c.score is None]
     if not todo:
-        return
-    scorer = load_sweep_scorer(sweep)
-    for c in todo:
-        with Image.open(c.path) as im:
-            c.image = im.convert("RGB")
-    _apply_scores(scorer, todo)
-    update_scores(out, todo)
-    for c in todo:
-        c.image = None
-
-
-def _rank(candidates: list[Candidate]):
-    import numpy as np
-
-    from sdkit.ranking import rank
-    from sdkit.results import Scores
-
-    scores = Scores(logits=np.array([c.logit for c in candidates], dtype=np.float32),
-                    clip_score=np.array([c.score for c in candidates], dtype=np.float32),
-                    scorer=candidates[0].scorer or "")
-    return rank(candidates, scores)
+        return candidates
+    images = []
+    for i in todo:
+        with Image.open(candidates[i].path) as im:
+            images.append(im.convert("RGB"))
+    scored = score_candidates([dataclasses.replace(candidates[i], image=im) for i, im in zip(todo, images)],
+                              load_sweep_scorer(sweep))
+    update_scores(out, scored)
+    candidates = list(candidates)
+    for i, c in zip(todo, scored):
+        candidates[i] = dataclasses.replace(c, image=None)
+    return candidates
 
 
 def load_sweep_scorer(sweep: Sweep):
-    if sweep.scorer is None:
-        return None
-    if callable(sweep.scorer):
-        return sweep.scorer()
+    """The sweep's scorer: its own object, or the named backend with the CLIP that belongs with the model."""
+    if sweep.scorer is None or not isinstance(sweep.scorer, str):
+        return sweep.scorer
     from sdkit.models.builtin import clip_for
-    from sdkit.scoring.scorers import load_scorer
+    from sdkit.scoring.scorers import get_scorer
 
-    # Default CLIP: the one that belongs with the model (the tiny/toy CLIP for built-ins, else OpenAI's).
-    return load_scorer(sweep.scorer, sweep.scorer_model or clip_for(sweep.model))
-
-
-def _apply_scores(scorer, candidates: list[Candidate]) -> None:
-    scores = scorer([c.image for c in candidates], [c.prompt for c in candidates])
-    for c, logit, score in zip(candidates, scores.logits, scores.clip_score):
-        c.logit, c.score, c.scorer = float(logit), float(score), scores.scorer or getattr(scorer, "name", "")
+    return get_scorer(sweep.scorer, sweep.clip_model or clip_for(sweep.model))
 
 
 class SweepWorker:
@@ -261,8 +245,8 @@ class SweepWorker:
         self.interrupted = run.cancelled
         for it, c in zip(todo, run.candidates):  # fewer candidates than items only if cancelled
             c.index = it.index
-        if self.scorer is not None and run.candidates:
-            _apply_scores(self.scorer, run.candidates)
+        if self.scorer is not None:
+            run.candidates = score_candidates(run.candidates, self.scorer)
         for c in run.candidates:
             self._save_once(c)
             done.append((c.index, Path(c.path).name))

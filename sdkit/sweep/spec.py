@@ -1,6 +1,6 @@
 """Sweeps: every prompt × seed × grid point, in this process or on Ray, resumable and exactly once on disk.
 
-    sweep = Sweep(["a red circle", "a blue square"], seeds=8, model="sdkit:toy", scorer="torch",
+    sweep = Sweep(["a red circle", "a blue square"], n=8, model="sdkit:toy", scorer="torch",
                   grid={"guidance_scale": [2, 4, 7.5], "num_inference_steps": 20})
     result = run_sweep(sweep, "outputs/study")                      # here, in one process
     result = run_sweep(sweep, "/shared/study", backend="ray")       # the same work on Ray
@@ -20,9 +20,9 @@ import json
 import os
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
+from sdkit.checks import as_prompt_list, check_generate_args, check_seed, is_int, read_prompt_file
 from sdkit.results import Candidate
 from sdkit.save import file_name
 
@@ -45,12 +45,15 @@ class Sweep:
     """What to generate: every prompt × every seed × every point of `grid`. Validated on creation."""
 
     prompts: Sequence[str] | os.PathLike  # a list, or a Path to a file with one prompt per line ('#' lines skipped)
-    seeds: int | Sequence[int] = 4  # per prompt: a count (seed, seed+1, ...) or the seeds themselves
-    seed: int = 0  # base seed for a count; every prompt and grid point gets the same seeds, so comparisons are paired
+    n: int = 4  # candidates per prompt and grid point, with seeds seed, seed+1, ... (as `generate`)
+    seeds: Sequence[int] | None = None  # explicit seeds instead (overrides n and seed)
+    seed: int = 0  # base seed; every prompt and grid point gets the same seeds, so comparisons are paired
     grid: Mapping[str, Any] = field(default_factory=dict)  # name -> list of values (swept) or one value (fixed)
     model: str = "stable-diffusion-v1-5/stable-diffusion-v1-5"
-    scorer: str | Callable | None = None  # "flax", "torch", "auto" (see load_scorer), a zero-argument factory, or None
-    scorer_model: str | None = None  # the scorer's CLIP checkpoint; None: load_scorer's default
+    # "flax", "torch", "auto" (loaded once per worker, see load_scorer), a scorer object (anything with the
+    # `scorer(images, prompts) -> Scores` signature; on Ray it is pickled to each worker), or None
+    scorer: Any = None
+    clip_model: str | None = None  # a named scorer's CLIP; None: the one that belongs with the model (clip_for)
     device: str = "auto"  # on each worker
     dtype: str = "auto"
     safety_checker: bool = True
@@ -62,12 +65,16 @@ class Sweep:
     def __post_init__(self):
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731  (frozen: normalise once, here)
         set_("prompts", _prompt_list(self.prompts))
-        set_("seeds", _seed_list(self.seeds, self.seed))
+        set_("seeds", _seed_list(self.n, self.seeds, self.seed))
+        set_("n", len(self.seeds))
         set_("grid", _check_grid(self.grid))
         if not isinstance(self.model, str) or not self.model.strip():
             raise ValueError(f"model={self.model!r}: give a Hub id, a local diffusers folder or 'sdkit:tiny'")
         if not (self.scorer is None or callable(self.scorer) or self.scorer in ("flax", "torch", "auto")):
-            raise ValueError(f"scorer={self.scorer!r}: use 'flax', 'torch', 'auto', a factory returning a scorer, or None")
+            raise ValueError(f"scorer={self.scorer!r}: use 'flax', 'torch', 'auto', a scorer object, or None")
+        if self.clip_model is not None and not isinstance(self.scorer, str):
+            raise ValueError(f"clip_model={self.clip_model!r} is for a named scorer ('flax', 'torch', 'auto'); "
+                             f"scorer={self.scorer!r} already is one")
         if not isinstance(self.batch_size, int) or isinstance(self.batch_size, bool) or self.batch_size < 1:
             raise ValueError(f"batch_size={self.batch_size!r}: must be an integer >= 1")
         if not re.fullmatch(r"[A-Za-z0-9_.-]+", self.name or ""):
@@ -112,16 +119,8 @@ class Sweep:
 
 
 def _prompt_list(prompts) -> tuple[str, ...]:
-    from sdkit.checks import as_prompt_list
-
     if isinstance(prompts, os.PathLike):
-        path = Path(prompts)
-        if not path.is_file():
-            raise FileNotFoundError(f"prompts={str(path)!r}: no such file")
-        lines = [ln.strip() for ln in path.read_text().splitlines()]
-        prompts = [ln for ln in lines if ln and not ln.startswith("#")]
-        if not prompts:
-            raise ValueError(f"prompts file {str(path)!r} has no prompts (one per line; '#' lines are skipped)")
+        prompts = read_prompt_file(prompts, "prompts")
     elif isinstance(prompts, str):
         if os.path.isfile(prompts):
             raise ValueError(f"prompts={prompts!r} is a file name: pass Path({prompts!r}) to read prompts from it, "
@@ -134,27 +133,25 @@ def _prompt_list(prompts) -> tuple[str, ...]:
     return tuple(prompts)
 
 
-def _seed_list(seeds, seed) -> tuple[int, ...]:
-    is_int = lambda s: isinstance(s, int) and not isinstance(s, bool)  # noqa: E731
-    if not is_int(seed) or not 0 <= seed < 2**63:
-        raise ValueError(f"seed={seed!r}: must be an integer in [0, 2**63)")
+def _seed_list(n, seeds, seed) -> tuple[int, ...]:
+    check_seed(seed)
     if is_int(seeds):
-        if seeds < 1:
-            raise ValueError(f"seeds={seeds!r}: give a count >= 1, or a list of seeds")
-        seeds = range(seed, seed + seeds)
+        raise TypeError(f"seeds={seeds!r} is a count: say n={seeds} (as in generate), or give a list of seeds")
+    if seeds is None:
+        if not is_int(n) or n < 1:
+            raise ValueError(f"n={n!r} candidates: must be an integer >= 1")
+        seeds = range(seed, seed + n)
     seeds = tuple(seeds)
     if not seeds:
-        raise ValueError("seeds is an empty list; give at least one seed, or a count")
+        raise ValueError("seeds is an empty list; give at least one seed, or a count n")
     for s in seeds:
-        if not is_int(s) or not 0 <= s < 2**63:
-            raise ValueError(f"seed {s!r} in seeds: must be an integer in [0, 2**63)")
+        check_seed(s, "seeds")
     if len(set(seeds)) != len(seeds):
         raise ValueError(f"seeds {list(seeds)} repeat a seed; the same seed gives the same image")
     return seeds
 
 
 def _check_grid(grid) -> dict[str, tuple]:
-    from sdkit.checks import check_generate_args
     from sdkit.load.schedulers import check_scheduler
 
     if not isinstance(grid, Mapping):

@@ -14,6 +14,7 @@ is judged by the pixel checker (`shapes.check`), never by CLIP. Then, per set:
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -72,23 +73,16 @@ def wrong_prompt(prompt: str) -> str:
     return f"a {colors[(colors.index(color) + 1) % len(colors)]} {shapes.SHAPES[(shapes.SHAPES.index(shape) + 1) % len(shapes.SHAPES)]}"
 
 
-def top1_adherence(candidates, ok: np.ndarray, scores, n: int) -> float:
-    """Adherence of the candidates that `rank` puts first, in sets of `n` consecutive candidates."""
+def top1_adherence(scored, ok: np.ndarray, n: int) -> float:
+    """Adherence of the candidates that `rank` puts first, in sets of `n` consecutive scored candidates
+    (one prompt per set; seeds are distinct within a set)."""
     from sdkit.ranking import rank
 
     picked = []
-    for a in range(0, len(candidates), n):
-        ranked = rank(candidates[a:a + n], _slice(scores, a, a + n))
-        best = next(r for r in ranked if r.rank == 1)
-        # `rank` returns copies carrying their scores; seeds are distinct within a set.
-        picked.append(ok[a + [c.seed for c in candidates[a:a + n]].index(best.candidate.seed)])
+    for a in range(0, len(scored), n):
+        best = rank(scored[a:a + n])[0].candidate
+        picked.append(ok[a + [c.seed for c in scored[a:a + n]].index(best.seed)])
     return float(np.mean(picked))
-
-
-def _slice(scores, a: int, b: int):
-    from sdkit.results import Scores
-
-    return Scores(logits=scores.logits[a:b], clip_score=scores.clip_score[a:b], scorer=scores.scorer)
 
 
 def evaluate(
@@ -131,6 +125,7 @@ def evaluate(
 def _evaluate(world, *, n, groups, seed, num_inference_steps, guidance_scale, scorers, pipe, log) -> ToyQuality:
     from sdkit.generation import generate
     from sdkit.load.pipeline import load_pipeline
+    from sdkit.ranking import score_candidates
     from sdkit.scoring.scorers import load_scorer
     from sdkit.toy.world import toy_world_path
 
@@ -159,13 +154,14 @@ def _evaluate(world, *, n, groups, seed, num_inference_steps, guidance_scale, sc
     random_sd = float(np.sqrt((p * (1 - p)).sum()) / len(sets))
 
     top1, control = {}, {}
-    images = [c.image for c in candidates]
+    # The negative control: each image scored against a prompt it was not made for.
+    wrong = [dataclasses.replace(c, prompt=wrong_prompt(c.prompt)) for c in candidates]
     for backend in scorers:
         name, scorer = backend if isinstance(backend, tuple) else (backend, None)
         t = time.perf_counter()
         scorer = scorer or load_scorer(name, model_id=str(world / "clip"))
-        top1[name] = top1_adherence(candidates, ok, scorer(images, [c.prompt for c in candidates]), n)
-        control[name] = top1_adherence(candidates, ok, scorer(images, [wrong_prompt(c.prompt) for c in candidates]), n)
+        top1[name] = top1_adherence(score_candidates(candidates, scorer), ok, n)
+        control[name] = top1_adherence(score_candidates(wrong, scorer), ok, n)
         times[f"score_{name}_s"] = time.perf_counter() - t
 
     per_prompt = {prompt: float(ok[i * n * groups:(i + 1) * n * groups].mean()) for i, prompt in enumerate(shapes.PROMPTS)}
