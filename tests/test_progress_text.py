@@ -9,9 +9,9 @@ import pytest
 def shown(monkeypatch):
     import IPython.display
 
-    gen = importlib.import_module("sdkit.generation")  # the module that defines `sdkit.generate`
+    progress = importlib.import_module("sdkit.progress")
     out = []
-    monkeypatch.setattr(gen, "_in_notebook", lambda: True)
+    monkeypatch.setattr(progress, "_in_notebook", lambda: True)
     monkeypatch.setattr(IPython.display, "display", lambda obj, raw=False: out.append(obj["text/plain"]))
     return out
 
