@@ -1,4 +1,4 @@
-"""sdkit.show.grid (matplotlib ranked grid, image_grid) and sdkit.show.gallery (the ipywidgets gallery)."""
+"""sdkit.show.grid: the matplotlib ranked grid, image_grid and enlarge."""
 
 import io
 
@@ -7,25 +7,12 @@ import pytest
 from diffusers.utils import make_image_grid
 from PIL import Image
 
-from sdkit.results import Candidate
-from sdkit.show.gallery import Gallery, caption, gallery
+from sdkit.ranking import rank
+from sdkit.results import Candidate, Scores
 from sdkit.show.grid import (BEST_COLOR, FLAG_COLOR, image_grid, ranked_grid, read_grid_metadata, save_ranked_grid)
 
 
 def ranked_items(candidates, logits):
-    """The real `sdkit.ranking.rank` when it is there; until then a stand-in with its contract."""
-    try:
-        from sdkit.ranking import rank
-        from sdkit.results import Scores
-    except ImportError:
-        from types import SimpleNamespace
-
-        out = []
-        for p in dict.fromkeys(c.prompt for c in candidates):
-            group = sorted((x for x in zip(candidates, logits) if x[0].prompt == p), key=lambda x: (-x[1], x[0].seed))
-            out += [SimpleNamespace(candidate=c, rank=i + 1, score=float(l) / 2, logit=float(l))
-                    for i, (c, l) in enumerate(group)]
-        return out
     logits = np.asarray(logits, np.float32)
     return rank(candidates, Scores(logits=logits, clip_score=logits / 2))
 
@@ -49,6 +36,24 @@ def test_image_grid_matches_diffusers():
     ref = make_image_grid(images, rows=2, cols=3)
     assert ours.size == (192, 128)
     assert np.array_equal(np.asarray(ours), np.asarray(ref))
+
+
+def _pasted_grid(images, rows, cols):
+    """image_grid as sdkit wrote it by hand before it called make_image_grid: the reference it must equal."""
+    w, h = images[0].size
+    grid = Image.new("RGB", size=(cols * w, rows * h))
+    for i, img in enumerate(images):
+        grid.paste(img, box=(i % cols * w, i // cols * h))
+    return grid
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L", "RGBA"])
+@pytest.mark.parametrize("n, rows, cols", [(6, 2, 3), (3, 2, 2), (1, 1, 4), (5, 3, 2)])
+def test_image_grid_equals_the_hand_written_grid_it_replaced(mode, n, rows, cols):
+    images = [c.image.convert(mode) for c in make_candidates(n=n, size=16)]
+    ours = image_grid(images, rows=rows, cols=cols)
+    assert ours.mode == "RGB" and ours.size == (cols * 16, rows * 16)
+    assert np.array_equal(np.asarray(ours), np.asarray(_pasted_grid(images, rows, cols)))
 
 
 def test_image_grid_leaves_missing_cells_black():
@@ -148,6 +153,32 @@ def test_ranked_grid_rejects_bad_input(ranked, kwargs, err, match):
         ranked_grid(make_candidates(n=2) if ranked == "cands" else ranked, **kwargs)
 
 
+@pytest.mark.parametrize("columns, match", [
+    (5, r"columns=5: must be an integer from 1 to 4 \(the most candidates any prompt has\)"),
+    (9, "columns=9: must be an integer from 1 to 4"),
+    (True, "columns=True"),
+    (2.5, "columns=2.5"),
+])
+def test_ranked_grid_refuses_columns_it_cannot_fill_before_drawing(monkeypatch, tmp_path, columns, match):
+    ranked = ranked_items(make_candidates(prompts=("a red circle", "a blue square"), n=4), list(range(8)))
+
+    def no_figure(*args, **kwargs):
+        raise AssertionError("a figure was made before the arguments were checked")
+
+    monkeypatch.setattr("sdkit.show.grid.GridFigure", no_figure)
+    with pytest.raises(ValueError, match=match):
+        ranked_grid(ranked, columns=columns)
+    with pytest.raises(ValueError, match=match):
+        save_ranked_grid(ranked, tmp_path / "run", columns=columns)
+    assert not (tmp_path / "run").exists()  # nothing written, not even the folder
+
+
+def test_ranked_grid_takes_exactly_as_many_columns_as_the_largest_prompt():
+    ranked = ranked_items(make_candidates(prompts=("a red circle", "a blue square"), n=4)[:7], list(range(7)))
+    fig = ranked_grid(ranked, columns=4)
+    assert {ax.get_subplotspec().get_geometry()[:2] for ax in fig.get_axes()} == {(1, 4)}
+
+
 def test_save_ranked_grid_names_by_run_and_never_overwrites(tmp_path):
     cands = make_candidates(n=3, run_id="20260101-000000-abcd")
     ranked = ranked_items(cands, [3.0, 1.0, 2.0])
@@ -169,75 +200,7 @@ def _plain_png(tmp_path):
     return path
 
 
-# -- the ipywidgets gallery ----------------------------------------------------------------------------
-
-def test_gallery_shows_ranked_thumbnails_and_enlarges_on_click():
-    cands = make_candidates(n=3, size=256)
-    g = gallery(ranked_items(cands, [1.0, 3.0, 2.0]), thumb_size=64)
-    cards = g.grid.children
-    assert [e.candidate.seed for e in g.entries] == [101, 102, 100]
-    assert cards[0].button.description.startswith("#1 · ") and cards[0].button.description.endswith("\nseed 101")
-    assert cards[0].button.tooltip == cards[0].button.description.replace("\n", " · ")
-    assert "sdkit-best" in cards[0]._dom_classes and "sdkit-best" not in cards[1]._dom_classes
-    with Image.open(io.BytesIO(cards[0].image.value)) as thumb:
-        assert thumb.size == (64, 64)  # big images cross the wire as thumbnails
-    assert g.viewer.layout.display == "none"
-
-    picked = []
-    g.on_select(picked.append)
-    cards[2].button.click()  # what a click in the browser does
-    assert picked == [g.selected] and g.selected.candidate.seed == cands[0].seed
-    assert g.viewer.layout.display == "flex"
-    with Image.open(io.BytesIO(g.enlarged.value)) as big:
-        assert np.array_equal(np.asarray(big), np.asarray(cands[0].image))  # full size, unchanged
-    assert "seed 100" in g.enlarged_caption.value
-
-
-def test_gallery_update_reranks_in_place():
-    cands = make_candidates(n=3)
-    g = Gallery(cands[:2])  # unscored: generation order
-    first_cards = list(g.grid.children)
-    assert [card.button.description for card in first_cards] == ["seed 100", "seed 101"]  # no '#– · –' stand-ins
-    g.update(ranked_items(cands, [1.0, 3.0, 2.0]))
-    assert [e.candidate.seed for e in g.entries] == [101, 102, 100]
-    assert g.grid.children[0] is first_cards[1] and g.grid.children[2] is first_cards[0]  # widgets reused
-    assert g.grid.children[0].button.description.startswith("#1")
-    g.clear()
-    assert g.entries == [] and g.selected is None
-
-
-def test_gallery_caption_and_bad_input():
-    c = make_candidates(n=1)[0]
-    c.nsfw = True
-    from sdkit.show.grid import Entry
-
-    assert caption(Entry(c, 2, 31.456)) == "#2 · 31.46 · seed 100 · flagged"
-    assert caption(Entry(c, None, None)) == "seed 100 · flagged"  # unranked: nothing to stand in for
-    assert caption(Entry(c, None, 12.5)) == "12.50 · seed 100 · flagged"
-    with pytest.raises(ValueError, match="thumb_size=8"):
-        Gallery([c], thumb_size=8)
-    g = Gallery([c])
-    with pytest.raises(IndexError, match="index=3: the gallery shows 1"):
-        g.select(3)
-
-
-def test_gallery_shows_a_source_image_first_and_apart():
-    cands = make_candidates(n=3)
-    source = make_candidates(n=1, run_id="r0")[0]
-    g = Gallery(cands[:2])
-    g.set_source(source)
-    first = g.grid.children[0]
-    assert first.button.tooltip == "source · seed 100" and "sdkit-source" in first._dom_classes
-    assert "sdkit-best" not in first._dom_classes
-    g.update(ranked_items(cands, [1.0, 3.0, 2.0]))
-    assert g.grid.children[0] is first and len(g.grid.children) == 4  # stays first through re-ranking
-    assert [e.candidate.seed for e in g.entries] == [101, 102, 100]  # entries and select() skip it
-    assert g.select(0).candidate.seed == 101
-    first.button.click()  # it can be looked at like the others
-    assert g.selected.candidate is source and "source · seed 100" in g.enlarged_caption.value
-    g.clear()
-    assert g.grid.children == ()
-
+# -- enlarge -----------------------------------------------------------------------------------------
 
 def test_enlarge_keeps_small_images_sharp():
     from sdkit.show.grid import enlarge

@@ -121,7 +121,7 @@ def test_all_black_mask_is_refused():
 
 # -- grow, feather, paste back ---------------------------------------------------------------------
 
-@pytest.mark.parametrize("r", [1, 2, 3])
+@pytest.mark.parametrize("r", [1, 2, 3, 8, np.int64(5)])  # 8: outpaint's default mask_grow
 def test_grow_and_shrink_match_pil_rank_filters(r):
     m = blobs()
     assert np.array_equal(np.asarray(grow_mask(m, r)), np.asarray(m.filter(ImageFilter.MaxFilter(2 * r + 1))))

@@ -22,8 +22,9 @@ from PIL import Image
 
 from sdkit.results import Run
 from sdkit.generation import generate
-from sdkit.edit.masks import (Fit, box_mask, check_mask, feather_mask, fit_size, from_working, grow_mask, is_box, load_image,
-                    load_mask, outpaint_canvas, paste_back, to_working)
+from sdkit.edit.masks import (Fit, box_mask, check_mask, check_mask_blur, check_mask_grow, feather_mask, fit_size,
+                              from_working, grow_mask, is_box, load_image, load_mask, outpaint_canvas, paste_back,
+                              to_working)
 from sdkit.save import image_hash
 
 DEFAULT_STEPS = inspect.signature(generate).parameters["num_inference_steps"].default
@@ -60,13 +61,6 @@ def check_strength(strength, num_inference_steps=DEFAULT_STEPS) -> float:
     return float(strength)
 
 
-def _mask_settings(mask_blur, mask_grow) -> None:
-    if isinstance(mask_blur, bool) or not isinstance(mask_blur, (int, np.integer)) or mask_blur < 0:
-        raise ValueError(f"mask_blur={mask_blur!r}: must be an integer >= 0 (pixels of feather; 0 = hard edge)")
-    if isinstance(mask_grow, bool) or not isinstance(mask_grow, (int, np.integer)):
-        raise ValueError(f"mask_grow={mask_grow!r}: must be an integer number of pixels (negative shrinks)")
-
-
 def prepare_img2img(image, *, strength: float = 0.75, num_inference_steps: int = DEFAULT_STEPS,
                     height: int | None = None, width: int | None = None, resize_mode: str = "pad") -> EditInputs:
     """Load and check an image-to-image job (see `img2img`)."""
@@ -93,10 +87,10 @@ def _prepare_masked(original, mask, *, strength, mask_blur, mask_grow, height, w
             check_mask(working_mask, f"{what} resized to {fit.working[0]}x{fit.working[1]}")
         except ValueError as e:
             raise ValueError(f"{e} The mask is too thin to survive resizing: grow it, or use resize_mode='pad'.") from None
-    extra.update({"strength": strength, "mask_blur": int(mask_blur), "mask_grow": int(mask_grow),
+    extra.update({"strength": strength, "mask_blur": mask_blur, "mask_grow": mask_grow,
                   "image_size": list(original.size), "resize_mode": fit.mode})
     return EditInputs("inpainting", to_working(original, fit), working_mask, original,
-                      feather_mask(grown, int(mask_blur)), fit, strength, extra)
+                      feather_mask(grown, mask_blur), fit, strength, extra)
 
 
 def prepare_inpaint(image, mask_image, *, strength: float = 1.0, mask_blur: int = 4, mask_grow: int = 0,
@@ -104,7 +98,7 @@ def prepare_inpaint(image, mask_image, *, strength: float = 1.0, mask_blur: int 
                     width: int | None = None, resize_mode: str = "pad") -> EditInputs:
     """Load and check an inpainting job (see `inpaint`)."""
     strength = check_strength(strength, num_inference_steps)
-    _mask_settings(mask_blur, mask_grow)
+    mask_blur, mask_grow = check_mask_blur(mask_blur), check_mask_grow(mask_grow)
     original = load_image(image)
     extra = {}
     if is_box(mask_image):
@@ -130,7 +124,7 @@ def prepare_outpaint(image, *, left: int = 0, right: int = 0, top: int = 0, bott
                      height: int | None = None, width: int | None = None, resize_mode: str = "pad") -> EditInputs:
     """Load and check an outpainting job (see `outpaint`)."""
     strength = check_strength(strength, num_inference_steps)
-    _mask_settings(mask_blur, mask_grow)
+    mask_blur, mask_grow = check_mask_blur(mask_blur), check_mask_grow(mask_grow)
     if mask_grow < 0:
         raise ValueError(f"mask_grow={mask_grow}: outpainting grows the new area into the image to make a seam; "
                          "use 0 or more")

@@ -15,6 +15,7 @@ from typing import Any, Callable, Iterable
 import ipywidgets as widgets
 from PIL import Image
 
+from sdkit.checks import is_int
 from sdkit.show.grid import Entry, by_prompt, entries
 
 # Small model outputs (32-64 px) are scaled up as crisp pixels, not blurred.
@@ -81,7 +82,7 @@ class Gallery(widgets.VBox):
 
     def __init__(self, ranked: Iterable[Any] = (), *, thumb_size: int = 128, enlarged_size: int = 384,
                  max_height: str = "520px", show_viewer: bool = True):
-        if not isinstance(thumb_size, int) or thumb_size < 16:
+        if not is_int(thumb_size) or thumb_size < 16:
             raise ValueError(f"thumb_size={thumb_size!r}: must be an integer >= 16 (pixels)")
         self.thumb_size, self.enlarged_size = thumb_size, enlarged_size
         self.selected: Entry | None = None

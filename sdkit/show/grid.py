@@ -3,7 +3,8 @@
 `ranked_grid` draws with matplotlib's object API (no pyplot state), so it is safe
 in scripts, in background threads and in every notebook front end; the figure
 shows itself when it is a cell's value. `image_grid` is the plain pixel grid of
-the diffusers tutorials; `enlarge` shows one image large (small ones as sharp pixels).
+the diffusers tutorials (diffusers' `make_image_grid`); `enlarge` shows one image
+large (small ones as sharp pixels).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from PIL import Image
 
+from sdkit.checks import is_int
 from sdkit.files import replace_file, write_new_file
 from sdkit.results import Candidate
 
@@ -92,7 +94,8 @@ def ranked_grid(
 
     Args:
         ranked: `Ranked` items from `sdkit.ranking.rank` (or plain candidates, shown unranked).
-        columns: images per row (default: as many as the largest prompt has, at most 8).
+        columns: images per row, from 1 to the most candidates any prompt has (default: that many,
+            at most 8); more would only add empty columns, so they are an error.
         title: a heading over everything (each prompt is always the title of its own block).
         save_to: also write the figure to this PNG path (replaced atomically if it exists).
         cell_inches, dpi: size of one image cell and resolution of the saved PNG.
@@ -107,9 +110,10 @@ def ranked_grid(
     widest = max(len(g) for g in groups.values())
     if columns is None:
         columns = min(widest, 8)
-    if not isinstance(columns, int) or isinstance(columns, bool) or columns < 1:
-        raise ValueError(f"columns={columns!r}: must be an integer >= 1")
-    columns = min(columns, widest)  # no empty columns on the right
+    if not is_int(columns) or not 1 <= columns <= widest:
+        # More columns than the largest prompt has candidates would only add empty columns on the right.
+        raise ValueError(f"columns={columns!r}: must be an integer from 1 to {widest} "
+                         f"(the most candidates any prompt has)")
     if not cell_inches > 0:
         raise ValueError(f"cell_inches={cell_inches!r}: must be > 0")
     rows = [math.ceil(len(g) / columns) for g in groups.values()]
@@ -188,13 +192,13 @@ def read_grid_metadata(path: str | os.PathLike) -> list[dict]:
 
 
 def image_grid(images: Sequence[Image.Image], rows: int, cols: int) -> Image.Image:
-    """Paste images into a `rows` x `cols` grid, row by row (the diffusers tutorials' `image_grid`).
+    """Paste images into a `rows` x `cols` grid, row by row (diffusers' `make_image_grid`).
 
     Fewer images than cells leave the last cells black; all images must have one size.
     """
     images = list(images)
     for name, v in (("rows", rows), ("cols", cols)):
-        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+        if not is_int(v) or v < 1:
             raise ValueError(f"{name}={v!r}: must be an integer >= 1")
     if not images:
         raise ValueError("images is empty: there is nothing to draw")
@@ -203,11 +207,11 @@ def image_grid(images: Sequence[Image.Image], rows: int, cols: int) -> Image.Ima
     sizes = {im.size for im in images}
     if len(sizes) > 1:
         raise ValueError(f"images have different sizes {sorted(sizes)}; resize them to one size first")
-    w, h = images[0].size
-    grid = Image.new("RGB", size=(cols * w, rows * h))
-    for i, img in enumerate(images):
-        grid.paste(img, box=(i % cols * w, i // cols * h))
-    return grid
+    from diffusers.utils import make_image_grid  # heavy: imported only when a grid is drawn
+
+    # make_image_grid wants exactly rows * cols images; black fillers paste as the black background would.
+    blank = Image.new("RGB", images[0].size)
+    return make_image_grid(images + [blank] * (rows * cols - len(images)), rows=rows, cols=cols)
 
 
 def enlarge(image: Image.Image, size: int = 512) -> Image.Image:
@@ -216,7 +220,7 @@ def enlarge(image: Image.Image, size: int = 512) -> Image.Image:
     Enlarging 2x or more (a 32-64 px toy or tiny image) copies pixels (NEAREST), so they stay sharp squares
     instead of a bilinear blur; anything else is resampled with LANCZOS.
     """
-    if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+    if not is_int(size) or size < 1:
         raise ValueError(f"size={size!r}: must be an integer >= 1 (pixels of the longer side)")
     w, h = image.size
     scale = size / max(w, h)

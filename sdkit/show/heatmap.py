@@ -6,6 +6,7 @@ from typing import Any, Iterable
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
 
 from sdkit.show.grid import GridFigure
 
@@ -59,8 +60,7 @@ def score_heatmap(ranked: Iterable[Any], x: str = "guidance_scale", y: str = "nu
         if not np.isnan(m):
             ax.text(j, i, f"{m:.1f}\nn={counts[i, j]}", ha="center", va="center", fontsize=8,
                     color="black" if (i, j) == best else "white", fontweight="bold" if (i, j) == best else None)
-    ax.add_patch(__import__("matplotlib.patches", fromlist=["Rectangle"]).Rectangle(
-        (best[1] - 0.5, best[0] - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2))
+    ax.add_patch(Rectangle((best[1] - 0.5, best[0] - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2))
     fig.colorbar(im, ax=ax, label="mean CLIP score")
     ax.set_title(title or f"mean CLIP score by {x} x {y} (best framed)")
     fig.tight_layout()

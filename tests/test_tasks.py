@@ -1,3 +1,5 @@
+"""sdkit.edit.tasks: img2img, inpaint and outpaint against diffusers, with paste-back and bad input."""
+
 import math
 
 import numpy as np
