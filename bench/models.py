@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from sdkit.models.tiny import build_atomically, cache_root
+from sdkit.models.cache import build_atomically, cache_root
 from sdkit.models.tokenizer import save_clip_tokenizer
 
 # Shapes of stable-diffusion-v1-5/stable-diffusion-v1-5's config.json files.

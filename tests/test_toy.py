@@ -66,7 +66,7 @@ def test_dataset_is_deterministic_and_covers_every_prompt():
 
 
 def test_junk_matches_no_prompt():
-    from sdkit.toy.train import JUNK_KINDS, junk
+    from sdkit.toy.junk import JUNK_KINDS, junk
 
     images, kinds = junk(210, seed=1)
     assert set(kinds.tolist()) == set(range(len(JUNK_KINDS)))
@@ -146,7 +146,7 @@ def test_the_shipped_world_is_the_one_recorded(tmp_path):
 # ---- a micro world: seconds to build, checks the files and every loader, not the quality ----
 
 def _micro():
-    from sdkit.toy.train import ClipSettings, UnetSettings, VaeSettings, WorldSettings
+    from sdkit.toy.settings import ClipSettings, UnetSettings, VaeSettings, WorldSettings
 
     return WorldSettings(pool_size=256, clip=ClipSettings(steps=2, batch_size=16, recon_pool=32),
                          vae=VaeSettings(steps=2, batch_size=8), unet=UnetSettings(steps=2, batch_size=8))

@@ -10,17 +10,15 @@ something, see `sdkit.toy` (a world of trained shapes).
 
 from __future__ import annotations
 
-import hashlib
-import inspect
 import json
-import os
 import shutil
-import tempfile
+import sys
 from pathlib import Path
 
 import torch
 
 from sdkit.models.tokenizer import DEFAULT_WORDS, save_clip_tokenizer
+from sdkit.models.cache import build_atomically, build_key, cache_root
 from sdkit.quiet import quiet_hf
 
 # Words of the tutorials' prompts get one token each, so those prompts fit the tiny text encoder's 77
@@ -34,11 +32,6 @@ TUTORIAL_WORDS = (
 TINY_WORDS = tuple(DEFAULT_WORDS) + tuple(TUTORIAL_WORDS)
 
 TASK_UNET_CHANNELS = {"text-to-image": 4, "inpainting": 9}
-
-
-def cache_root() -> Path:
-    """Where sdkit keeps built models: `$SDKIT_CACHE`, else `~/.cache/sdkit`."""
-    return Path(os.environ.get("SDKIT_CACHE") or Path.home() / ".cache" / "sdkit")
 
 
 def _components(task: str, seed: int, vocab_size: int, eos: int, bos: int):
@@ -102,14 +95,10 @@ def _components(task: str, seed: int, vocab_size: int, eos: int, bos: int):
 def save_tiny_pipeline(save_directory, task: str = "text-to-image", seed: int = 0, fp16_variant: bool = True):
     """Build a tiny random pipeline for `task` and save it like a Hub repo (plus an fp16 variant)."""
     from diffusers import StableDiffusionInpaintPipeline, StableDiffusionPipeline
-    from transformers import CLIPTokenizer
 
-    if task not in TASK_UNET_CHANNELS:
-        raise ValueError(f"task={task!r}: tiny pipelines exist for {sorted(TASK_UNET_CHANNELS)}")
+    _check_task(task)
     save_directory = Path(save_directory)
-    tok_dir = save_directory / "tokenizer"
-    save_clip_tokenizer(tok_dir, words=TINY_WORDS)
-    tokenizer = CLIPTokenizer.from_pretrained(tok_dir)
+    tokenizer = save_clip_tokenizer(save_directory / "tokenizer", words=TINY_WORDS)
     parts = _components(task, seed, len(tokenizer), tokenizer.eos_token_id, tokenizer.bos_token_id)
     cls = StableDiffusionInpaintPipeline if task == "inpainting" else StableDiffusionPipeline
     pipe = cls(tokenizer=tokenizer, requires_safety_checker=True, image_encoder=None, **parts)
@@ -119,43 +108,18 @@ def save_tiny_pipeline(save_directory, task: str = "text-to-image", seed: int = 
     return save_directory
 
 
-def _fingerprint(*objs) -> str:
-    h = hashlib.sha256()
-    for o in objs:
-        h.update(repr(o).encode())
-    # The builder's source is part of the key: change the code, get a new model.
-    h.update(inspect.getsource(_components).encode())
-    h.update(inspect.getsource(save_clip_tokenizer).encode())
-    h.update(repr(TINY_WORDS).encode())
-    return h.hexdigest()[:12]
-
-
-def build_atomically(final: Path, build) -> Path:
-    """Run `build(tmpdir)` and rename the result to `final`; concurrent builders are safe."""
-    if final.exists():
-        return final
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=final.name + ".tmp-", dir=final.parent))
-    try:
-        build(tmp)
-        try:
-            os.rename(tmp, final)
-        except OSError:
-            if not final.exists():  # someone else won the race otherwise
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return final
+def _check_task(task: str) -> None:
+    if task not in TASK_UNET_CHANNELS:
+        raise ValueError(f"task={task!r}: tiny pipelines exist for {sorted(TASK_UNET_CHANNELS)}")
 
 
 def tiny_pipeline_path(task: str = "text-to-image", seed: int = 0) -> Path:
     """Directory of the cached tiny pipeline for `task`, built on first use (~1 s, ~2 MB)."""
-    if task not in TASK_UNET_CHANNELS:
-        raise ValueError(f"task={task!r}: tiny pipelines exist for {sorted(TASK_UNET_CHANNELS)}")
-    final = cache_root() / "tiny" / f"sd-{task}-seed{seed}-{_fingerprint(task, seed)}"
+    _check_task(task)
+    key = build_key([sys.modules[__name__], sys.modules[save_clip_tokenizer.__module__]], task, seed)
     with quiet_hf(messages=True):
-        return build_atomically(final, lambda d: save_tiny_pipeline(d, task=task, seed=seed))
+        return build_atomically(cache_root() / "tiny" / f"sd-{task}-seed{seed}-{key}",
+                                lambda d: save_tiny_pipeline(d, task=task, seed=seed))
 
 
 def install_in_hub_cache(src, repo_id: str, cache_dir, revision: str = "0" * 40) -> Path:

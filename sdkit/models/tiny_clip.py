@@ -10,18 +10,13 @@ unit scale.
 
 from __future__ import annotations
 
-import hashlib
-import inspect
-import json
 import os
-import shutil
 import sys
-import tempfile
-from pathlib import Path
 
 import numpy as np
 
-from sdkit.models.tokenizer import BOS, EOS, save_clip_tokenizer
+from sdkit.models.cache import build_atomically, build_key, cache_root
+from sdkit.models.tokenizer import clip_tokenizer, save_clip_tokenizer
 
 # Small but not degenerate: several heads, hidden != intermediate != projection,
 # 16 patches + a class token, 2 layers so the residual stream is exercised.
@@ -32,17 +27,6 @@ TINY_VISION = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, nu
 TINY_PROJECTION_DIM = 16
 # logit_scale of trained OpenAI CLIPs (exp = 100), so logits look like real ones.
 TRAINED_LOGIT_SCALE = float(np.log(100.0))
-
-
-def cache_root() -> Path:
-    """Where sdkit keeps built models: `$SDKIT_CACHE`, else `~/.cache/sdkit`."""
-    return Path(os.environ.get("SDKIT_CACHE") or Path.home() / ".cache" / "sdkit")
-
-
-def _tokenizer_ids(path: str) -> dict:
-    with open(os.path.join(path, "vocab.json"), encoding="utf-8") as f:
-        vocab = json.load(f)
-    return dict(vocab_size=len(vocab), bos_token_id=vocab[BOS], eos_token_id=vocab[EOS], pad_token_id=vocab[EOS])
 
 
 def random_clip_model(config, seed: int = 0):
@@ -94,7 +78,6 @@ def save_random_clip(path: str | os.PathLike, config=None, seed: int = 0, image_
     from transformers import CLIPConfig, CLIPImageProcessor
 
     path = str(path)
-    os.makedirs(path, exist_ok=True)
     save_clip_tokenizer(path)
     config = config if config is not None else CLIPConfig()
     model = random_clip_model(config, seed)
@@ -119,11 +102,10 @@ def tiny_clip_config(vocab_ids: dict, **config_overrides):
 
 def save_tiny_clip(path: str | os.PathLike, seed: int = 0, **config_overrides) -> str:
     """Save the tiny random CLIP (Hub layout) to `path` and return it."""
-    path = str(path)
-    os.makedirs(path, exist_ok=True)
-    save_clip_tokenizer(path)
-    config = tiny_clip_config(_tokenizer_ids(path), **config_overrides)
-    return save_random_clip(path, config, seed=seed)
+    tokenizer = clip_tokenizer()  # save_random_clip saves it
+    ids = dict(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+               pad_token_id=tokenizer.eos_token_id)
+    return save_random_clip(path, tiny_clip_config(ids, **config_overrides), seed=seed)
 
 
 # Seed 3: with random weights most seeds give all-negative cosines against the tiny pipelines' images, so every
@@ -133,25 +115,6 @@ TINY_CLIP_SEED = 3
 
 def tiny_clip_path(seed: int = TINY_CLIP_SEED, **config_overrides) -> str:
     """The tiny CLIP's directory in the sdkit cache, built on first use (atomically)."""
-    import torch
-    import transformers
-
-    # Rebuild when the settings, this file or the libraries that write the files change.
-    key = json.dumps({"seed": seed, "overrides": config_overrides, "torch": torch.__version__,
-                      "transformers": transformers.__version__,
-                      "source": inspect.getsource(sys.modules[__name__])}, sort_keys=True, default=str)
-    final = cache_root() / "tiny" / f"clip-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
-    if (final / "model.safetensors").exists():
-        return str(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".clip-", dir=final.parent)
-    try:
-        save_tiny_clip(tmp, seed=seed, **config_overrides)
-        try:
-            os.rename(tmp, final)  # atomic; a concurrent builder may have won the race
-        except OSError:
-            if not (final / "model.safetensors").exists():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return str(final)
+    key = build_key([sys.modules[__name__], sys.modules[save_clip_tokenizer.__module__]], seed, config_overrides)
+    build = lambda d: save_tiny_clip(d, seed=seed, **config_overrides)  # noqa: E731
+    return str(build_atomically(cache_root() / "tiny" / f"clip-{key}", build))

@@ -1,19 +1,18 @@
-"""Build a CLIP BPE tokenizer offline, for the tiny models.
+"""A CLIP BPE tokenizer built offline, for sdkit's own models.
 
-Real checkpoints ship their tokenizer; tiny ones need one that the same
-`CLIPTokenizer.from_pretrained` path reads. We write `vocab.json` and
-`merges.txt` in the format OpenAI's CLIP uses: every byte as a symbol (and as
-an end-of-word symbol), plus merges that make each word of a small word list a
-single token, so short toy prompts stay short.
+Real checkpoints ship their tokenizer; sdkit's tiny and toy models need one that the same
+`CLIPTokenizer.from_pretrained` path reads. `clip_tokenizer` builds transformers' own
+`CLIPTokenizer` from a vocabulary and merges in OpenAI CLIP's format: every byte as a symbol
+(and as an end-of-word symbol), plus merges that make each word of a small word list a single
+token, so short prompts stay short. BPE applies merges by rank, so an early word's merge (the
+"r e" of "red") can break a later word's chain ("g r e e n"): list long words first.
 """
 
 from __future__ import annotations
 
-import json
 import os
-from functools import lru_cache
 
-# Words of the toy world and of the tutorials' prompts: one token each.
+# Words of the toy world and of the tutorials' prompts (in this order a few, "green" among them, are 2-6 tokens).
 DEFAULT_WORDS = (
     "a an the of on in and with at by photo photograph picture painting drawing "
     "red green blue yellow white black orange purple "
@@ -25,27 +24,17 @@ DEFAULT_WORDS = (
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
 
 
-@lru_cache(maxsize=1)
-def bytes_to_unicode() -> dict[int, str]:
-    """GPT-2/CLIP's reversible byte -> printable unicode map."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, map(chr, cs)))
+def vocab_and_merges(words) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """Byte symbols, end-of-word byte symbols, one merge chain per word, then BOS and EOS."""
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
 
-
-def _vocab_and_merges(words) -> tuple[dict[str, int], list[str]]:
-    symbols = list(bytes_to_unicode().values())
+    byte_symbol = bytes_to_unicode()
+    symbols = list(byte_symbol.values())
     vocab = symbols + [s + "</w>" for s in symbols]
-    merges: list[str] = []
+    merges: list[tuple[str, str]] = []
     seen = set(vocab)
     for word in dict.fromkeys(w.lower() for w in words):
-        chars = [bytes_to_unicode()[b] for b in word.encode("utf-8")]
+        chars = [byte_symbol[b] for b in word.encode("utf-8")]
         if len(chars) < 2:
             continue
         # Merge left to right: ((w o) r) d</w> ... so the word becomes one token.
@@ -54,7 +43,7 @@ def _vocab_and_merges(words) -> tuple[dict[str, int], list[str]]:
             right = c + "</w>" if i == len(chars) - 1 else c
             merged = left + right
             if merged not in seen:
-                merges.append(f"{left} {right}")
+                merges.append((left, right))
                 vocab.append(merged)
                 seen.add(merged)
             left = merged
@@ -62,32 +51,20 @@ def _vocab_and_merges(words) -> tuple[dict[str, int], list[str]]:
     return {tok: i for i, tok in enumerate(vocab)}, merges
 
 
-def save_clip_tokenizer(save_directory: str | os.PathLike, words=DEFAULT_WORDS, model_max_length: int = 77):
-    """Write a CLIP tokenizer (vocab.json, merges.txt, configs) that `CLIPTokenizer` loads."""
-    os.makedirs(save_directory, exist_ok=True)
-    vocab, merges = _vocab_and_merges(words)
-    with open(os.path.join(save_directory, "vocab.json"), "w", encoding="utf-8") as f:
-        json.dump(vocab, f, ensure_ascii=False)
-    with open(os.path.join(save_directory, "merges.txt"), "w", encoding="utf-8") as f:
-        f.write("#version: 0.2\n" + "\n".join(merges) + "\n")
-    # model_max_length must be set: without it encoding overflows (see NOTES.md).
-    config = {
-        "tokenizer_class": "CLIPTokenizer",
-        "model_max_length": model_max_length,
-        "bos_token": BOS,
-        "eos_token": EOS,
-        "unk_token": EOS,
-        "pad_token": EOS,
-        "do_lower_case": True,
-    }
-    with open(os.path.join(save_directory, "tokenizer_config.json"), "w") as f:
-        json.dump(config, f, indent=2)
-    with open(os.path.join(save_directory, "special_tokens_map.json"), "w") as f:
-        json.dump({k: config[k] for k in ("bos_token", "eos_token", "unk_token", "pad_token")}, f, indent=2)
-    return len(vocab)
-
-
-def load_clip_tokenizer(path):
+def clip_tokenizer(words=DEFAULT_WORDS, model_max_length: int = 77):
+    """transformers' `CLIPTokenizer` over `words`' vocabulary; each word is one token."""
     from transformers import CLIPTokenizer
 
-    return CLIPTokenizer.from_pretrained(path)
+    vocab, merges = vocab_and_merges(words)
+    # model_max_length must be set: without it encoding overflows (see NOTES.md).
+    return CLIPTokenizer(vocab=vocab, merges=merges, bos_token=BOS, eos_token=EOS, unk_token=EOS, pad_token=EOS,
+                         model_max_length=model_max_length)
+
+
+def save_clip_tokenizer(save_directory: str | os.PathLike, words=DEFAULT_WORDS, model_max_length: int = 77):
+    """Save `clip_tokenizer(words, model_max_length)` to `save_directory` and return it."""
+    tokenizer = clip_tokenizer(words, model_max_length)
+    tokenizer.save_pretrained(save_directory)
+    # transformers 5 saves tokenizer.json only; Hub CLIP and SD checkpoints also carry vocab.json + merges.txt.
+    tokenizer.backend_tokenizer.model.save(str(save_directory))
+    return tokenizer

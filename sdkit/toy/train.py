@@ -4,7 +4,8 @@ Order: VAE, then CLIP (it also sees VAE reconstructions, the blur it will have t
 judge), then the UNet on the VAE's latents, conditioned on the CLIP text tower.
 Everything is a stock Hugging Face class (`AutoencoderKL`, `CLIPModel`,
 `UNet2DConditionModel`), so the saved files load through the same code as real
-checkpoints. Same seed + same thread count gave bit-identical weights here.
+checkpoints. The three trainers share one loop (`_fit`); each brings its batch loss. Same
+seed + same thread count gave bit-identical weights here.
 """
 
 from __future__ import annotations
@@ -12,95 +13,21 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from sdkit.toy import shapes
+from sdkit.toy.settings import ClipSettings, UnetSettings, VaeSettings
 
 # CLIP's normalisation; the saved preprocessor_config.json uses the same numbers.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
-@dataclass(frozen=True)
-class ClipSettings:
-    width: int = 64  # text and vision towers; the UNet's cross-attention width follows it
-    layers: int = 2
-    heads: int = 4
-    patch_size: int = 4  # 8 x 8 patches of a 32 x 32 image
-    projection_dim: int = 64
-    steps: int = 600
-    batch_size: int = 64
-    lr: float = 2e-3
-    junk_fraction: float = 0.25  # images that match no prompt (lumps, two shapes, off colours...)
-    recon_fraction: float = 0.5  # images passed through the VAE first, as generated images are
-    recon_pool: int = 4000  # how many images are reconstructed once for that (decoding all costs minutes)
-    bf16: bool = False  # measured: autocast is slower than fp32 for a 64-wide transformer here
-
-
-@dataclass(frozen=True)
-class VaeSettings:
-    channels: tuple = (16, 32)  # two levels: 32 x 32 x 3 -> 16 x 16 x 4
-    latent_channels: int = 4
-    steps: int = 500
-    batch_size: int = 32
-    lr: float = 2e-3
-    kl_weight: float = 1e-5  # small: sharp reconstructions matter more than a perfect Gaussian
-    bf16: bool = True  # measured: autocast ~1.4x faster for these 32 x 32 convolutions
-
-
-@dataclass(frozen=True)
-class UnetSettings:
-    channels: tuple = (16, 32, 64)  # latent 16 -> 8 -> 4; cross-attention only at 8 and 4
-    layers_per_block: int = 1
-    steps: int = 1500
-    batch_size: int = 32
-    lr: float = 2e-3
-    cfg_dropout: float = 0.1  # prompt replaced by "" so classifier-free guidance has an unconditional model
-    # v as SD 2.x: colours come out right. Epsilon (SD 1.x) barely weighs the high-noise steps
-    # where colour is decided, so at a small budget it draws the right shape in the wrong colour.
-    prediction_type: str = "v_prediction"
-    min_snr_gamma: float = 5.0  # Min-SNR weighting (Hang et al. 2023): faster convergence
-    ema_decay: float = 0.995  # the saved UNet is the EMA; short runs need a short horizon
-    bf16: bool = False  # measured: at 16-64 channels on 16 x 16 latents autocast is slower than fp32...
-    channels_last: bool = True  # ...and channels-last fp32 convolutions are the fastest
-
-
-@dataclass(frozen=True)
-class WorldSettings:
-    seed: int = 0
-    # One thread: these ops are too small to split, and with other jobs on the machine two
-    # threads ran 3-5x slower than one (measured). Weights are bit-identical for a fixed count.
-    threads: int = 1
-    max_length: int = 8  # "<bos> a red circle <eos>" is 5 tokens; 77 would cost attention for nothing
-    pool_size: int = 20_000  # procedural images drawn once and reused; the world has few degrees of freedom
-    clip: ClipSettings = field(default_factory=ClipSettings)
-    vae: VaeSettings = field(default_factory=VaeSettings)
-    unet: UnetSettings = field(default_factory=UnetSettings)
-
-
 def _autocast(on: bool):
     return torch.autocast("cpu", dtype=torch.bfloat16) if on else contextlib.nullcontext()
-
-
-class _Log:
-    """Progress lines: `name step/total loss elapsed`, about every `every` steps."""
-
-    def __init__(self, name: str, total: int, log, every: int = 100):
-        self.name, self.total, self.log, self.every, self.t0 = name, total, log, every, time.perf_counter()
-        self.acc = []
-
-    def __call__(self, step: int, loss: float):
-        self.acc.append(loss)
-        if self.log and ((step + 1) % self.every == 0 or step + 1 == self.total):
-            self.log(f"  {self.name} {step + 1:5d}/{self.total} loss {np.mean(self.acc):.4f}  {self.elapsed():.0f}s")
-            self.acc = []
-
-    def elapsed(self) -> float:
-        return time.perf_counter() - self.t0
 
 
 def _lr(step: int, total: int, base: float, warmup: int = 50) -> float:
@@ -108,6 +35,27 @@ def _lr(step: int, total: int, base: float, warmup: int = 50) -> float:
     if step < warmup:
         return base * (step + 1) / warmup
     return base * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+
+def _fit(name: str, params, s, weight_decay: float, batch_loss, log, after_step=None) -> None:
+    """The one training loop: AdamW on `params` for `s.steps` steps of `s.lr` (warmup + cosine).
+
+    `batch_loss()` draws a batch and returns its loss; `after_step(step)` runs after each update (the EMA)."""
+    opt = torch.optim.AdamW(params, lr=s.lr, weight_decay=weight_decay)
+    t0, losses = time.perf_counter(), []
+    for step in range(s.steps):
+        for g in opt.param_groups:
+            g["lr"] = _lr(step, s.steps, s.lr)
+        loss = batch_loss()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if after_step is not None:
+            after_step(step)
+        losses.append(loss.item())
+        if log and ((step + 1) % 100 == 0 or step + 1 == s.steps):  # a progress line about every 100 steps
+            log(f"  {name} {step + 1:5d}/{s.steps} loss {np.mean(losses):.4f}  {time.perf_counter() - t0:.0f}s")
+            losses = []
 
 
 def to_tensor(images: np.ndarray) -> torch.Tensor:
@@ -120,83 +68,6 @@ def clip_pixels(x: torch.Tensor) -> torch.Tensor:
     mean = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
     return ((x + 1) / 2 - mean) / std
-
-
-# ---- junk: images that match no prompt, so CLIP learns to score them low ----------------------
-
-# Purple, cyan, white, pink, grey: far from every colour of the world (orange or brown would pass as yellow).
-_OFF_COLORS = ((170, 60, 200), (40, 200, 200), (220, 220, 220), (240, 120, 200), (120, 120, 120))
-
-
-def _warped(shape: str, x, y, s, rng, amplitude: float) -> np.ndarray:
-    # A smooth random displacement field (bilinear from a 4 x 4 grid): lumpy, dented outlines.
-    from scipy import ndimage
-
-    grid = rng.normal(0, amplitude, size=(2, 4, 4))
-    n = x.shape[1]
-    dx, dy = (ndimage.zoom(g, n / 4, order=1, mode="nearest") for g in grid)
-    return shapes.is_inside(shape, x + dx, y + dy, s.cx, s.cy, s.r)
-
-
-JUNK_KINDS = ("stretched", "two shapes", "off colour", "upside down", "lumpy", "dented", "faint")
-
-
-def junk(n: int, seed: int, size: int = shapes.IMAGE_SIZE) -> tuple[np.ndarray, np.ndarray]:
-    """Images no caption describes, for CLIP's 'no caption' class: (uint8 images, kind indices into JUNK_KINDS).
-
-    They are the ways a half-trained generator fails: lumpy or dented shapes, two shapes,
-    stretched shapes, upside-down triangles, colours outside the world, nothing. Mild lumps
-    and dents are still the shape, so any drawing the world's definition (`shapes.check`)
-    accepts as a caption is drawn again: the labels stay consistent with the captions.
-    CLIP never sees a generated image or a verdict on one.
-    """
-    rng = np.random.default_rng(seed)
-    out = np.zeros((n, size, size, 3), np.uint8)
-    kinds = rng.integers(len(JUNK_KINDS), size=n)
-    t = (np.arange(size * 4, dtype=np.float32) + 0.5) / 4
-    y, x = np.broadcast_arrays(t[:, None], t[None, :])
-    for i, kind in enumerate(kinds):
-        for _ in range(20):
-            out[i] = _junk_one(kind, rng, x, y, size)
-            c = shapes.check(out[i])
-            if c.shape is None or c.color is None:
-                break
-    return out, kinds
-
-
-def _junk_one(kind: int, rng, x, y, size: int) -> np.ndarray:
-    """One junk drawing of JUNK_KINDS[kind]."""
-    pool = lambda inside: inside.reshape(size, 4, size, 4).mean(axis=(1, 3))  # noqa: E731
-    s = shapes.random_shape(rng, size=size)
-    rgb = np.array(shapes.COLORS[s.color], np.float32)
-    if kind == 0:  # ellipse or rectangle, aspect 1.5-2.5
-        a = rng.uniform(1.5, 2.5)
-        rx, ry = (s.r, s.r / a) if rng.random() < 0.5 else (s.r / a, s.r)
-        inside = (((x - s.cx) / rx) ** 2 + ((y - s.cy) / ry) ** 2 <= 1) if rng.random() < 0.5 else (
-            (np.abs(x - s.cx) <= rx) & (np.abs(y - s.cy) <= ry))
-        cov = pool(inside)
-    elif kind == 1:  # two shapes of similar size
-        s2 = shapes.random_shape(rng, size=size)
-        r2 = s.r * 0.7 * rng.uniform(0.9, 1.1)
-        cov = np.maximum(shapes.coverage(s.shape, s.cx, s.cy, s.r * 0.7, size),
-                         shapes.coverage(s2.shape, s2.cx, s2.cy, r2, size))
-    elif kind == 2:  # a real shape in a colour outside the world
-        rgb = np.array(_OFF_COLORS[rng.integers(len(_OFF_COLORS))], np.float32)
-        cov = shapes.coverage(s.shape, s.cx, s.cy, s.r, size)
-    elif kind == 3:  # upside-down triangle
-        cov = shapes.coverage("triangle", s.cx, size - s.cy, s.r, size)[::-1]
-    elif kind == 4:  # lumpy: 2-3 overlapping parts merged into one blob
-        inside = np.zeros_like(x, dtype=bool)
-        for _ in range(rng.integers(2, 4)):
-            part = shapes.SHAPES[rng.integers(2)]  # circles and squares
-            ox, oy = rng.uniform(0.25, 0.6, size=2) * s.r * rng.choice([-1, 1], size=2)
-            inside |= shapes.is_inside(part, x, y, s.cx + ox, s.cy + oy, s.r * rng.uniform(0.5, 0.7))
-        cov = pool(inside)
-    elif kind == 5:  # dented: the right shape, badly warped
-        cov = pool(_warped(s.shape, x, y, s, rng, amplitude=s.r * rng.uniform(0.3, 0.7)))
-    else:  # a faint smudge or nothing at all
-        cov = shapes.coverage("circle", s.cx, s.cy, s.r, size) * rng.uniform(0, 0.3)
-    return np.round(cov[..., None] * rgb).astype(np.uint8)
 
 
 # ---- VAE ----------------------------------------------------------------------------------------
@@ -218,23 +89,18 @@ def train_vae(s: VaeSettings, pool: torch.Tensor, seed: int, log=print):
     """Reconstruction (L1 + MSE) plus a small KL; sets `scaling_factor` so latents have unit std."""
     torch.manual_seed(seed)
     vae = make_vae(s).train()
-    opt = torch.optim.AdamW(vae.parameters(), lr=s.lr, weight_decay=0.0)
     gen = torch.Generator().manual_seed(seed)
-    progress = _Log("vae", s.steps, log)
-    for step in range(s.steps):
-        for g in opt.param_groups:
-            g["lr"] = _lr(step, s.steps, s.lr)
+
+    def batch_loss() -> torch.Tensor:
         x = pool[torch.randint(len(pool), (s.batch_size,), generator=gen)]
         with _autocast(s.bf16):
             post = vae.encode(x).latent_dist
             z = post.mean + post.std * torch.randn(post.mean.shape, generator=gen)
             rec = vae.decode(z).sample.float()
         kl = post.kl().mean() / x[0].numel()
-        loss = F.l1_loss(rec, x) + F.mse_loss(rec, x) + s.kl_weight * kl
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        progress(step, loss.item())
+        return F.l1_loss(rec, x) + F.mse_loss(rec, x) + s.kl_weight * kl
+
+    _fit("vae", vae.parameters(), s, 0.0, batch_loss, log)
     vae.eval()
     with torch.no_grad():
         z = vae.encode(pool[:2048]).latent_dist.mean
@@ -315,14 +181,11 @@ def train_clip(s: ClipSettings, tokenizer, pool: torch.Tensor, labels: torch.Ten
     torch.manual_seed(seed)
     model = make_clip(s, tokenizer).train()
     null_logit = torch.nn.Parameter(torch.tensor(5.0))
-    opt = torch.optim.AdamW(list(model.parameters()) + [null_logit], lr=s.lr, weight_decay=0.05)
     ids = prompt_ids(tokenizer, shapes.PROMPTS)
     gen = torch.Generator().manual_seed(seed + 1)
     n_junk = int(round(s.batch_size * s.junk_fraction))
-    progress = _Log("clip", s.steps, log)
-    for step in range(s.steps):
-        for g in opt.param_groups:
-            g["lr"] = _lr(step, s.steps, s.lr)
+
+    def batch_loss() -> torch.Tensor:
         n_recon = int(round((s.batch_size - n_junk) * s.recon_fraction)) if recon is not None else 0
         idx = torch.randint(len(pool), (s.batch_size - n_junk - n_recon,), generator=gen)
         x, y = [pool[idx]], [labels[idx]]
@@ -345,11 +208,9 @@ def train_clip(s: ClipSettings, tokenizer, pool: torch.Tensor, labels: torch.Ten
         pos = F.one_hot(y, len(shapes.PROMPTS) + 1)[:, :-1].T.bool()
         has = pos.any(dim=1)
         loss_txt = -torch.logsumexp(logp.masked_fill(~pos, -torch.inf), dim=1)[has].mean()
-        loss = (loss_img + loss_txt) / 2
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        progress(step, loss.item())
+        return (loss_img + loss_txt) / 2
+
+    _fit("clip", list(model.parameters()) + [null_logit], s, 0.05, batch_loss, log)
     return model.eval()
 
 
@@ -405,7 +266,6 @@ def train_unet(s: UnetSettings, latents: tuple[torch.Tensor, torch.Tensor], labe
     fmt = torch.channels_last if s.channels_last else torch.contiguous_format
     unet.to(memory_format=fmt)
     ema = [p.detach().clone() for p in unet.parameters()]
-    opt = torch.optim.AdamW(unet.parameters(), lr=s.lr, weight_decay=0.0)
     if s.prediction_type not in ("epsilon", "v_prediction"):
         raise ValueError(f"prediction_type={s.prediction_type!r}: use 'epsilon' or 'v_prediction'")
     sched = make_scheduler(s.prediction_type)
@@ -415,10 +275,8 @@ def train_unet(s: UnetSettings, latents: tuple[torch.Tensor, torch.Tensor], labe
     weight = snr.clamp(max=s.min_snr_gamma) / (snr if s.prediction_type == "epsilon" else snr + 1)
     gen = torch.Generator().manual_seed(seed + 2)
     uncond = len(embeds) - 1
-    progress = _Log("unet", s.steps, log)
-    for step in range(s.steps):
-        for g in opt.param_groups:
-            g["lr"] = _lr(step, s.steps, s.lr)
+
+    def batch_loss() -> torch.Tensor:
         idx = torch.randint(len(mean), (s.batch_size,), generator=gen)
         x0 = (mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=gen)) * scaling_factor
         t = torch.randint(sched.config.num_train_timesteps, (s.batch_size,), generator=gen)
@@ -429,15 +287,15 @@ def train_unet(s: UnetSettings, latents: tuple[torch.Tensor, torch.Tensor], labe
         cond[torch.rand(s.batch_size, generator=gen) < s.cfg_dropout] = uncond
         with _autocast(s.bf16):
             pred = unet(xt, t, encoder_hidden_states=embeds[cond]).sample.float()
-        loss = (weight[t] * ((pred - target) ** 2).mean(dim=(1, 2, 3))).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        return (weight[t] * ((pred - target) ** 2).mean(dim=(1, 2, 3))).mean()
+
+    @torch.no_grad()
+    def update_ema(step: int) -> None:
         decay = min(s.ema_decay, (1 + step) / (10 + step))  # warm-up: early EMA follows the weights
-        with torch.no_grad():
-            for e, p in zip(ema, unet.parameters()):
-                e.lerp_(p, 1 - decay)
-        progress(step, loss.item())
+        for e, p in zip(ema, unet.parameters()):
+            e.lerp_(p, 1 - decay)
+
+    _fit("unet", unet.parameters(), s, 0.0, batch_loss, log, after_step=update_ema)
     with torch.no_grad():
         for e, p in zip(ema, unet.parameters()):
             p.copy_(e)

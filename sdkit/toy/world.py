@@ -18,23 +18,22 @@ autocast, so another CPU's kernels give other weights and only the figures compa
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 import hashlib
 import json
 import os
 import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-from sdkit.models.tiny import cache_root
-from sdkit.quiet import quiet_hf
+from sdkit.models.cache import build_atomically, build_key, cache_root
 from sdkit.models.tokenizer import save_clip_tokenizer
+from sdkit.quiet import quiet_hf
 from sdkit.toy import shapes, train
-from sdkit.toy.train import ClipSettings, UnetSettings, VaeSettings, WorldSettings
+from sdkit.toy.junk import junk
+from sdkit.toy.settings import ClipSettings, UnetSettings, VaeSettings, WorldSettings
 
 SIZES = {
     # CI: a few minutes on 2 cores, and reranking must clearly help (tests/test_toy.py). SD 1.x's
@@ -75,15 +74,9 @@ def settings_for(size: str | WorldSettings) -> WorldSettings:
 
 def world_key(settings: WorldSettings) -> str:
     """Hash of everything that determines the weights: code, settings, library versions."""
-    import diffusers
-    import transformers
-
-    h = hashlib.sha256()
-    for module in (shapes, train, sys.modules[__name__], sys.modules[save_clip_tokenizer.__module__]):
-        h.update(Path(module.__file__).read_bytes())
-    h.update(repr(settings).encode())
-    h.update(f"torch {torch.__version__} diffusers {diffusers.__version__} transformers {transformers.__version__}".encode())
-    return h.hexdigest()[:12]
+    modules = [shapes, train, sys.modules[__name__]]
+    modules += [sys.modules[f.__module__] for f in (junk, WorldSettings, save_clip_tokenizer)]
+    return build_key(modules, settings)
 
 
 FIXTURE = Path(__file__).parent / "fixture"
@@ -166,22 +159,13 @@ def toy_world_path(size: str | WorldSettings = "ci", *, train: bool = False, log
     settings = settings_for(size)
     name = size if isinstance(size, str) else "custom"
     final = cache_root() / "toy" / f"{name}-{world_key(settings)}"
-    if final.exists():
-        return final
-    final.parent.mkdir(parents=True, exist_ok=True)
-    with open(final.parent / (final.name + ".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if final.exists():  # built by whoever held the lock before us
-            return final
-        tmp = Path(tempfile.mkdtemp(prefix=final.name + ".tmp-", dir=final.parent))
-        try:
-            if log:
-                log(f"sdkit.toy: training the {name!r} toy world into {final} (once per machine)")
-            build_world(tmp, settings, log=log)
-            os.rename(tmp, final)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    return final
+
+    def build(tmp: Path) -> None:
+        if log:
+            log(f"sdkit.toy: training the {name!r} toy world into {final} (once per machine)")
+        build_world(tmp, settings, log=log)
+
+    return build_atomically(final, build)
 
 
 def build_world(out_dir: str | os.PathLike, settings: WorldSettings = WorldSettings(), log=print) -> dict:
@@ -197,19 +181,17 @@ def build_world(out_dir: str | os.PathLike, settings: WorldSettings = WorldSetti
 
 def _build(out: Path, s: WorldSettings, log) -> dict:
     from diffusers import StableDiffusionPipeline
-    from transformers import CLIPImageProcessor, CLIPTextModel, CLIPTokenizer
+    from transformers import CLIPImageProcessor, CLIPTextModel
 
     times = {}
     t0 = time.perf_counter()
 
-    tok_dir = out / "pipeline" / "tokenizer"
-    save_clip_tokenizer(tok_dir, words=TOY_WORDS, model_max_length=s.max_length)
-    tokenizer = CLIPTokenizer.from_pretrained(tok_dir)
+    tokenizer = save_clip_tokenizer(out / "pipeline" / "tokenizer", words=TOY_WORDS, model_max_length=s.max_length)
     check_tokenizer(tokenizer)
 
     images, labels, _ = shapes.sample(s.pool_size, seed=s.seed)
     pool, labels = train.to_tensor(images), torch.from_numpy(labels)
-    junk = train.to_tensor(train.junk(s.pool_size // 4, seed=s.seed + 1)[0])
+    junk_pool = train.to_tensor(junk(s.pool_size // 4, seed=s.seed + 1)[0])
 
     t = time.perf_counter()
     vae = train.train_vae(s.vae, pool, seed=s.seed, log=log)
@@ -220,8 +202,8 @@ def _build(out: Path, s: WorldSettings, log) -> dict:
     if s.clip.recon_fraction > 0:
         k = s.clip.recon_pool
         recon = (train.reconstruct(vae, pool[:k], seed=s.seed, bf16=s.vae.bf16), labels[:k])
-        junk = torch.cat([junk, train.reconstruct(vae, junk[:k // 4], seed=s.seed + 1, bf16=s.vae.bf16)])
-    clip = train.train_clip(s.clip, tokenizer, pool, labels, junk, seed=s.seed, recon=recon, log=log)
+        junk_pool = torch.cat([junk_pool, train.reconstruct(vae, junk_pool[:k // 4], seed=s.seed + 1, bf16=s.vae.bf16)])
+    clip = train.train_clip(s.clip, tokenizer, pool, labels, junk_pool, seed=s.seed, recon=recon, log=log)
     times["clip_s"] = time.perf_counter() - t
     held_images, held_labels, _ = shapes.sample(2000, seed=s.seed + 10_000)
     zero_shot = train.zero_shot_accuracy(clip, tokenizer, held_images, held_labels)
