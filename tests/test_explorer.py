@@ -7,31 +7,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sdkit.show.explorer.app import Explorer, explore
+from sdkit.show.explorer.widgets import Explorer, explore
 from sdkit.show.grid import read_grid_metadata
 from sdkit.save import image_hash, read_manifest, read_metadata
-from sdkit.results import Scores
+from test_explorer_session import MeanRed, red  # the session's tests import no ipywidgets
 
 FAST = dict(model="sdkit:tiny", prompt="a red circle", n=3, num_inference_steps=2, seed=7, batch_size=2)
-
-
-class MeanRed:
-    """A scorer of the standard shape whose ranking is easy to predict: the mean red value."""
-
-    name = "mean-red"
-    model_id = "pixels"
-
-    def __init__(self):
-        self.calls = []
-
-    def __call__(self, images, prompts):
-        self.calls.append(len(images))
-        v = np.array([np.asarray(im)[..., 0].mean() for im in images], np.float32)
-        return Scores(logits=v, clip_score=v / 2.55, scorer="mean-red:pixels")
-
-
-def red(c):
-    return float(np.asarray(c.image)[..., 0].mean())
 
 
 def finished(ex, timeout=120):
@@ -57,7 +38,7 @@ def test_generate_click_ranks_saves_and_shows(ex, tmp_path):
     run = ex.run
     assert [c.seed for c in run] == [7, 8, 9] and not run.cancelled
     # Ranked by the scorer, best first, and each candidate scored exactly once (two batches: 2 + 1).
-    assert ex.scorer.value.calls == [2, 1]
+    assert ex.form.scorer.value.calls == [2, 1]
     by_red = sorted(run.candidates, key=lambda c: (-red(c), c.seed))
     assert [r.candidate.seed for r in ex.ranked] == [c.seed for c in by_red]
     assert [r.rank for r in ex.ranked] == [1, 2, 3]
@@ -104,10 +85,10 @@ def test_one_prompt_per_line_is_ranked_per_prompt(tmp_path):
 
 def test_random_seed_is_drawn_shown_and_used(tmp_path):
     ex = Explorer(scorer=None, output_dir=tmp_path, **{**FAST, "seed": None, "n": 2})
-    assert ex.random_seed.value and ex.seed.value == ""
+    assert ex.form.random_seed.value and ex.form.seed.value == ""
     ex.generate_button.click()
     finished(ex)
-    base = int(ex.seed.value)
+    base = int(ex.form.seed.value)
     assert [c.seed for c in ex.run] == [base, base + 1]
     # No scorer: generation order, unranked captions, grid still written.
     assert [card.button.tooltip for card in ex.gallery.grid.children] == [f"seed {base}", f"seed {base + 1}"]
@@ -128,11 +109,11 @@ def test_bad_input_is_shown_and_nothing_starts(ex, monkeypatch, change, message)
     import sdkit.load.pipeline
 
     monkeypatch.setattr(sdkit.load.pipeline, "load_pipeline", lambda *a, **k: pytest.fail("loaded a model for bad input"))
-    ex.random_seed.value = False
+    ex.form.random_seed.value = False
     for name, value in change.items():
-        getattr(ex, name).value = value  # as typed into the widget
+        getattr(ex.form, name).value = value  # as typed into the widget
     ex.generate_button.click()
-    assert ex.thread is None
+    assert ex.session.thread is None
     assert message in ex.error and message.replace("'", "&#x27;") in ex.status.value
     assert not ex.generate_button.disabled
 
@@ -148,7 +129,7 @@ def test_missing_model_is_a_readable_error(tmp_path):
 
 
 def test_scorer_that_cannot_load_is_named(tmp_path):
-    ex = Explorer(scorer="torch", scorer_model=str(tmp_path / "no-clip"), output_dir=tmp_path, **FAST)
+    ex = Explorer(scorer="torch", clip_model=str(tmp_path / "no-clip"), output_dir=tmp_path, **FAST)
     ex.generate_button.click()
     finished(ex)
     assert "Error while loading the scorer" in ex.status.value and "no-clip" in ex.error
@@ -194,7 +175,7 @@ def test_stop_takes_effect_within_one_denoising_step(tmp_path):
     def slow_steps(p):  # each step takes at least 20 ms, so Stop lands mid-candidate
         on_progress(p)
         time.sleep(0.02)
-        if len(ex._candidates) == 1 and p.finished is None and p.step >= 2:
+        if len(ex.session.candidates) == 1 and p.finished is None and p.step >= 2:
             in_second.set()
 
     ex._on_progress = slow_steps
@@ -225,11 +206,11 @@ def test_selected_candidate_details_save_copy_seed_and_more_like_this(ex, tmp_pa
     assert (meta["seed"], meta["prompt"], round(meta["score"], 4)) == (c.seed, c.prompt, round(c.score, 4))
     assert np.array_equal(np.asarray(Image.open(saved)), np.asarray(c.image))
 
-    ex.random_seed.value = True
+    ex.form.random_seed.value = True
     ex.copy_seed_button.click()
-    assert ex.seed.value == str(c.seed) and not ex.random_seed.value
+    assert ex.form.seed.value == str(c.seed) and not ex.form.random_seed.value
 
-    ex.n.value = 2
+    ex.form.n.value = 2
     ex.strength.value = 0.5
     first_run = ex.run
     ex.more_button.click()
@@ -269,7 +250,7 @@ def test_a_second_error_does_not_hide_the_first(ex):
     ex._fail(MemoryError("out of memory"), during="generating")
     assert ex.status.value.count("<details>") == 2
     assert "CLIP exploded" in ex.status.value and "out of memory" in ex.status.value
-    ex.n.value = 0
+    ex.form.n.value = 0
     ex.generate_button.click()  # a new click starts a fresh message
     assert "CLIP exploded" not in ex.status.value and "n=0" in ex.status.value
 
@@ -283,7 +264,7 @@ def test_clip_model_is_a_named_argument_of_explore():
     assert "clip_model" in params and params["clip_model"].kind is inspect.Parameter.KEYWORD_ONLY
     assert not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())  # nothing hidden
     assert list(params) == list(inspect.signature(Explorer.__init__).parameters)[1:]  # and nothing missing
-    with pytest.raises(ValueError, match="scorer_model is the old name of clip_model"):
+    with pytest.raises(TypeError, match="scorer_model"):  # the old name of clip_model is gone: one name
         Explorer(clip_model="a", scorer_model="b")
 
 
@@ -292,7 +273,7 @@ def test_unknown_clip_names_the_argument_and_the_field(tmp_path, how):
     missing = str(tmp_path / "no-clip")
     ex = Explorer(scorer="flax", output_dir=tmp_path, **FAST, **({"clip_model": missing} if how == "argument" else {}))
     if how == "field":
-        ex.clip_model.value = missing  # as typed into the panel's CLIP field
+        ex.form.clip_model.value = missing  # as typed into the panel's CLIP field
     ex.generate_button.click()
     finished(ex)
     assert ex.error.startswith(f"ValueError: clip_model={missing!r}: ") and "no-clip" in ex.error
@@ -316,20 +297,21 @@ def world(tmp_path_factory):
 
 
 def test_the_clip_beside_the_model_is_the_default(world, tmp_path, monkeypatch):
-    import sdkit.show.explorer.app
+    import sdkit.show.explorer.session
     from sdkit.models.builtin import clip_for
 
     pipeline, clip = str(world / "pipeline"), str(world / "clip")
     assert clip_for(pipeline) == clip  # the CLI and rerank pick it too
     loaded = []
-    monkeypatch.setattr(sdkit.show.explorer.app, "get_scorer", lambda backend, model_id: loaded.append(model_id) or MeanRed())
+    monkeypatch.setattr(sdkit.show.explorer.session, "get_scorer",
+                        lambda backend, model_id: loaded.append(model_id) or MeanRed())
     ex = Explorer(scorer="flax", output_dir=tmp_path, **{**FAST, "model": pipeline})
-    assert ex.clip_model.value == "" and ex.clip_model.placeholder == f"default: {clip}"
+    assert ex.form.clip_model.value == "" and ex.form.clip_model.placeholder == f"default: {clip}"
     ex.generate_button.click()
     finished(ex)
     assert ex.error is None, ex.status.value
     assert loaded == [clip]
-    ex.clip_model.value = "  other-clip "  # the field wins over the default
+    ex.form.clip_model.value = "  other-clip "  # the field wins over the default
     ex.generate_button.click()
     finished(ex)
     assert loaded == [clip, "other-clip"]
@@ -341,36 +323,40 @@ def test_first_open_suits_the_model(world, monkeypatch):
     from sdkit.toy import shapes
 
     ex = Explorer(model="sdkit:tiny", scorer=None)
-    assert (ex.num_inference_steps.value, ex.guidance_scale.value, ex.prompt.value, ex.hint.value) == (30, 7.5, "", "")
-    assert ex.height.label == ex.width.label == "64 (native)"  # unet sample_size 8 x VAE factor 8
-    assert ex.height.value == "default"  # generation still asks the loaded pipeline for its own size
+    form = ex.form
+    assert (form.num_inference_steps.value, form.guidance_scale.value, form.prompt.value, form.hint.value) == (
+        30, 7.5, "", "")
+    assert ex.form.height.label == ex.form.width.label == "64 (native)"  # unet sample_size 8 x VAE factor 8
+    assert ex.form.height.value == "default"  # generation still asks the loaded pipeline for its own size
 
     import sdkit.toy.world
 
     monkeypatch.setattr(sdkit.toy.world, "toy_world_path", lambda *a, **k: pytest.fail("opening trained the world"))
     for model, size in (("sdkit:toy", shapes.IMAGE_SIZE), (str(world / "pipeline"), 64)):
         toy = Explorer(model=model, scorer=None)
-        assert toy.prompt.value == shapes.PROMPTS[0] and toy.height.label == f"{size} (native)"
-        assert (toy.num_inference_steps.value, toy.guidance_scale.value) == (20, 2.0)
+        assert toy.form.prompt.value == shapes.PROMPTS[0] and toy.form.height.label == f"{size} (native)"
+        assert (toy.form.num_inference_steps.value, toy.form.guidance_scale.value) == (20, 2.0)
         for word in (*shapes.COLORS, *shapes.SHAPES):
-            assert word in toy.hint.value
-        assert "&lt;colour&gt;" in toy.hint.value  # shown as text, not swallowed as a tag
+            assert word in toy.form.hint.value
+        assert "&lt;colour&gt;" in toy.form.hint.value  # shown as text, not swallowed as a tag
 
     given = Explorer(model="sdkit:toy", scorer=None, prompt="a blue square", num_inference_steps=7, guidance_scale=0.0,
                      height=64)
-    assert (given.prompt.value, given.num_inference_steps.value, given.guidance_scale.value, given.height.value) == (
+    form = given.form
+    assert (form.prompt.value, form.num_inference_steps.value, form.guidance_scale.value, form.height.value) == (
         "a blue square", 7, 0.0, 64)
 
 
 def test_changing_the_model_updates_hint_size_and_clip_but_not_settings(world):
     ex = Explorer(model="sdkit:tiny", scorer=None, num_inference_steps=9)
-    ex.height.value = 128
-    ex.model.value = str(world / "pipeline")
-    assert "toy world" in ex.hint.value and ex.clip_model.placeholder == f"default: {world / 'clip'}"
-    assert ex.height.value == 128 and ex.width.label == "64 (native)" and ex.num_inference_steps.value == 9
-    ex.model.value = "some-org/not-in-the-cache"
-    assert ex.hint.value == "" and ex.width.label == "model default"
-    assert ex.clip_model.placeholder == "default: openai/clip-vit-base-patch32"
+    ex.form.height.value = 128
+    ex.form.model.value = str(world / "pipeline")
+    assert "toy world" in ex.form.hint.value and ex.form.clip_model.placeholder == f"default: {world / 'clip'}"
+    assert ex.form.height.value == 128 and ex.form.width.label == "64 (native)"
+    assert ex.form.num_inference_steps.value == 9
+    ex.form.model.value = "some-org/not-in-the-cache"
+    assert ex.form.hint.value == "" and ex.form.width.label == "model default"
+    assert ex.form.clip_model.placeholder == "default: openai/clip-vit-base-patch32"
 
 
 def test_native_size_of_a_hub_model_in_the_cache(tmp_path, monkeypatch):
@@ -409,7 +395,7 @@ def test_more_like_this_shows_its_source_and_counts_the_steps_that_run(ex):
     ex.generate_button.click()
     finished(ex)
     source = ex.gallery.select(0).candidate
-    ex.n.value, ex.num_inference_steps.value, ex.strength.value = 2, 5, 0.6
+    ex.form.n.value, ex.form.num_inference_steps.value, ex.strength.value = 2, 5, 0.6
     labels = []
     on_progress = ex._on_progress
     ex._on_progress = lambda p: (on_progress(p), labels.append(ex.progress_label.value))
@@ -426,21 +412,21 @@ def test_more_like_this_shows_its_source_and_counts_the_steps_that_run(ex):
 
 
 def test_a_form_error_leaves_the_seed_field_alone(ex):
-    ex.random_seed.value = True
-    ex.seed.value = "5"
-    ex.n.value = 0
+    ex.form.random_seed.value = True
+    ex.form.seed.value = "5"
+    ex.form.n.value = 0
     ex.generate_button.click()
-    assert "n=0" in ex.error and ex.seed.value == "5"  # no seed that no image has
-    ex.n.value = 1
+    assert "n=0" in ex.error and ex.form.seed.value == "5"  # no seed that no image has
+    ex.form.n.value = 1
     ex.generate_button.click()
     finished(ex)
-    assert ex.seed.value != "5" and ex.run[0].seed == int(ex.seed.value)  # a run shows the seed it drew
+    assert ex.form.seed.value != "5" and ex.run[0].seed == int(ex.form.seed.value)  # a run shows the seed it drew
 
 
 def test_details_are_rounded_and_keep_the_whole_model_id(ex):
     from sdkit.show.grid import Entry
 
-    ex.guidance_scale.value = 7.5
+    ex.form.guidance_scale.value = 7.5
     ex.generate_button.click()
     finished(ex)
     c = ex.gallery.select(0).candidate
@@ -457,7 +443,7 @@ def test_a_bad_model_keeps_the_last_gallery(ex, tmp_path):
     ex.generate_button.click()
     finished(ex)
     shown, run = ex.gallery.entries, ex.run
-    ex.model.value = str(tmp_path / "no-such-model")
+    ex.form.model.value = str(tmp_path / "no-such-model")
     ex.generate_button.click()
     finished(ex)
     assert "no such directory" in ex.error and "Error while loading the model" in ex.status.value

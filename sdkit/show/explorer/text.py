@@ -36,6 +36,20 @@ def progress_text(step: int, steps_run: int, done: int, total: int, *, steps: in
     return f"step {step}/{steps_run}{how} · {done}/{total} candidates"
 
 
+def finished_text(run, total: int, what: str, grid_path, scored: bool, scorer_error: str | None) -> str:
+    """'3 candidates in outputs/r; ranked grid r-grid.png': a finished run as plain text (escape it for HTML)."""
+    kept = (f"stopped: {len(run.candidates)} of {total} candidates kept" if run.cancelled
+            else f"{len(run.candidates)} candidates")
+    text = (f"{what}: " if what else "") + f"{kept} in {run.output_dir}"
+    if grid_path:
+        why = " (scoring failed)" if scorer_error else " (no scorer)"
+        text += f"; ranked grid {grid_path.name}" if scored else f"; grid {grid_path.name}, unranked{why}"
+    flagged = sum(c.nsfw for c in run.candidates)
+    if flagged:
+        text += f"; {flagged} flagged by the safety checker (black)"
+    return text
+
+
 def error_html(e: BaseException, during: str) -> str:
     """An error as a readable line, its notes, and its traceback one click away (never lost)."""
     tb = "".join(traceback.format_exception(e))
