@@ -46,7 +46,7 @@ _EXPORTS = {
     "rank": "ranking", "Ranked": "results", "rerank": "ranking", "format_ranking": "ranking",
     "ranked_grid": "show.grid", "image_grid": "show.grid", "save_ranked_grid": "show.grid", "enlarge": "show.grid",
     "gallery": "show.gallery", "score_heatmap": "show.heatmap",
-    "explore": "show.explorer.app",
+    "explore": "show.explorer.widgets",
     "fingerprint": "fingerprints",
     "Sweep": "sweep.spec", "run_sweep": "sweep.run",
 }
