@@ -12,6 +12,7 @@ import ipywidgets as widgets
 
 from sdkit.load.schedulers import SCHEDULERS
 from sdkit.models.builtin import default_clip_label, defaults_for, native_size
+from sdkit.checks import check_seed
 from sdkit.show.explorer.session import Request
 
 # Dropdowns cannot show None (it means "nothing selected"), so "use the model's own" is a string.
@@ -19,7 +20,6 @@ DEFAULT = "default"
 SIZES = [("model default", DEFAULT)] + [(str(s), s) for s in (32, 64, 128, 256, 384, 512, 576, 640, 768, 1024)]
 SCORERS = [("CLIP (Flax)", "flax"), ("CLIP (PyTorch)", "torch"), ("none", "none")]
 MODELS = ["sdkit:tiny", "sdkit:toy", "stable-diffusion-v1-5/stable-diffusion-v1-5"]
-MAX_SEED = 2**63
 
 
 def parse_seed(text: str) -> int:
@@ -27,9 +27,7 @@ def parse_seed(text: str) -> int:
         seed = int(str(text).strip())
     except ValueError:
         raise ValueError(f"seed={text!r}: must be an integer in [0, 2**63), or tick 'random seed'") from None
-    if not 0 <= seed < MAX_SEED:
-        raise ValueError(f"seed={seed}: must be in [0, 2**63)")
-    return seed
+    return check_seed(seed)
 
 
 def sizes(native: int | None) -> list:
