@@ -284,7 +284,8 @@ class Check:
         import torch
         from diffusers.image_processor import VaeImageProcessor
 
-        from sdkit.scoring.scorers import FlaxCLIPScorer, TorchCLIPScorer
+        from sdkit.scoring.flax.scorer import FlaxCLIPScorer
+        from sdkit.scoring.torch_clip import TorchCLIPScorer
 
         from .timing import interleaved
 

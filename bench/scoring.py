@@ -45,7 +45,7 @@ def child(model: str, n_images: int, batch: int, reps: int) -> dict:
     import torch
     from transformers import CLIPModel, CLIPProcessor
 
-    from sdkit.scoring import flax_clip as clip_flax
+    from sdkit.scoring.flax.weights import load_flax_clip
     from sdkit.scoring.preprocess import preprocess
     from sdkit.scoring.scorers import load_scorer
 
@@ -80,7 +80,7 @@ def child(model: str, n_images: int, batch: int, reps: int) -> dict:
         cases[name] = lambda s=scorer: s(images, PROMPT)
     # The model alone, on preprocessed pixels.
     pixels = preprocess(images[:batch], scorers[FLAX1].image_config)
-    flax_clip = clip_flax.load_flax_clip(path)
+    flax_clip = load_flax_clip(path)
     pix_t = torch.from_numpy(pixels)
 
     def torch_model():

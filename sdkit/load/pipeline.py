@@ -1,17 +1,15 @@
 """Get a pipeline for a model id or path and a task: resolve, check, load once, reuse.
 
 The same code path serves a Hub id on a user's GPU and sdkit's tiny models here:
-a Hub id is resolved to a local snapshot by huggingface_hub (which honours
-`HF_HUB_OFFLINE` and the cache), then the snapshot is loaded with diffusers'
-`from_pretrained`, safetensors only.
+a Hub id is resolved to a local snapshot (`sdkit.load.hub`: huggingface_hub, which honours
+`HF_HUB_OFFLINE` and the cache), the device and dtype are picked (`sdkit.load.devices`), then
+the snapshot is loaded with diffusers' `from_pretrained`, safetensors only, and cached.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
-import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,97 +17,18 @@ from pathlib import Path
 import torch
 
 from sdkit.errors import ModelNotAvailable
-from sdkit.models.builtin import BUILTIN, builtin_pipeline_path
-from sdkit.quiet import quiet_hf
+from sdkit.load.devices import auto_dtype, resolve_device, resolve_dtype, unet_parameters
+from sdkit.load.hub import MIRRORS, local_dir, local_files, looks_like_path, no_safetensors, pickles, repo_files, snapshot
 from sdkit.load.invariance import make_batch_invariant
 from sdkit.load.schedulers import check_scheduler, make_scheduler
+from sdkit.models.builtin import BUILTIN, builtin_pipeline_path
+from sdkit.quiet import quiet_hf
 
 log = logging.getLogger("sdkit")
 
 TASKS = ("text-to-image", "image-to-image", "inpainting")
-
-# Hub repos the tutorials name that no longer exist, and their maintained mirrors.
-MIRRORS = {
-    "runwayml/stable-diffusion-v1-5": "stable-diffusion-v1-5/stable-diffusion-v1-5",
-    "runwayml/stable-diffusion-inpainting": "stable-diffusion-v1-5/stable-diffusion-inpainting",
-}
-
-# Built-in models: no download, built on first use and cached.
-
-PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth", ".pkl")
 WEIGHTED = ("unet", "vae", "text_encoder", "safety_checker")
 _ALLOW = ["*.json", "*.txt", "*.model"]  # configs, tokenizer files
-
-
-def auto_device() -> str:
-    if torch.cuda.is_available():
-        return "cuda"
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
-
-
-def cpu_has_bf16() -> bool:
-    """Native bfloat16 arithmetic on this CPU (AVX512-BF16 or AMX); elsewhere torch emulates it, slowly."""
-    cpu = torch.cpu
-    return any(getattr(cpu, f, lambda: False)() for f in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
-
-
-# bf16 pays on a CPU only when big matrix products dominate: SD 1.5's UNet (860M parameters) runs a 512² step
-# 1.7-1.9x faster than in fp32 (bench/results/latest.md), but sdkit's tiny and toy UNets (0.2M, 1M) run 5% slower,
-# per-op overhead and casts outweighing the arithmetic. Every SD-family UNet has 300M or more.
-CPU_BF16_MIN_PARAMS = 100_000_000
-
-
-def auto_dtype(device: str, unet_params: int | None = None) -> torch.dtype:
-    """fp16 on GPUs (what SD 1.x ships for them); bf16 on CPUs with native bf16 for big UNets; else fp32.
-
-    `unet_params`: the UNet's size, when known (see `unet_parameters`); unknown counts as big.
-    """
-    if device.split(":")[0] in ("cuda", "mps"):
-        return torch.float16
-    big = unet_params is None or unet_params >= CPU_BF16_MIN_PARAMS
-    return torch.bfloat16 if device == "cpu" and big and cpu_has_bf16() else torch.float32
-
-
-def unet_parameters(path) -> int | None:
-    """Parameters of the UNet in a diffusers folder, from its safetensors headers (no weights are read)."""
-    from safetensors import safe_open
-
-    files = sorted((Path(path) / "unet").glob("*.safetensors"))
-    if not files:
-        return None
-    shapes = {}  # by tensor name: an fp16 variant beside the fp32 file holds the same tensors
-    for f in files:
-        with safe_open(f, framework="pt") as sf:
-            shapes.update({k: sf.get_slice(k).get_shape() for k in sf.keys()})
-    return sum(math.prod(s) for s in shapes.values())
-
-
-_DTYPES = {"float16": torch.float16, "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-           "float32": torch.float32, "fp32": torch.float32}
-
-
-def resolve_dtype(dtype, device: str) -> torch.dtype:
-    if dtype in (None, "auto"):
-        return auto_dtype(device)
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype in _DTYPES:
-        return _DTYPES[dtype]
-    raise ValueError(f"dtype={dtype!r}: use 'auto', a torch.dtype, or one of {sorted(_DTYPES)}")
-
-
-def resolve_device(device) -> str:
-    if device in (None, "auto"):
-        return auto_device()
-    device = str(device)
-    kind = device.split(":")[0]
-    if kind not in ("cpu", "cuda", "mps", "xpu"):
-        raise ValueError(f"device={device!r}: use 'auto', 'cpu', 'cuda[:N]', 'mps' or 'xpu'")
-    if kind == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={device!r} but torch sees no CUDA GPU (torch {torch.__version__}); use 'cpu' or 'auto'")
-    return device
 
 
 @dataclass(frozen=True)
@@ -120,10 +39,6 @@ class Resolved:
     variant: str | None
 
 
-def _looks_like_path(s: str) -> bool:
-    return s.startswith((".", "/", "~")) or os.sep in s.strip("/").replace("/", "", 1) or os.path.exists(s)
-
-
 def _check_weights(root: Path, files: list[str], model_id: str) -> None:
     """Refuse repos whose weights are pickle only: unpickling runs arbitrary code."""
     index = json.loads((root / "model_index.json").read_text()) if (root / "model_index.json").exists() else {}
@@ -131,15 +46,11 @@ def _check_weights(root: Path, files: list[str], model_id: str) -> None:
         if comp not in index or index[comp] in (None, [None, None]):
             continue
         comp_files = [f for f in files if f.startswith(comp + "/")]
-        if not any(f.endswith(".safetensors") for f in comp_files) and any(f.endswith(PICKLE_SUFFIXES) for f in comp_files):
-            raise ModelNotAvailable(
-                f"{model_id!r}: {comp}/ has only pickle weights ({', '.join(sorted(comp_files)[:3])}); "
-                "sdkit loads safetensors only, because unpickling can run arbitrary code. Use a revision or "
-                "mirror that ships .safetensors, or convert once with diffusers' conversion scripts."
-            )
+        if not any(f.endswith(".safetensors") for f in comp_files) and pickles(comp_files):
+            raise no_safetensors(f"model {model_id!r}", f"{comp}/", comp_files)
 
 
-def _pick_variant(files: list[str], dtype: torch.dtype, variant) -> str | None:
+def _pick_variant(files: list[str], dtype, variant) -> str | None:
     if variant != "auto":
         return variant
     if dtype != torch.float16:
@@ -157,55 +68,26 @@ def resolve(model: str, *, revision: str | None = None, dtype=torch.float32, var
     if model in MIRRORS:
         print(f"sdkit: {model} was deleted from the Hub; using its mirror {MIRRORS[model]}")
         model = MIRRORS[model]
+    label = f"model {model!r}"
     if model.startswith("sdkit:"):
         path = builtin_pipeline_path(model)
-    elif _looks_like_path(model):
-        path = Path(model).expanduser()
-        if not path.exists():
-            raise ModelNotAvailable(f"model={model!r}: no such directory")
+    elif looks_like_path(model):
+        path = local_dir(model, label)
         if not (path / "model_index.json").exists():
             raise ModelNotAvailable(f"model={model!r}: {path} has no model_index.json; is it a diffusers pipeline folder?")
     else:
-        return _resolve_hub(model, revision=revision, dtype=dtype, variant=variant)
-    files = [str(p.relative_to(path)) for p in path.rglob("*") if p.is_file()]
+        # Configs first: small, and they tell us the variant and whether weights are safe.
+        hint = "; or try sdkit's built-in 'sdkit:tiny' model"
+        configs = snapshot(model, label, allow_patterns=_ALLOW, revision=revision, hint=hint)
+        files = repo_files(model, configs, label, revision)
+        _check_weights(configs, files, model)
+        chosen = _pick_variant(files, dtype, variant)
+        weights = [f"*.{chosen}.safetensors"] if chosen else ["*.safetensors"]
+        path = snapshot(model, label, allow_patterns=_ALLOW + weights, revision=revision, hint=hint)
+        return Resolved(model, path, revision, chosen)
+    files = local_files(path)
     _check_weights(path, files, model)
     return Resolved(model, path, revision, _pick_variant(files, dtype, variant))
-
-
-def _resolve_hub(model_id: str, *, revision, dtype, variant) -> Resolved:
-    from huggingface_hub import HfApi, snapshot_download
-    from huggingface_hub.errors import (
-        GatedRepoError, HFValidationError, LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError,
-    )
-    from huggingface_hub.constants import HF_HUB_OFFLINE
-
-    how_to = (f"On a machine with network: `hf download {model_id}` (log in with `hf auth login` for gated "
-              f"models), then copy the Hugging Face cache; or try sdkit's built-in 'sdkit:tiny' model.")
-    try:
-        # Configs first: small, and they tell us the variant and whether weights are safe.
-        cfg_dir = Path(snapshot_download(model_id, revision=revision, allow_patterns=_ALLOW))
-        if HF_HUB_OFFLINE:
-            files = [str(p.relative_to(cfg_dir)) for p in cfg_dir.rglob("*") if p.is_file()]
-        else:
-            files = HfApi().list_repo_files(model_id, revision=revision)
-    except HFValidationError:
-        raise ValueError(f"model={model_id!r} is neither a local path nor a valid Hub id ('org/name')") from None
-    except GatedRepoError:
-        raise ModelNotAvailable(f"{model_id!r} is gated: accept its licence on huggingface.co and log in (`hf auth login` or HF_TOKEN).") from None
-    except RepositoryNotFoundError:
-        raise ModelNotAvailable(f"{model_id!r} is not on the Hugging Face Hub (or is private: log in). Check the spelling.") from None
-    except RevisionNotFoundError:
-        raise ModelNotAvailable(f"{model_id!r} has no revision {revision!r}.") from None
-    except LocalEntryNotFoundError:
-        raise ModelNotAvailable(f"{model_id!r} is not in the local Hugging Face cache and the Hub cannot be reached (offline). {how_to}") from None
-    _check_weights(cfg_dir, files, model_id)
-    chosen = _pick_variant(files, dtype, variant)
-    weights = [f"*.{chosen}.safetensors"] if chosen else ["*.safetensors"]
-    try:
-        path = Path(snapshot_download(model_id, revision=revision, allow_patterns=_ALLOW + weights))
-    except LocalEntryNotFoundError:
-        raise ModelNotAvailable(f"{model_id!r}: its weights are not in the local cache and the Hub cannot be reached. {how_to}") from None
-    return Resolved(model_id, path, revision, chosen)
 
 
 def unet_in_channels(path: Path) -> int:

@@ -1,8 +1,7 @@
-"""Scorers: data-parallel Flax CLIP across device counts, the PyTorch scorer, bad input, JAX memory."""
+"""sdkit.scoring.scorers and its backends (flax.scorer, torch_clip): data-parallel Flax CLIP across device counts, the PyTorch scorer, bad input, JAX memory."""
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import warnings
@@ -12,9 +11,13 @@ import pytest
 import torch
 from PIL import Image
 
-from sdkit.results import Scores
-from sdkit.scoring.scorers import FlaxCLIPScorer, TorchCLIPScorer, load_scorer
+from sdkit.errors import ModelNotAvailable
+from sdkit.models.tiny import install_in_hub_cache
 from sdkit.models.tiny_clip import tiny_clip_path
+from sdkit.results import Scores
+from sdkit.scoring.flax.scorer import FlaxCLIPScorer
+from sdkit.scoring.scorers import load_scorer
+from sdkit.scoring.torch_clip import TorchCLIPScorer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROMPTS = ["a red circle", "a blue square on a white field", "a green triangle"]
@@ -67,33 +70,20 @@ def torch_reference(path, images, prompts):
     return np.array(out, np.float32)
 
 
-def hub_cache(root, repo_id, src, sha="0123456789abcdef0123456789abcdef01234567"):
-    """Lay `src`'s files out as the Hub cache does: models--org--name/{refs/main, snapshots/<sha>/...}."""
-    repo = os.path.join(root, "models--" + repo_id.replace("/", "--"))
-    shutil.copytree(src, os.path.join(repo, "snapshots", sha))
-    os.makedirs(os.path.join(repo, "refs"))
-    with open(os.path.join(repo, "refs", "main"), "w") as f:
-        f.write(sha)
-    return root
-
-
 # Run in a fresh process per device count: XLA_FLAGS must be set before JAX starts. The checkpoint
 # is loaded by Hub id from an offline Hub cache, so these also cover HF_HUB_OFFLINE resolution.
 CHILD = """
-import json, os, sys, types
-# sdkit/__init__ imports diffusers and torch; the scorer needs neither, and five children would pay
-# for them. Register the package without running its __init__.
-sys.modules["sdkit"] = types.ModuleType("sdkit")
-sys.modules["sdkit"].__path__ = [os.path.join({repo!r}, "sdkit")]
+import json, os, sys
+sys.path.insert(0, {repo!r})
 from PIL import Image
-from sdkit.scoring.scorers import FlaxCLIPScorer
+from sdkit.scoring.flax.scorer import FlaxCLIPScorer
 from jax._src import xla_bridge
 started_at_import = xla_bridge.backends_are_initialized()
 import jax
 images = [Image.open(os.path.join({data!r}, f"{{i}}.png")) for i in range({n})]
 scorer = FlaxCLIPScorer("sdkit-test/tiny-clip", batch_size=2)
 scores = scorer(images, {prompts!r})
-assert "torch" not in sys.modules
+assert "torch" not in sys.modules  # the Flax scorer needs no torch (`import sdkit` is light)
 print(json.dumps(dict(devices=len(scorer.devices), local=len(jax.local_devices()), path=scorer.path,
                       prealloc=os.environ.get("XLA_PYTHON_CLIENT_PREALLOCATE"), started_at_import=started_at_import,
                       logits=scores.logits.tolist(), clip_score=scores.clip_score.tolist())))
@@ -103,7 +93,8 @@ print(json.dumps(dict(devices=len(scorer.devices), local=len(jax.local_devices()
 @pytest.fixture(scope="module")
 def device_runs(tiny, tmp_path_factory):
     """Scores from child processes with 1, 2, 3, 4 and 8 JAX CPU devices, started together."""
-    hub = hub_cache(str(tmp_path_factory.mktemp("hub")), "sdkit-test/tiny-clip", tiny)
+    hub = str(tmp_path_factory.mktemp("hub"))
+    install_in_hub_cache(tiny, "sdkit-test/tiny-clip", hub)
     data = str(tmp_path_factory.mktemp("images"))
     images, prompts = candidates()
     for i, im in enumerate(images):
@@ -204,11 +195,11 @@ def test_bad_input(flax_scorer, torch_scorer, images, prompts, error, match):
 def test_bad_scorer_arguments(tiny, tmp_path):
     with pytest.raises(ValueError, match="unknown scorer backend 'tf'.*flax.*torch"):
         load_scorer("tf", tiny)
-    with pytest.raises(ValueError, match="unknown CLIP '/no/such/clip'"):
+    with pytest.raises(ModelNotAvailable, match="unknown CLIP '/no/such/clip'"):
         load_scorer("torch", "/no/such/clip")
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert"}))
     for backend in ("flax", "torch"):
-        with pytest.raises(ValueError, match="not a CLIP"):
+        with pytest.raises(ModelNotAvailable, match="not a CLIP"):
             load_scorer(backend, str(tmp_path))
     with pytest.raises(ValueError, match="dtype int8 is not supported"):
         FlaxCLIPScorer(tiny, dtype="int8")
@@ -262,7 +253,7 @@ def test_half_precision_params(tiny, flax_scorer):
 def test_preallocation_env(monkeypatch):
     from jax._src import xla_bridge
 
-    from sdkit.scoring import flax_clip as clip_flax
+    from sdkit.scoring.flax import memory
 
     class FakeGPU:
         platform = "gpu"
@@ -273,17 +264,17 @@ def test_preallocation_env(monkeypatch):
     monkeypatch.setattr(xla_bridge, "backends_are_initialized", lambda: True)
     monkeypatch.setattr("jax.devices", lambda: [FakeGPU()])
     with pytest.warns(RuntimeWarning, match="preallocation"):
-        clip_flax.configure_jax_memory()
+        memory.configure_jax_memory()
     # Not started yet: set it.
     monkeypatch.setattr(xla_bridge, "backends_are_initialized", lambda: False)
-    clip_flax.configure_jax_memory()
+    memory.configure_jax_memory()
     assert os.environ["XLA_PYTHON_CLIENT_PREALLOCATE"] == "false"
     # The user's own choice wins, silently.
     monkeypatch.setenv("XLA_PYTHON_CLIENT_PREALLOCATE", "true")
     monkeypatch.setattr(xla_bridge, "backends_are_initialized", lambda: True)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        clip_flax.configure_jax_memory()
+        memory.configure_jax_memory()
     assert os.environ["XLA_PYTHON_CLIENT_PREALLOCATE"] == "true"
 
 
@@ -299,19 +290,6 @@ def pipeline_output(n=5, size=(64, 64), seed=0):
     x = torch.from_numpy(np.clip(smooth + rng.normal(0, 0.02, smooth.shape), 0, 1).astype(np.float32))
     x = x.permute(0, 3, 1, 2).contiguous()
     return x, VaeImageProcessor.numpy_to_pil(VaeImageProcessor.pt_to_numpy(x))
-
-
-@pytest.mark.parametrize("resample", [Image.Resampling.BICUBIC, Image.Resampling.BILINEAR, Image.Resampling.LANCZOS,
-                                      Image.Resampling.BOX, Image.Resampling.HAMMING])
-@pytest.mark.parametrize("size", [(64, 64), (512, 512), (40, 56), (56, 40), (20, 24), (33, 300)])
-def test_tensor_preprocessing_is_pils_bit_for_bit(resample, size):
-    """Pillow's fixed-point resize, reproduced in float64: the same pixels, not merely close ones."""
-    from sdkit.scoring.preprocess import ImageConfig, preprocess, preprocess_tensor
-
-    x, pils = pipeline_output(2, size, seed=size[0])
-    for config in (ImageConfig(resample=resample), ImageConfig(resample=resample, shortest_edge=32, crop_size=(32, 32)),
-                   ImageConfig(resample=resample, shortest_edge=None, size=(30, 50), crop_size=(40, 40))):
-        np.testing.assert_array_equal(preprocess_tensor(x, config).numpy(), preprocess(pils, config))
 
 
 def test_tensor_batch_scores_equal_pil_scores(flax_scorer, torch_scorer, monkeypatch):
@@ -337,8 +315,8 @@ DLPACK_CHILD = """
 import sys
 sys.path.insert(0, {tests!r})
 import jax, numpy as np
-from sdkit.scoring.scorers import FlaxCLIPScorer
-from test_score import candidates, pipeline_output
+from sdkit.scoring.flax.scorer import FlaxCLIPScorer
+from test_scorers import candidates, pipeline_output
 scorer = FlaxCLIPScorer({tiny!r}, batch_size=2)
 assert len(scorer.devices) == 2
 scorer.handover = lambda pixels: "dlpack"

@@ -1,4 +1,4 @@
-"""sdkit's Flax CLIP against transformers' PyTorch CLIPModel; preprocessing against CLIPImageProcessor."""
+"""sdkit.scoring.flax (config, modeling, weights): sdkit's Flax CLIP against transformers' PyTorch CLIPModel."""
 
 import json
 import os
@@ -10,8 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-from sdkit.scoring import flax_clip as clip_flax
-from sdkit.scoring.flax_clip import CLIPConfig, load_flax_clip, params_from_state_dict, read_safetensors
+from sdkit.scoring.flax.config import CLIPConfig
+from sdkit.scoring.flax.modeling import CLIP, FlaxCLIP
+from sdkit.scoring.flax.weights import load_flax_clip, params_from_state_dict, read_safetensors
 from sdkit.scoring.preprocess import ImageConfig, preprocess
 from sdkit.models.tiny_clip import TINY_CLIP_SEED, random_clip_model, save_tiny_clip, tiny_clip_path
 
@@ -98,7 +99,7 @@ def test_vit_b32_shaped_parity_with_transformers(tokenizer):
     config = CLIPConfig.from_dict(json.loads(hf_config.to_json_string()))
     assert config.vision_config.patch_size == 32 and config.text_config.eos_token_id == 2
     params = params_from_state_dict({k: v.numpy() for k, v in model.state_dict().items()}, config)
-    clip = clip_flax.FlaxCLIP(clip_flax.CLIP(config), params, config, "", "random-vit-b32")
+    clip = FlaxCLIP(CLIP(config), params, config, "", "random-vit-b32")
     ids = tokenizer(PROMPTS[:3], padding="max_length", max_length=77, return_tensors="np")["input_ids"]
     pixel_values = preprocess([realistic_image(300, 451), realistic_image(512, 512, seed=1)])
     _assert_parity(clip, model, ids, pixel_values)
@@ -132,33 +133,6 @@ def test_config_json_read_as_transformers_reads_it(config):
         assert getattr(ref.text_config, name) == value, name
     for name, value in vars(ours.vision_config).items():
         assert getattr(ref.vision_config, name) == value, name
-
-
-@pytest.mark.parametrize("size,mode", [((512, 512), "RGB"), ((300, 451), "RGB"), ((451, 300), "L"),
-                                       ((768, 512), "RGBA"), ((224, 224), "P"), ((37, 500), "RGB"),
-                                       ((150, 100), "CMYK")])
-def test_preprocess_matches_clip_image_processor(size, mode):
-    """Tolerance: 1e-6 against transformers' PIL backend (same PIL bicubic, same float steps). With
-    torchvision installed transformers resizes with torch's antialiased bicubic instead: 0.05."""
-    from transformers import CLIPImageProcessor
-
-    processor = CLIPImageProcessor()  # OpenAI's settings: shortest edge 224, crop 224, bicubic
-    image = realistic_image(*size, mode=mode)
-    ref = processor(images=[image], return_tensors="np")["pixel_values"]
-    tol = 1e-6 if getattr(processor, "backend", "pil") == "pil" else 0.05
-    ours = preprocess([image])
-    assert ours.shape == ref.shape == (1, 3, 224, 224) and ours.dtype == np.float32
-    np.testing.assert_allclose(ours, ref, atol=tol, rtol=0)
-
-
-def test_image_config_reads_every_hub_spelling(tiny):
-    openai_style = {"crop_size": 224, "do_center_crop": True, "do_normalize": True, "do_resize": True,
-                    "image_mean": [0.48145466, 0.4578275, 0.40821073],
-                    "image_std": [0.26862954, 0.26130258, 0.27577711], "resample": 3, "size": 224}
-    assert ImageConfig.from_dict(openai_style) == ImageConfig()
-    assert ImageConfig.from_pretrained(tiny).crop_size == (32, 32)
-    with pytest.raises(ValueError, match="longest_edge"):
-        ImageConfig.from_dict({"size": {"longest_edge": 3}})
 
 
 def test_safetensors_reader_matches_safetensors(tmp_path):
@@ -204,63 +178,6 @@ def test_tiny_clip_is_cached_and_deterministic(tmp_path, monkeypatch):
     assert not np.array_equal(first["text_projection.weight"], other["text_projection.weight"])
 
 
-# --- loading through huggingface_hub --------------------------------------------------------------
-
-
-def hub_cache(root, repo_id, src, sha="0123456789abcdef0123456789abcdef01234567"):
-    """Lay `src`'s files out as the Hub cache does: models--org--name/{refs/main, snapshots/<sha>/...}."""
-    repo = os.path.join(root, "models--" + repo_id.replace("/", "--"))
-    shutil.copytree(src, os.path.join(repo, "snapshots", sha))
-    os.makedirs(os.path.join(repo, "refs"))
-    with open(os.path.join(repo, "refs", "main"), "w") as f:
-        f.write(sha)
-    return root
-
-
-@pytest.fixture
-def offline_hub(tmp_path, monkeypatch):
-    """An empty Hub cache with HF_HUB_OFFLINE=1 (set on the module constants, which read the env at import)."""
-    from huggingface_hub import constants
-
-    root = str(tmp_path / "hub")
-    os.makedirs(root)
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_HUB_CACHE", root)
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", root)
-    return root
-
-
-def test_load_from_hub_cache_offline(tiny, offline_hub):
-    hub_cache(offline_hub, "sdkit-test/tiny-clip", tiny)
-    from_hub, from_dir = load_flax_clip("sdkit-test/tiny-clip"), load_flax_clip(tiny)
-    assert from_hub.path.startswith(offline_hub) and "snapshots" in from_hub.path
-    for a, b in zip(*(map(np.asarray, jax.tree.leaves(c.params)) for c in (from_hub, from_dir))):
-        np.testing.assert_array_equal(a, b)
-
-
-def test_unknown_clip_id_offline(offline_hub):
-    with pytest.raises(ValueError, match="unknown CLIP 'sdkit-test/no-such-clip'.*HF_HUB_OFFLINE"):
-        load_flax_clip("sdkit-test/no-such-clip")
-    with pytest.raises(ValueError, match="unknown CLIP '/no/such/dir'"):
-        load_flax_clip("/no/such/dir")
-
-
-def test_not_a_clip(tmp_path, tiny):
-    (tmp_path / "bert").mkdir()
-    (tmp_path / "bert" / "config.json").write_text(json.dumps({"model_type": "bert"}))
-    with pytest.raises(ValueError, match="not a CLIP checkpoint: config.json says model_type='bert'"):
-        load_flax_clip(tmp_path / "bert")
-    shutil.copytree(tiny, tmp_path / "text-only")
-    config = json.loads((tmp_path / "text-only" / "config.json").read_text())
-    (tmp_path / "text-only" / "config.json").write_text(json.dumps({**config["text_config"]}))
-    with pytest.raises(ValueError, match="model_type='clip_text_model'"):
-        load_flax_clip(tmp_path / "text-only")
-    (tmp_path / "empty").mkdir()
-    with pytest.raises(ValueError, match="no config.json"):
-        load_flax_clip(tmp_path / "empty")
-
-
 def test_weights_that_do_not_fit_the_config(tmp_path, tiny):
     shutil.copytree(tiny, tmp_path / "c")
     config = json.loads((tmp_path / "c" / "config.json").read_text())
@@ -268,18 +185,6 @@ def test_weights_that_do_not_fit_the_config(tmp_path, tiny):
     (tmp_path / "c" / "config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match="do not fit.*wrong shapes"):
         load_flax_clip(tmp_path / "c")
-
-
-def test_pickle_only_checkpoints_are_refused(tmp_path, tiny, offline_hub):
-    src = tmp_path / "pickled"
-    src.mkdir()
-    shutil.copy(os.path.join(tiny, "config.json"), src)
-    torch.save({"logit_scale": torch.tensor(1.0)}, src / "pytorch_model.bin")
-    with pytest.raises(ValueError, match=r"no safetensors.*pytorch_model\.bin.*never loads pickle"):
-        load_flax_clip(src)
-    hub_cache(offline_hub, "sdkit-test/pickled-clip", src)
-    with pytest.raises(ValueError, match="never loads pickle"):
-        load_flax_clip("sdkit-test/pickled-clip")
 
 
 def test_building_the_tiny_clip_shows_no_progress_bar(tmp_path, capfd):

@@ -1,0 +1,62 @@
+"""`TorchCLIPScorer`: CLIP scores from transformers' PyTorch `CLIPModel` (imports no JAX)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from sdkit.load.hub import resolve_clip
+from sdkit.scoring.scorers import DEFAULT_CLIP, CLIPScorer
+
+
+class TorchCLIPScorer(CLIPScorer):
+    """CLIP scores from transformers' PyTorch `CLIPModel` on one device ("auto": cuda, mps, else cpu).
+
+    Args:
+        model_id: Hub id or local directory of a CLIP checkpoint (safetensors only, never pickle).
+        device: torch device or "auto".
+        dtype: None for float32, or a torch dtype / name ("float16", "bfloat16").
+        batch_size: images per forward pass.
+    """
+
+    name = "clip-torch"
+
+    def __init__(self, model_id: str = DEFAULT_CLIP, *, device="auto", dtype=None, batch_size: int = 16,
+                 revision: str | None = None, cache_dir: str | None = None):
+        import torch
+        from transformers import CLIPModel
+
+        from sdkit.load.devices import resolve_device
+        from sdkit.quiet import quiet_hf
+
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        path = resolve_clip(model_id, revision, cache_dir)
+        dtype = getattr(torch, dtype) if isinstance(dtype, str) else (dtype or torch.float32)
+        self.device, self.dtype, self.batch_size = torch.device(resolve_device(device)), dtype, batch_size
+        with quiet_hf():
+            self.model = CLIPModel.from_pretrained(path, use_safetensors=True, dtype=dtype).to(self.device).eval()
+        super().__init__(str(model_id), path, float(self.model.logit_scale.detach().float()),
+                         self.model.config.text_config.max_position_embeddings)
+
+    def _encode_text(self, input_ids: np.ndarray) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            ids = torch.from_numpy(input_ids.astype(np.int64)).to(self.device)
+            e = self.model.get_text_features(input_ids=ids).pooler_output.float()
+            return (e / e.norm(dim=-1, keepdim=True)).cpu().numpy()
+
+    def _cosine(self, pixel_values: np.ndarray, index: np.ndarray, text: np.ndarray) -> np.ndarray:
+        import torch
+
+        out = []
+        with torch.inference_mode():
+            t = torch.from_numpy(text).to(self.device)
+            for a in range(0, len(pixel_values), self.batch_size):
+                x = pixel_values[a:a + self.batch_size]
+                x = (x if torch.is_tensor(x) else torch.from_numpy(x)).to(self.device, self.dtype)
+                e = self.model.get_image_features(pixel_values=x).pooler_output.float()
+                e = e / e.norm(dim=-1, keepdim=True)
+                i = torch.from_numpy(index[a:a + self.batch_size].astype(np.int64)).to(self.device)
+                out.append((e * t[i]).sum(-1).cpu().numpy())
+        return np.concatenate(out)
