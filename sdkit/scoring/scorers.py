@@ -193,7 +193,8 @@ def load_scorer(backend: str = "flax", model_id: str = DEFAULT_CLIP, **kwargs) -
 
     "flax" with a CPU-only JAX next to a CUDA torch keeps Flax (on the CPU) and warns once with the install
     command; so does "auto" as it falls back. `kwargs` go to the scorer class (flax: dtype, devices,
-    batch_size; torch: device, dtype, batch_size; both: revision, cache_dir).
+    batch_size; torch: device, dtype, batch_size; both: revision, cache_dir). A CLIP that cannot be found,
+    or has no safetensors weights, raises `sdkit.errors.ModelNotAvailable` (`sdkit.load.hub.resolve_clip`).
     """
     if backend not in CHOICES:
         raise ValueError(f"unknown scorer backend {backend!r}; expected one of {sorted(CHOICES)}")

@@ -13,7 +13,7 @@ class TorchCLIPScorer(CLIPScorer):
 
     Args:
         model_id: Hub id or local directory of a CLIP checkpoint (safetensors only, never pickle).
-        device: torch device or "auto".
+        device: torch device or "auto" (picked as for pipelines: `sdkit.load.devices.resolve_device`).
         dtype: None for float32, or a torch dtype / name ("float16", "bfloat16").
         batch_size: images per forward pass.
     """

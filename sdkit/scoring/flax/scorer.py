@@ -15,8 +15,7 @@ def _text_embeds(module, params, input_ids):
 
 def _image_cosine(module, params, pixel_values, index, text):
     # Each image against its own prompt: gather by index, never by stride over a device axis.
-    image = normalize(module.apply({"params": params}, pixel_values,
-                                             method=CLIP.get_image_features))
+    image = normalize(module.apply({"params": params}, pixel_values, method=CLIP.get_image_features))
     return (image * text[index]).sum(-1)
 
 
