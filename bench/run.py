@@ -93,7 +93,7 @@ def main(argv=None) -> int:
     if bad:
         ap.error(f"--only {','.join(bad)}: benchmarks are {','.join(BENCHMARKS)}")
     only = [b for b in BENCHMARKS if b in wanted]
-    from sdkit.load.pipeline import resolve_device
+    from sdkit.load.devices import resolve_device
 
     cfg = Config(**SMOKE) if args.smoke else Config()
     cfg = dataclasses.replace(cfg, device=resolve_device(args.device))

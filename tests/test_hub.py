@@ -61,7 +61,7 @@ def test_deleted_tutorial_ids_resolve_to_mirrors(tmp_path, tiny_path, tiny_inpai
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "IDS stable-diffusion-v1-5/stable-diffusion-v1-5 stable-diffusion-v1-5/stable-diffusion-inpainting" in out.stdout
-    assert "runwayml/stable-diffusion-v1-5 was deleted from the Hub; using its mirror" in out.stdout
+    assert "sdkit: runwayml/stable-diffusion-v1-5 was deleted from the Hub; using its mirror" in out.stderr
 
 
 # --- CLIPs --------------------------------------------------------------------------------------------------

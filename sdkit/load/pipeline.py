@@ -24,7 +24,7 @@ from sdkit.load.schedulers import check_scheduler, make_scheduler
 from sdkit.models.builtin import BUILTIN, builtin_pipeline_path
 from sdkit.quiet import quiet_hf
 
-log = logging.getLogger("sdkit")
+log = logging.getLogger(__name__)
 
 TASKS = ("text-to-image", "image-to-image", "inpainting")
 WEIGHTED = ("unet", "vae", "text_encoder", "safety_checker")
@@ -66,7 +66,7 @@ def resolve(model: str, *, revision: str | None = None, dtype=torch.float32, var
     if not isinstance(model, str) or not model.strip():
         raise ValueError(f"model={model!r}: give a Hub id like 'stable-diffusion-v1-5/stable-diffusion-v1-5', a local path, or one of {list(BUILTIN)}")
     if model in MIRRORS:
-        print(f"sdkit: {model} was deleted from the Hub; using its mirror {MIRRORS[model]}")
+        log.info(f"{model} was deleted from the Hub; using its mirror {MIRRORS[model]}")
         model = MIRRORS[model]
     label = f"model {model!r}"
     if model.startswith("sdkit:"):
