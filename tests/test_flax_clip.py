@@ -167,7 +167,7 @@ def test_tiny_clip_is_cached_and_deterministic(tmp_path, monkeypatch):
     assert path.startswith(str(tmp_path / "cache" / "tiny" / "clip-"))
     assert sorted(os.listdir(path)) == sorted(["config.json", "model.safetensors", "preprocessor_config.json",
                                                "vocab.json", "merges.txt", "tokenizer_config.json",
-                                               "special_tokens_map.json"])
+                                               "tokenizer.json"])
     mtime = os.path.getmtime(os.path.join(path, "model.safetensors"))
     assert tiny_clip_path() == path and os.path.getmtime(os.path.join(path, "model.safetensors")) == mtime
     assert not [p for p in os.listdir(tmp_path / "cache" / "tiny") if p.startswith(".")]  # no temp dirs left

@@ -187,7 +187,7 @@ def _warn_jax_on_cpu(fallback: bool) -> None:
                   RuntimeWarning, stacklevel=3)
 
 
-def load_scorer(backend: str = "flax", model_id: str = DEFAULT_CLIP, **kwargs) -> Scorer:
+def load_scorer(backend: str = "flax", clip_model: str = DEFAULT_CLIP, **kwargs) -> Scorer:
     """A CLIP scorer. backend "flax": sdkit's Flax CLIP on all JAX devices; "torch": transformers' CLIPModel;
     "auto": Flax, unless torch has a GPU that JAX does not see (a CPU-only JAX), then torch on that GPU.
 
@@ -208,18 +208,18 @@ def load_scorer(backend: str = "flax", model_id: str = DEFAULT_CLIP, **kwargs) -
     if backend == "auto":
         backend = "torch" if "device" in kwargs else "flax"
     module, cls = BACKENDS[backend]
-    return getattr(importlib.import_module(module), cls)(model_id, **kwargs)
+    return getattr(importlib.import_module(module), cls)(clip_model, **kwargs)
 
 
 _scorers: dict[tuple, "Scorer"] = {}
 _scorers_lock = threading.Lock()
 
 
-def get_scorer(backend: str = "flax", model_id: str | None = None, **kwargs):
-    """A cached scorer: loading a CLIP and compiling it is done once per (backend, model)."""
-    model_id = model_id or DEFAULT_CLIP
-    key = (backend, str(model_id), tuple(sorted(kwargs.items())))
+def get_scorer(backend: str = "flax", clip_model: str | None = None, **kwargs):
+    """A cached scorer: loading a CLIP and compiling it is done once per (backend, CLIP)."""
+    clip_model = clip_model or DEFAULT_CLIP
+    key = (backend, str(clip_model), tuple(sorted(kwargs.items())))
     with _scorers_lock:
         if key not in _scorers:
-            _scorers[key] = load_scorer(backend, str(model_id), **kwargs)
+            _scorers[key] = load_scorer(backend, str(clip_model), **kwargs)
         return _scorers[key]
