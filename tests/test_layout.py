@@ -143,3 +143,21 @@ def test_import_sdkit_is_light():
 def test_light_modules_stay_light(module, absent):
     loaded = sorted(set(absent) & _imported_by(f"import {module}"))
     assert not loaded, f"`import {module}` imported {loaded}"
+
+
+# Programs print their output; the library speaks through the `sdkit` logger and `warnings` only.
+PRINTS_ALLOWED = ("sdkit.cli", "sdkit.toy.__main__", "sdkit.notebook")
+
+
+def test_the_library_does_not_print():
+    printing = sorted(f"{m}:{node.lineno}" for m, path in MODULES.items()
+                      if not any(m == a or m.startswith(a + ".") for a in PRINTS_ALLOWED)
+                      for node in ast.walk(ast.parse(path.read_text()))
+                      if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "print")
+    assert not printing, f"print() in library modules (use logging.getLogger(__name__) or warnings): {printing}"
+
+
+def test_library_messages_reach_stderr_with_no_logging_setup():
+    code = "import logging; import sdkit; logging.getLogger('sdkit.generation').warning('out of memory; retrying')"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stderr == "sdkit: out of memory; retrying\n" and out.stdout == ""
