@@ -264,6 +264,7 @@ def ray_sweep():
     return tiny_sweep(n=2, batch_size=2, grid={"scheduler": ["DDIM", "Euler a"], "guidance_scale": 5.0, **FAST})
 
 
+@pytest.mark.slow  # starts a local Ray cluster (make test runs it)
 def test_ray_pixels_equal_local(ray_runtime, tmp_path):
     """One actor with the driver's CPU count (Ray sets OMP_NUM_THREADS from it): the same pixels, bit for bit."""
     import torch
@@ -280,6 +281,7 @@ def test_ray_pixels_equal_local(ray_runtime, tmp_path):
         assert a.params() | {"path": None} == b.params() | {"path": None}
 
 
+@pytest.mark.slow  # starts a local Ray cluster (make test runs it)
 def test_ray_with_fewer_threads_per_actor_differs_at_most_in_the_last_bit(ray_runtime, tmp_path):
     """Two actors of one thread each: a process started with one OpenMP thread picks other fp32 kernels
     (oneDNN's 1x1 convolutions here), so a few pixel values may differ by one; nothing more."""
@@ -305,6 +307,7 @@ def _sweep_actor_pids() -> list[int]:
     return pids
 
 
+@pytest.mark.slow  # starts a local Ray cluster (make test runs it)
 def test_killed_ray_actor_loses_and_duplicates_nothing(ray_runtime, tmp_path):
     # batch_size=1: 8 units of 4 steps, so the kill lands while most of the work is still to do.
     sweep = tiny_sweep(n=4, batch_size=1, grid={"num_inference_steps": 4})

@@ -67,6 +67,7 @@ def ray_with_two_gpus():
     ray.shutdown()
 
 
+@pytest.mark.slow  # starts a local Ray cluster (make test runs it)
 def test_one_actor_per_gpu_on_a_gpu_cluster(ray_with_two_gpus, tmp_path, monkeypatch):
     ray = ray_with_two_gpus
     asked = {}
