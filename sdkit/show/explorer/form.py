@@ -56,8 +56,9 @@ def _field(width="240px"):  # one look for every control; descriptions aligned
     return dict(style={"description_width": "64px"}, layout=widgets.Layout(width=width))
 
 
-class Form(widgets.VBox):
-    """The controls, in rows (the panel adds its buttons as the last row); `read()` turns them into a Request."""
+class Form:
+    """The controls, in rows (`box`: a plain VBox, so the panel's stored text form is unchanged; the panel adds
+    its buttons as the last row); `read()` turns them into a Request."""
 
     def __init__(self, model: str, scorer: Any, *, clip_model: str | None, prompt: str | None,
                  negative_prompt: str, n: int, num_inference_steps: int | None, guidance_scale: float | None,
@@ -105,7 +106,7 @@ class Form(widgets.VBox):
             scorer_options.append((f"custom: {getattr(scorer, 'name', type(scorer).__name__)}", scorer))
         self.scorer = widgets.Dropdown(options=scorer_options, value="none" if scorer is None else scorer,
                                        description="scorer", **_field("300px"))
-        super().__init__([
+        self.box = widgets.VBox([
             self.prompt, self.hint, self.negative_prompt,
             row(self.n, self.num_inference_steps, self.guidance_scale),
             row(self.seed, self.random_seed, self.height, self.width),

@@ -79,9 +79,9 @@ class Explorer(widgets.VBox):
             layout=widgets.Layout(flex="1 1 0", min_width="0", margin="0 0 0 12px"))],
             layout=widgets.Layout(display="none"))
 
-        self.form.children = (*self.form.children,
-                              row(self.generate_button, self.stop_button, self.progress, self.progress_label))
-        super().__init__([self.form, self.status, self.gallery, self.selected_box])
+        self.form.box.children = (*self.form.box.children,
+                                  row(self.generate_button, self.stop_button, self.progress, self.progress_label))
+        super().__init__([self.form.box, self.status, self.gallery, self.selected_box])
         self.add_class("sdkit-explorer")
 
     # -- buttons ---------------------------------------------------------------------------------------
