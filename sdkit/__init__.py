@@ -20,6 +20,7 @@ before it, never in a circle: tests/test_layout.py walks the imports):
     edit         edit/ (img2img, inpaint, outpaint; masks)
     scoring      scoring/ (scorers: Flax and PyTorch CLIP, preprocessing)
     ranking      ranking (score_candidates, rank, rerank)
+    search       search/ (x0 previews of candidates while they denoise; search strategies)
     show         show/ (ranked grid, gallery, heatmap)
     sweep        sweep/ (the spec, local and Ray runs)
     tools        toy/adherence (the toy world's measurement), notebook (nbval helpers)
@@ -63,6 +64,7 @@ LAYERS = (
     ("sdkit.edit",),
     ("sdkit.scoring",),
     ("sdkit.ranking",),
+    ("sdkit.search",),
     ("sdkit.show",),
     ("sdkit.sweep",),
     ("sdkit.toy.adherence", "sdkit.toy.__main__", "sdkit.notebook"),
