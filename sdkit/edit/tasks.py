@@ -140,14 +140,14 @@ def pipeline_for(pipe, task: str):
     """`pipe` as a pipeline for `task`, sharing its weights (diffusers' `from_pipe`, no reload)."""
     import diffusers
 
-    from sdkit.load.pipeline import _CLASSES
+    from sdkit.load.pipeline import PIPELINE_CLASSES
 
     info = dict(getattr(pipe, "_sdkit", {}))
     channels = pipe.unet.config.in_channels
     if channels == 9 and task != "inpainting":
         raise ValueError(f"{info.get('model_id') or type(pipe).__name__!r} is an inpainting checkpoint (9-channel UNet); "
                          f"it cannot do {task!r}. Use inpaint()/outpaint(), or a text-to-image checkpoint.")
-    cls = getattr(diffusers, _CLASSES[task])
+    cls = getattr(diffusers, PIPELINE_CLASSES[task])
     if isinstance(pipe, cls):
         return pipe
     from sdkit.quiet import quiet_hf

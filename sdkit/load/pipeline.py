@@ -108,7 +108,7 @@ def check_task(task: str, path: Path, model_id: str) -> None:
         raise ValueError(f"{model_id!r}: UNet with {channels} input channels is not a Stable Diffusion 1.x/2.x layout")
 
 
-_CLASSES = {
+PIPELINE_CLASSES = {
     "text-to-image": "StableDiffusionPipeline",
     "image-to-image": "StableDiffusionImg2ImgPipeline",
     "inpainting": "StableDiffusionInpaintPipeline",
@@ -181,7 +181,7 @@ def load_pipeline(
     with _lock:
         if key in _cache:
             return _cache[key]
-        cls = getattr(diffusers, _CLASSES[task])
+        cls = getattr(diffusers, PIPELINE_CLASSES[task])
         base = next((p for k, p in _cache.items() if k[: len(weights_key)] == weights_key), None)
         if base is not None:
             # A scheduler holds per-run state (timesteps, step index), and the base may have another
