@@ -118,20 +118,31 @@ def rerank(candidates, scorer: Any = "flax", *, clip_model: str | None = None, s
     cands: Sequence = list(getattr(candidates, "candidates", candidates))
     if not cands:
         raise ValueError("nothing to rerank: the run has no candidates (was it cancelled before the first batch?)")
-    if isinstance(scorer, str):
-        from sdkit.models.builtin import clip_for
-        from sdkit.scoring.scorers import get_scorer
-
-        model = next((c.model_id for c in cands if getattr(c, "model_id", "")), "")
-        scorer = get_scorer(scorer, clip_model or clip_for(model))
-    ranked = rank(score_candidates(cands, scorer))
+    model = next((c.model_id for c in cands if getattr(c, "model_id", "")), "")
+    ranked = rank(score_candidates(cands, scorer_for(scorer, model, clip_model)))
     if save:
-        from sdkit.save import update_scores
-
-        by_dir: dict[str, list] = {}
-        for r in ranked:
-            if getattr(r.candidate, "path", None):
-                by_dir.setdefault(str(Path(r.candidate.path).parent), []).append(r.candidate)
-        for d, cs in by_dir.items():
-            update_scores(d, cs)
+        record_scores([r.candidate for r in ranked])
     return ranked
+
+
+def scorer_for(scorer: Any, model: str, clip_model: str | None = None):
+    """`scorer` itself, or the named backend ("flax", "torch", "auto") loaded once, with `clip_model` or the
+    CLIP that belongs with `model` (`sdkit.models.builtin.clip_for`)."""
+    if not isinstance(scorer, str):
+        return scorer
+    from sdkit.models.builtin import clip_for
+    from sdkit.scoring.scorers import get_scorer
+
+    return get_scorer(scorer, clip_model or clip_for(model))
+
+
+def record_scores(candidates: Sequence[Any]) -> None:
+    """Write scored candidates' metadata into their saved PNGs and append their manifest lines, folder by folder."""
+    from sdkit.save import update_scores
+
+    by_dir: dict[str, list] = {}
+    for c in candidates:
+        if getattr(c, "path", None):
+            by_dir.setdefault(str(Path(c.path).parent), []).append(c)
+    for d, cs in by_dir.items():
+        update_scores(d, cs)
