@@ -1,5 +1,7 @@
 """sdkit.load.invariance: one UNet call per candidate, its classifier-free-guidance pair kept together."""
 
+import functools
+
 import numpy as np
 import pytest
 import torch
@@ -113,3 +115,39 @@ def test_candidate_is_bit_identical_in_batches_of_1_2_3_8(model, scheduler, thir
         batched = [np.asarray(c.image) for c in generate(pipe, prompt, batch_size=bs, **kw)]
         differ = [k for k, (a, b) in enumerate(zip(alone, batched)) if not np.array_equal(a, b)]
         assert differ == [], f"{model}, {scheduler}, batch {bs}: candidates {differ} differ from alone"
+
+
+@pytest.mark.slow  # every scheduler, twice
+@pytest.mark.parametrize("scheduler", list(SCHEDULERS))
+def test_skipped_candidates_leave_the_others_bit_identical(scheduler):
+    """What pruning relies on: stopping some candidates' UNet evaluations mid-way changes nothing for the rest."""
+    from sdkit.load.invariance import skipping
+
+    pipe = load_pipeline("sdkit:tiny", scheduler=scheduler)
+    kw = dict(num_inference_steps=5, height=64, width=64, batch_size=4, progress=False)
+    ref = generate(pipe, ["a red circle", "a cat"], n=2, seed=3, **kw)
+    calls = []
+    inner = pipe.unet.forward.__wrapped__  # the UNet's own forward: count the evaluations that reach it
+
+    def counted(sample, *a, **k):
+        calls.append(sample.shape[0])
+        return inner(sample, *a, **k)
+
+    with skipping(pipe) as skip:
+        real = pipe.unet.forward
+        pipe.unet.forward = functools.wraps(real)(_per_candidate(counted, pipe.unet))
+
+        def prune(progress):
+            if progress.step == 2 and progress.finished is None:
+                skip.update({1, 2})  # "a red circle" seed 4 and "a cat" seed 3
+
+        try:
+            run = generate(pipe, ["a red circle", "a cat"], n=2, seed=3, callback=prune, **kw)
+        finally:
+            pipe.unet.forward = real
+    assert "_sdkit_skip" not in vars(pipe.unet)  # the block is over: nothing skipped any more
+    same = [np.array_equal(np.asarray(a.image), np.asarray(b.image)) for a, b in zip(run, ref)]
+    assert same == [True, False, False, True]
+    pipe.scheduler.set_timesteps(5)  # UNet evaluations per candidate (Heun: two per step but the last)
+    evaluations = len(pipe.scheduler.timesteps)
+    assert len(calls) == 4 * 2 + 2 * (evaluations - 2), (scheduler, len(calls))

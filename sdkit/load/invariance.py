@@ -17,6 +17,7 @@ default and results are reproducible per batch size only.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 
 import torch
@@ -26,7 +27,7 @@ def make_batch_invariant(pipe) -> None:
     """Encode each prompt alone, run `pipe.unet` per candidate and the VAE per sample. Idempotent."""
     unet = pipe.unet
     if not getattr(unet, "_sdkit_per_sample", False):
-        unet.forward = _per_candidate(unet.forward)
+        unet.forward = _per_candidate(unet.forward, unet)
         unet._sdkit_per_sample = True
     for name in ("text_encoder", "text_encoder_2"):  # SDXL has two
         encoder = getattr(pipe, name, None)
@@ -47,7 +48,21 @@ def cfg_pairs(sample: torch.Tensor) -> bool:
     return b % 2 == 0 and torch.equal(sample[: b // 2], sample[b // 2 :])
 
 
-def _per_candidate(forward):
+@contextlib.contextmanager
+def skipping(pipe):
+    """A set of candidates (positions in the batch being denoised) whose UNet evaluations are skipped inside the
+    block: a search adds the ones it prunes. Their noise prediction is zero; every other candidate runs alone as
+    always, so a survivor's trajectory is the one it has in any batch. Needs `make_batch_invariant`."""
+    if not getattr(pipe.unet, "_sdkit_per_sample", False):
+        raise RuntimeError("skipping candidates needs the batch-invariant UNet (sdkit.load.invariance.make_batch_invariant)")
+    skip = pipe.unet.__dict__["_sdkit_skip"] = set()
+    try:
+        yield skip
+    finally:
+        del pipe.unet.__dict__["_sdkit_skip"]
+
+
+def _per_candidate(forward, unet=None):
     @functools.wraps(forward)
     def wrapped(sample, timestep, encoder_hidden_states=None, *args, return_dict: bool = True, **kwargs):
         b = sample.shape[0]
@@ -56,17 +71,25 @@ def _per_candidate(forward):
             groups = [torch.tensor([i, i + half], device=sample.device) for i in range(half)]
         else:
             groups = [torch.tensor([i], device=sample.device) for i in range(b)]
-        if len(groups) == 1:
+        skip = (unet.__dict__.get("_sdkit_skip") if unet is not None else None) or ()
+        if len(groups) == 1 and not skip:
             return forward(sample, timestep, encoder_hidden_states, *args, return_dict=return_dict, **kwargs)
-        outs = []
-        for rows in groups:
+        outs = {}
+        for i, rows in enumerate(groups):
+            if i in skip:
+                continue
             t = timestep[rows] if torch.is_tensor(timestep) and timestep.ndim and timestep.shape[0] == b else timestep
             ehs = encoder_hidden_states[rows] if encoder_hidden_states is not None else None
             kw = {k: _take(v, rows, b) for k, v in kwargs.items()}
-            outs.append(forward(sample[rows], t, ehs, *args, return_dict=False, **kw)[0])
-        out = torch.empty((b, *outs[0].shape[1:]), dtype=outs[0].dtype, device=outs[0].device)
-        for rows, o in zip(groups, outs):
-            out[rows] = o
+            outs[i] = forward(sample[rows], t, ehs, *args, return_dict=False, **kw)[0]
+        if outs:
+            like = next(iter(outs.values()))
+            shape, dtype = like.shape[1:], like.dtype
+        else:  # every candidate skipped (an inpainting UNet takes 9 channels and returns 4)
+            shape, dtype = (unet.config.out_channels, *sample.shape[2:]), sample.dtype
+        out = torch.zeros((b, *shape), dtype=dtype, device=sample.device)
+        for i, o in outs.items():
+            out[groups[i]] = o
         if not return_dict:
             return (out,)
         from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput

@@ -68,7 +68,9 @@ def counting(pipe, compute: Compute):
     @functools.wraps(inner)
     def forward(sample, *args, **kwargs):
         b = sample.shape[0]
-        compute.unet_evaluations += b // 2 if cfg_pairs(sample) else b
+        candidates = b // 2 if cfg_pairs(sample) else b
+        skipped = vars(unet).get("_sdkit_skip") or ()  # pruned candidates cost nothing (load.invariance.skipping)
+        compute.unet_evaluations += candidates - sum(1 for i in skipped if i < candidates)
         return inner(sample, *args, **kwargs)
 
     unet.forward = forward
