@@ -8,6 +8,7 @@ function of this shape.
 
     best_of_n(pipe, "a red circle", "flax", n=8, seed=0)                      # today's generate + rerank
     draft_then_finish(pipe, "a red circle", "flax", n=16, keep=2, draft_steps=6)
+    successive_halving(pipe, "a red circle", "flax", n=16, prune_at=(2, 6), keep=(4, 2))  # prune on x0 previews
 
 Finished candidates are ordinary `generate` outputs (their own seed, all their steps), so `sdkit.regenerate`
 makes each again bit for bit from its PNG; their metadata records the search (`extra["search"]`).
@@ -17,6 +18,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
+import secrets
 import time
 from dataclasses import dataclass, field
 from typing import Any, Sequence
@@ -51,6 +54,7 @@ class Search:
     ranked: list[Ranked]
     compute: Compute
     drafts: list[Candidate] = field(default_factory=list)  # draft_then_finish: every draft, scored
+    pruned: list[dict] = field(default_factory=list)  # successive_halving: prompt, seed, step, preview score
 
     @property
     def best(self) -> list[Candidate]:
@@ -146,3 +150,90 @@ def draft_then_finish(pipe, prompt: str | Sequence[str], scorer: Any = "flax", *
         record_scores(scored)
     return Search("draft_then_finish", {k: v for k, v in settings.items() if k != "strategy"}, rank(scored),
                   compute, drafts=[r.candidate for r in drafted])
+
+
+def _check_schedule(n, prune_at, keep, num_inference_steps) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    if not is_int(n) or n < 2:
+        raise ValueError(f"n={n!r} candidates per prompt: must be an integer >= 2 for pruning to choose")
+    prune_at, keep = tuple(prune_at), tuple(keep)
+    if not prune_at or len(prune_at) != len(keep):
+        raise ValueError(f"prune_at={list(prune_at)} and keep={list(keep)}: give one keep count per pruning step")
+    if not all(is_int(s) for s in prune_at) or list(prune_at) != sorted(set(prune_at)) or not (
+            1 <= prune_at[0] and prune_at[-1] < num_inference_steps):
+        raise ValueError(f"prune_at={list(prune_at)}: increasing steps from 1 to num_inference_steps - 1 "
+                         f"= {num_inference_steps - 1}")
+    if not all(is_int(k) for k in keep) or not all(1 <= b <= a for a, b in zip((n - 1, *keep), keep)):
+        raise ValueError(f"keep={list(keep)}: non-increasing counts from 1 to n - 1 = {n - 1}")
+    return prune_at, keep
+
+
+def successive_halving(pipe, prompt: str | Sequence[str], scorer: Any = "flax", *, n: int = 16,
+                       prune_at: Sequence[int] = (2, 6), keep: Sequence[int] = (4, 2), num_inference_steps: int = 20,
+                       seed: int | None = None, previewer=None, clip_model: str | None = None, output_dir=None,
+                       progress: bool = True, **generate_kwargs) -> Search:
+    """N candidates per prompt denoised together; after step `prune_at[j]` each live candidate's x0 preview
+    (decoded by `previewer`, default the pipeline's VAE; an `AutoencoderTiny` is cheaper) is scored against its
+    own prompt and only the best `keep[j]` of each prompt go on. The survivors are finished and ranked by their
+    final score. Pruned candidates cost no more UNet evaluations (`sdkit.load.invariance.skipping`), and a
+    survivor's trajectory is the one it has alone, so it regenerates bit for bit from its PNG.
+
+    Only the survivors are saved; the pruned ones are listed in `search.pruned` (seed, step, preview score) and,
+    with `output_dir`, in `<run_id>.search.json`, so finishing one later is `generate(..., seeds=[seed])`.
+    """
+    from sdkit.generation import generate
+    from sdkit.load.invariance import skipping
+    from sdkit.search.previews import capture_previews, decode_previews
+
+    prompts = as_prompt_list(prompt)
+    prune_at, keep = _check_schedule(n, prune_at, keep, num_inference_steps)
+    if not getattr(pipe.unet, "_sdkit_per_sample", False):  # on GPUs invariance is off by default
+        raise ValueError("successive_halving prunes candidates mid-way without touching the survivors, which needs "
+                         "a batch-invariant pipeline: load_pipeline(..., batch_invariant=True)")
+    out = None
+    if output_dir is not None:
+        from sdkit.checks import check_output_dir
+        from sdkit.save import recover
+
+        out = check_output_dir(output_dir)
+        recover(out)
+    base = seed if seed is not None else secrets.randbits(31)
+    seeds = [base + k for k in range(n)]
+    settings = {"strategy": "successive_halving", "n": n, "prune_at": list(prune_at), "keep": list(keep)}
+    scorer = scorer_for(scorer, getattr(pipe, "_sdkit", {}).get("model_id", ""), clip_model)
+    compute, pruned, previewed = Compute(), {}, {}
+    with counting(pipe, compute), skipping(pipe) as skip, \
+            capture_previews(pipe, steps=[s - 1 for s in prune_at]) as previews:
+
+        def prune(p):
+            if p.finished is not None or p.step not in prune_at:
+                return
+            live = [i for i in range(len(prompts) * n) if i not in skip]
+            images = decode_previews(previews.at(p.step - 1)[live], previewer or pipe.vae)
+            compute.preview_decodes += len(live)
+            looks = score_candidates([Candidate(image=im, prompt=prompts[i // n], seed=seeds[i % n], index=i)
+                                      for i, im in zip(live, images)], scorer)
+            compute.scored_images += len(looks)
+            for r in rank(looks):
+                i = r.candidate.index
+                previewed.setdefault(i, {})[p.step] = r.score
+                if r.rank > keep[prune_at.index(p.step)]:
+                    skip.add(i)
+                    pruned[i] = {"prompt": r.candidate.prompt, "seed": r.candidate.seed, "step": p.step,
+                                 "preview_score": r.score}
+
+        run = generate(pipe, prompts, n=n, seeds=seeds, num_inference_steps=num_inference_steps,
+                       batch_size=len(prompts) * n, callback=prune, progress=progress, **generate_kwargs)
+        survivors = [c for c in run.candidates if c.index not in pruned]
+        for c in survivors:
+            c.extra["search"] = {**settings, "preview_scores": {str(s): v for s, v in previewed[c.index].items()}}
+        scored = score_candidates(survivors, scorer)
+        compute.scored_images += len(scored)
+    if out is not None:
+        from sdkit.files import write_once
+        from sdkit.save import save_candidate
+
+        scored = [save_candidate(c, out) for c in scored]
+        write_once(out / f"{run.run_id}.search.json",
+                   json.dumps({**settings, "pruned": list(pruned.values())}, indent=1).encode())
+    return Search("successive_halving", {k: v for k, v in settings.items() if k != "strategy"}, rank(scored), compute,
+                  pruned=list(pruned.values()))
