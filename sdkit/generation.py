@@ -9,6 +9,7 @@ device, which is what makes a seed worth recording.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import logging
 import secrets
 import threading
@@ -65,6 +66,9 @@ def generate(
     progress: bool = True,
     pipe_kwargs: dict | None = None,
     extra: dict | None = None,
+    search: str | Callable | None = None,
+    search_kwargs: dict | None = None,
+    scorer=None,
 ) -> Run:
     """Generate `n` candidates for each prompt.
 
@@ -87,9 +91,19 @@ def generate(
             and the finished candidates are returned with `run.cancelled = True`.
         pipe_kwargs: extra arguments for the pipeline call (e.g. `image`, `mask_image`, `strength`).
         extra: task settings recorded in each candidate's metadata.
+        search: None (plain generation), a strategy name ("best_of_n", "draft_then_finish", "successive_halving")
+            or a function of the strategy signature (`sdkit.search.strategies`, e.g. a functools.partial of one).
+            The strategy gets these arguments (`seeds` is refused: candidate k gets seed `seed + k`; a `run_id`
+            already in `output_dir` is refused: a search is not resumed) and makes the candidates itself.
+        search_kwargs: the strategy's own settings, e.g. {"prune_at": (2, 6), "keep": (4, 2), "previewer": taesd}
+            or {"keep": 2, "draft_steps": 6}; unknown names are refused before any work.
+        scorer: what the search ranks by: "flax" (default), "torch", "auto" or a scorer object; only with `search`.
 
     Returns:
-        A `Run` whose candidates are in index order: prompt by prompt, seed by seed.
+        A `Run` whose candidates are in index order: prompt by prompt, seed by seed. With `search`, only the
+        finished candidates (scored; the pruned and drafts are not in it), and `run.search` is the strategy's
+        `Search`: `.ranked` best first per prompt, `.best`, `.compute` (UNet evaluations, preview decodes,
+        images scored, wall time) and `.pruned`. Without it `run.search` is None.
     """
     prompts = as_prompt_list(prompt)
     negs = _negatives(negative_prompt, len(prompts))
@@ -99,7 +113,15 @@ def generate(
                         height=height, width=width, batch_size=batch_size)
     if seed is not None:
         check_seed(seed)
+    if search is None and (scorer is not None or search_kwargs):
+        raise ValueError(f"{'scorer' if scorer is not None else 'search_kwargs'}= without search=: they set a search "
+                         "up; to rank a plain run, call sdkit.rerank(run, scorer)")
     out = check_output_dir(output_dir) if output_dir is not None else None
+    if search is not None:
+        return _search(pipe, prompt, search, search_kwargs, scorer, out, dict(
+            n=n, seed=seed, seeds=seeds, negative_prompt=negative_prompt, num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale, height=height, width=width, batch_size=batch_size, run_id=run_id,
+            callback=callback, cancel=cancel, progress=progress, pipe_kwargs=pipe_kwargs, extra=extra))
     warn_long_prompts(pipe.tokenizer, prompts)
     warn_long_prompts(pipe.tokenizer, negs, "negative_prompt")
 
@@ -214,6 +236,30 @@ def generate(
         warnings.warn(f"{sum(c.nsfw for c in run.candidates)} candidate(s) were flagged by the safety checker "
                       "(their image is black; `candidate.nsfw` is True)", stacklevel=2)
     return run
+
+
+def _search(pipe, prompt, search, search_kwargs, scorer, out, args: dict) -> Run:
+    """generate(search=...): check everything, hand the arguments to the strategy, and wrap its Search in a Run."""
+    # The search layer sits above generation (its strategies call generate, without a search): reached through
+    # a name -> module face like sdkit's own, not an import.
+    strategies = importlib.import_module("sdkit.search.strategies")
+    strategy, kwargs = strategies.check_search(search, search_kwargs, n=args["n"],
+                                               num_inference_steps=args["num_inference_steps"])
+    if args.pop("seeds") is not None:
+        raise ValueError("seeds= with search=: a search numbers its candidates from seed (candidate k gets seed + k); "
+                         "give seed, or finish chosen seeds with generate(..., seeds=[...]) and no search")
+    if out is not None and args["run_id"] and strategies.run_in_folder(out, args["run_id"]):
+        raise ValueError(f"run_id={args['run_id']!r} is already a run in {out}: a search cannot be resumed (which "
+                         "candidates it keeps depends on all of them); start a new run, or finish single candidates "
+                         "with sdkit.regenerate / sdkit.search.strategies.finish_pruned")
+    fwd = {k: v for k, v in args.items() if v is not None}  # a strategy's own defaults where generate has none
+    if out is not None:
+        fwd["output_dir"] = out
+    found = strategy(pipe, prompt, "flax" if scorer is None else scorer, **kwargs, **fwd)
+    finished = sorted((r.candidate for r in found.ranked), key=lambda c: c.index)
+    run_id = found.run_id or next((c.run_id for c in finished), "")
+    return Run(run_id=run_id, candidates=finished, output_dir=str(out) if out else None,
+               manifest=str(out / "manifest.jsonl") if out else None, cancelled=found.cancelled, search=found)
 
 
 def _negatives(negative_prompt, n_prompts: int) -> list[str | None]:

@@ -67,6 +67,8 @@ class Run:
     manifest: str | None = None
     cancelled: bool = False  # stopped early; every finished candidate is still here and on disk
     resumed: int = 0  # candidates a resumed run kept from disk (loaded, not made again)
+    # generate(search=...): the strategy's `sdkit.search.strategies.Search` (ranking, compute, the pruned); else None
+    search: Any = None
 
     @property
     def images(self) -> list[Image.Image]:
@@ -83,7 +85,8 @@ class Run:
 
     def __repr__(self) -> str:
         state = " cancelled" if self.cancelled else ""
-        return f"Run({len(self.candidates)} candidates{state})"
+        search = f" {getattr(self.search, 'strategy', 'search')}" if self.search is not None else ""
+        return f"Run({len(self.candidates)} candidates{state}{search})"
 
 
 @dataclass

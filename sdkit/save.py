@@ -248,10 +248,11 @@ class _folder_lock:
 
 
 def read_manifest(output_dir, run_id: str | None = None) -> list[dict]:
-    """Manifest records, one per file (its last line wins), after `recover`ing the folder.
+    """Manifest records of images, one per file (its last line wins), after `recover`ing the folder.
 
     A torn line (killed mid-write) is skipped; a line whose PNG is gone is dropped with a warning.
     A folder's manifest collects every run written there; `run_id` keeps one run's records.
+    Lines of candidates a search pruned (`"pruned": true`, no image) are not images: `read_pruned` reads them.
     """
     recover(output_dir)
     path = Path(output_dir) / MANIFEST
@@ -259,6 +260,8 @@ def read_manifest(output_dir, run_id: str | None = None) -> list[dict]:
         return []
     by_file: dict[str, dict] = {}
     for rec in _parse_manifest(path):
+        if rec.get("pruned"):
+            continue
         if run_id is None or rec.get("run_id") == run_id:
             by_file[rec.get("file", len(by_file))] = rec
     gone = [f for f in by_file if isinstance(f, str) and not (Path(output_dir) / f).exists()]
@@ -268,6 +271,17 @@ def read_manifest(output_dir, run_id: str | None = None) -> list[dict]:
         for f in gone:
             del by_file[f]
     return list(by_file.values())
+
+
+def read_pruned(output_dir, run_id: str | None = None) -> list[dict]:
+    """The manifest lines of candidates a search pruned (`sdkit.search.strategies.successive_halving`), in the
+    order written: prompt, seed, the step it stopped at, its preview score and the settings that finish it
+    (`sdkit.search.strategies.finish_pruned`). `run_id` keeps one run's."""
+    recover(output_dir)
+    path = Path(output_dir) / MANIFEST
+    if not path.exists():
+        return []
+    return [r for r in _parse_manifest(path) if r.get("pruned") and (run_id is None or r.get("run_id") == run_id)]
 
 
 def read_metadata(path) -> dict:

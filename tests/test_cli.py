@@ -112,3 +112,96 @@ def test_resume_is_refused_for_edits_and_empty_folders(tmp_path, capsys):
     assert "--resume: not supported for edits" in capsys.readouterr().err
     assert main(["generate", "--resume", str(tmp_path)]) == 2
     assert "no sdkit run here" in capsys.readouterr().err
+
+
+# --search: the strategies from the command line, their options checked before any model is loaded.
+
+SEARCH_CASES = {  # strategy options, and the UNet evaluations they cost for 1 prompt, -n 4, --steps 4
+    "best_of_n": ([], 4 * 4),
+    "draft_then_finish": (["--draft-steps", "2", "--keep", "1"], 4 * 2 + 1 * 4),
+    "successive_halving": (["--prune-at", "1,2", "--keep", "2,1"], 4 + 2 + 1 * 2),
+}
+
+
+@pytest.mark.parametrize("strategy", sorted(SEARCH_CASES))
+def test_cli_search_saves_the_finished_and_prints_the_compute_line(strategy, tmp_path, tiny_pipe, capsys):
+    import numpy as np
+
+    from sdkit.generation import generate
+    from sdkit.save import load_candidate, read_manifest, read_pruned
+
+    options, evaluations = SEARCH_CASES[strategy]
+    assert main(["a red circle", "-n", "4", "--seed", "3", "--steps", "4", "--out", str(tmp_path), "--quiet",
+                 "--scorer", "torch", "--search", strategy, *options]) == 0
+    out = capsys.readouterr().out
+    (run_dir,) = tmp_path.iterdir()
+    assert f"search {strategy}: {evaluations} UNet evaluations ({evaluations / 16:.2f} of best-of-4 at 4 steps: 16)" in out
+    records = read_manifest(run_dir)
+    finished = {"best_of_n": 4, "draft_then_finish": 1, "successive_halving": 1}[strategy]
+    assert len(records) == finished and f"{finished} images in" in out and "#1  score=" in out
+    assert len(read_pruned(run_dir)) == (3 if strategy == "successive_halving" else 0)
+    assert (run_dir / f"{run_dir.name}.search.json").exists() and list(run_dir.glob("*-grid.png"))
+    for r in records:  # each finished image is the one its seed makes in a plain run
+        c = load_candidate(run_dir / r["file"])
+        alone = generate(tiny_pipe, c.prompt, n=1, seeds=[c.seed], num_inference_steps=4, progress=False)
+        assert np.array_equal(np.asarray(c.image), np.asarray(alone.candidates[0].image)) and c.score is not None
+        assert c.extra["search"]["strategy"] == strategy and c.run_id == run_dir.name
+
+
+def test_cli_search_with_a_tiny_previewer(tmp_path, capsys):
+    import diffusers
+    import torch
+
+    torch.manual_seed(0)
+    diffusers.AutoencoderTiny(encoder_block_out_channels=(8, 8, 8, 8), decoder_block_out_channels=(8, 8, 8, 8),
+                              num_encoder_blocks=(1, 1, 1, 1), num_decoder_blocks=(1, 1, 1, 1),
+                              latent_channels=4).save_pretrained(tmp_path / "taesd", safe_serialization=True)
+    assert main(["a cat", "-n", "3", "--seed", "1", "--steps", "3", "--out", str(tmp_path / "o"), "--quiet",
+                 "--scorer", "torch", "--search", "successive_halving", "--prune-at", "1", "--keep", "1",
+                 "--previewer", str(tmp_path / "taesd")]) == 0
+    assert "5 UNet evaluations (0.56 of best-of-3 at 3 steps: 9), 3 preview decodes" in capsys.readouterr().out
+    from sdkit.save import read_manifest
+
+    (record,) = read_manifest(next((tmp_path / "o").iterdir()))
+    assert record["extra"]["search"]["previewer"] == str(tmp_path / "taesd")  # what the preview scores came from
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--prune-at", "2,6"], "--prune-at without --search: it is an option of --search successive_halving"),
+    (["--keep", "2"], "--keep without --search"),
+    (["--search", "draft_then_finish", "--prune-at", "1"],
+     "--prune-at does not apply to --search draft_then_finish (it is an option of --search successive_halving); "
+     "--search draft_then_finish takes --keep, --draft-steps"),
+    (["--search", "best_of_n", "--keep", "2"], "--search best_of_n takes no options of its own"),
+    (["--search", "successive_halving", "--draft-steps", "2"], "--draft-steps does not apply"),
+    (["--search", "best_of_n", "--previewer", "x"], "--previewer does not apply"),
+    (["--search", "draft_then_finish", "--keep", "2,1"], "--keep 2,1: draft_then_finish finishes one number"),
+    (["--search", "draft_then_finish", "--draft-steps", "30"], "draft_steps=30: must be an integer from 1"),
+    (["--search", "draft_then_finish", "-n", "2", "--keep", "3"], "keep=3: must be an integer from 1 to n=2"),
+    (["--search", "successive_halving", "-n", "4", "--prune-at", "1,2", "--keep", "5,1"], "keep=[5, 1]"),
+    (["--search", "successive_halving", "--prune-at", "1,2"], "give one keep count per pruning step"),
+    (["--search", "successive_halving", "--prune-at", "40", "--keep", "1"], "prune_at=[40]"),
+    (["--search", "successive_halving", "--batch-size", "2"], "--batch-size 2 with --search successive_halving"),
+    (["--search", "best_of_n", "--scorer", "none"], "--search best_of_n --scorer none"),
+    (["--search", "best_of_n", "-n", "2", "--seeds", "1,2"], "--seeds with --search"),
+])
+def test_cli_search_bad_options_exit_2_before_loading(monkeypatch, capsys, args, message):
+    import sdkit.load.pipeline
+
+    monkeypatch.setattr(sdkit.load.pipeline, "load_pipeline", lambda *a, **k: pytest.fail("loaded a model before validating"))
+    assert main(["a cat", *args]) == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args", [["--search", "beam"], ["--search", "successive_halving", "--prune-at", "x"]])
+def test_cli_search_unknown_values_are_usage_errors(capsys, args):
+    with pytest.raises(SystemExit) as e:
+        main(["a cat", *args])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "invalid choice: 'beam'" in err or "'x': comma-separated integers" in err
+
+
+def test_cli_search_refuses_resume(tmp_path, capsys):
+    assert main(["generate", "--resume", str(tmp_path), "--search", "best_of_n"]) == 2
+    assert "--resume with --search: a search cannot be resumed" in capsys.readouterr().err

@@ -143,3 +143,170 @@ def test_successive_halving_refuses_bad_schedules_before_any_work(tiny_pipe, mon
     args = dict(n=4, prune_at=(1, 2), keep=(2, 1), num_inference_steps=STEPS) | kwargs
     with pytest.raises(ValueError, match=match):
         successive_halving(tiny_pipe, "a cat", red, **args)
+
+
+# generate(search=...), the pruned candidates in the manifest, and finishing one of them.
+
+import functools  # noqa: E402
+
+from sdkit.results import Run  # noqa: E402
+from sdkit.save import read_pruned, recover  # noqa: E402
+from sdkit.search.strategies import default_schedule, finish_pruned  # noqa: E402
+
+PROMPTS = ["a red circle", "a cat"]
+
+
+def test_generate_with_search_returns_a_run_of_the_finished_candidates(tiny_pipe, tmp_path):
+    run = generate(tiny_pipe, PROMPTS, n=3, seed=0, num_inference_steps=STEPS, output_dir=tmp_path / "s",
+                   search="best_of_n", scorer=red, progress=False)
+    plain = generate(tiny_pipe, PROMPTS, n=3, seed=0, num_inference_steps=STEPS, progress=False)
+    assert isinstance(run, Run) and plain.search is None and run.search.strategy == "best_of_n"
+    assert [c.index for c in run] == list(range(6)) and [c.seed for c in run] == [c.seed for c in plain]
+    assert all(np.array_equal(pixels(a), pixels(b)) for a, b in zip(run, plain))
+    assert all(c.score is not None for c in run) and run.search.compute.unet_evaluations == 6 * STEPS
+    assert run.run_id == run.search.run_id == run[0].run_id and run.output_dir == str(tmp_path / "s")
+    assert [r.candidate.seed for r in run.search.ranked] == [r.candidate.seed for r in rerank(plain, red, save=False)]
+
+
+def test_generate_search_by_name_kwargs_or_partial_is_the_strategy_itself(tiny_pipe):
+    args = dict(n=4, seed=5, num_inference_steps=STEPS, progress=False)
+    direct = successive_halving(tiny_pipe, PROMPTS, red, prune_at=(1, 2), keep=(2, 1), **args)
+    by_name = generate(tiny_pipe, PROMPTS, search="successive_halving", scorer=red,
+                       search_kwargs={"prune_at": (1, 2), "keep": (2, 1)}, **args)
+    by_partial = generate(tiny_pipe, PROMPTS, scorer=red, search=functools.partial(successive_halving, prune_at=(1, 2),
+                                                                                    keep=(2, 1)), **args)
+    for run in (by_name, by_partial):
+        assert [(c.prompt, c.seed) for c in run] == sorted(((r.candidate.prompt, r.candidate.seed) for r in direct.ranked),
+                                                           key=lambda ps: (PROMPTS.index(ps[0]), ps[1]))
+        assert all(np.array_equal(pixels(a.candidate), pixels(b.candidate)) for a, b in zip(run.search.ranked, direct.ranked))
+        assert run.search.compute.unet_evaluations == direct.compute.unet_evaluations == 8 + 4 + 2 * (STEPS - 2)
+        same = lambda records: [{k: v for k, v in r.items() if k != "run_id"} for r in records]  # noqa: E731
+        assert same(run.search.pruned) == same(direct.pruned) and len(direct.pruned) == 6
+
+
+def test_default_schedule_is_the_measured_one_and_scales():
+    assert default_schedule(16, 20) == ((2, 6), (4, 2))
+    assert default_schedule(4, 30) == ((3, 9), (1, 1))
+    assert default_schedule(8, 2) == ((1,), (1,))  # both points fall on step 1: one pruning, to the last count
+
+
+def test_generate_with_successive_halving_defaults_runs(tiny_pipe):
+    run = generate(tiny_pipe, "a cat", n=4, seed=1, num_inference_steps=10, search="successive_halving", scorer=red,
+                   progress=False)
+    assert run.search.settings == {"n": 4, "prune_at": [1, 3], "keep": [1, 1], "previewer": "vae"} and len(run) == 1
+    # 4 candidates for step 1, then 1 (kept 1 after step 1, still 1 after step 3) for the other 9 steps.
+    assert run.search.compute.unet_evaluations == 4 + 9 and run.search.compute.preview_decodes == 4 + 1
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(search="beam"), r"search='beam': no such strategy; use one of best_of_n, draft_then_finish, successive_halving"),
+    (dict(search=42), r"search=42: give a strategy name"),
+    (dict(search="successive_halving", search_kwargs={"prune": 2}),
+     r"search_kwargs \['prune'\]: successive_halving takes clip_model, keep, previewer, prune_at"),
+    (dict(search="best_of_n", search_kwargs={"keep": 2}), r"search_kwargs \['keep'\]: best_of_n takes clip_model"),
+    (dict(search="draft_then_finish", search_kwargs={"n": 3}), r"search_kwargs \['n'\]: generate's own arguments"),
+    (dict(search="draft_then_finish", search_kwargs={"keep": 5}), r"keep=5: must be an integer from 1 to n=4"),
+    (dict(search="draft_then_finish", search_kwargs={"draft_steps": STEPS}), rf"draft_steps={STEPS}"),
+    (dict(search="successive_halving", search_kwargs={"prune_at": (1, 2), "keep": (4, 1)}), r"keep=\[4, 1\]"),
+    (dict(search=functools.partial(successive_halving, prune_at=(9,), keep=(1,))), r"prune_at=\[9\]"),
+    (dict(search="successive_halving", batch_size=2), r"batch_size=2: successive_halving denoises all 4"),
+    (dict(search="best_of_n", seeds=[1, 2, 3, 4]), r"seeds= with search="),
+    (dict(scorer=red), r"scorer= without search="),
+    (dict(search_kwargs={"keep": 2}), r"search_kwargs= without search="),
+])
+def test_generate_refuses_bad_searches_before_any_work(tiny_pipe, monkeypatch, kwargs, match):
+    import sdkit.search.strategies as strategies
+
+    monkeypatch.setattr(type(tiny_pipe), "__call__", lambda *a, **k: pytest.fail("generated before checking"))
+    monkeypatch.setattr(strategies, "scorer_for", lambda *a, **k: pytest.fail("loaded a scorer before checking"))
+    with pytest.raises(ValueError, match=match):
+        generate(tiny_pipe, "a cat", **{"n": 4, "num_inference_steps": STEPS, "progress": False, **kwargs})
+
+
+def test_a_search_is_not_resumed(tiny_pipe, tmp_path, monkeypatch):
+    out = tmp_path / "s"
+    generate(tiny_pipe, "a cat", n=2, seed=0, num_inference_steps=2, output_dir=out, run_id="plain", progress=False)
+    run = generate(tiny_pipe, "a cat", n=4, seed=0, num_inference_steps=STEPS, output_dir=out, run_id="hunt",
+                   search="successive_halving", search_kwargs={"prune_at": (1,), "keep": (1,)}, scorer=red,
+                   progress=False)
+    assert run.run_id == "hunt" and (out / "hunt.search.json").exists()
+    monkeypatch.setattr(type(tiny_pipe), "__call__", lambda *a, **k: pytest.fail("generated before refusing"))
+    for run_id in ("hunt", "plain"):
+        with pytest.raises(ValueError, match=rf"run_id='{run_id}' is already a run in .*a search cannot be resumed"):
+            generate(tiny_pipe, "a cat", n=4, seed=0, num_inference_steps=STEPS, output_dir=out, run_id=run_id,
+                     search="best_of_n", scorer=red, progress=False)
+
+
+def test_pruned_candidates_are_manifest_lines_that_readers_of_images_pass_by(tiny_pipe, tmp_path):
+    """A plain run and a search share a folder: the pruned lines are listed, and reading, recovering and resuming
+    the plain run see only images (resume loads each record's PNG: a pruned line there would be a KeyError)."""
+    out = tmp_path / "s"
+    plain = generate(tiny_pipe, PROMPTS, n=2, seed=5, num_inference_steps=2, output_dir=out, run_id="plain",
+                     progress=False)
+    s = successive_halving(tiny_pipe, PROMPTS, red, n=4, prune_at=(1, 2), keep=(2, 1), num_inference_steps=STEPS,
+                           seed=5, output_dir=out, progress=False)
+    lines = [json.loads(x) for x in (out / "manifest.jsonl").read_text().splitlines()]
+    assert sum(1 for x in lines if x.get("pruned")) == 6 and not any("file" in x for x in lines if x.get("pruned"))
+    assert read_pruned(out) == read_pruned(out, s.run_id) == s.pruned and read_pruned(out, "plain") == []
+    assert {(p["prompt"], p["seed"], p["step"]) for p in s.pruned} == {
+        (p["prompt"], p["seed"], p["step"]) for p in json.loads((out / f"{s.run_id}.search.json").read_text())["pruned"]}
+    for p in s.pruned:  # what finishing it needs: the search's full settings
+        assert p["num_inference_steps"] == STEPS and p["run_id"] == s.run_id and p["scheduler"] == "DDIM"
+        assert p["extra"]["search"]["strategy"] == "successive_halving" and str(p["step"]) in p["extra"]["search"]["preview_scores"]
+    records = read_manifest(out)
+    assert len(records) == 4 + 2 and all(not r.get("pruned") and (out / r["file"]).exists() for r in records)
+    recover(out)
+    recover(out)
+    assert len((out / "manifest.jsonl").read_text().splitlines()) == len(lines)  # nothing to repair, nothing added
+    again = generate(tiny_pipe, PROMPTS, n=2, seed=5, num_inference_steps=2, output_dir=out, run_id="plain",
+                     progress=False)
+    assert again.resumed == 4 and all(np.array_equal(pixels(a), pixels(b)) for a, b in zip(again, plain))
+
+
+def test_finish_pruned_makes_the_image_a_full_run_makes(tiny_pipe, tmp_path):
+    out = tmp_path / "s"
+    s = successive_halving(tiny_pipe, PROMPTS, red, n=4, prune_at=(1,), keep=(1,), num_inference_steps=STEPS, seed=5,
+                           output_dir=out, progress=False)
+    full = best_of_n(tiny_pipe, PROMPTS, red, n=4, seed=5, num_inference_steps=STEPS, progress=False)
+    ref = {(r.candidate.prompt, r.candidate.seed): r.candidate for r in full.ranked}
+    p = next(x for x in s.pruned if x["prompt"] == "a cat")
+    from_folder = finish_pruned(tiny_pipe, out, seed=p["seed"], prompt="a cat", output_dir=tmp_path / "done")
+    from_record = finish_pruned(tiny_pipe, p)
+    from_manifest = finish_pruned(tiny_pipe, out / "manifest.jsonl", seed=p["seed"], prompt="a cat")
+    for c in (from_folder, from_record, from_manifest):
+        assert (c.prompt, c.seed, c.num_inference_steps) == ("a cat", p["seed"], STEPS)
+        assert np.array_equal(pixels(c), pixels(ref[("a cat", p["seed"])]))
+    meta = read_metadata(from_folder.path)
+    assert meta["extra"]["search"]["finished_pruned"] == {"run_id": s.run_id, "strategy": "successive_halving",
+                                                          "step": 1, "preview_score": p["preview_score"]}
+    assert np.array_equal(pixels(regenerate(from_folder.path, tiny_pipe)), pixels(from_folder))
+    # Prompts share seeds: a seed alone names two pruned candidates; a seed that was kept names none.
+    with pytest.raises(ValueError, match=rf"seed={p['seed']} prompt=None .*2 pruned candidates match"):
+        finish_pruned(tiny_pipe, out, seed=p["seed"])
+    kept = next(r.candidate for r in s.ranked if r.candidate.prompt == "a cat")
+    with pytest.raises(ValueError, match=rf"seed={kept.seed} prompt='a cat' .*no pruned candidate matches"):
+        finish_pruned(tiny_pipe, out, seed=kept.seed, prompt="a cat")
+    with pytest.raises(ValueError, match="not a pruned candidate's record"):
+        finish_pruned(tiny_pipe, {"seed": 1})
+    with pytest.raises(FileNotFoundError, match="no such folder"):
+        finish_pruned(tiny_pipe, tmp_path / "nowhere", seed=1)
+
+
+def test_draft_then_finish_saves_its_finished_candidates_under_one_run_id(tiny_pipe, tmp_path):
+    out = tmp_path / "s"
+    run = generate(tiny_pipe, PROMPTS, n=3, seed=2, num_inference_steps=STEPS, output_dir=out, run_id="d",
+                   search="draft_then_finish", search_kwargs={"keep": 2, "draft_steps": 2}, scorer=red, progress=False)
+    files = sorted(r["file"] for r in read_manifest(out))
+    assert len(files) == 4 and all(f.startswith("d-") for f in files) and {c.run_id for c in run} == {"d"}
+    assert sorted(c.index for c in run) == [c.index for c in run] and len({c.index for c in run}) == 4
+    assert {f"d-{c.index:03d}-s{c.seed}.png" for c in run} == set(files)
+    record = json.loads((out / "d.search.json").read_text())
+    assert record["compute"]["unet_evaluations"] == run.search.compute.unet_evaluations == 6 * 2 + 4 * STEPS
+
+
+@pytest.mark.parametrize("strategy", ["best_of_n", "draft_then_finish", "successive_halving"])
+def test_a_cancelled_search_says_so(tiny_pipe, strategy):
+    settings = {"draft_then_finish": {"keep": 1, "draft_steps": 2}, "successive_halving": {"prune_at": (1,), "keep": (1,)}}
+    run = generate(tiny_pipe, "a cat", n=2, seed=0, num_inference_steps=STEPS, search=strategy, scorer=red,
+                   search_kwargs=settings.get(strategy), cancel=lambda: True, progress=False)
+    assert run.cancelled and run.search.cancelled and len(run) == 0

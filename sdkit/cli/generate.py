@@ -43,7 +43,72 @@ def add_parser(sub) -> None:
                    help="finish a killed or stopped run in its folder, with its recorded settings (prompts, seeds, "
                         "model...); options that differ from them are refused")
     add_common_args(p)
+    add_search_args(p)
     p.set_defaults(func=run)
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: comma-separated integers, e.g. 2,6") from None
+
+
+# Each search option, and the strategy it belongs to.
+SEARCH_OPTIONS = {"--prune-at": ("prune_at", ("successive_halving",)),
+                  "--keep": ("keep", ("draft_then_finish", "successive_halving")),
+                  "--draft-steps": ("draft_steps", ("draft_then_finish",)),
+                  "--previewer": ("previewer", ("successive_halving",))}
+
+
+def add_search_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("search: the best image per prompt, for less compute than best-of-N")
+    g.add_argument("--search", default=None, choices=["best_of_n", "draft_then_finish", "successive_halving"],
+                   help="best_of_n: n full candidates, ranked; draft_then_finish: n drafts at --draft-steps, the best "
+                        "--keep finished; successive_halving: n together, pruned on x0 previews at --prune-at steps")
+    g.add_argument("--prune-at", type=_ints, default=None, metavar="STEPS",
+                   help="successive_halving: steps after which to prune, e.g. 2,6 (default: 10%% and 30%% of --steps)")
+    g.add_argument("--keep", type=_ints, default=None, metavar="COUNTS",
+                   help="successive_halving: candidates per prompt kept at each --prune-at step, e.g. 4,2 (default: "
+                        "n/4 then n/8); draft_then_finish: drafts per prompt finished (default 2)")
+    g.add_argument("--draft-steps", type=int, default=None, help="draft_then_finish: steps per draft (default 6)")
+    g.add_argument("--previewer", default=None, metavar="PATH",
+                   help="successive_halving: an AutoencoderTiny (TAESD) folder or Hub id to decode previews "
+                        "(default: the model's VAE)")
+
+
+def search_settings(args) -> dict | None:
+    """The strategy's settings from the search options, each checked against --search, before any model is loaded."""
+    given = {flag: getattr(args, dest) for flag, (dest, _) in SEARCH_OPTIONS.items()
+             if getattr(args, dest, None) is not None}
+    if args.search is None:
+        if given:
+            flag = next(iter(given))
+            raise ValueError(f"{flag} without --search: it is an option of --search "
+                             f"{' / '.join(SEARCH_OPTIONS[flag][1])}")
+        return None
+    for flag in given:
+        if args.search not in SEARCH_OPTIONS[flag][1]:
+            own = [f for f, (_, users) in SEARCH_OPTIONS.items() if args.search in users]
+            raise ValueError(f"{flag} does not apply to --search {args.search} (it is an option of --search "
+                             f"{' / '.join(SEARCH_OPTIONS[flag][1])}); --search {args.search} takes "
+                             f"{', '.join(own) or 'no options of its own'}")
+    if args.scorer == "none":
+        raise ValueError(f"--search {args.search} --scorer none: a search ranks by a scorer; use --scorer flax or torch")
+    if args.seeds is not None:
+        raise ValueError("--seeds with --search: a search numbers its candidates from --seed (candidate k gets seed+k)")
+    if args.search == "successive_halving" and args.batch_size is not None:
+        raise ValueError(f"--batch-size {args.batch_size} with --search successive_halving: it denoises all candidates "
+                         "in one batch (pruned ones cost nothing); leave --batch-size out")
+    kwargs = {dest: given[flag] for flag, (dest, _) in SEARCH_OPTIONS.items() if flag in given}
+    if args.search == "draft_then_finish" and "keep" in kwargs:
+        if len(kwargs["keep"]) != 1:
+            raise ValueError(f"--keep {','.join(map(str, kwargs['keep']))}: draft_then_finish finishes one number "
+                             "of drafts per prompt, e.g. --keep 2")
+        kwargs["keep"] = kwargs["keep"][0]
+    if args.clip_model is not None:
+        kwargs["clip_model"] = args.clip_model
+    return kwargs
 
 
 def read_prompts(args) -> list[str]:
@@ -55,11 +120,12 @@ def read_prompts(args) -> list[str]:
     return prompts
 
 
-def pipeline_from_args(args, task: str):
+def pipeline_from_args(args, task: str, **kwargs):
     from sdkit.load.pipeline import load_pipeline
 
     return load_pipeline(args.model, task, device=args.device, dtype=args.dtype, scheduler=args.scheduler,
-                         safety_checker=not args.no_safety_checker, low_memory=args.low_memory, compile=args.compile)
+                         safety_checker=not args.no_safety_checker, low_memory=args.low_memory, compile=args.compile,
+                         **kwargs)
 
 
 def generate_kwargs(args) -> dict:
@@ -68,13 +134,26 @@ def generate_kwargs(args) -> dict:
                 height=args.height, width=args.width, batch_size=args.batch_size, progress=not args.quiet)
 
 
+def compute_line(run, n: int, num_inference_steps: int) -> str:
+    """What a search cost, against best-of-N with the same n and steps (n * steps UNet evaluations per prompt)."""
+    c, s = run.search.compute, run.search
+    prompts = len({r.candidate.prompt for r in s.ranked}) or 1
+    baseline = n * num_inference_steps * prompts
+    return (f"search {s.strategy}: {c.unet_evaluations} UNet evaluations ({c.unet_evaluations / baseline:.2f} of "
+            f"best-of-{n} at {num_inference_steps} steps: {baseline}), {c.preview_decodes} preview decodes, "
+            f"{c.scored_images} images scored, {c.wall_s:.1f} s" +
+            (f"; {len(s.pruned)} pruned (listed in the manifest)" if s.pruned else ""))
+
+
 def finish(run, args) -> int:
     """Score, rank and draw the grid (unless --scorer none), report; exit 130 if interrupted (finished images are kept)."""
-    if args.scorer != "none" and len(run):
+    search = getattr(run, "search", None)
+    if (args.scorer != "none" or search is not None) and len(run):
         from sdkit.show.grid import save_ranked_grid
         from sdkit.ranking import rerank
 
-        ranked = rerank(run, args.scorer, clip_model=args.clip_model)
+        # A search has scored and ranked its candidates (and recorded the scores) already.
+        ranked = search.ranked if search is not None else rerank(run, args.scorer, clip_model=args.clip_model)
         grid = save_ranked_grid(ranked, run.output_dir)
         print(f"ranked by CLIP score (100 x cosine, {ranked[0].candidate.scorer}):")
         for r in ranked:
@@ -86,6 +165,8 @@ def finish(run, args) -> int:
         for c in run.candidates:
             print(f"{Path(c.path).name if c.path else '-'}  seed={c.seed}  {c.prompt!r}" + ("  [NSFW-flagged]" if c.nsfw else ""))
     print(f"{len(run)} images in {run.output_dir} (manifest: {run.manifest})")
+    if search is not None:
+        print(compute_line(run, args.n, args.num_inference_steps))
     return 130 if run.cancelled else 0
 
 
@@ -171,6 +252,10 @@ def resume(args) -> int:
 
 def run(args) -> int:
     if getattr(args, "resume", None) is not None:
+        if getattr(args, "search", None) is not None:
+            raise ValueError(f"--resume with --search: a search cannot be resumed (which candidates it keeps depends "
+                             f"on all of them); start it again, or finish one of its pruned candidates from Python "
+                             f"with sdkit.search.finish_pruned(pipe, {str(args.resume)!r}, seed=...)")
         return resume(args)
     from sdkit.checks import check_generate_args, check_output_dir
     from sdkit.generation import generate
@@ -184,8 +269,23 @@ def run(args) -> int:
     check_generate_args(n=args.n, seeds=args.seeds, num_inference_steps=args.num_inference_steps,
                         guidance_scale=args.guidance_scale, height=args.height, width=args.width, batch_size=args.batch_size)
     check_scheduler(args.scheduler)
+    settings = search_settings(args)
+    if settings is not None:
+        from sdkit.search.strategies import check_search
+
+        check_search(args.search, {k: v for k, v in settings.items() if k != "previewer"}, n=args.n,
+                     num_inference_steps=args.num_inference_steps)
     run_id = new_run_id()
     out = check_output_dir(Path(args.out) / run_id)
-    pipe = pipeline_from_args(args, "text-to-image")
-    result = generate(pipe, prompts, output_dir=out, run_id=run_id, **generate_kwargs(args))
+    # Pruning mid-way leaves survivors untouched only with the batch-invariant UNet (on GPUs it is off by default).
+    extra = {"batch_invariant": True} if args.search == "successive_halving" else {}
+    pipe = pipeline_from_args(args, "text-to-image", **extra)
+    kwargs = generate_kwargs(args)
+    if settings is not None:
+        if settings.get("previewer") is not None:
+            from sdkit.search.previews import load_previewer
+
+            settings["previewer"] = load_previewer(settings["previewer"], device=pipe.device, torch_dtype=pipe.vae.dtype)
+        kwargs.update(search=args.search, search_kwargs=settings, scorer=args.scorer)
+    result = generate(pipe, prompts, output_dir=out, run_id=run_id, **kwargs)
     return finish(result, args)

@@ -3,26 +3,38 @@
     search = strategy(pipe, prompt, scorer, *, n=..., seed=..., num_inference_steps=..., output_dir=..., **generate_kwargs)
 
 and returns a `Search`: the finished candidates ranked per prompt, and what they cost (`search.compute`: UNet
-evaluations, images scored, wall time), so strategies compare on the same footing. A new strategy is a new
-function of this shape.
+evaluations, preview decodes, images scored, wall time), so strategies compare on the same footing. A new
+strategy is a new function of this shape; called by `generate(..., search=...)` it gets generate's arguments as
+keywords (n, seed, num_inference_steps, guidance_scale, height, width, progress, output_dir, run_id...; those
+that are None are left out) and its own settings, the keyword parameters it declares, from `search_kwargs`.
 
     best_of_n(pipe, "a red circle", "flax", n=8, seed=0)                      # today's generate + rerank
     draft_then_finish(pipe, "a red circle", "flax", n=16, keep=2, draft_steps=6)
     successive_halving(pipe, "a red circle", "flax", n=16, prune_at=(2, 6), keep=(4, 2))  # prune on x0 previews
 
 Finished candidates are ordinary `generate` outputs (their own seed, all their steps), so `sdkit.regenerate`
-makes each again bit for bit from its PNG; their metadata records the search (`extra["search"]`).
+makes each again bit for bit from its PNG; their metadata records the search (`extra["search"]`). With an
+`output_dir`, a search saves its finished candidates under one run id, writes `<run_id>.search.json` (settings,
+compute, the pruned) and lists each pruned candidate in the manifest as a `"pruned": true` line (no image;
+`read_manifest` leaves them out, `sdkit.save.read_pruned` reads them), which `finish_pruned` finishes in one call.
+
+`generate(pipe, prompt, search="successive_halving", search_kwargs={...})` runs a strategy by name
+(`STRATEGIES`) or any function of the signature; `check_search` validates one before any model work.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
+import inspect
 import json
 import secrets
 import time
+import warnings
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from pathlib import Path
+from typing import Any, Callable, Sequence
 
 from sdkit.checks import as_prompt_list, is_int
 from sdkit.load.invariance import cfg_pairs
@@ -54,7 +66,11 @@ class Search:
     ranked: list[Ranked]
     compute: Compute
     drafts: list[Candidate] = field(default_factory=list)  # draft_then_finish: every draft, scored
-    pruned: list[dict] = field(default_factory=list)  # successive_halving: prompt, seed, step, preview score
+    # successive_halving: one record per pruned candidate (its manifest line): prompt, seed, step, preview_score
+    # and the settings `finish_pruned` needs.
+    pruned: list[dict] = field(default_factory=list)
+    run_id: str | None = None  # the run id the finished candidates carry (and their files are named by)
+    cancelled: bool = False  # stopped by `cancel` (or Ctrl-C): only what finished is ranked
 
     @property
     def best(self) -> list[Candidate]:
@@ -89,6 +105,29 @@ def counting(pipe, compute: Compute):
             del unet.forward
 
 
+def _prepare(output_dir) -> Path | None:
+    """The checked output folder, `recover`ed like generate's (a search saves its finished candidates itself)."""
+    if output_dir is None:
+        return None
+    from sdkit.checks import check_output_dir
+    from sdkit.save import recover
+
+    out = check_output_dir(output_dir)
+    recover(out)
+    return out
+
+
+def _write_record(out: Path | None, search: Search) -> None:
+    """`<run_id>.search.json`: the strategy, its settings, what it cost and the pruned candidates."""
+    if out is None or not search.run_id:
+        return
+    from sdkit.files import write_once
+
+    record = {"strategy": search.strategy, **search.settings, "run_id": search.run_id,
+              "compute": dataclasses.asdict(search.compute), "pruned": search.pruned}
+    write_once(out / f"{search.run_id}.search.json", json.dumps(record, indent=1, default=repr).encode())
+
+
 def best_of_n(pipe, prompt: str | Sequence[str], scorer: Any = "flax", *, n: int = 8, seed: int | None = None,
               clip_model: str | None = None, output_dir=None, **generate_kwargs) -> Search:
     """N candidates per prompt to the last step, scored and ranked: the baseline every search is measured against."""
@@ -103,22 +142,12 @@ def best_of_n(pipe, prompt: str | Sequence[str], scorer: Any = "flax", *, n: int
         scored = score_candidates(run.candidates, scorer)
         compute.scored_images += len(scored)
         record_scores(scored)
-    return Search("best_of_n", {"n": n}, rank(scored), compute)
+    search = Search("best_of_n", {"n": n}, rank(scored), compute, run_id=run.run_id, cancelled=run.cancelled)
+    _write_record(Path(run.output_dir) if run.output_dir else None, search)
+    return search
 
 
-def draft_then_finish(pipe, prompt: str | Sequence[str], scorer: Any = "flax", *, n: int = 16, keep: int = 2,
-                      draft_steps: int = 6, num_inference_steps: int = 30, seed: int | None = None,
-                      clip_model: str | None = None, output_dir=None, progress: bool = True,
-                      **generate_kwargs) -> Search:
-    """N drafts per prompt at `draft_steps`, ranked; the best `keep` of each prompt made again with the same seeds
-    at `num_inference_steps`, and ranked by their final score (what users do by hand: cull, then finish).
-
-    Drafts stay in memory (`search.drafts`); the finished candidates are saved like `generate`'s, each with its
-    draft's rank and score in `extra["search"]`.
-    """
-    from sdkit.generation import generate
-
-    prompts = as_prompt_list(prompt)
+def _check_draft(n, keep, draft_steps, num_inference_steps) -> None:
     if not is_int(n) or n < 1:
         raise ValueError(f"n={n!r} drafts per prompt: must be an integer >= 1")
     if not is_int(keep) or not 1 <= keep <= n:
@@ -128,34 +157,76 @@ def draft_then_finish(pipe, prompt: str | Sequence[str], scorer: Any = "flax", *
     if not is_int(draft_steps) or not 1 <= draft_steps < num_inference_steps:
         raise ValueError(f"draft_steps={draft_steps!r}: must be an integer from 1 to num_inference_steps - 1 "
                          f"= {num_inference_steps - 1}")
+
+
+def draft_then_finish(pipe, prompt: str | Sequence[str], scorer: Any = "flax", *, n: int = 16, keep: int = 2,
+                      draft_steps: int = 6, num_inference_steps: int = 30, seed: int | None = None,
+                      clip_model: str | None = None, output_dir=None, progress: bool = True,
+                      **generate_kwargs) -> Search:
+    """N drafts per prompt at `draft_steps`, ranked; the best `keep` of each prompt made again with the same seeds
+    at `num_inference_steps`, and ranked by their final score (what users do by hand: cull, then finish).
+
+    Drafts stay in memory (`search.drafts`); the finished candidates are saved under one run id, each keeping its
+    draft's index (so its file name) and recording the draft's rank and score in `extra["search"]`.
+    """
+    from sdkit.generation import generate
+    from sdkit.save import new_run_id, save_candidate
+
+    prompts = as_prompt_list(prompt)
+    _check_draft(n, keep, draft_steps, num_inference_steps)
+    out = _prepare(output_dir)
+    run_id = generate_kwargs.pop("run_id", None) or new_run_id()
     settings = {"strategy": "draft_then_finish", "n": n, "keep": keep, "draft_steps": draft_steps}
     scorer = scorer_for(scorer, getattr(pipe, "_sdkit", {}).get("model_id", ""), clip_model)
     compute = Compute()
     with counting(pipe, compute):
         drafts = generate(pipe, prompts, n=n, seed=seed, num_inference_steps=draft_steps, progress=progress,
-                          **generate_kwargs)
+                          run_id=run_id, **generate_kwargs)
         drafted = rank(score_candidates(drafts.candidates, scorer))
         compute.scored_images += len(drafted)
-        finished = []
-        for p in prompts:
+        finished, cancelled = [], drafts.cancelled
+        for p in ([] if cancelled else prompts):  # a cancelled draft round finishes nothing
             chosen = [r for r in drafted if r.candidate.prompt == p and r.rank <= keep]
             run = generate(pipe, p, n=len(chosen), seeds=[r.candidate.seed for r in chosen],
-                           num_inference_steps=num_inference_steps, output_dir=output_dir, progress=progress,
-                           **generate_kwargs)
+                           num_inference_steps=num_inference_steps, progress=progress, run_id=run_id, **generate_kwargs)
             for c, r in zip(run.candidates, chosen):  # generate keeps the seeds' order
+                c.index = r.candidate.index  # unique within the run id: prompts share seeds
                 c.extra["search"] = {**settings, "draft_rank": r.rank, "draft_score": r.score}
+                if out is not None:
+                    save_candidate(c, out)  # saved as soon as it exists, like generate's
             finished += run.candidates
+            if run.cancelled:
+                cancelled = True
+                break
         scored = score_candidates(finished, scorer)
         compute.scored_images += len(scored)
         record_scores(scored)
-    return Search("draft_then_finish", {k: v for k, v in settings.items() if k != "strategy"}, rank(scored),
-                  compute, drafts=[r.candidate for r in drafted])
+    search = Search("draft_then_finish", {k: v for k, v in settings.items() if k != "strategy"}, rank(scored),
+                    compute, drafts=[r.candidate for r in drafted], run_id=run_id, cancelled=cancelled)
+    _write_record(out, search)
+    return search
+
+
+def default_schedule(n: int, num_inference_steps: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """successive_halving's default pruning: after 10% and 30% of the steps keep a quarter, then an eighth, of the
+    n candidates per prompt (at least one). For 16 candidates and 20 steps that is the prototype's measured
+    schedule in issue 15: keep 4 after step 2 and 2 after step 6."""
+    if not is_int(num_inference_steps) or num_inference_steps < 2 or not is_int(n):
+        return (1,), (1,)  # _check_schedule names what is wrong
+    steps = sorted({min(max(1, round(num_inference_steps * f)), num_inference_steps - 1) for f in (0.1, 0.3)})
+    keeps = (max(1, n // 4), max(1, n // 8))
+    return tuple(steps), keeps[-len(steps):]
 
 
 def _check_schedule(n, prune_at, keep, num_inference_steps) -> tuple[tuple[int, ...], tuple[int, ...]]:
     if not is_int(n) or n < 2:
         raise ValueError(f"n={n!r} candidates per prompt: must be an integer >= 2 for pruning to choose")
-    prune_at, keep = tuple(prune_at), tuple(keep)
+    if not is_int(num_inference_steps) or num_inference_steps < 2:
+        raise ValueError(f"num_inference_steps={num_inference_steps!r}: successive_halving needs >= 2 steps to prune "
+                         "between")
+    default_at, default_keep = default_schedule(n, num_inference_steps)
+    prune_at = default_at if prune_at is None else tuple(prune_at)
+    keep = (default_keep if prune_at == default_at else ()) if keep is None else tuple(keep)  # own steps, own counts
     if not prune_at or len(prune_at) != len(keep):
         raise ValueError(f"prune_at={list(prune_at)} and keep={list(keep)}: give one keep count per pruning step")
     if not all(is_int(s) for s in prune_at) or list(prune_at) != sorted(set(prune_at)) or not (
@@ -167,18 +238,32 @@ def _check_schedule(n, prune_at, keep, num_inference_steps) -> tuple[tuple[int, 
     return prune_at, keep
 
 
+def _pruned_record(c: Candidate, step: int, preview_score: float) -> dict:
+    """A pruned candidate's manifest line: everything that makes it (as in a PNG's metadata, at full steps), where
+    it stopped and how its preview scored; `"pruned": true` and no `file`, so readers of images pass it by."""
+    rec = {k: v for k, v in c.params().items() if k not in ("path", "score", "logit", "scorer", "nsfw")}
+    rec.update(pruned=True, step=step, preview_score=preview_score)
+    return rec
+
+
 def successive_halving(pipe, prompt: str | Sequence[str], scorer: Any = "flax", *, n: int = 16,
-                       prune_at: Sequence[int] = (2, 6), keep: Sequence[int] = (4, 2), num_inference_steps: int = 20,
-                       seed: int | None = None, previewer=None, clip_model: str | None = None, output_dir=None,
-                       progress: bool = True, **generate_kwargs) -> Search:
+                       prune_at: Sequence[int] | None = None, keep: Sequence[int] | None = None,
+                       num_inference_steps: int = 20, seed: int | None = None, previewer=None,
+                       clip_model: str | None = None, output_dir=None, progress: bool = True,
+                       batch_size: int | None = None, callback: Callable | None = None, **generate_kwargs) -> Search:
     """N candidates per prompt denoised together; after step `prune_at[j]` each live candidate's x0 preview
     (decoded by `previewer`, default the pipeline's VAE; an `AutoencoderTiny` is cheaper) is scored against its
     own prompt and only the best `keep[j]` of each prompt go on. The survivors are finished and ranked by their
     final score. Pruned candidates cost no more UNet evaluations (`sdkit.load.invariance.skipping`), and a
     survivor's trajectory is the one it has alone, so it regenerates bit for bit from its PNG.
 
-    Only the survivors are saved; the pruned ones are listed in `search.pruned` (seed, step, preview score) and,
-    with `output_dir`, in `<run_id>.search.json`, so finishing one later is `generate(..., seeds=[seed])`.
+    `prune_at`/`keep` default to `default_schedule(n, num_inference_steps)` (16 candidates, 20 steps: keep 4 after
+    step 2, 2 after step 6). All candidates are one batch, so `batch_size` is refused; `callback` gets generate's
+    `Progress` reports.
+
+    Only the survivors are saved; each pruned one is a record in `search.pruned` (prompt, seed, step,
+    preview_score and its settings) and, with `output_dir`, a `"pruned": true` manifest line and an entry in
+    `<run_id>.search.json`; `finish_pruned(pipe, record_or_folder, ...)` makes it at full steps.
     """
     from sdkit.generation import generate
     from sdkit.load.invariance import skipping
@@ -186,25 +271,26 @@ def successive_halving(pipe, prompt: str | Sequence[str], scorer: Any = "flax", 
 
     prompts = as_prompt_list(prompt)
     prune_at, keep = _check_schedule(n, prune_at, keep, num_inference_steps)
+    if batch_size is not None:
+        raise ValueError(f"batch_size={batch_size!r}: successive_halving denoises all {len(prompts) * n} candidates "
+                         "in one batch (pruned ones cost nothing); leave batch_size out")
     if not getattr(pipe.unet, "_sdkit_per_sample", False):  # on GPUs invariance is off by default
         raise ValueError("successive_halving prunes candidates mid-way without touching the survivors, which needs "
                          "a batch-invariant pipeline: load_pipeline(..., batch_invariant=True)")
-    out = None
-    if output_dir is not None:
-        from sdkit.checks import check_output_dir
-        from sdkit.save import recover
-
-        out = check_output_dir(output_dir)
-        recover(out)
+    out = _prepare(output_dir)
     base = seed if seed is not None else secrets.randbits(31)
     seeds = [base + k for k in range(n)]
-    settings = {"strategy": "successive_halving", "n": n, "prune_at": list(prune_at), "keep": list(keep)}
+    settings = {"strategy": "successive_halving", "n": n, "prune_at": list(prune_at), "keep": list(keep),
+                "previewer": "vae" if previewer is None else
+                str(getattr(previewer.config, "_name_or_path", "") or type(previewer).__name__)}
     scorer = scorer_for(scorer, getattr(pipe, "_sdkit", {}).get("model_id", ""), clip_model)
     compute, pruned, previewed = Compute(), {}, {}
     with counting(pipe, compute), skipping(pipe) as skip, \
             capture_previews(pipe, steps=[s - 1 for s in prune_at]) as previews:
 
         def prune(p):
+            if callback is not None:
+                callback(p)
             if p.finished is not None or p.step not in prune_at:
                 return
             live = [i for i in range(len(prompts) * n) if i not in skip]
@@ -218,22 +304,152 @@ def successive_halving(pipe, prompt: str | Sequence[str], scorer: Any = "flax", 
                 previewed.setdefault(i, {})[p.step] = r.score
                 if r.rank > keep[prune_at.index(p.step)]:
                     skip.add(i)
-                    pruned[i] = {"prompt": r.candidate.prompt, "seed": r.candidate.seed, "step": p.step,
-                                 "preview_score": r.score}
+                    pruned[i] = (p.step, r.score)
 
         run = generate(pipe, prompts, n=n, seeds=seeds, num_inference_steps=num_inference_steps,
                        batch_size=len(prompts) * n, callback=prune, progress=progress, **generate_kwargs)
+        for c in run.candidates:
+            c.extra["search"] = {**settings,
+                                 "preview_scores": {str(s): v for s, v in previewed.get(c.index, {}).items()}}
         survivors = [c for c in run.candidates if c.index not in pruned]
-        for c in survivors:
-            c.extra["search"] = {**settings, "preview_scores": {str(s): v for s, v in previewed[c.index].items()}}
         scored = score_candidates(survivors, scorer)
         compute.scored_images += len(scored)
+    by_index = {c.index: c for c in run.candidates}
+    records = [_pruned_record(by_index[i], step, score) for i, (step, score) in pruned.items() if i in by_index]
     if out is not None:
-        from sdkit.files import write_once
-        from sdkit.save import save_candidate
+        from sdkit.save import append_manifest, save_candidate
 
         scored = [save_candidate(c, out) for c in scored]
-        write_once(out / f"{run.run_id}.search.json",
-                   json.dumps({**settings, "pruned": list(pruned.values())}, indent=1).encode())
-    return Search("successive_halving", {k: v for k, v in settings.items() if k != "strategy"}, rank(scored), compute,
-                  pruned=list(pruned.values()))
+        for rec in records:
+            append_manifest(out, rec)
+    search = Search("successive_halving", {k: v for k, v in settings.items() if k != "strategy"}, rank(scored),
+                    compute, pruned=records, run_id=run.run_id, cancelled=run.cancelled)
+    _write_record(out, search)
+    return search
+
+
+STRATEGIES: dict[str, Callable[..., Search]] = {
+    "best_of_n": best_of_n, "draft_then_finish": draft_then_finish, "successive_halving": successive_halving}
+# generate's own arguments, which it hands to a strategy itself; `search_kwargs` holds only the strategy's settings.
+GENERATE_ARGS = frozenset({
+    "n", "seed", "seeds", "negative_prompt", "num_inference_steps", "guidance_scale", "height", "width", "batch_size",
+    "output_dir", "run_id", "callback", "cancel", "progress", "pipe_kwargs", "extra", "search", "search_kwargs"})
+_CHECKS = {
+    draft_then_finish: lambda a: _check_draft(a["n"], a["keep"], a["draft_steps"], a["num_inference_steps"]),
+    successive_halving: lambda a: _check_schedule(a["n"], a["prune_at"], a["keep"], a["num_inference_steps"]),
+}
+
+
+def resolve(search) -> Callable[..., Search]:
+    """A strategy by its name in `STRATEGIES`, or `search` itself if it is a function (e.g. a functools.partial)."""
+    names = ", ".join(STRATEGIES)
+    if isinstance(search, str):
+        if search not in STRATEGIES:
+            raise ValueError(f"search={search!r}: no such strategy; use one of {names}, or a function of the "
+                             "strategy signature")
+        return STRATEGIES[search]
+    if callable(search):
+        return search
+    raise ValueError(f"search={search!r}: give a strategy name ({names}) or a function of the strategy signature "
+                     "strategy(pipe, prompt, scorer, *, n, seed, num_inference_steps, output_dir, **generate_kwargs)")
+
+
+def settings_of(strategy) -> dict[str, Any]:
+    """A strategy's own settings, with their defaults: the keyword parameters it declares that are not generate's."""
+    try:
+        params = inspect.signature(strategy).parameters
+    except (TypeError, ValueError):  # a builtin or C callable: it declares nothing we can read
+        return {}
+    kinds = (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    return {k: p.default for k, p in params.items()
+            if p.kind in kinds and k not in ("pipe", "prompt", "scorer") and k not in GENERATE_ARGS}
+
+
+def check_search(search, search_kwargs: dict | None = None, *, n: int, num_inference_steps: int):
+    """Resolve `search` and check `search_kwargs` (and, for the built-in strategies, their values against `n` and
+    `num_inference_steps`) without any model work: (strategy, kwargs), or a ValueError naming what is wrong."""
+    strategy = resolve(search)
+    kwargs = dict(search_kwargs or {})
+    own = settings_of(strategy)
+    name = getattr(strategy, "__name__", None) or getattr(getattr(strategy, "func", None), "__name__", repr(strategy))
+    clash = sorted(set(kwargs) & GENERATE_ARGS)
+    if clash:
+        raise ValueError(f"search_kwargs {clash}: generate's own arguments; pass them to generate itself")
+    unknown = sorted(set(kwargs) - set(own))
+    if unknown:
+        raise ValueError(f"search_kwargs {unknown}: {name} takes " + (
+            ", ".join(sorted(own)) if own else "no settings of its own") + " (other arguments go to generate)")
+    base = strategy
+    while isinstance(base, functools.partial):
+        base = base.func
+    if base in _CHECKS:
+        _CHECKS[base]({**own, **kwargs, "n": n, "num_inference_steps": num_inference_steps})
+    return strategy, kwargs
+
+
+def run_in_folder(out, run_id: str) -> bool:
+    """Whether `out` already holds run `run_id` (a search is not resumed: which candidates it keeps needs them all)."""
+    from sdkit.save import read_manifest, read_pruned
+
+    out = Path(out)
+    if any((out / f"{run_id}{suffix}").exists() for suffix in (".run.json", ".search.json")):
+        return True
+    return bool(read_manifest(out, run_id) or read_pruned(out, run_id))
+
+
+def _pick_pruned(source, *, seed, prompt, run_id) -> dict:
+    from sdkit.save import MANIFEST, read_pruned
+
+    if isinstance(source, dict):
+        if not source.get("pruned"):
+            raise ValueError(f"{str(source)[:80]}...: not a pruned candidate's record (from search.pruned or "
+                             "sdkit.save.read_pruned)")
+        records = [source]
+    else:
+        folder = Path(source)
+        if folder.name == MANIFEST:
+            folder = folder.parent
+        if not folder.is_dir():
+            raise FileNotFoundError(f"{source}: no such folder (give a search's output folder, its manifest.jsonl, "
+                                    "or a record from search.pruned)")
+        records = read_pruned(folder, run_id)
+        if not records:
+            raise ValueError(f"{folder}: no pruned candidates listed in its manifest" +
+                             (f" for run {run_id!r}" if run_id else ""))
+    match = [r for r in records if (seed is None or r.get("seed") == seed) and (prompt is None or r.get("prompt") == prompt)
+             and (run_id is None or r.get("run_id") == run_id)]
+    if len(match) != 1:
+        listed = ", ".join(f"({r.get('prompt')!r}, seed {r.get('seed')}, run {r.get('run_id')})" for r in records[:8])
+        raise ValueError(f"seed={seed!r} prompt={prompt!r} run_id={run_id!r}: " +
+                         ("no pruned candidate matches" if not match else f"{len(match)} pruned candidates match; "
+                          "name the others too") + f". Pruned: {listed}" + (" ..." if len(records) > 8 else ""))
+    return match[0]
+
+
+def finish_pruned(pipe, source, *, seed: int | None = None, prompt: str | None = None, run_id: str | None = None,
+                  output_dir=None, progress: bool = False):
+    """Finish a candidate a search pruned: its seed to all the search's steps, with the search's settings.
+
+    `source` is a record from `search.pruned`, or a search's output folder (or its manifest.jsonl), where `seed`
+    (and `prompt`, `run_id` where several match) pick the pruned candidate. The image is the one that seed makes
+    in a plain `generate` (or `best_of_n`) run with the same settings; with `output_dir` it is saved like
+    generate's. Returns the finished `Candidate`.
+    """
+    from sdkit.generation import generate
+    from sdkit.load.schedulers import scheduler_name
+
+    rec = _pick_pruned(source, seed=seed, prompt=prompt, run_id=run_id)
+    if rec.get("task", "text-to-image") != "text-to-image":
+        raise ValueError(f"the pruned candidate is {rec['task']!r}; finish_pruned redoes text-to-image only")
+    now = scheduler_name(pipe.scheduler)
+    if rec.get("scheduler") and rec["scheduler"] != now:
+        warnings.warn(f"the search used scheduler {rec['scheduler']!r}, this pipeline has {now!r}: the finished "
+                      "image will not be the one the search would have made", stacklevel=2)
+    extra = dict(rec.get("extra") or {})
+    found = extra.pop("search", {}) or {}
+    extra["search"] = {"finished_pruned": {"run_id": rec.get("run_id"), "strategy": found.get("strategy"),
+                                           "step": rec.get("step"), "preview_score": rec.get("preview_score")}}
+    run = generate(pipe, rec["prompt"], n=1, seeds=[rec["seed"]], negative_prompt=rec.get("negative_prompt"),
+                   num_inference_steps=rec["num_inference_steps"], guidance_scale=rec["guidance_scale"],
+                   height=rec["height"], width=rec["width"], output_dir=output_dir, progress=progress, extra=extra)
+    return run.candidates[0]
