@@ -175,3 +175,33 @@ def test_toy_world_last_previews_look_like_the_images():
     # Measured: ~0.5 levels (of 255) after the last step; ~22 after the first, which shows only a blur.
     assert max(last) < 2.0, last
     assert min(first) > 10.0, first
+
+
+def test_toy_previewer_learns_the_toy_vaes_decoding(tmp_path, monkeypatch):
+    """sdkit:toy's tiny previewer, distilled briefly: loads as a safetensors AutoencoderTiny, decodes the world's
+    latents at the world's size, and its decodes move towards the VAE's (PSNR vs the untrained net's)."""
+    import sdkit.toy.previewer as toy_previewer
+    from sdkit.toy import shapes, train
+    from sdkit.toy.world import toy_world_path
+
+    world = toy_world_path("ci", log=None)
+    s = toy_previewer.PreviewerSettings(steps=60, samples=256)
+    info = toy_previewer.build_previewer(tmp_path / "p", world, s)
+    assert (tmp_path / "p" / "diffusion_pytorch_model.safetensors").exists()
+    monkeypatch.setattr(toy_previewer, "toy_previewer_path", lambda: tmp_path / "p")
+    tiny = load_previewer("sdkit:toy")
+    assert isinstance(tiny, diffusers.AutoencoderTiny) and tiny.config.scaling_factor == 1.0
+    vae = diffusers.AutoencoderKL.from_pretrained(world / "pipeline" / "vae").eval()
+    images, _, _ = shapes.sample(16, seed=123)
+    z = train.encode(vae, train.to_tensor(images))[0] * vae.config.scaling_factor
+    want = np.stack([np.asarray(im, float) for im in decode_previews(z, vae)])
+
+    def psnr(model):
+        got = np.stack([np.asarray(im, float) for im in decode_previews(z, model)])
+        assert got.shape == want.shape == (16, shapes.IMAGE_SIZE, shapes.IMAGE_SIZE, 3)
+        return 10 * np.log10(255 ** 2 / ((got - want) ** 2).mean())
+
+    torch.manual_seed(0)
+    untrained = toy_previewer.make_previewer(s, 4).eval()
+    assert psnr(tiny) > psnr(untrained) + 3, (psnr(tiny), psnr(untrained), info)
+    assert info["psnr_vs_vae_db"]["clean"] > 0 and info["settings"]["steps"] == 60

@@ -209,9 +209,14 @@ def load_previewer(model_or_path: str | os.PathLike, *, revision: str | None = N
     """A tiny previewer: diffusers' `AutoencoderTiny` from a local folder or a Hub id, safetensors only.
 
     E.g. `load_previewer("madebyollin/taesd")` for SD 1.x models; its decoder costs a small fraction of the VAE's.
+    `"sdkit:toy"` is the toy world's own, distilled from its VAE on first use (`sdkit.toy.previewer`).
     """
     name = os.fspath(model_or_path)
     label = f"previewer {name!r}"
+    if name == "sdkit:toy":
+        from sdkit.toy.previewer import toy_previewer_path
+
+        name = str(toy_previewer_path())
     on_hub = not looks_like_path(name)
     path = snapshot(name, label, allow_patterns=PREVIEWER_FILES, revision=revision, cache_dir=cache_dir,
                     hint="; or pass a folder saved by AutoencoderTiny.save_pretrained") if on_hub else local_dir(name, label)
