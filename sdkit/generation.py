@@ -240,8 +240,8 @@ def generate(
 
 def _search(pipe, prompt, search, search_kwargs, scorer, out, args: dict) -> Run:
     """generate(search=...): check everything, hand the arguments to the strategy, and wrap its Search in a Run."""
-    # The search layer sits above generation (its strategies call generate, without a search): reached through
-    # a name -> module face like sdkit's own, not an import.
+    # The search layer sits above generation (its strategies call generate, without a search): the one upward
+    # edge of the house, declared in sdkit.UPWARD and checked by tests/test_layout.py.
     strategies = importlib.import_module("sdkit.search.strategies")
     strategy, kwargs = strategies.check_search(search, search_kwargs, n=args["n"],
                                                num_inference_steps=args["num_inference_steps"])
