@@ -23,7 +23,7 @@ GUIDANCE ?= 2
 OUT      ?= outputs
 DEMO_ARGS ?=
 
-.PHONY: install demo test test-fast test-notebooks browser-deps bench gpu-check gpu-wheels toy notebooks clean
+.PHONY: install demo test test-fast test-notebooks browser-deps bench bench-preview-cost gpu-check gpu-wheels toy notebooks clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -71,6 +71,10 @@ toy: $(STAMP)
 ## Benchmarks: writes bench/results/latest.{json,md}.
 bench: $(STAMP)
 	$(PY) bench/run.py
+
+## What one x0 preview (VAE vs AutoencoderTiny) costs in SD 1.5 UNet steps at 512², fp32: bench/results/preview_cost.{json,md}.
+bench-preview-cost: $(STAMP)
+	$(PY) bench/preview_cost.py
 
 ## The GPU check (bench/gpu_check.py), <= 8 minutes on one GPU, offline: writes $(GPU_OUT)/gpu_check.{json,md}.
 ## No install step: the GPU machine brings torch/JAX; diffusers comes from wheels/ (`make gpu-wheels`).

@@ -235,3 +235,25 @@ def test_gpu_check_refuses_bad_arguments(tmp_path):
                        text=True, timeout=120)
     assert p.returncode == 2 and "sees no CUDA GPU; use --dry-run" in p.stderr
     assert not (tmp_path / "gpu_check.json").exists()
+
+
+# --- bench/preview_cost.py, in its dry run (sdkit's tiny models): structure, never timings ---------------------------
+
+
+def test_preview_cost_dry_run_writes_every_case_and_ratio(tmp_path):
+    _script("bench/preview_cost.py", "--dry-run", "--repeats", "2", "--out", str(tmp_path / "pc"))
+    result = json.loads((tmp_path / "pc.json").read_text())
+    assert result["dry_run"] is True and result["dtype"] == "float32" and result["machine"]["torch_threads"] == 2
+    assert len(result["times"]) == 4 and all(len(s) == 1 and s[0] > 0 for s in result["samples"].values())
+    assert [r["name"] for r in result["ratios"]] == ["VAE preview / UNet step", "tiny preview / UNet step",
+                                                     "VAE / tiny preview", "CLIP score / UNet step"]
+    for r in result["ratios"]:
+        assert r["n"] == 1 and r["min"] <= r["median"] <= r["max"] and r["median"] > 0, r
+    md = (tmp_path / "pc.md").read_text()
+    assert md.startswith("# What one x0 preview costs") and "dry run" in md and result["machine"]["cpu"] in md
+    assert "p × (number of preview decodes)" in md
+    # Too few repeats (no timed call after the warm-up) is refused before any model loads.
+    p = subprocess.run([sys.executable, "bench/preview_cost.py", "--dry-run", "--repeats", "1", "--out",
+                        str(tmp_path / "bad")], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2 and "--repeats 1: needs >= 2" in p.stderr
+    assert not (tmp_path / "bad.json").exists()
