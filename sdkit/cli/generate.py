@@ -139,10 +139,8 @@ def compute_line(run, n: int, num_inference_steps: int) -> str:
     c, s = run.search.compute, run.search
     prompts = len({r.candidate.prompt for r in s.ranked}) or 1
     baseline = n * num_inference_steps * prompts
-    return (f"search {s.strategy}: {c.unet_evaluations} UNet evaluations ({c.unet_evaluations / baseline:.2f} of "
-            f"best-of-{n} at {num_inference_steps} steps: {baseline}), {c.preview_decodes} preview decodes, "
-            f"{c.scored_images} images scored, {c.wall_s:.1f} s" +
-            (f"; {len(s.pruned)} pruned (listed in the manifest)" if s.pruned else ""))
+    return (f"search {s.strategy}: {c.describe(baseline)}; best-of-{n} at {num_inference_steps} steps: {baseline}"
+            + (f"; {len(s.pruned)} pruned (listed in the manifest)" if s.pruned else ""))
 
 
 def finish(run, args) -> int:

@@ -52,6 +52,13 @@ class Compute:
     preview_decodes: int = 0
     wall_s: float = 0.0
 
+    def describe(self, baseline: int | None = None, *, wall: bool = True) -> str:
+        """One line of counts; `baseline`: the UNet evaluations to compare with (e.g. best-of-N's n * steps per
+        prompt, times the prompts). `wall=False` leaves the time out (stored notebook outputs)."""
+        vs = f" ({self.unet_evaluations / baseline:.2f} of {baseline})" if baseline else ""
+        return (f"{self.unet_evaluations} UNet evaluations{vs}, {self.preview_decodes} preview decodes, "
+                f"{self.scored_images} images scored" + (f", {self.wall_s:.1f} s" if wall else ""))
+
     def ratio(self, other: "Compute") -> float:
         """This search's UNet evaluations as a fraction of `other`'s (e.g. of best-of-8's)."""
         return self.unet_evaluations / other.unet_evaluations
