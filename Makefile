@@ -23,7 +23,7 @@ GUIDANCE ?= 2
 OUT      ?= outputs
 DEMO_ARGS ?=
 
-.PHONY: install demo test test-fast test-notebooks browser-deps bench bench-preview-cost gpu-check gpu-wheels toy notebooks clean
+.PHONY: install demo test test-fast test-notebooks browser-deps bench bench-search bench-preview-cost gpu-check gpu-wheels toy notebooks clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -71,6 +71,11 @@ toy: $(STAMP)
 ## Benchmarks: writes bench/results/latest.{json,md}.
 bench: $(STAMP)
 	$(PY) bench/run.py
+
+## Search strategies against best-of-N in the toy world (16 x 12 sets x 32 seeds; ~40 min on 2 cores, cached
+## per group): top-1 adherence vs compute, the frontier plot, per-step preview Spearman: bench/results/search.{json,md,png}.
+bench-search: $(STAMP)
+	$(PY) bench/search.py
 
 ## What one x0 preview (VAE vs AutoencoderTiny) costs in SD 1.5 UNet steps at 512², fp32: bench/results/preview_cost.{json,md}.
 bench-preview-cost: $(STAMP)
