@@ -317,3 +317,16 @@ def test_a_cancelled_search_says_so(tiny_pipe, strategy):
     run = generate(tiny_pipe, "a cat", n=2, seed=0, num_inference_steps=STEPS, search=strategy, scorer=red,
                    search_kwargs=settings.get(strategy), cancel=lambda: True, progress=False)
     assert run.cancelled and run.search.cancelled and len(run) == 0
+
+
+def test_format_pruned_lists_the_latest_stopped_best_first():
+    from sdkit.search.strategies import Compute, Search
+
+    pruned = [{"prompt": "a", "seed": s, "step": st, "preview_score": sc}
+              for s, st, sc in [(0, 2, 9.0), (1, 6, 3.0), (2, 6, 5.0), (3, 2, 1.0)]]
+    search = Search("successive_halving", {}, [], Compute(), pruned=pruned)
+    lines = search.format_pruned(limit=2).splitlines()
+    assert "seed   2" in lines[0] and "seed   1" in lines[1] and "step   6" in lines[0]
+    assert lines[2] == "... and 2 more, stopped after step 2"
+    assert len(search.format_pruned().splitlines()) == 4
+    assert Search("best_of_n", {}, [], Compute()).format_pruned() == "nothing was pruned"

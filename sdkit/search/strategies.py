@@ -79,6 +79,18 @@ class Search:
     run_id: str | None = None  # the run id the finished candidates carry (and their files are named by)
     cancelled: bool = False  # stopped by `cancel` (or Ctrl-C): only what finished is ranked
 
+    def format_pruned(self, limit: int | None = None) -> str:
+        """The pruned candidates as lines, the latest-stopped and best-previewed first (the ones worth finishing);
+        `limit` lines at most, the rest counted."""
+        order = sorted(self.pruned, key=lambda p: (-p["step"], -p["preview_score"], p["seed"]))
+        shown = order if limit is None else order[:limit]
+        lines = [f"{p['prompt']!r} seed {p['seed']:>3}  stopped after step {p['step']:>3}  preview score "
+                 f"{p['preview_score']:6.2f}" for p in shown]
+        if len(order) > len(shown):
+            lines.append(f"... and {len(order) - len(shown)} more, stopped after step "
+                         + ", ".join(str(s) for s in sorted({p["step"] for p in order[len(shown):]})))
+        return "\n".join(lines) if lines else "nothing was pruned"
+
     @property
     def best(self) -> list[Candidate]:
         """The winner of each prompt, in prompt order."""
