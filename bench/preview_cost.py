@@ -15,7 +15,6 @@ in for the real checkpoints (`bench/models.py`). Writes bench/results/preview_co
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -24,7 +23,7 @@ if __package__ in (None, ""):  # run as a script: make `sdkit` and `bench` impor
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.machine import describe  # noqa: E402
-from bench.report import compare, ratio_table, times_table  # noqa: E402
+from bench.report import compare, ratio_table, times_table, write_results  # noqa: E402
 from bench.timing import interleaved, summary  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -159,11 +158,7 @@ def main(argv=None) -> int:
         "machine": machine, "times": summary(times), "samples": times, "ratios": ratios,
         "elapsed_s": time.perf_counter() - start,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(result, indent=1, default=str) + "\n")
-    args.out.with_suffix(".md").write_text(markdown(result))
-    print(markdown(result))
-    print(f"wrote {args.out.with_suffix('.json')} and .md")
+    write_results(args.out, result, markdown(result))
     return 0
 
 

@@ -109,3 +109,14 @@ def update_readme(readme: Path, result: dict) -> None:
     if a < 0 or b < a:
         raise ValueError(f"{readme}: no {BEGIN} ... {END} markers to put the table between")
     readme.write_text(text[: a + len(BEGIN)] + "\n" + readme_section(result) + "\n" + text[b:])
+
+
+def write_results(out: Path, data, md: str, indent: int = 1) -> None:
+    """`out`.json (the figures) and `out`.md (the tables) of one benchmark script, and the tables on stdout."""
+    import json
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(data, indent=indent, default=str) + "\n")
+    out.with_suffix(".md").write_text(md)
+    print(md)
+    print(f"wrote {out.with_suffix('.json')} and .md")

@@ -12,7 +12,6 @@ bench/results/toy_quality.{json,md}.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -22,6 +21,8 @@ if __package__ in (None, ""):  # run as a script: make `sdkit` importable from a
 
 from sdkit.toy.adherence import evaluate  # noqa: E402
 from sdkit.toy.world import load_world_info, toy_world_path  # noqa: E402
+
+from bench.report import write_results  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -67,11 +68,7 @@ def main(argv=None) -> int:
                          guidance_scale=g, scorers=args.scorers.split(","), log=None)
             print(q.table(), f"\n  ({time.perf_counter() - t:.0f}s)\n", flush=True)
             rows.append({"size": size, "quality": q.to_dict(), "world": info})
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(rows, indent=2))
-    args.out.with_suffix(".md").write_text(markdown(rows))
-    print(markdown(rows))
-    print(f"wrote {args.out.with_suffix('.json')} and .md")
+    write_results(args.out, rows, markdown(rows), indent=2)
     return 0
 
 
