@@ -99,6 +99,9 @@ class Progress:
     total: int
     batch: list[int]  # indices of the candidates being denoised
     finished: list[Candidate] | None = None  # set when a batch has just been decoded and saved
+    # Set by a search that has just scored x0 previews (sdkit.search): every candidate so far, as `Ranked` items
+    # by preview score, the pruned ones with `candidate.extra["pruned_at"]` (the step they stopped after).
+    previews: list | None = None
 
 
 @dataclass

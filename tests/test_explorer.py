@@ -466,3 +466,41 @@ def test_the_toy_world_opens_ready_to_draw(tmp_path):
     assert ex.run[0].scorer == f"clip-flax:{shipped_world_path() / 'clip'}"
     best = ex.ranked[0].candidate
     assert (check(best.image).shape, check(best.image).color) == ("circle", "red")
+
+
+def test_search_control_shows_previews_live_and_the_survivors_at_the_end(tmp_path):
+    fast = {**FAST, "n": 4, "num_inference_steps": 4, "batch_size": None}
+    ex = Explorer(scorer=MeanRed(), output_dir=tmp_path, **fast)
+    assert ex.form.search.value == "none"
+    ex.form.search.value = "successive_halving"
+    shown = []
+    update = ex.gallery.update
+    ex.gallery.update = lambda ranked: (shown.append(list(ranked)), update(ranked))
+    ex.generate_button.click()
+    finished(ex)
+    assert ex.error is None, ex.error
+    live = [r for r in shown if any(getattr(x, "candidate", x).extra.get("pruned_at") for x in r)]
+    assert live and len(live[0]) == 4  # every candidate's preview, while denoising
+    captions = [card.button.tooltip for card in ex.gallery._cards.values() if "pruned" in card.button.tooltip]
+    assert captions and all("pruned @1" in t for t in captions)
+    assert [r.candidate.seed for r in ex.ranked] == [ex.run.candidates[0].seed] and len(ex.run.candidates) == 1
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(n=1), "n=1"),
+    (dict(scorer="none"), "pick a scorer"),
+])
+def test_a_search_that_cannot_run_is_refused_before_any_model(ex, monkeypatch, change, message):
+    import sdkit.load.pipeline
+
+    monkeypatch.setattr(sdkit.load.pipeline, "load_pipeline", lambda *a, **k: pytest.fail("loaded a model for bad input"))
+    ex.form.search.value = "successive_halving"
+    for name, value in change.items():
+        getattr(ex.form, name).value = value
+    ex.generate_button.click()
+    assert ex.session.thread is None and message in ex.error
+
+
+def test_explore_search_argument_is_checked():
+    with pytest.raises(ValueError, match="search='beam'"):
+        explore(search="beam")

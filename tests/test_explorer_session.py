@@ -139,3 +139,42 @@ print(seen[-1].run[0].seed, seen[-1].grid_path.exists())
                          cwd=Path(__file__).parent.parent)
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines() == ["Said Started Stepped Stepped BatchFinished Finished", "0 True"]
+
+
+def test_a_search_shows_ranked_previews_then_only_the_survivors(tmp_path):
+    """successive_halving in the session: after each pruning step a Previewed event ranks every candidate's
+    preview (the pruned marked with their step); the finished ranking holds only the survivors, which are the
+    images their seeds make in a plain run."""
+    from sdkit.generation import generate
+    from sdkit.load.pipeline import load_pipeline
+
+    scorer = MeanRed()
+    req = request(tmp_path, scorer, n=4, num_inference_steps=4)
+    req.kwargs.pop("batch_size")
+    req = Request(**{**req.__dict__, "search": "successive_halving"})
+    session, seen = run_session(req)
+    previewed = [e for e in seen if isinstance(e, ev.Previewed)]
+    done = seen[-1]
+    assert not any(isinstance(e, ev.Failed) for e in seen), [e for e in seen if isinstance(e, ev.Failed)]
+    assert [e.step for e in previewed] == [1, 2]  # default_schedule(4, 4): after 10% and 50% of 4 steps
+    for e in previewed:
+        assert sorted(r.candidate.seed for r in e.ranked) == [7, 8, 9, 10]
+        stopped = [r.candidate.extra.get("pruned_at") for r in e.ranked]
+        assert stopped[0] is None and stopped.count(None) == 1  # keep 1, then 1: live first, pruned after
+    assert [r.candidate.extra.get("pruned_at") for r in previewed[-1].ranked].count(2) == 0  # all stopped at 1
+    assert [type(x).__name__ for x in done.ranked] == ["Ranked"] and done.run.search is not None
+    survivor = done.ranked[0].candidate
+    assert survivor.seed == previewed[0].ranked[0].candidate.seed
+    plain = generate(load_pipeline("sdkit:tiny"), "a red circle", seeds=[survivor.seed], n=1, num_inference_steps=4,
+                     progress=False)
+    assert np.array_equal(np.asarray(plain[0].image), np.asarray(survivor.image))
+    assert len(read_manifest(done.run.output_dir)) == 1  # the pruned are not images on disk
+
+
+def test_a_search_without_a_scorer_is_refused_before_generating(tmp_path):
+    req = request(tmp_path, None, n=4, num_inference_steps=4)
+    req.kwargs.pop("batch_size")
+    req = Request(**{**req.__dict__, "search": "successive_halving"})
+    session, seen = run_session(req)
+    failed = [e for e in seen if isinstance(e, ev.Failed)]
+    assert failed and "pick flax or torch" in str(failed[0].error) and not seen[-1].started

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from sdkit.results import Ranked
 from sdkit.show.gallery import Gallery, caption, gallery
 from sdkit.show.grid import Entry
 from test_grid import make_candidates, ranked_items
@@ -52,6 +53,14 @@ def test_gallery_caption_and_bad_input():
     assert caption(Entry(c, 2, 31.456)) == "#2 · 31.46 · seed 100 · flagged"
     assert caption(Entry(c, None, None)) == "seed 100 · flagged"  # unranked: nothing to stand in for
     assert caption(Entry(c, None, 12.5)) == "12.50 · seed 100 · flagged"
+    c.nsfw = False
+    c.extra["pruned_at"] = 2  # a search stopped it after step 2
+    assert caption(Entry(c, 3, 10.0)) == "#3 · 10.00 · seed 100 · pruned @2"
+    c.score, c.logit = 10.0, 1.0
+    g = Gallery([Ranked(c, 1)])  # its card is dimmed, and never marked best
+    assert "sdkit-pruned" in g._shown[0]._dom_classes and "sdkit-best" not in g._shown[0]._dom_classes
+    del c.extra["pruned_at"]
+    c.nsfw = True
     with pytest.raises(ValueError, match="thumb_size=8"):
         Gallery([c], thumb_size=8)
     g = Gallery([c])

@@ -200,8 +200,8 @@ def test_default_schedule_is_the_measured_one_and_scales():
 def test_generate_with_successive_halving_defaults_runs(tiny_pipe):
     run = generate(tiny_pipe, "a cat", n=4, seed=1, num_inference_steps=10, search="successive_halving", scorer=red,
                    progress=False)
-    assert run.search.settings == {"n": 4, "prune_at": [1, 3], "keep": [1, 1], "previewer": "vae"} and len(run) == 1
-    # 4 candidates for step 1, then 1 (kept 1 after step 1, still 1 after step 3) for the other 9 steps.
+    assert run.search.settings == {"n": 4, "prune_at": [1, 5], "keep": [1, 1], "previewer": "vae"} and len(run) == 1
+    # 4 candidates for step 1, then 1 (kept 1 after step 1, still 1 after step 5) for the other 9 steps.
     assert run.search.compute.unet_evaluations == 4 + 9 and run.search.compute.preview_decodes == 4 + 1
 
 

@@ -304,13 +304,14 @@ def successive_halving(pipe, prompt: str | Sequence[str], scorer: Any = "flax", 
                 "previewer": "vae" if previewer is None else
                 str(getattr(previewer.config, "_name_or_path", "") or type(previewer).__name__)}
     scorer = scorer_for(scorer, getattr(pipe, "_sdkit", {}).get("model_id", ""), clip_model)
-    compute, pruned, previewed = Compute(), {}, {}
+    compute, pruned, previewed, looked = Compute(), {}, {}, {}
     with counting(pipe, compute), skipping(pipe) as skip, \
             capture_previews(pipe, steps=[s - 1 for s in prune_at]) as previews:
 
         def prune(p):
-            if callback is not None:
-                callback(p)
+            if callback is not None:  # the pruned rows' unfinished pictures are not candidates: never reported
+                callback(p if p.finished is None else
+                         dataclasses.replace(p, finished=[c for c in p.finished if c.index not in pruned]))
             if p.finished is not None or p.step not in prune_at:
                 return
             live = [i for i in range(len(prompts) * n) if i not in skip]
@@ -325,6 +326,10 @@ def successive_halving(pipe, prompt: str | Sequence[str], scorer: Any = "flax", 
                 if r.rank > keep[prune_at.index(p.step)]:
                     skip.add(i)
                     pruned[i] = (p.step, r.score)
+                    r.candidate.extra["pruned_at"] = p.step
+                looked[i] = r
+            if callback is not None:  # a live view: every candidate's latest preview, ranked, the pruned marked
+                callback(dataclasses.replace(p, previews=_preview_ranking(looked.values())))
 
         run = generate(pipe, prompts, n=n, seeds=seeds, num_inference_steps=num_inference_steps,
                        batch_size=len(prompts) * n, callback=prune, progress=progress, **generate_kwargs)
@@ -346,6 +351,19 @@ def successive_halving(pipe, prompt: str | Sequence[str], scorer: Any = "flax", 
                     compute, pruned=records, run_id=run.run_id, cancelled=run.cancelled)
     _write_record(out, search)
     return search
+
+
+def _preview_ranking(looked) -> list[Ranked]:
+    """Live candidates first, by their latest preview score; then the pruned, latest-stopped first."""
+    def order(r):
+        stopped = r.candidate.extra.get("pruned_at")
+        return (stopped is not None, -(stopped or 0), r.rank, r.candidate.seed)
+
+    by_prompt: dict[str, list] = {}
+    for r in looked:
+        by_prompt.setdefault(r.candidate.prompt, []).append(r)
+    return [dataclasses.replace(r, rank=k) for group in by_prompt.values()
+            for k, r in enumerate(sorted(group, key=order), start=1)]
 
 
 STRATEGIES: dict[str, Callable[..., Search]] = {

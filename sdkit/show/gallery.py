@@ -26,6 +26,7 @@ _CSS = """<style>
 .sdkit-card.sdkit-flagged { border-color: #d62728; }
 .sdkit-card.sdkit-selected { outline: 3px solid #1f77b4; }
 .sdkit-card.sdkit-source { border: 3px dashed #888; }
+.sdkit-card.sdkit-pruned img { opacity: 0.4; }
 .sdkit-card button { white-space: pre-line; height: auto; line-height: 1.3; padding: 2px; font-size: 12px; }
 </style>"""
 
@@ -46,9 +47,12 @@ def key(c) -> tuple:
 
 
 def caption(e: Entry) -> str:
-    """'#1 · 31.42 · seed 7' on one line; just 'seed 7' while unranked (no scorer, or scores still coming)."""
+    """'#1 · 31.42 · seed 7' on one line; just 'seed 7' while unranked (no scorer, or scores still coming);
+    a search's pruned candidate says where it stopped ('pruned @2')."""
     parts = ([f"#{e.rank}"] if e.rank is not None else []) + ([f"{e.score:.2f}"] if e.score is not None else [])
-    return " · ".join(parts + [f"seed {e.candidate.seed}"] + (["flagged"] if e.candidate.nsfw else []))
+    stopped = (getattr(e.candidate, "extra", None) or {}).get("pruned_at")
+    return " · ".join(parts + [f"seed {e.candidate.seed}"] + (["flagged"] if e.candidate.nsfw else [])
+                      + ([f"pruned @{stopped}"] if stopped is not None else []))
 
 
 class _Card(widgets.VBox):
@@ -68,8 +72,10 @@ class _Card(widgets.VBox):
         text = f"source · seed {entry.candidate.seed}" if self.source else caption(entry)
         self.button.tooltip = text
         self.button.description = text.replace(" · seed", "\nseed")  # two lines under the image
-        for cls, on in (("sdkit-best", entry.rank == 1 and not entry.candidate.nsfw and not self.source),
-                        ("sdkit-flagged", entry.candidate.nsfw), ("sdkit-source", self.source)):
+        pruned = (getattr(entry.candidate, "extra", None) or {}).get("pruned_at") is not None
+        for cls, on in (("sdkit-best", entry.rank == 1 and not entry.candidate.nsfw and not self.source and not pruned),
+                        ("sdkit-flagged", entry.candidate.nsfw), ("sdkit-source", self.source),
+                        ("sdkit-pruned", pruned)):
             (self.add_class if on else self.remove_class)(cls)
 
 

@@ -20,6 +20,8 @@ DEFAULT = "default"
 SIZES = [("model default", DEFAULT)] + [(str(s), s) for s in (32, 64, 128, 256, 384, 512, 576, 640, 768, 1024)]
 SCORERS = [("CLIP (Flax)", "flax"), ("CLIP (PyTorch)", "torch"), ("none", "none")]
 MODELS = ["sdkit:tiny", "sdkit:toy", "stable-diffusion-v1-5/stable-diffusion-v1-5"]
+# Searches the panel runs: each shows the candidates' previews ranked while they denoise (sdkit.search).
+SEARCHES = [("best of N", "none"), ("prune on previews", "successive_halving")]
 
 
 def parse_seed(text: str) -> int:
@@ -62,7 +64,8 @@ class Form:
 
     def __init__(self, model: str, scorer: Any, *, clip_model: str | None, prompt: str | None,
                  negative_prompt: str, n: int, num_inference_steps: int | None, guidance_scale: float | None,
-                 seed: int | None, height: int | None, width: int | None, scheduler: str | None):
+                 seed: int | None, height: int | None, width: int | None, scheduler: str | None,
+                 search: str | None = None):
         # What suits this model when the caller did not say: its native size, the toy world's prompts and settings.
         suits = defaults_for(model)
         prompt = suits.prompt if prompt is None else prompt
@@ -106,11 +109,18 @@ class Form:
             scorer_options.append((f"custom: {getattr(scorer, 'name', type(scorer).__name__)}", scorer))
         self.scorer = widgets.Dropdown(options=scorer_options, value="none" if scorer is None else scorer,
                                        description="scorer", **_field("300px"))
+        if search not in [v for _, v in SEARCHES] + [None]:
+            raise ValueError(f"search={search!r}: use one of {[v for _, v in SEARCHES if v != 'none']} or None")
+        self.search = widgets.Dropdown(options=SEARCHES, value="none" if search is None else search,
+                                       description="search", tooltip="successive halving: start N, keep the best "
+                                       "previews after 10% and 50% of the steps (sdkit.search.default_schedule)",
+                                       **_field("300px"))
         self.box = widgets.VBox([
             self.prompt, self.hint, self.negative_prompt,
             row(self.n, self.num_inference_steps, self.guidance_scale),
             row(self.seed, self.random_seed, self.height, self.width),
             row(self.model, self.scheduler, self.scorer, self.clip_model),
+            row(self.search),
         ])
 
     def read(self, output_dir: Path, batch_size: int | None = None, prompts: list[str] | None = None) -> Request:
@@ -131,12 +141,19 @@ class Form:
         check_generate_args(seeds=None, **{k: kwargs[k] for k in ("n", "num_inference_steps", "guidance_scale",
                                                                      "height", "width", "batch_size")})
         check_scheduler(_none(self.scheduler.value))
+        search = _none(self.search.value)
+        if search is not None:
+            from sdkit.search.strategies import check_search
+
+            check_search(search, None, n=kwargs["n"], num_inference_steps=kwargs["num_inference_steps"])
+            if _none(self.scorer.value) is None:
+                raise ValueError(f"search={search!r} ranks the candidates' previews: pick a scorer (not 'none')")
         model = self.model.value.strip()
         if not model:
             raise ValueError(f"model={self.model.value!r}: give a Hub id, a local folder, or one of {MODELS[:2]}")
         req = Request(model=model, scheduler=_none(self.scheduler.value), scorer=_none(self.scorer.value),
                       clip_model=self.clip_model.value.strip() or None, prompts=prompts, kwargs=kwargs,
-                      output_dir=check_output_dir(output_dir))
+                      output_dir=check_output_dir(output_dir), search=search)
         if self.random_seed.value:  # shown only once the form is good: a refused form makes no images
             self.seed.value = str(seed)
         return req

@@ -43,6 +43,7 @@ class Request:
     init_image: Any = None  # set for "more like this": image-to-image from this image
     strength: float = 0.6
     source: Any = None  # the candidate "more like this" started from, shown first in the gallery
+    search: str | None = None  # "successive_halving": prune on x0 previews (sdkit.search); None: all to the end
 
     @property
     def what(self) -> str:
@@ -73,6 +74,15 @@ class Stepped:
     """`generate`'s report after every denoising step and every decoded batch."""
 
     progress: Progress
+
+
+@dataclass
+class Previewed:
+    """A search scored the candidates' x0 previews after `step`: all of them ranked by preview, pruned ones marked
+    (`candidate.extra["pruned_at"]`); their pictures are the previews."""
+
+    step: int
+    ranked: list
 
 
 @dataclass
@@ -168,9 +178,13 @@ class Session:
         stage = "loading the model"
         try:
             self._emit(Said(f"loading {req.model}…"))
-            pipe = load_pipeline(req.model, device=self.device, dtype=self.dtype, scheduler=req.scheduler)
+            # A search drops candidates mid-way without touching the others: one UNet call per candidate.
+            pipe = load_pipeline(req.model, device=self.device, dtype=self.dtype, scheduler=req.scheduler,
+                                 **({"batch_invariant": True} if req.search else {}))
             stage = "loading the scorer"
             self.scorer = self._load_scorer(req)
+            if req.search and self.scorer is None:
+                raise ValueError(f"search={req.search!r} ranks previews with a scorer: pick flax or torch")
             stage = "generating"
             run_id = new_run_id()
             out = req.output_dir / run_id
@@ -178,7 +192,10 @@ class Session:
             self._emit(Started(req, out, len(req.prompts) * req.kwargs["n"]))
             common = dict(output_dir=out, run_id=run_id, callback=self._on_progress, cancel=self._cancel,
                           progress=False)
-            if req.init_image is None:
+            if req.search is not None:  # all candidates in one batch, so no batch_size
+                kwargs = {k: v for k, v in req.kwargs.items() if k != "batch_size"}
+                run = generate(pipe, req.prompts, **common, **kwargs, search=req.search, scorer=self.scorer)
+            elif req.init_image is None:
                 run = generate(pipe, req.prompts, **common, **req.kwargs)
             else:  # the working size is the image's own
                 from sdkit.edit.tasks import img2img
@@ -226,6 +243,9 @@ class Session:
     def _on_progress(self, p: Progress) -> None:
         """Called by `generate` in the worker thread: every denoising step, and every decoded batch."""
         self._total = p.total
+        if p.previews is not None:
+            self._emit(Previewed(p.step, list(p.previews)))
+            return
         if p.finished is None:
             self.steps_seen += 1
         self._emit(Stepped(p))

@@ -36,7 +36,8 @@ class Explorer(widgets.VBox):
                  num_inference_steps: int | None = None, guidance_scale: float | None = None,
                  seed: int | None = None, height: int | None = None, width: int | None = None,
                  scheduler: str | None = None, output_dir: str | Path = "outputs", device: str = "auto",
-                 dtype: str = "auto", batch_size: int | None = None, thumb_size: int = 128):
+                 dtype: str = "auto", batch_size: int | None = None, thumb_size: int = 128,
+                 search: str | None = None):
         self.output_dir, self.batch_size = Path(output_dir), batch_size
         self.run = None  # the last Run
         self.ranked: list = []  # the last ranking (Ranked items, or candidates when there is no scorer)
@@ -47,7 +48,7 @@ class Explorer(widgets.VBox):
         self._req: Request | None = None  # the run in progress (or the last one)
         self.form = Form(model, scorer, clip_model=clip_model, prompt=prompt, negative_prompt=negative_prompt, n=n,
                          num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed,
-                         height=height, width=width, scheduler=scheduler)
+                         height=height, width=width, scheduler=scheduler, search=search)
 
         self.generate_button = widgets.Button(description="Generate", button_style="primary", icon="play")
         self.stop_button = widgets.Button(description="Stop", button_style="danger", icon="stop", disabled=True)
@@ -188,6 +189,11 @@ class Explorer(widgets.VBox):
             self._say(f"{what}generating {ev.total} candidates into {html.escape(str(ev.output_dir))}…")
         elif isinstance(ev, events.Stepped):
             self._on_progress(ev.progress)
+        elif isinstance(ev, events.Previewed):  # a search's live view: previews ranked, the pruned dimmed
+            self.ranked = ev.ranked
+            self.gallery.update(self.ranked)
+            stopped = sum(1 for r in ev.ranked if r.candidate.extra.get("pruned_at") is not None)
+            self._say(f"after step {ev.step}: previews ranked, {len(ev.ranked) - stopped} go on, {stopped} pruned…")
         elif isinstance(ev, (events.BatchFinished, events.BatchRanked)):
             self.ranked = ev.ranked
             self.gallery.update(self.ranked)
@@ -280,7 +286,8 @@ def explore(model: str = "sdkit:tiny", scorer: Any = "flax", *, clip_model: str 
             num_inference_steps: int | None = None, guidance_scale: float | None = None,
             seed: int | None = None, height: int | None = None, width: int | None = None,
             scheduler: str | None = None, output_dir: str | Path = "outputs", device: str = "auto",
-            dtype: str = "auto", batch_size: int | None = None, thumb_size: int = 128) -> Explorer:
+            dtype: str = "auto", batch_size: int | None = None, thumb_size: int = 128,
+            search: str | None = None) -> Explorer:
     """Open the explorer panel (display it as a cell's value).
 
     Args:
@@ -295,6 +302,8 @@ def explore(model: str = "sdkit:tiny", scorer: Any = "flax", *, clip_model: str 
         output_dir: each run gets a subfolder here; saved copies go to `<output_dir>/saved`.
         device, dtype, batch_size: as in `load_pipeline` and `generate`.
         thumb_size: gallery thumbnails, in pixels.
+        search: the form's search: None (every candidate to the end, then ranked) or "successive_halving" (the
+            previews are ranked live while they denoise and the weakest pruned, `sdkit.search`).
 
     Returns:
         The `Explorer` widget. After a run: `.run`, `.ranked`, `.grid_path`, `.error`.
@@ -302,4 +311,4 @@ def explore(model: str = "sdkit:tiny", scorer: Any = "flax", *, clip_model: str 
     return Explorer(model, scorer, clip_model=clip_model, prompt=prompt, negative_prompt=negative_prompt, n=n,
                     num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed,
                     height=height, width=width, scheduler=scheduler, output_dir=output_dir, device=device,
-                    dtype=dtype, batch_size=batch_size, thumb_size=thumb_size)
+                    dtype=dtype, batch_size=batch_size, thumb_size=thumb_size, search=search)
