@@ -430,7 +430,7 @@ def wall_model(clock: dict) -> dict:
             "scored_image_s": clock["score_s"] / clock["scored"]}
 
 
-def real_check(args, chosen: dict[str, dict], report_rows: dict, pool: dict, group: int) -> dict:
+def real_check(args, chosen: dict[str, dict], pool: dict, group: int) -> dict:
     """Run best-of-8 and the chosen strategies for real on one reported group; compare with the replay."""
     import torch
 
@@ -654,7 +654,7 @@ def main(argv=None) -> int:
                               f"({beat['diff_ci'][0]:+.3f}…{beat['diff_ci'][1]:+.3f}) at {beat['percent_of_best_of_8']:.0f}%"})
 
     group = args.report_groups[0]  # the first held-out group
-    real = real_check(args, chosen_tune, by_key, pool, group)
+    real = real_check(args, chosen_tune, pool, group)
     spear = {v: spearman_by_step(pool, v) for v in previewers_of(pool)}
     frontier = {fam: [{k: r[k] for k in ("name", "unet_evaluations", "top1", "ci")} for r in
                       pareto([r for r in report if family_of(r) == fam])]

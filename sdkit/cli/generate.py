@@ -67,10 +67,10 @@ def add_search_args(p: argparse.ArgumentParser) -> None:
                    help="best_of_n: n full candidates, ranked; draft_then_finish: n drafts at --draft-steps, the best "
                         "--keep finished; successive_halving: n together, pruned on x0 previews at --prune-at steps")
     g.add_argument("--prune-at", type=_ints, default=None, metavar="STEPS",
-                   help="successive_halving: steps after which to prune, e.g. 2,6 (default: 10%% and 30%% of --steps)")
+                   help="successive_halving: steps after which to prune, e.g. 2,6 (default: 10%% and 50%% of --steps)")
     g.add_argument("--keep", type=_ints, default=None, metavar="COUNTS",
                    help="successive_halving: candidates per prompt kept at each --prune-at step, e.g. 4,2 (default: "
-                        "n/4 then n/8); draft_then_finish: drafts per prompt finished (default 2)")
+                        "n/4 then n/16); draft_then_finish: drafts per prompt finished (default 2)")
     g.add_argument("--draft-steps", type=int, default=None, help="draft_then_finish: steps per draft (default 6)")
     g.add_argument("--previewer", default=None, metavar="PATH",
                    help="successive_halving: an AutoencoderTiny (TAESD) folder or Hub id to decode previews "

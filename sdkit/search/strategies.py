@@ -278,8 +278,9 @@ def successive_halving(pipe, prompt: str | Sequence[str], scorer: Any = "flax", 
     survivor's trajectory is the one it has alone, so it regenerates bit for bit from its PNG.
 
     `prune_at`/`keep` default to `default_schedule(n, num_inference_steps)` (32 candidates, 20 steps: keep 8 after
-    step 2, 2 after step 10; 16 candidates: 4, then 1). All candidates are one batch, so `batch_size` is refused; `callback` gets generate's
-    `Progress` reports.
+    step 2, 2 after step 10; 16 candidates: 4, then 1). All candidates are one batch, so `batch_size` is refused;
+    `callback` gets generate's `Progress` reports (survivors only when a batch finishes, and `Progress.previews`
+    after each pruning step).
 
     Only the survivors are saved; each pruned one is a record in `search.pruned` (prompt, seed, step,
     preview_score and its settings) and, with `output_dir`, a `"pruned": true` manifest line and an entry in
