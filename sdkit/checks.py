@@ -74,6 +74,13 @@ def check_generate_args(*, n, seeds, num_inference_steps, guidance_scale, height
         raise ValueError(f"batch_size={batch_size!r}: must be an integer >= 1")
 
 
+def count_steps(num_inference_steps: int, pipe_kwargs: dict | None = None) -> int:
+    """The denoising steps a call really runs: img2img and inpainting with `strength` < 1 skip the first ones
+    (diffusers runs int(num_inference_steps * strength) of them)."""
+    strength = float((pipe_kwargs or {}).get("strength", 1.0))
+    return max(1, min(num_inference_steps, int(num_inference_steps * strength)))
+
+
 def check_output_dir(output_dir) -> Path:
     """Create `output_dir` if needed and prove it is writable, before generating anything."""
     path = Path(output_dir)

@@ -23,7 +23,8 @@ from sdkit.errors import Cancelled, GenerationError
 from sdkit.progress import progress_bar
 from sdkit.results import Candidate, Progress, Run
 from sdkit.runs import check_resume, kept_candidates, read_run_settings, run_settings, write_run_settings
-from sdkit.checks import as_prompt_list, check_generate_args, check_seed, check_output_dir, quiet_truncation_logs, warn_long_prompts
+from sdkit.checks import (as_prompt_list, check_generate_args, check_seed, check_output_dir, count_steps,
+                          quiet_truncation_logs, warn_long_prompts)
 from sdkit.save import new_run_id, recover, save_candidate
 from sdkit.load.schedulers import scheduler_name
 
@@ -162,9 +163,7 @@ def generate(
     jobs_todo = [j for j in jobs if j.index not in done_before]
     bs = batch_size or default_batch_size(pipe)
     is_cancelled = cancel.is_set if isinstance(cancel, threading.Event) else (cancel or (lambda: False))
-    # img2img/inpaint with strength < 1 skip the first steps: count only those that run.
-    strength = float((pipe_kwargs or {}).get("strength", 1.0))
-    steps_run = max(1, min(num_inference_steps, int(num_inference_steps * strength)))
+    steps_run = count_steps(num_inference_steps, pipe_kwargs)  # img2img/inpaint with strength < 1 skip some
     # The notebook text names the whole call (not what a resume left to do), so stored outputs do not vary.
     bar = progress_bar(len(jobs_todo) * steps_run, progress,
                        text=f"denoising {len(jobs)} candidate{'s' * (len(jobs) != 1)} × {steps_run} steps")
@@ -244,7 +243,8 @@ def _search(pipe, prompt, search, search_kwargs, scorer, out, args: dict) -> Run
     # edge of the house, declared in sdkit.UPWARD and checked by tests/test_layout.py.
     strategies = importlib.import_module("sdkit.search.strategies")
     strategy, kwargs = strategies.check_search(search, search_kwargs, n=args["n"],
-                                               num_inference_steps=args["num_inference_steps"])
+                                               num_inference_steps=args["num_inference_steps"],
+                                               pipe_kwargs=args["pipe_kwargs"])
     if args.pop("seeds") is not None:
         raise ValueError("seeds= with search=: a search numbers its candidates from seed (candidate k gets seed + k); "
                          "give seed, or finish chosen seeds with generate(..., seeds=[...]) and no search")

@@ -11,7 +11,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from sdkit.cli.generate import add_common_args, finish, generate_kwargs, pipeline_from_args, read_prompts
+from sdkit.cli.generate import (add_common_args, add_search_args, checked_search, finish, generate_kwargs,
+                                pipeline_from_args, read_prompts, search_args)
 
 NAMES = ("img2img", "inpaint", "outpaint")
 
@@ -43,6 +44,7 @@ def _common(p: argparse.ArgumentParser, strength: float) -> None:
     p.add_argument("--resize-mode", choices=("pad", "resize"), default="pad",
                    help="sizes not a multiple of 8: pad edge pixels (default) or resize; results keep the original size")
     add_common_args(p)
+    add_search_args(p)
     for action in p._actions:  # the working size defaults to the image's, not the model's
         if action.dest == "height":
             action.help = "work at this height (multiple of 8; with --width); default: the image's size"
@@ -106,10 +108,11 @@ def run(args) -> int:
                         guidance_scale=args.guidance_scale, height=None, width=None, batch_size=args.batch_size)
     check_scheduler(args.scheduler)
     inputs = prepare(args)
+    settings = checked_search(args, {"strength": inputs.strength})
     run_id = new_run_id()
     out = check_output_dir(Path(args.out) / run_id)
     pipe = pipeline_from_args(args, inputs.task)
-    kwargs = generate_kwargs(args)
+    kwargs = generate_kwargs(args) | search_args(args, settings, pipe)
     del kwargs["height"], kwargs["width"]  # the working size comes from the image (see prepare)
     result = run_edit(pipe, prompts, inputs, output_dir=out, run_id=run_id, **kwargs)
     return finish(result, args)

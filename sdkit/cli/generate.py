@@ -111,6 +111,28 @@ def search_settings(args) -> dict | None:
     return kwargs
 
 
+def checked_search(args, pipe_kwargs: dict | None = None) -> dict | None:
+    """The search settings from the options, checked (with an edit's strength) before any model is loaded."""
+    settings = search_settings(args)
+    if settings is not None:
+        from sdkit.search.strategies import check_search
+
+        check_search(args.search, {k: v for k, v in settings.items() if k != "previewer"}, n=args.n,
+                     num_inference_steps=args.num_inference_steps, pipe_kwargs=pipe_kwargs)
+    return settings
+
+
+def search_args(args, settings: dict | None, pipe) -> dict:
+    """generate's search arguments (none without --search), with the previewer loaded next to the pipeline."""
+    if settings is None:
+        return {}
+    if settings.get("previewer") is not None:
+        from sdkit.search.previews import load_previewer
+
+        settings["previewer"] = load_previewer(settings["previewer"], device=pipe.device, torch_dtype=pipe.vae.dtype)
+    return dict(search=args.search, search_kwargs=settings, scorer=args.scorer)
+
+
 def read_prompts(args) -> list[str]:
     prompts = list(args.prompt)
     if args.prompts_file is not None:
@@ -123,6 +145,9 @@ def read_prompts(args) -> list[str]:
 def pipeline_from_args(args, task: str, **kwargs):
     from sdkit.load.pipeline import load_pipeline
 
+    if getattr(args, "search", None) == "successive_halving":
+        # Pruning mid-way leaves survivors untouched only with the batch-invariant UNet (off on GPUs by default).
+        kwargs.setdefault("batch_invariant", True)
     return load_pipeline(args.model, task, device=args.device, dtype=args.dtype, scheduler=args.scheduler,
                          safety_checker=not args.no_safety_checker, low_memory=args.low_memory, compile=args.compile,
                          **kwargs)
@@ -135,7 +160,8 @@ def generate_kwargs(args) -> dict:
 
 
 def compute_line(run, n: int, num_inference_steps: int) -> str:
-    """What a search cost, against best-of-N with the same n and steps (n * steps UNet evaluations per prompt)."""
+    """What a search cost, against best-of-N with the same n and steps (n * steps UNet evaluations per prompt;
+    for an edit, the steps its strength runs)."""
     c, s = run.search.compute, run.search
     prompts = len({r.candidate.prompt for r in s.ranked}) or 1
     baseline = n * num_inference_steps * prompts
@@ -164,7 +190,10 @@ def finish(run, args) -> int:
             print(f"{Path(c.path).name if c.path else '-'}  seed={c.seed}  {c.prompt!r}" + ("  [NSFW-flagged]" if c.nsfw else ""))
     print(f"{len(run)} images in {run.output_dir} (manifest: {run.manifest})")
     if search is not None:
-        print(compute_line(run, args.n, args.num_inference_steps))
+        from sdkit.checks import count_steps
+
+        strength = getattr(args, "strength", None)  # the edit commands'
+        print(compute_line(run, args.n, count_steps(args.num_inference_steps, {"strength": strength or 1.0})))
     return 130 if run.cancelled else 0
 
 
@@ -267,23 +296,10 @@ def run(args) -> int:
     check_generate_args(n=args.n, seeds=args.seeds, num_inference_steps=args.num_inference_steps,
                         guidance_scale=args.guidance_scale, height=args.height, width=args.width, batch_size=args.batch_size)
     check_scheduler(args.scheduler)
-    settings = search_settings(args)
-    if settings is not None:
-        from sdkit.search.strategies import check_search
-
-        check_search(args.search, {k: v for k, v in settings.items() if k != "previewer"}, n=args.n,
-                     num_inference_steps=args.num_inference_steps)
+    settings = checked_search(args)
     run_id = new_run_id()
     out = check_output_dir(Path(args.out) / run_id)
-    # Pruning mid-way leaves survivors untouched only with the batch-invariant UNet (on GPUs it is off by default).
-    extra = {"batch_invariant": True} if args.search == "successive_halving" else {}
-    pipe = pipeline_from_args(args, "text-to-image", **extra)
-    kwargs = generate_kwargs(args)
-    if settings is not None:
-        if settings.get("previewer") is not None:
-            from sdkit.search.previews import load_previewer
-
-            settings["previewer"] = load_previewer(settings["previewer"], device=pipe.device, torch_dtype=pipe.vae.dtype)
-        kwargs.update(search=args.search, search_kwargs=settings, scorer=args.scorer)
+    pipe = pipeline_from_args(args, "text-to-image")
+    kwargs = generate_kwargs(args) | search_args(args, settings, pipe)
     result = generate(pipe, prompts, output_dir=out, run_id=run_id, **kwargs)
     return finish(result, args)

@@ -168,6 +168,10 @@ class _Finishing:
     def __getattr__(self, name):
         return getattr(self._pipe, name)
 
+    def finish_preview(self, image: Image.Image) -> Image.Image:
+        """A decoded x0 preview as the result will look (a search scores what it would keep)."""
+        return self._inputs.finish(image)
+
     def __call__(self, **kwargs):
         # One copy per candidate: given a single image, diffusers' inpaint pipeline VAE-encodes it with
         # the batch's first generator only, so candidate k would depend on which batch it is in.
@@ -215,7 +219,8 @@ def img2img(pipe, prompt: str | Sequence[str], image, *, strength: float = 0.75,
             right/bottom, cut them off after; no resampling) or "resize" (to the nearest multiple
             of 8 and back). Results always have the image's original size.
         **kwargs: as in `generate` (n, seed, seeds, negative_prompt, num_inference_steps,
-            guidance_scale, batch_size, output_dir, run_id, callback, cancel, progress, pipe_kwargs, extra).
+            guidance_scale, batch_size, output_dir, run_id, callback, cancel, progress, pipe_kwargs, extra,
+            and search, search_kwargs, scorer: a search's steps (prune_at, draft_steps) count the steps that run).
     """
     inputs = prepare_img2img(image, strength=strength, num_inference_steps=kwargs.get("num_inference_steps", DEFAULT_STEPS),
                              height=height, width=width, resize_mode=resize_mode)
@@ -263,3 +268,42 @@ def outpaint(pipe, prompt: str | Sequence[str], image, *, left: int = 0, right: 
                               num_inference_steps=kwargs.get("num_inference_steps", DEFAULT_STEPS),
                               height=height, width=width, resize_mode=resize_mode)
     return run_edit(pipe, prompt, inputs, **kwargs)
+
+
+def redo(pipe, record: dict, image, mask_image=None, **kwargs) -> Run:
+    """Make a recorded edit candidate again: its seed and settings from `record` (a PNG's metadata, a manifest
+    line, a search's pruned record), its init image (and mask) from you; they must be the recorded ones (hashes).
+
+    `kwargs` go to `generate` (e.g. output_dir, extra, progress); the candidate is made at the recorded steps.
+    """
+    ex = dict(record.get("extra") or {})
+    task = record.get("task", "text-to-image")
+    steps = record["num_inference_steps"]
+    # The recorded mode is the fit's ("none", "pad", "resize"); a resize worked at the recorded size.
+    resized = ex.get("resize_mode") == "resize"
+    size = dict(height=record["height"], width=record["width"]) if resized else {}
+    common = dict(strength=ex.get("strength", 1.0), num_inference_steps=steps,
+                  resize_mode="resize" if resized else "pad", **size)
+    if task == "image-to-image":
+        inputs = prepare_img2img(image, **common)
+    elif task == "inpainting" and "outpaint" in ex:
+        sides = {k: int(v) for k, v in (kv.split("=") for kv in ex["outpaint"].split())}
+        inputs = prepare_outpaint(image, mask_blur=ex["mask_blur"], mask_grow=ex["mask_grow"], **sides, **common)
+    elif task == "inpainting":
+        mask = mask_image if mask_image is not None else ex.get("mask_box")
+        if mask is None:
+            raise ValueError("the record is an inpainting with a mask image, recorded only as a hash: pass mask_image=")
+        inputs = prepare_inpaint(image, mask, mask_blur=ex["mask_blur"], mask_grow=ex["mask_grow"],
+                                 resize_mask=ex.get("resize_mask", False), **common)
+    else:
+        raise ValueError(f"task={task!r}: redo() remakes edits (image-to-image, inpainting); use sdkit.regenerate")
+    for name in ("init_image_hash", "mask_hash"):
+        if ex.get(name) and inputs.extra.get(name) != ex[name]:
+            what = "image" if name == "init_image_hash" else "mask_image"
+            raise ValueError(f"{what} is not the recorded one: its hash is {inputs.extra.get(name)}, the record's "
+                             f"{ex[name]}")
+    kept = {k: v for k, v in ex.items() if k not in inputs.extra}  # e.g. a search's record
+    kwargs["extra"] = {**kept, **(kwargs.get("extra") or {})}
+    return run_edit(pipe, record["prompt"], inputs, n=1, seeds=[record["seed"]],
+                    negative_prompt=record.get("negative_prompt"), num_inference_steps=steps,
+                    guidance_scale=record["guidance_scale"], **kwargs)

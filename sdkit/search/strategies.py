@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from sdkit.checks import as_prompt_list, is_int
+from sdkit.checks import as_prompt_list, count_steps, is_int
 from sdkit.load.invariance import cfg_pairs
 from sdkit.ranking import rank, record_scores, score_candidates, scorer_for
 from sdkit.results import Candidate, Ranked
@@ -166,7 +166,7 @@ def best_of_n(pipe, prompt: str | Sequence[str], scorer: Any = "flax", *, n: int
     return search
 
 
-def _check_draft(n, keep, draft_steps, num_inference_steps) -> None:
+def _check_draft(n, keep, draft_steps, num_inference_steps, pipe_kwargs=None) -> None:
     if not is_int(n) or n < 1:
         raise ValueError(f"n={n!r} drafts per prompt: must be an integer >= 1")
     if not is_int(keep) or not 1 <= keep <= n:
@@ -176,6 +176,10 @@ def _check_draft(n, keep, draft_steps, num_inference_steps) -> None:
     if not is_int(draft_steps) or not 1 <= draft_steps < num_inference_steps:
         raise ValueError(f"draft_steps={draft_steps!r}: must be an integer from 1 to num_inference_steps - 1 "
                          f"= {num_inference_steps - 1}")
+    strength = (pipe_kwargs or {}).get("strength")
+    if strength is not None and int(draft_steps * strength) < 1:
+        raise ValueError(f"draft_steps={draft_steps} with strength={strength} runs int({draft_steps} * {strength}) = 0 "
+                         "denoising steps; raise draft_steps")
 
 
 def draft_then_finish(pipe, prompt: str | Sequence[str], scorer: Any = "flax", *, n: int = 16, keep: int = 2,
@@ -192,7 +196,7 @@ def draft_then_finish(pipe, prompt: str | Sequence[str], scorer: Any = "flax", *
     from sdkit.save import new_run_id, save_candidate
 
     prompts = as_prompt_list(prompt)
-    _check_draft(n, keep, draft_steps, num_inference_steps)
+    _check_draft(n, keep, draft_steps, num_inference_steps, generate_kwargs.get("pipe_kwargs"))
     out = _prepare(output_dir)
     run_id = generate_kwargs.pop("run_id", None) or new_run_id()
     settings = {"strategy": "draft_then_finish", "n": n, "keep": keep, "draft_steps": draft_steps}
@@ -238,21 +242,28 @@ def default_schedule(n: int, num_inference_steps: int) -> tuple[tuple[int, ...],
     return tuple(steps), keeps[-len(steps):]
 
 
-def _check_schedule(n, prune_at, keep, num_inference_steps) -> tuple[tuple[int, ...], tuple[int, ...]]:
+def _check_schedule(n, prune_at, keep, num_inference_steps, pipe_kwargs=None) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The pruning steps and keep counts (defaults filled in), or a ValueError. Steps count the denoising steps that
+    run: all of them, or int(num_inference_steps * strength) for img2img and inpainting with strength < 1."""
     if not is_int(n) or n < 2:
         raise ValueError(f"n={n!r} candidates per prompt: must be an integer >= 2 for pruning to choose")
     if not is_int(num_inference_steps) or num_inference_steps < 2:
         raise ValueError(f"num_inference_steps={num_inference_steps!r}: successive_halving needs >= 2 steps to prune "
                          "between")
-    default_at, default_keep = default_schedule(n, num_inference_steps)
+    steps = count_steps(num_inference_steps, pipe_kwargs)
+    last = (f"num_inference_steps - 1 = {steps - 1}" if steps == num_inference_steps else
+            f"the steps run - 1 = {steps - 1} (int({num_inference_steps} * strength={pipe_kwargs['strength']}) steps run)")
+    if steps < 2:
+        raise ValueError(f"successive_halving needs >= 2 steps to prune between; int({num_inference_steps} * "
+                         f"strength={pipe_kwargs['strength']}) = {steps} run: raise num_inference_steps or strength")
+    default_at, default_keep = default_schedule(n, steps)
     prune_at = default_at if prune_at is None else tuple(prune_at)
     keep = (default_keep if prune_at == default_at else ()) if keep is None else tuple(keep)  # own steps, own counts
     if not prune_at or len(prune_at) != len(keep):
         raise ValueError(f"prune_at={list(prune_at)} and keep={list(keep)}: give one keep count per pruning step")
     if not all(is_int(s) for s in prune_at) or list(prune_at) != sorted(set(prune_at)) or not (
-            1 <= prune_at[0] and prune_at[-1] < num_inference_steps):
-        raise ValueError(f"prune_at={list(prune_at)}: increasing steps from 1 to num_inference_steps - 1 "
-                         f"= {num_inference_steps - 1}")
+            1 <= prune_at[0] and prune_at[-1] < steps):
+        raise ValueError(f"prune_at={list(prune_at)}: increasing steps from 1 to {last}")
     if not all(is_int(k) for k in keep) or not all(1 <= b <= a for a, b in zip((n - 1, *keep), keep)):
         raise ValueError(f"keep={list(keep)}: non-increasing counts from 1 to n - 1 = {n - 1}")
     return prune_at, keep
@@ -291,7 +302,7 @@ def successive_halving(pipe, prompt: str | Sequence[str], scorer: Any = "flax", 
     from sdkit.search.previews import capture_previews, decode_previews
 
     prompts = as_prompt_list(prompt)
-    prune_at, keep = _check_schedule(n, prune_at, keep, num_inference_steps)
+    prune_at, keep = _check_schedule(n, prune_at, keep, num_inference_steps, generate_kwargs.get("pipe_kwargs"))
     if batch_size is not None:
         raise ValueError(f"batch_size={batch_size!r}: successive_halving denoises all {len(prompts) * n} candidates "
                          "in one batch (pruned ones cost nothing); leave batch_size out")
@@ -306,6 +317,7 @@ def successive_halving(pipe, prompt: str | Sequence[str], scorer: Any = "flax", 
                 str(getattr(previewer.config, "_name_or_path", "") or type(previewer).__name__)}
     scorer = scorer_for(scorer, getattr(pipe, "_sdkit", {}).get("model_id", ""), clip_model)
     compute, pruned, previewed, looked = Compute(), {}, {}, {}
+    finish = getattr(pipe, "finish_preview", None)
     with counting(pipe, compute), skipping(pipe) as skip, \
             capture_previews(pipe, steps=[s - 1 for s in prune_at]) as previews:
 
@@ -317,6 +329,8 @@ def successive_halving(pipe, prompt: str | Sequence[str], scorer: Any = "flax", 
                 return
             live = [i for i in range(len(prompts) * n) if i not in skip]
             images = decode_previews(previews.at(p.step - 1)[live], previewer or pipe.vae)
+            if finish is not None:  # an edit: at the original size, kept pixels pasted back, as it would be saved
+                images = [finish(im) for im in images]
             compute.preview_decodes += len(live)
             looks = score_candidates([Candidate(image=im, prompt=prompts[i // n], seed=seeds[i % n], index=i)
                                       for i, im in zip(live, images)], scorer)
@@ -374,8 +388,10 @@ GENERATE_ARGS = frozenset({
     "n", "seed", "seeds", "negative_prompt", "num_inference_steps", "guidance_scale", "height", "width", "batch_size",
     "output_dir", "run_id", "callback", "cancel", "progress", "pipe_kwargs", "extra", "search", "search_kwargs"})
 _CHECKS = {
-    draft_then_finish: lambda a: _check_draft(a["n"], a["keep"], a["draft_steps"], a["num_inference_steps"]),
-    successive_halving: lambda a: _check_schedule(a["n"], a["prune_at"], a["keep"], a["num_inference_steps"]),
+    draft_then_finish: lambda a: _check_draft(a["n"], a["keep"], a["draft_steps"], a["num_inference_steps"],
+                                              a["pipe_kwargs"]),
+    successive_halving: lambda a: _check_schedule(a["n"], a["prune_at"], a["keep"], a["num_inference_steps"],
+                                                  a["pipe_kwargs"]),
 }
 
 
@@ -404,9 +420,11 @@ def settings_of(strategy) -> dict[str, Any]:
             if p.kind in kinds and k not in ("pipe", "prompt", "scorer") and k not in GENERATE_ARGS}
 
 
-def check_search(search, search_kwargs: dict | None = None, *, n: int, num_inference_steps: int):
-    """Resolve `search` and check `search_kwargs` (and, for the built-in strategies, their values against `n` and
-    `num_inference_steps`) without any model work: (strategy, kwargs), or a ValueError naming what is wrong."""
+def check_search(search, search_kwargs: dict | None = None, *, n: int, num_inference_steps: int,
+                 pipe_kwargs: dict | None = None):
+    """Resolve `search` and check `search_kwargs` (and, for the built-in strategies, their values against `n`,
+    `num_inference_steps` and an edit's strength in `pipe_kwargs`) without any model work: (strategy, kwargs), or a
+    ValueError naming what is wrong."""
     strategy = resolve(search)
     kwargs = dict(search_kwargs or {})
     own = settings_of(strategy)
@@ -422,7 +440,7 @@ def check_search(search, search_kwargs: dict | None = None, *, n: int, num_infer
     while isinstance(base, functools.partial):
         base = base.func
     if base in _CHECKS:
-        _CHECKS[base]({**own, **kwargs, "n": n, "num_inference_steps": num_inference_steps})
+        _CHECKS[base]({**own, **kwargs, "n": n, "num_inference_steps": num_inference_steps, "pipe_kwargs": pipe_kwargs})
     return strategy, kwargs
 
 
@@ -466,20 +484,23 @@ def _pick_pruned(source, *, seed, prompt, run_id) -> dict:
 
 
 def finish_pruned(pipe, source, *, seed: int | None = None, prompt: str | None = None, run_id: str | None = None,
-                  output_dir=None, progress: bool = False):
+                  image=None, mask_image=None, output_dir=None, progress: bool = False):
     """Finish a candidate a search pruned: its seed to all the search's steps, with the search's settings.
 
     `source` is a record from `search.pruned`, or a search's output folder (or its manifest.jsonl), where `seed`
     (and `prompt`, `run_id` where several match) pick the pruned candidate. The image is the one that seed makes
     in a plain `generate` (or `best_of_n`) run with the same settings; with `output_dir` it is saved like
-    generate's. Returns the finished `Candidate`.
+    generate's. An edit's candidate needs its init `image` (and `mask_image`, unless the mask was a box), which
+    the record holds only as hashes (`sdkit.edit.tasks.redo`). Returns the finished `Candidate`.
     """
     from sdkit.generation import generate
     from sdkit.load.schedulers import scheduler_name
 
     rec = _pick_pruned(source, seed=seed, prompt=prompt, run_id=run_id)
-    if rec.get("task", "text-to-image") != "text-to-image":
-        raise ValueError(f"the pruned candidate is {rec['task']!r}; finish_pruned redoes text-to-image only")
+    task = rec.get("task", "text-to-image")
+    if task != "text-to-image" and image is None:
+        raise ValueError(f"the pruned candidate is {task!r}: pass image= (and mask_image= for a mask that was not a "
+                         "box), the init image the search started from; the record holds only its hash")
     now = scheduler_name(pipe.scheduler)
     if rec.get("scheduler") and rec["scheduler"] != now:
         warnings.warn(f"the search used scheduler {rec['scheduler']!r}, this pipeline has {now!r}: the finished "
@@ -488,6 +509,10 @@ def finish_pruned(pipe, source, *, seed: int | None = None, prompt: str | None =
     found = extra.pop("search", {}) or {}
     extra["search"] = {"finished_pruned": {"run_id": rec.get("run_id"), "strategy": found.get("strategy"),
                                            "step": rec.get("step"), "preview_score": rec.get("preview_score")}}
+    if task != "text-to-image":
+        from sdkit.edit.tasks import redo
+
+        return redo(pipe, rec, image, mask_image, output_dir=output_dir, progress=progress, extra=extra).candidates[0]
     run = generate(pipe, rec["prompt"], n=1, seeds=[rec["seed"]], negative_prompt=rec.get("negative_prompt"),
                    num_inference_steps=rec["num_inference_steps"], guidance_scale=rec["guidance_scale"],
                    height=rec["height"], width=rec["width"], output_dir=output_dir, progress=progress, extra=extra)
