@@ -296,9 +296,16 @@ def regenerate(source, pipe=None, **overrides) -> Candidate:
             f"recorded only as hashes. Call sdkit.{'img2img' if meta['task'] == 'image-to-image' else 'inpaint'}"
             f"(..., seeds=[{meta['seed']}]) with the same image (and mask) instead."
         )
+    lineage = ((meta.get("extra") or {}).get("search") or {}).get("lineage")
+    if lineage and overrides:
+        raise ValueError(f"overrides {sorted(overrides)}: this image is a resampled particle, made by following its "
+                         "lineage of seeds; it is remade only as it was (no overrides)")
     if pipe is None:
         pipe = load_pipeline(meta["model_id"], meta.get("task", "text-to-image"), scheduler=meta.get("scheduler") or None,
-                             dtype=meta.get("dtype") or "auto", revision=meta.get("revision"))
+                             dtype=meta.get("dtype") or "auto", revision=meta.get("revision"),
+                             **({"batch_invariant": True} if lineage else {}))
+    if lineage:  # a particle of sdkit.search.strategies.particle_resampling: follow its lineage
+        return importlib.import_module("sdkit.search.strategies").replay(pipe, meta)
     run = generate(pipe, meta["prompt"], n=1, seeds=[meta["seed"]], negative_prompt=meta.get("negative_prompt"),
                    num_inference_steps=meta["num_inference_steps"], guidance_scale=meta["guidance_scale"],
                    height=meta["height"], width=meta["width"], progress=False)

@@ -58,22 +58,33 @@ def _ints(text: str) -> list[int]:
 SEARCH_OPTIONS = {"--prune-at": ("prune_at", ("successive_halving",)),
                   "--keep": ("keep", ("draft_then_finish", "successive_halving")),
                   "--draft-steps": ("draft_steps", ("draft_then_finish",)),
-                  "--previewer": ("previewer", ("successive_halving",))}
+                  "--resample-at": ("resample_at", ("particle_resampling",)),
+                  "--lambda": ("lambda_", ("particle_resampling",)),
+                  "--previewer": ("previewer", ("successive_halving", "particle_resampling"))}
+ONE_BATCH = ("successive_halving", "particle_resampling")  # all candidates denoised together
 
 
 def add_search_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("search: the best image per prompt, for less compute than best-of-N")
-    g.add_argument("--search", default=None, choices=["best_of_n", "draft_then_finish", "successive_halving"],
+    g.add_argument("--search", default=None,
+                   choices=["best_of_n", "draft_then_finish", "successive_halving", "particle_resampling"],
                    help="best_of_n: n full candidates, ranked; draft_then_finish: n drafts at --draft-steps, the best "
-                        "--keep finished; successive_halving: n together, pruned on x0 previews at --prune-at steps")
+                        "--keep finished; successive_halving: n together, pruned on x0 previews at --prune-at steps; "
+                        "particle_resampling: n particles of --scheduler 'Euler a', resampled by their previews' "
+                        "scores at --resample-at steps (FK steering)")
     g.add_argument("--prune-at", type=_ints, default=None, metavar="STEPS",
                    help="successive_halving: steps after which to prune, e.g. 2,6 (default: 10%% and 50%% of --steps)")
     g.add_argument("--keep", type=_ints, default=None, metavar="COUNTS",
                    help="successive_halving: candidates per prompt kept at each --prune-at step, e.g. 4,2 (default: "
                         "n/4 then n/16); draft_then_finish: drafts per prompt finished (default 2)")
     g.add_argument("--draft-steps", type=int, default=None, help="draft_then_finish: steps per draft (default 6)")
+    g.add_argument("--resample-at", type=_ints, default=None, metavar="STEPS",
+                   help="particle_resampling: steps after which to resample, e.g. 2,5,10 (default: 10%%, 25%% and 50%% "
+                        "of --steps)")
+    g.add_argument("--lambda", type=float, default=None, dest="lambda_",
+                   help="particle_resampling: how sharply scores pick particles (default 1; 0: uniformly)")
     g.add_argument("--previewer", default=None, metavar="PATH",
-                   help="successive_halving: an AutoencoderTiny (TAESD) folder or Hub id to decode previews "
+                   help="successive_halving, particle_resampling: an AutoencoderTiny (TAESD) folder or Hub id to decode previews "
                         "(default: the model's VAE)")
 
 
@@ -97,9 +108,12 @@ def search_settings(args) -> dict | None:
         raise ValueError(f"--search {args.search} --scorer none: a search ranks by a scorer; use --scorer flax or torch")
     if args.seeds is not None:
         raise ValueError("--seeds with --search: a search numbers its candidates from --seed (candidate k gets seed+k)")
-    if args.search == "successive_halving" and args.batch_size is not None:
-        raise ValueError(f"--batch-size {args.batch_size} with --search successive_halving: it denoises all candidates "
-                         "in one batch (pruned ones cost nothing); leave --batch-size out")
+    if args.search in ONE_BATCH and args.batch_size is not None:
+        raise ValueError(f"--batch-size {args.batch_size} with --search {args.search}: it denoises all candidates "
+                         "in one batch; leave --batch-size out")
+    if args.search == "particle_resampling" and args.scheduler != "Euler a":
+        raise ValueError(f"--search particle_resampling with --scheduler {args.scheduler or 'the model default'}: "
+                         "resampled particles part ways only with a stochastic sampler; add --scheduler 'Euler a'")
     kwargs = {dest: given[flag] for flag, (dest, _) in SEARCH_OPTIONS.items() if flag in given}
     if args.search == "draft_then_finish" and "keep" in kwargs:
         if len(kwargs["keep"]) != 1:
@@ -145,7 +159,7 @@ def read_prompts(args) -> list[str]:
 def pipeline_from_args(args, task: str, **kwargs):
     from sdkit.load.pipeline import load_pipeline
 
-    if getattr(args, "search", None) == "successive_halving":
+    if getattr(args, "search", None) in ONE_BATCH:
         # Pruning mid-way leaves survivors untouched only with the batch-invariant UNet (off on GPUs by default).
         kwargs.setdefault("batch_invariant", True)
     return load_pipeline(args.model, task, device=args.device, dtype=args.dtype, scheduler=args.scheduler,

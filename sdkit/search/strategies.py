@@ -11,6 +11,7 @@ that are None are left out) and its own settings, the keyword parameters it decl
     best_of_n(pipe, "a red circle", "flax", n=8, seed=0)                      # today's generate + rerank
     draft_then_finish(pipe, "a red circle", "flax", n=16, keep=2, draft_steps=6)
     successive_halving(pipe, "a red circle", "flax", n=16, prune_at=(2, 6), keep=(4, 2))  # prune on x0 previews
+    particle_resampling(euler_a_pipe, "a red circle", "flax", n=8, resample_at=(2, 5, 10))  # FK steering
 
 Finished candidates are ordinary `generate` outputs (their own seed, all their steps), so `sdkit.regenerate`
 makes each again bit for bit from its PNG; their metadata records the search (`extra["search"]`). With an
@@ -35,6 +36,8 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
+
+import numpy as np
 
 from sdkit.checks import as_prompt_list, count_steps, is_int
 from sdkit.load.invariance import cfg_pairs
@@ -381,8 +384,220 @@ def _preview_ranking(looked) -> list[Ranked]:
             for k, r in enumerate(sorted(group, key=order), start=1)]
 
 
+# Particle resampling (FK steering, Singhal et al. 2025): the particles of a stochastic sampler are resampled by
+# how much their x0 previews' scores rose, so compute flows to the promising ones; each finished image records its
+# lineage, which `replay` follows to make it again.
+STOCHASTIC = ("EulerAncestralDiscreteScheduler", "DDPMScheduler")  # and DDIM with eta > 0
+
+
+@contextlib.contextmanager
+def _after_steps(pipe, hook: Callable):
+    """Inside the block, `hook(i, latents) -> latents` replaces what loop position i of each denoising run of `pipe`
+    hands on (the scheduler's prev_sample), so rows can be copied between steps."""
+    scheduler = pipe.scheduler
+    own = {name: scheduler.__dict__[name] for name in ("step", "set_timesteps") if name in scheduler.__dict__}
+    inner_step, inner_set = scheduler.step, scheduler.set_timesteps
+    state = {"i": 0}
+
+    @functools.wraps(inner_set)
+    def set_timesteps(*args, **kwargs):
+        state["i"] = 0
+        return inner_set(*args, **kwargs)
+
+    @functools.wraps(inner_step)
+    def step(*args, **kwargs):
+        out, i = inner_step(*args, **kwargs), state["i"]
+        state["i"] += 1
+        if isinstance(out, tuple):
+            return (hook(i, out[0]), *out[1:])
+        out.prev_sample = hook(i, out.prev_sample)
+        return out
+
+    scheduler.step, scheduler.set_timesteps = step, set_timesteps
+    try:
+        yield
+    finally:
+        for name in ("step", "set_timesteps"):
+            if name in own:
+                setattr(scheduler, name, own[name])
+            else:
+                delattr(scheduler, name)
+
+
+def _check_particles(n, resample_at, lambda_, num_inference_steps, pipe=None, pipe_kwargs=None) -> tuple[int, ...]:
+    if not is_int(n) or n < 2:
+        raise ValueError(f"n={n!r} particles per prompt: must be an integer >= 2 for resampling to choose")
+    if not is_int(num_inference_steps) or num_inference_steps < 2:
+        raise ValueError(f"num_inference_steps={num_inference_steps!r}: must be >= 2 to resample between steps")
+    if (pipe_kwargs or {}).get("strength") is not None or (pipe_kwargs or {}).get("image") is not None:
+        raise ValueError("particle_resampling is for text-to-image: a particle's image is remade from its lineage "
+                         "(sdkit.regenerate), which edits cannot replay; use successive_halving for edits")
+    resample_at = default_resampling(num_inference_steps) if resample_at is None else tuple(resample_at)
+    if not resample_at or not all(is_int(s) for s in resample_at) or list(resample_at) != sorted(set(resample_at)) \
+            or not (1 <= resample_at[0] and resample_at[-1] < num_inference_steps):
+        raise ValueError(f"resample_at={list(resample_at)}: increasing steps from 1 to num_inference_steps - 1 = "
+                         f"{num_inference_steps - 1}")
+    if isinstance(lambda_, bool) or not isinstance(lambda_, (int, float)) or not 0 <= lambda_ < float("inf"):
+        raise ValueError(f"lambda_={lambda_!r}: the potential's sharpness, a number >= 0 (0 resamples uniformly)")
+    if pipe is not None:
+        name, eta = type(pipe.scheduler).__name__, float((pipe_kwargs or {}).get("eta", 0.0))
+        if name not in STOCHASTIC and not (name == "DDIMScheduler" and eta > 0):
+            raise ValueError(f"particle_resampling needs a stochastic sampler, so copied particles part ways; this "
+                             f"pipeline's is {name}" + (" with eta=0" if name == "DDIMScheduler" else "") +
+                             ": load_pipeline(..., scheduler='Euler a'), or DDIM with pipe_kwargs={'eta': 1.0}")
+        if not getattr(pipe.unet, "_sdkit_per_sample", False):
+            raise ValueError("particle_resampling replays a particle's lineage by itself, which needs a "
+                             "batch-invariant pipeline: load_pipeline(..., batch_invariant=True)")
+    return resample_at
+
+
+def default_resampling(num_inference_steps: int) -> tuple[int, ...]:
+    """particle_resampling's default: resample after 10%, 25% and 50% of the steps (measured in bench/particles.py)."""
+    if not is_int(num_inference_steps) or num_inference_steps < 2:
+        return (1,)
+    return tuple(sorted({min(max(1, round(num_inference_steps * f)), num_inference_steps - 1)
+                         for f in (0.1, 0.25, 0.5)}))
+
+
+def _resample(weights: np.ndarray, rng) -> list[int]:
+    """Each row's parent: multinomial draws by weight, with every drawn row keeping its own place (fewer copies,
+    the same multiset of particles)."""
+    n = len(weights)
+    counts = np.bincount(rng.choice(n, size=n, p=weights / weights.sum()), minlength=n)
+    parents = list(range(n))
+    spare = [r for r in range(n) if counts[r] == 0]
+    for r in range(n):
+        for _ in range(counts[r] - 1):
+            parents[spare.pop()] = r
+    return parents
+
+
+def particle_resampling(pipe, prompt: str | Sequence[str], scorer: Any = "flax", *, n: int = 8,
+                        resample_at: Sequence[int] | None = None, lambda_: float = 1.0, num_inference_steps: int = 20,
+                        seed: int | None = None, previewer=None, clip_model: str | None = None, output_dir=None,
+                        progress: bool = True, batch_size: int | None = None, callback: Callable | None = None,
+                        **generate_kwargs) -> Search:
+    """N particles per prompt through a stochastic sampler ("Euler a"); after each step in `resample_at` every
+    particle's x0 preview is scored against its prompt and the particles are resampled with weights
+    exp(lambda_ * (score - its score at the last resampling)), FK steering's difference potential. All N finish
+    and are ranked by their final score; at best-of-N's UNet cost, plus the previews.
+
+    A resampled particle continues from its parent's latent with its own seed's noise, so its image is not its
+    seed's plain image: `extra["search"]["lineage"]` lists [step, seed] from the root, and `sdkit.regenerate`
+    replays it (one row denoising at a time, bit for bit).
+    """
+    from sdkit.generation import generate
+    from sdkit.search.previews import capture_previews, decode_previews
+
+    prompts = as_prompt_list(prompt)
+    resample_at = _check_particles(n, resample_at, lambda_, num_inference_steps, pipe, generate_kwargs.get("pipe_kwargs"))
+    if batch_size is not None:
+        raise ValueError(f"batch_size={batch_size!r}: particle_resampling moves particles between rows of one batch "
+                         f"of {len(prompts) * n}; leave batch_size out")
+    out = _prepare(output_dir)
+    base = seed if seed is not None else secrets.randbits(31)
+    seeds = [base + k for k in range(n)]
+    settings = {"strategy": "particle_resampling", "n": n, "resample_at": list(resample_at), "lambda_": lambda_,
+                "previewer": "vae" if previewer is None else
+                str(getattr(previewer.config, "_name_or_path", "") or type(previewer).__name__)}
+    if "eta" in (generate_kwargs.get("pipe_kwargs") or {}):  # DDIM's noise: replay needs it
+        settings["eta"] = float(generate_kwargs["pipe_kwargs"]["eta"])
+    scorer = scorer_for(scorer, getattr(pipe, "_sdkit", {}).get("model_id", ""), clip_model)
+    rows = len(prompts) * n
+    lineage = [[[0, seeds[r % n]]] for r in range(rows)]
+    last = np.zeros(rows)  # each particle's score at the last resampling (its parent's, after a copy)
+    plan: dict[int, list[int]] = {}
+    compute = Compute()
+
+    def decide(record):  # capture_previews' hook: before loop position i steps, score and choose parents
+        step = record.step + 1
+        images = decode_previews(record.x0, previewer or pipe.vae)
+        compute.preview_decodes += len(images)
+        looks = score_candidates([Candidate(image=im, prompt=prompts[r // n], seed=seeds[r % n], index=r)
+                                  for r, im in enumerate(images)], scorer)
+        compute.scored_images += len(looks)
+        score = np.array([c.score for c in looks], dtype=np.float64)
+        parents = []
+        for j in range(len(prompts)):
+            rows_j = slice(j * n, (j + 1) * n)
+            logw = lambda_ * (score[rows_j] - last[rows_j])
+            rng = np.random.default_rng([base, j, step])
+            parents += [j * n + p for p in _resample(np.exp(logw - logw.max()), rng)]
+        before = list(lineage)
+        for r, p in enumerate(parents):
+            if p != r:
+                lineage[r] = before[p] + [[step, seeds[r % n]]]
+        last[:] = score[parents]
+        plan[record.step] = parents
+
+    def copy(i, latents):
+        parents = plan.pop(i, None)
+        return latents if parents is None else latents[parents]
+
+    with counting(pipe, compute), capture_previews(pipe, steps=[s - 1 for s in resample_at], on_step=decide), \
+            _after_steps(pipe, copy):
+        run = generate(pipe, prompts, n=n, seeds=seeds, num_inference_steps=num_inference_steps,
+                       batch_size=rows, callback=callback, progress=progress, **generate_kwargs)
+        for c in run.candidates:
+            c.extra["search"] = {**settings, "lineage": lineage[c.index]}
+        scored = score_candidates(run.candidates, scorer)
+        compute.scored_images += len(scored)
+    if out is not None:
+        from sdkit.save import save_candidate
+
+        scored = [save_candidate(c, out) for c in scored]
+    search = Search("particle_resampling", {k: v for k, v in settings.items() if k != "strategy"}, rank(scored),
+                    compute, run_id=run.run_id, cancelled=run.cancelled)
+    _write_record(out, search)
+    return search
+
+
+def replay(pipe, meta: dict) -> Candidate:
+    """A particle's image again, from its metadata: the seeds of its lineage denoised as rows of one batch, each
+    row running only while the lineage is on it and handing its latent on at the recorded step (the same
+    arithmetic as in the search: per-row noise, batch invariance), so one trajectory's UNet cost."""
+    from sdkit.generation import generate
+    from sdkit.load.invariance import skipping
+
+    found = meta["extra"]["search"]
+    if not getattr(pipe.unet, "_sdkit_per_sample", False):
+        raise ValueError("replaying a particle's lineage needs a batch-invariant pipeline: "
+                         "load_pipeline(..., batch_invariant=True)")
+    lineage = [(int(step), int(seed)) for step, seed in found["lineage"]]
+    seeds = list(dict.fromkeys(seed for _, seed in lineage))  # each seed once: one row, its own noise throughout
+    row = {s: k for k, s in enumerate(seeds)}
+    hands = {step - 1: (row[a], row[b]) for (_, a), (step, b) in zip(lineage, lineage[1:])}  # loop position -> rows
+    live = row[lineage[0][1]]
+    pipe_kwargs = {"eta": found["eta"]} if "eta" in found else None
+
+    def copy(i, latents):
+        if i in hands:
+            src, dst = hands[i]
+            latents = latents.clone()
+            latents[dst] = latents[src]
+        return latents
+
+    with skipping(pipe) as skip, _after_steps(pipe, copy):
+        def follow(p):  # after loop position p.step - 1: only the row the lineage is on runs next
+            nonlocal live
+            if p.step - 1 in hands:
+                live = hands[p.step - 1][1]
+            skip.clear()
+            skip.update(k for k in range(len(seeds)) if k != live)
+
+        skip.update(k for k in range(len(seeds)) if k != live)
+        run = generate(pipe, meta["prompt"], n=len(seeds), seeds=seeds, negative_prompt=meta.get("negative_prompt"),
+                       num_inference_steps=meta["num_inference_steps"], guidance_scale=meta["guidance_scale"],
+                       height=meta["height"], width=meta["width"], batch_size=len(seeds), callback=follow,
+                       progress=False, pipe_kwargs=pipe_kwargs, extra=meta.get("extra"))
+    c = run.candidates[row[lineage[-1][1]]]
+    c.index = meta.get("index", c.index)
+    return c
+
+
 STRATEGIES: dict[str, Callable[..., Search]] = {
-    "best_of_n": best_of_n, "draft_then_finish": draft_then_finish, "successive_halving": successive_halving}
+    "best_of_n": best_of_n, "draft_then_finish": draft_then_finish, "successive_halving": successive_halving,
+    "particle_resampling": particle_resampling}
 # generate's own arguments, which it hands to a strategy itself; `search_kwargs` holds only the strategy's settings.
 GENERATE_ARGS = frozenset({
     "n", "seed", "seeds", "negative_prompt", "num_inference_steps", "guidance_scale", "height", "width", "batch_size",
@@ -392,6 +607,8 @@ _CHECKS = {
                                               a["pipe_kwargs"]),
     successive_halving: lambda a: _check_schedule(a["n"], a["prune_at"], a["keep"], a["num_inference_steps"],
                                                   a["pipe_kwargs"]),
+    particle_resampling: lambda a: _check_particles(a["n"], a["resample_at"], a["lambda_"], a["num_inference_steps"],
+                                                    pipe_kwargs=a["pipe_kwargs"]),
 }
 
 
