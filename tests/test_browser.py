@@ -229,3 +229,137 @@ def _run(page, url, out, expect):
     second = next(d for d in out.iterdir() if d.is_dir() and d != runs[0])
     assert len([f for f in second.glob("*.png") if not f.name.endswith("-grid.png")]) == kept  # and on disk
     expect(panel.get_by_role("button", name="Generate")).to_be_enabled()
+
+
+SEARCH_N = 32  # default_schedule(32, 20) keeps 8, then 2: two survivors, so their order is a real check
+# A search's live view: every candidate's x0 preview ranked by its preview score, the pruned saying where they stopped.
+PREVIEW = re.compile(r"^#(\d+) · (-?\d+\.\d\d)\s+seed (\d+)(?: · pruned @(\d+))?$")
+# Every state the gallery and the status line go through, recorded in the page: the live view lasts well under
+# a second on the toy world, too short to poll for, but each state the browser renders is seen here.
+RECORD = """panel => {
+  const snaps = window.sdkitSnaps = [];
+  let last = "";
+  const take = () => {
+    const cards = [...panel.querySelectorAll(".sdkit-gallery .sdkit-card")].map(c => ({
+      pruned: c.classList.contains("sdkit-pruned"), caption: (c.querySelector("button")?.innerText || "").trim(),
+      opacity: Number(getComputedStyle(c.querySelector("img")).opacity)}));
+    const status = panel.querySelector(":scope > .widget-html")?.innerText.trim() || "";
+    const now = JSON.stringify({cards, status});
+    if (now !== last) { last = now; snaps.push({cards, status}); }
+  };
+  new MutationObserver(take).observe(panel, {subtree: true, childList: true, attributes: true, characterData: true});
+  take();
+}"""
+
+
+def test_explorer_search_in_jupyterlab(jupyterlab):
+    """The search control: 'prune on previews' shows every candidate's preview ranked while it denoises, the pruned
+    dimmed after the live ones, then only the survivors, ranked; the run folder holds them and lists the pruned."""
+    url, out = jupyterlab
+    _in_browser("explorer-search", _run_search, url, out)
+
+
+def _live_problems(cards, stops, keep, n) -> list[str]:
+    """What is wrong with `cards` as the live view after pruning at `stops` (keeping keep[j] after stops[j])."""
+    parsed = [PREVIEW.match(c["caption"]) for c in cards]
+    if len(cards) != n or not all(parsed):
+        return [f"{len(cards)} cards, captions {[c['caption'] for c in cards if not PREVIEW.match(c['caption'])]}"]
+    stopped = [int(m[4]) if m[4] else None for m in parsed]
+    problems = []
+    if [c["pruned"] for c in cards] != [s is not None for s in stopped]:
+        problems.append("class sdkit-pruned is not on exactly the cards captioned 'pruned @'")
+    if [int(m[1]) for m in parsed] != list(range(1, n + 1)):
+        problems.append(f"ranks {[int(m[1]) for m in parsed]}")
+    if sorted(int(m[3]) for m in parsed) != list(range(n)):
+        problems.append(f"seeds {sorted(int(m[3]) for m in parsed)}")
+    # Live first, then the pruned, latest-stopped first.
+    groups = [None] + sorted(stops, reverse=True)
+    if not set(stopped) <= set(groups) or stopped != sorted(stopped, key=groups.index):
+        problems.append(f"order of stops {stopped}")
+    want = {None: keep[-1], **{s: before - after for s, before, after in zip(stops, (n, *keep), keep)}}
+    if {g: stopped.count(g) for g in groups} != want:
+        problems.append(f"stopped per step {({g: stopped.count(g) for g in groups})}, want {want}")
+    for g in groups:  # within a group, by preview score
+        scores = [float(m[2]) for m, s in zip(parsed, stopped) if s == g]
+        if scores != sorted(scores, reverse=True):
+            problems.append(f"scores of group {g}: {scores}")
+    if not all((c["opacity"] < 1) == c["pruned"] for c in cards):
+        problems.append(f"image opacity {[c['opacity'] for c in cards]}: the pruned should be dimmed, the live not")
+    return problems
+
+
+def _run_search(page, url, out, expect):
+    from sdkit.save import read_manifest, read_metadata, read_pruned
+    from sdkit.search.strategies import default_schedule
+
+    _open_and_run_all(page, url, NOTEBOOK.name, expect)
+    panel = page.locator(".sdkit-explorer")
+    expect(panel).to_be_visible(timeout=180_000)
+
+    search = panel.locator(".widget-dropdown").filter(has=page.locator("label", has_text=re.compile(r"^search$")))
+    search.locator("select").select_option(label="prune on previews")
+    n_box = panel.locator(".widget-text", has_text=re.compile(r"^N$")).locator("input")
+    n_box.fill(str(SEARCH_N))
+    n_box.press("Enter")
+    steps = int(panel.locator(".widget-slider", has_text=re.compile(r"^steps")).locator(".widget-readout").inner_text())
+    prune_at, keep = default_schedule(SEARCH_N, steps)
+    survivors = keep[-1]
+    assert len(prune_at) > 1 and survivors > 1, (prune_at, keep)  # a schedule that tests ordering at every stage
+
+    panel.evaluate(RECORD)
+    panel.get_by_role("button", name="Generate").click()
+    status = panel.locator(".widget-html").filter(has_text=re.compile("Click a caption for details|Error"))
+    expect(status.first).to_be_visible(timeout=240_000)
+    final = status.first.inner_text()
+    assert "Error" not in final, final
+    # Only the survivors are reported as finished.
+    assert final.startswith(f"{survivors} candidates in outputs/") and "ranked grid" in final, final
+    snaps = page.evaluate("window.sdkitSnaps")
+    (ARTIFACTS / "explorer-search-states.json").write_text(json.dumps(snaps, indent=1, ensure_ascii=False))
+
+    # While denoising: after each pruning step, the status says so and the gallery shows all N previews ranked.
+    said = [s["status"] for s in snaps]
+    lines = [f"after step {s}: previews ranked, {k} go on, {SEARCH_N - k} pruned…" for s, k in zip(prune_at, keep)]
+    assert [x for x in dict.fromkeys(said) if x.startswith("after step")] == lines, said
+    for j in range(len(prune_at)):
+        problems = [_live_problems(s["cards"], prune_at[:j + 1], keep[:j + 1], SEARCH_N) for s in snaps]
+        assert any(not p for p in problems), (
+            f"no state of the gallery was the live view after step {prune_at[j]}; closest: "
+            f"{min((p for p in problems if p), key=len)} (all states: {ARTIFACTS / 'explorer-search-states.json'})")
+    last_live = next(s["cards"] for s in reversed(snaps)
+                     if not _live_problems(s["cards"], prune_at, keep, SEARCH_N))
+    live = [PREVIEW.match(c["caption"]) for c in last_live]
+    pruned_at = {int(m[3]): int(m[4]) for m in live if m[4]}
+    going_on = {int(m[3]) for m in live if not m[4]}
+
+    # At the end: only the survivors, finished and ranked by their final score; nothing dimmed.
+    cards = panel.locator(".sdkit-gallery .sdkit-card")
+    expect(cards).to_have_count(survivors)
+    expect(panel.locator(".sdkit-gallery .sdkit-card.sdkit-pruned")).to_have_count(0)
+    captions = [c.strip() for c in panel.locator(".sdkit-gallery .sdkit-card button").all_inner_texts()]
+    parsed = [CAPTION.match(c) for c in captions]
+    assert all(parsed), captions
+    assert [int(m[1]) for m in parsed] == list(range(1, survivors + 1))
+    scores = [float(m[2]) for m in parsed]
+    assert scores == sorted(scores, reverse=True)
+    seeds = [int(m[3]) for m in parsed]
+    assert set(seeds) == going_on, (seeds, going_on)  # the ones the live view said go on
+    sizes = panel.locator(".sdkit-gallery img").evaluate_all("els => els.map(e => [e.complete, e.naturalWidth])")
+    assert sizes == [[True, 32]] * survivors, sizes
+    page.wait_for_timeout(300)
+    panel.screenshot(path=ARTIFACTS / "explorer-search.png")
+
+    # Files: the survivors' PNGs (their seeds and scores as shown) and the ranked grid; the pruned only as lines.
+    runs = [d for d in out.iterdir() if d.is_dir()]
+    assert len(runs) == 1, runs
+    run = runs[0]
+    pngs = sorted(f.name for f in run.glob("*.png"))
+    assert len(pngs) == survivors + 1 and pngs[-1] == f"{run.name}-grid.png", pngs
+    meta = {m["seed"]: m for m in (read_metadata(run / name) for name in pngs[:-1])}
+    assert {s: f"{meta[s]['score']:.2f}" for s in seeds} == dict(zip(seeds, (m[2] for m in parsed)))
+    assert {m["num_inference_steps"] for m in meta.values()} == {steps}
+    assert sorted(c["seed"] for c in read_manifest(run)) == sorted(seeds)
+    pruned = read_pruned(run)
+    assert {r["seed"]: r["step"] for r in pruned} == pruned_at and len(pruned) == SEARCH_N - survivors
+    assert sorted(pruned_at) == sorted(set(range(SEARCH_N)) - set(seeds))
+    expect(panel.get_by_role("button", name="Generate")).to_be_enabled()
