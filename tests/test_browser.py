@@ -313,7 +313,8 @@ def _run_search(page, url, out, expect):
     final = status.first.inner_text()
     assert "Error" not in final, final
     # Only the survivors are reported as finished.
-    assert final.startswith(f"{survivors} candidates in outputs/") and "ranked grid" in final, final
+    assert final.startswith(f"{survivors} of {SEARCH_N} candidates kept, {SEARCH_N - survivors} pruned on previews "
+                            "(listed in the manifest) in outputs/") and "ranked grid" in final, final
     snaps = page.evaluate("window.sdkitSnaps")
     (ARTIFACTS / "explorer-search-states.json").write_text(json.dumps(snaps, indent=1, ensure_ascii=False))
 

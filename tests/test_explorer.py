@@ -484,6 +484,7 @@ def test_search_control_shows_previews_live_and_the_survivors_at_the_end(tmp_pat
     captions = [card.button.tooltip for card in ex.gallery._cards.values() if "pruned" in card.button.tooltip]
     assert captions and all("pruned @1" in t for t in captions)
     assert [r.candidate.seed for r in ex.ranked] == [ex.run.candidates[0].seed] and len(ex.run.candidates) == 1
+    assert "1 of 4 candidates kept, 3 pruned on previews (listed in the manifest) in " in ex.status.value
 
 
 @pytest.mark.parametrize("change, message", [

@@ -38,8 +38,10 @@ def progress_text(step: int, steps_run: int, done: int, total: int, *, steps: in
 
 def finished_text(run, total: int, what: str, grid_path, scored: bool, scorer_error: str | None) -> str:
     """'3 candidates in outputs/r; ranked grid r-grid.png': a finished run as plain text (escape it for HTML)."""
+    pruned = len(getattr(run.search, "pruned", None) or ())
     kept = (f"stopped: {len(run.candidates)} of {total} candidates kept" if run.cancelled
-            else f"{len(run.candidates)} candidates")
+            else f"{len(run.candidates)} of {total} candidates kept, {pruned} pruned on previews (listed in the "
+                 "manifest)" if pruned else f"{len(run.candidates)} candidates")
     text = (f"{what}: " if what else "") + f"{kept} in {run.output_dir}"
     if grid_path:
         why = " (scoring failed)" if scorer_error else " (no scorer)"
