@@ -23,7 +23,7 @@ GUIDANCE ?= 2
 OUT      ?= outputs
 DEMO_ARGS ?=
 
-.PHONY: install demo test test-fast test-notebooks browser-deps bench bench-search bench-preview-cost gpu-check gpu-wheels toy notebooks clean
+.PHONY: install demo test test-fast test-notebooks browser-deps bench bench-search bench-particles bench-preview-cost gpu-check gpu-wheels toy notebooks clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -76,6 +76,11 @@ bench: $(STAMP)
 ## per group): top-1 adherence vs compute, the frontier plot, per-step preview Spearman: bench/results/search.{json,md,png}.
 bench-search: $(STAMP)
 	$(PY) bench/search.py
+
+## Particle resampling (FK steering) against best-of-N with the same sampler, real runs in the toy world (~30 min
+## on 2 cores, cached per run): bench/results/particles.{json,md}.
+bench-particles: $(STAMP)
+	$(PY) bench/particles.py
 
 ## What one x0 preview (VAE vs AutoencoderTiny) costs in SD 1.5 UNet steps at 512², fp32: bench/results/preview_cost.{json,md}.
 bench-preview-cost: $(STAMP)

@@ -1,0 +1,51 @@
+"""bench/particles.py: its summaries of real runs, and the whole script on one tuning and one held-out group."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from bench import particles as bench  # noqa: E402
+
+
+def result(group, won, strategy="best_of_n", n=8, **kw):
+    return {"strategy": strategy, "scheduler": "Euler a", "n": n, "group": group, "won": won, "any": [True] * len(won),
+            "mean": [0.5] * len(won), "copied": [0] * len(won), "unet_evaluations": n * 20.0, "preview_decodes": 0.0,
+            "scored_images": float(n), "wall_s": 1.0, **kw}
+
+
+def test_summarise_pools_the_groups_in_order_and_skips_incomplete_labels():
+    rng = np.random.default_rng(0)
+    rows = [result(0, [True, False]), result(1, [True, True]),
+            result(0, [False, False], strategy="particle_resampling", resample_at=[2], lambda_=1.0)]
+    out = bench.summarise(rows, [0, 1], rng)
+    assert list(out) == ["best-of-8 (Euler a)"]  # the particles ran on group 0 only: not summarised
+    b8 = out["best-of-8 (Euler a)"]
+    assert b8["top1"] == 0.75 and b8["sets"] == 4 and list(b8["_won"]) == [1, 0, 1, 1]
+    assert b8["ci"][0] <= 0.75 <= b8["ci"][1]
+
+
+@pytest.mark.slow
+def test_small_run_writes_results_and_reuses_its_cache(tmp_path):
+    out = tmp_path / "p"
+    env = {**os.environ, "SDKIT_CACHE": str(tmp_path / "cache")}
+    args = [sys.executable, "bench/particles.py", "--tune-groups", "0", "--report-groups", "1", "--steps", "4",
+            "--lambdas", "1", "--schedules", "2", "--workers", "1", "--out", str(out)]
+    p = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=900, env=env)
+    assert p.returncode == 0, p.stderr[-3000:]
+    res = json.loads(out.with_suffix(".json").read_text())
+    report = {r["label"]: r for r in res["report"]}
+    b8 = report["best-of-8 (Euler a)"]
+    assert b8["unet_evaluations"] == 8 * 4 and b8["diff"] == 0 and res["report_sets"] == 12
+    fk = report["particles n=8 resample_at=(2,) lambda=1"]
+    assert fk["unet_evaluations"] == 8 * 4 and fk["preview_decodes"] == 8 and fk["sets"] == 12
+    assert fk["best_possible"] >= fk["top1"] and "## Verdict" in out.with_suffix(".md").read_text()
+    assert {"best-of-4 (Euler a)", "best-of-16 (Euler a)", "best-of-8 (DDIM)"} <= set(report)
+    p = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=900, env=env)
+    assert p.returncode == 0 and "of 2 runs cached" not in p.stderr and "0 to run" in p.stderr, p.stderr[-2000:]
