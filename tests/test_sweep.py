@@ -348,3 +348,25 @@ def test_default_clip_belongs_with_the_model():
 
     scorer = load_sweep_scorer(Sweep(["a cat"], n=1, model="sdkit:tiny", scorer="torch"))
     assert scorer.model_id == clip_for("sdkit:tiny")  # not openai/clip-vit-base-patch32, which needs a download
+
+
+@pytest.mark.slow  # starts a local Ray cluster (make test runs it)
+def test_ray_search_sweep_equals_local(ray_runtime, tmp_path):
+    """A search per prompt × grid point on Ray: the same survivors, pixels and pruned lines as here."""
+    import torch
+
+    from sdkit.models.tiny_clip import tiny_clip_path
+    from sdkit.save import read_pruned
+
+    sweep = tiny_sweep(n=4, scorer="torch", clip_model=tiny_clip_path(), search="successive_halving",
+                       search_kwargs={"prune_at": [1], "keep": [2]}, grid={"guidance_scale": [1.0, 5.0], **FAST})
+    local = run_sweep(sweep, tmp_path / "local", progress=False)
+    on_ray = run_sweep(sweep, tmp_path / "ray", backend="ray", workers=1, progress=False,
+                       ray_remote_args={"num_cpus": torch.get_num_threads()})
+    assert (on_ray.generated, len(on_ray.pruned)) == (local.generated, len(local.pruned)) == (8, 8)
+    for a, b in zip(local.candidates, on_ray.candidates):
+        assert Path(a.path).name == Path(b.path).name
+        assert np.array_equal(pixels(a.path), pixels(b.path)), a.path
+    assert read_pruned(tmp_path / "ray") == read_pruned(tmp_path / "local") == on_ray.pruned
+    again = run_sweep(sweep, tmp_path / "ray", backend="ray", workers=1, progress=False)
+    assert (again.generated, again.skipped) == (0, len(sweep))

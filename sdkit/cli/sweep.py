@@ -4,6 +4,7 @@
         --grid guidance_scale=2,4,7.5 --grid "scheduler=DDIM,Euler a" --steps 20 --out outputs
     sdkit sweep --prompts-file prompts.txt ... --ray                     # the same on a local Ray
     sdkit sweep --prompts-file prompts.txt ... --ray-address auto        # ... or on a running cluster
+    sdkit sweep ... -n 16 --scorer torch --search successive_halving     # a search per prompt × grid point
 
 Images go to `OUT/<run id>/`, the run id being a fingerprint of the sweep: running the
 same command again resumes it.
@@ -13,6 +14,8 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+
+from sdkit.cli.generate import add_search_args, search_settings
 
 # How a --grid value is parsed; text values are taken whole (negative prompts contain commas).
 _TYPES = {"guidance_scale": float, "num_inference_steps": int, "height": int, "width": int, "scheduler": str}
@@ -41,7 +44,8 @@ def add_parser(sub) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="auto")
     p.add_argument("--no-safety-checker", action="store_true")
-    p.add_argument("--batch-size", type=int, default=4, help="images per unit of work (default 4)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="images per unit of work (default 4; with --search a unit is one whole search)")
     p.add_argument("--max-items", type=int, default=10_000, help="refuse bigger sweeps without --yes (default 10000)")
     p.add_argument("--yes", action="store_true", help="run a sweep bigger than --max-items")
     p.add_argument("--name", default="sweep", help="prefix of the run id and file names")
@@ -50,6 +54,7 @@ def add_parser(sub) -> None:
     p.add_argument("--ray-address", default=None, help="join a Ray cluster: 'auto' or 'ray://head:10001' (implies --ray)")
     p.add_argument("--workers", type=int, default=None, help="Ray actors (default: one per GPU, else 1)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_search_args(p)
     p.set_defaults(func=run)
 
 
@@ -83,10 +88,17 @@ def run(args) -> int:
     from sdkit.sweep.run import run_sweep
     from sdkit.sweep.spec import Sweep
 
+    if args.search is not None and args.scorer is None:
+        raise ValueError(f"--search {args.search} without --scorer: a search ranks by a scorer; add --scorer flax "
+                         "or --scorer torch")
+    settings = search_settings(args)  # checked against --search; then against -n and the steps by Sweep
+    if settings is not None:
+        settings.pop("clip_model", None)  # the sweep's own --clip-model sets its scorer
     sweep = Sweep(read_prompts(args), n=args.n, seeds=args.seeds, seed=args.seed,
                   grid=parse_grid(args), model=args.model, scorer=args.scorer, clip_model=args.clip_model,
                   device=args.device, dtype=args.dtype, safety_checker=not args.no_safety_checker,
-                  batch_size=args.batch_size, max_items=args.max_items, confirm=args.yes, name=args.name)
+                  max_items=args.max_items, confirm=args.yes, name=args.name, search=args.search,
+                  search_kwargs=settings, **({} if args.batch_size is None else {"batch_size": args.batch_size}))
     ray = args.ray or args.ray_address is not None
     if args.workers is not None and not ray:
         raise ValueError("--workers is for Ray runs; add --ray")
@@ -100,6 +112,8 @@ def run(args) -> int:
         return 130
     print(f"{result.generated} generated, {result.skipped} already done, {len(result.candidates)} of {result.total} "
           f"in {result.output_dir} (manifest: {result.manifest})")
+    if sweep.search is not None:
+        print(f"search {sweep.search}: {len(result.pruned)} of {result.total} seeds pruned (listed in the manifest)")
     if result.ranked:
         for r in (r for r in result.ranked if r.rank == 1):
             c = r.candidate

@@ -3,7 +3,10 @@
 A PNG is written whole to a temporary file and linked into its fixed name only if the
 name is free; its manifest line follows. Hence a re-run skips what the manifest holds, a
 retried item whose file exists is not written twice, and a file whose manifest line was
-lost to a kill gets it back from the PNG's own metadata. On Ray, each actor holds one
+lost to a kill gets it back from the PNG's own metadata. With a search, each prompt × grid point is one
+search: its survivors are saved so, and every other seed gets a `"pruned": true` manifest line, so an item is
+done once it has a file or such a line; a unit stopped half-way is searched again whole (the same seeds give
+the same survivors, whose files are kept). On Ray, each actor holds one
 pipeline (and scorer) and takes units of work; Ray restarts killed actors and retries
 their units.
 """
@@ -15,7 +18,7 @@ import dataclasses
 import json
 import threading
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
@@ -23,12 +26,13 @@ from sdkit.ranking import rank, score_candidates
 from sdkit.results import Candidate
 from sdkit.progress import progress_bar  # ipywidgets in notebooks (stable stored output), tqdm elsewhere
 from sdkit.files import link_once, write_temp
-from sdkit.save import MANIFEST, append_manifest, file_name, png_bytes, read_manifest, read_metadata
+from sdkit.save import MANIFEST, append_manifest, file_name, png_bytes, read_manifest, read_metadata, read_pruned
 
 if TYPE_CHECKING:
     from sdkit.sweep.spec import Sweep, SweepItem
 
 BACKENDS = ("local", "ray")
+ONE_BATCH = ("successive_halving", "particle_resampling")  # searches that denoise all their seeds as one batch
 
 @dataclass
 class SweepResult:
@@ -43,6 +47,7 @@ class SweepResult:
     total: int  # items in the sweep
     ranked: list | None = None  # sdkit.ranking.rank over all candidates (per prompt); None without a scorer
     cancelled: bool = False
+    pruned: list[dict] = field(default_factory=list)  # with a search: the manifest lines of seeds it did not finish
 
 
 def run_sweep(sweep: Sweep, output_dir, *, backend: str = "local", ray_address: str | None = None,
@@ -62,7 +67,7 @@ def run_sweep(sweep: Sweep, output_dir, *, backend: str = "local", ray_address: 
         ray_remote_args: resources per actor; default {"num_gpus": 1} and a share of the CPUs with GPUs
             (fewer GPUs than workers: an even share of one), else a share of the CPUs (see `actor_pool`).
         progress: show a progress bar fed by finished images.
-        callback: called as callback(index, file_name) for each finished image.
+        callback: called as callback(index, file_name) for each finished image (not for a search's pruned seeds).
         cancel: an Event (or callable); when set, no new work starts. Finished images stay on disk.
 
     Returns:
@@ -89,18 +94,22 @@ def run_sweep(sweep: Sweep, output_dir, *, backend: str = "local", ray_address: 
     out = check_output_dir(output_dir)
     items = sweep.items()
     done = prepare_output(sweep, out, items)
-    units = [[i for i in u if i not in done] for u in sweep.units()]
-    units = [u for u in units if u]
+    # A search chooses among all its seeds, so a unit it has not finished is searched again whole.
+    units = [u if sweep.search else [i for i in u if i not in done] for u in sweep.units()
+             if any(i not in done for i in u)]
     is_cancelled = cancel.is_set if isinstance(cancel, threading.Event) else (cancel or (lambda: False))
     bar = progress_bar(len(items), progress, desc="images", unit="image", initial=len(done))
     generated = 0
 
-    def finished(index: int, name: str) -> None:
+    def finished(index: int, name: str | None) -> None:  # name None: a seed the search pruned
         nonlocal generated
-        generated += 1
+        if index in done:  # a search's unit searched again: its survivors already on disk
+            return
         bar.update(1)
-        if callback is not None:
-            callback(index, name)
+        if name is not None:
+            generated += 1
+            if callback is not None:
+                callback(index, name)
 
     try:
         if backend == "local":
@@ -126,7 +135,20 @@ def prepare_output(sweep: Sweep, out: Path, items: list[SweepItem]) -> set[int]:
     for tmp in out.glob(f".{sweep.run_id}-*.tmp"):
         tmp.unlink(missing_ok=True)
     recorded = {r.get("file") for r in read_manifest(out)}  # recovers first: torn line, unrecorded PNGs
-    return {it.index for it in items if sweep.file_name(it) in recorded}
+    return {it.index for it in items if sweep.file_name(it) in recorded} | set(pruned_records(sweep, out, items))
+
+
+def pruned_records(sweep: Sweep, out: Path, items: list[SweepItem] | None = None) -> dict[int, dict]:
+    """A search sweep's pruned lines in `out`, by item index (the first line of each item)."""
+    if sweep.search is None:
+        return {}
+    items = items or sweep.items()
+    found: dict[int, dict] = {}
+    for rec in read_pruned(out, sweep.run_id):
+        i = rec.get("index")
+        if isinstance(i, int) and 0 <= i < len(items) and (items[i].prompt, items[i].seed) == (rec.get("prompt"), rec.get("seed")):
+            found.setdefault(i, rec)
+    return found
 
 
 def _append_record(out: Path, path: Path) -> None:
@@ -145,7 +167,8 @@ def collect(sweep: Sweep, out: Path, *, generated: int = 0, skipped: int = 0, ca
         if rec is not None:
             candidates.append(Candidate(image=None, path=str(out / rec["file"]), **{k: v for k, v in rec.items() if k in fields}))
     _warn_if_mixed(sweep, candidates)
-    missing = len(sweep) - len(candidates)
+    pruned = pruned_records(sweep, out)
+    missing = len(sweep) - len(candidates) - len(set(pruned) - {c.index for c in candidates})
     if missing and not cancelled:
         raise RuntimeError(f"{missing} of {len(sweep)} images of sweep {sweep.run_id} are not in {out / MANIFEST}; "
                            "run the sweep again to finish them")
@@ -154,7 +177,7 @@ def collect(sweep: Sweep, out: Path, *, generated: int = 0, skipped: int = 0, ca
         candidates = _score_unscored(sweep, out, candidates)
         ranked = rank(candidates)
     return SweepResult(sweep.run_id, str(out), str(out / MANIFEST), candidates, generated, skipped, len(sweep),
-                       ranked, cancelled)
+                       ranked, cancelled, [pruned[i] for i in sorted(pruned)])
 
 
 def _warn_if_mixed(sweep: Sweep, candidates: list[Candidate]) -> None:
@@ -209,25 +232,39 @@ class SweepWorker:
         self.items = sweep.items()
         self.scorer = load_sweep_scorer(sweep)
         self.interrupted = False  # the last unit stopped early (cancel or Ctrl-C); its finished images are saved
-        self._pipe(None)  # load the weights now, not inside the first unit
+        pipe = self._pipe(None)  # load the weights now, not inside the first unit
+        self.search_kwargs = dict(sweep.search_kwargs or {})
+        if isinstance(self.search_kwargs.get("previewer"), str):  # a folder or Hub id: loaded once per worker
+            from sdkit.search.previews import load_previewer
+
+            self.search_kwargs["previewer"] = load_previewer(self.search_kwargs["previewer"], device=pipe.device,
+                                                             torch_dtype=pipe.vae.dtype)
 
     def _pipe(self, scheduler):
         from sdkit.load.pipeline import load_pipeline
 
         s = self.sweep  # other schedulers reuse the loaded weights (load_pipeline's cache, from_pipe)
-        return load_pipeline(s.model, device=s.device, dtype=s.dtype, scheduler=scheduler, safety_checker=s.safety_checker)
+        # Pruning or resampling rows mid-way leaves the others untouched only with the batch-invariant UNet (off by
+        # default on GPUs).
+        extra = {"batch_invariant": True} if s.search in ONE_BATCH else {}
+        return load_pipeline(s.model, device=s.device, dtype=s.dtype, scheduler=scheduler, safety_checker=s.safety_checker,
+                             **extra)
 
     def __call__(self, batch: dict) -> dict:
         """Ray Data entry point: a batch of units (JSON lists of item indices) -> one row per finished image."""
         import numpy as np
 
         done = [d for unit in batch["unit"] for d in self.run_unit(json.loads(unit))]
-        return {"index": np.array([d[0] for d in done], dtype=np.int64), "file": np.array([d[1] for d in done], dtype=object)}
+        return {"index": np.array([d[0] for d in done], dtype=np.int64),
+                "file": np.array([d[1] or "" for d in done], dtype=object)}  # "": pruned
 
-    def run_unit(self, indices: list[int], cancel=None) -> list[tuple[int, str]]:
-        """Generate, score and save the items `indices` (one prompt and grid point); returns (index, file) done."""
+    def run_unit(self, indices: list[int], cancel=None) -> list[tuple[int, str | None]]:
+        """Generate, score and save the items `indices` (one prompt and grid point); returns (index, file) done,
+        file None for a seed a search pruned."""
         from sdkit.generation import generate
 
+        if self.sweep.search is not None:
+            return self._search_unit(indices, cancel)
         done, todo = [], []
         for it in (self.items[i] for i in indices):
             path = self.out / self.sweep.file_name(it)
@@ -252,25 +289,76 @@ class SweepWorker:
             done.append((c.index, Path(c.path).name))
         return done
 
+    def _search_unit(self, indices: list[int], cancel) -> list[tuple[int, str | None]]:
+        """One search over the unit's seeds; its survivors saved exactly once, then a pruned line for each other seed."""
+        from sdkit.generation import generate
+
+        s = self.sweep
+        by_seed = {it.seed: it for it in (self.items[i] for i in indices)}
+        first = self.items[indices[0]]
+        params = dict(first.params)
+        pipe = self._pipe(params.pop("scheduler", None))
+        run = generate(pipe, first.prompt, n=len(indices), seed=first.seed, search=s.search,
+                       search_kwargs=self.search_kwargs, scorer=self.scorer, run_id=s.run_id, progress=False,
+                       cancel=cancel, **params)
+        self.interrupted = run.cancelled
+        done, again = [], False
+        for c in run.candidates:
+            c.index = by_seed[c.seed].index
+            again |= not self._save_once(c)
+            done.append((c.index, Path(c.path).name))
+        if run.cancelled:  # which seeds it would have pruned is not known yet: the unit is searched again
+            return done
+        # Lines are appended after all survivors are saved, so an earlier attempt's lines exist only if its files do.
+        have = pruned_records(s, self.out) if again else {}
+        for rec in _unfinished(run, by_seed):
+            index = by_seed[rec["seed"]].index
+            if index not in have:
+                append_manifest(self.out, {**rec, "index": index})
+            done.append((index, None))
+        return done
+
     def _record_existing(self, path: Path) -> None:
         if path.name not in {r.get("file") for r in read_manifest(self.out)}:
             _append_record(self.out, path)
 
-    def _save_once(self, c: Candidate) -> None:
-        """Link a complete PNG into its fixed name, then append its manifest line; never a second copy."""
+    def _save_once(self, c: Candidate) -> bool:
+        """Link a complete PNG into its fixed name, then append its manifest line; never a second copy.
+        False if the file was there already."""
         path = self.out / file_name(c)
         tmp = write_temp(path, png_bytes(c))
         try:
             if not link_once(tmp, path):
                 c.path = str(path)
                 self._record_existing(path)
-                return
+                return False
             c.path = str(path)
             record = c.params()
             record["file"] = path.name
             append_manifest(self.out, record)
+            return True
         finally:
             tmp.unlink(missing_ok=True)  # after the line, as in sdkit.save.save_candidate: recover relies on it
+
+
+def _unfinished(run, by_seed: dict) -> list[dict]:
+    """A pruned line for every seed of a finished search that is not a survivor: successive_halving's own records;
+    draft_then_finish's unfinished drafts as records of the same shape (stopped at the draft's steps, scored there)."""
+    from sdkit.search.strategies import _pruned_record
+
+    search, kept = run.search, {c.seed for c in run.candidates}
+    records = {r["seed"]: r for r in search.pruned}
+    if run.candidates:
+        full = run.candidates[0].num_inference_steps
+        for d in search.drafts:
+            if d.seed not in kept and d.seed not in records:
+                extra = {**d.extra, "search": {"strategy": search.strategy, **search.settings}}
+                records[d.seed] = _pruned_record(dataclasses.replace(d, num_inference_steps=full, extra=extra),
+                                                 d.num_inference_steps, d.score)
+    left = sorted(set(by_seed) - kept - set(records))
+    if left:
+        raise RuntimeError(f"search {search.strategy!r} neither finished nor pruned seeds {left}")
+    return [records[seed] for seed in sorted(records)]
 
 
 def actor_pool(resources: dict, workers: int | None = None, ray_remote_args: dict | None = None) -> tuple[int, dict]:
@@ -303,6 +391,6 @@ def _run_ray(sweep, out, units, finished, is_cancelled, ray_address, workers, ra
     ds = ds.map_batches(SweepWorker, fn_constructor_kwargs={"sweep": sweep, "output_dir": str(out)},
                         batch_size=1, compute=ray.data.ActorPoolStrategy(size=workers), **ray_remote_args)
     for row in ds.iter_rows():
-        finished(int(row["index"]), str(row["file"]))
+        finished(int(row["index"]), str(row["file"]) or None)
         if is_cancelled():
             break

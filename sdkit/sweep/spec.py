@@ -4,6 +4,7 @@
                   grid={"guidance_scale": [2, 4, 7.5], "num_inference_steps": 20})
     result = run_sweep(sweep, "outputs/study")                      # here, in one process
     result = run_sweep(sweep, "/shared/study", backend="ray")       # the same work on Ray
+    Sweep(prompts, n=16, scorer="torch", search="successive_halving", grid=...)  # a search per prompt × grid point
 
 Item k of a sweep (a prompt, a seed, a grid point) always has index k, so its file
 name `{run_id}-{index:03d}-s{seed}.png` is fixed (`run_id` is a fingerprint of the
@@ -57,10 +58,14 @@ class Sweep:
     device: str = "auto"  # on each worker
     dtype: str = "auto"
     safety_checker: bool = True
-    batch_size: int = 4  # images generated together, and retried together if a worker dies
+    batch_size: int = 4  # images generated together, and retried together if a worker dies (a search: all its seeds)
     max_items: int = 10_000  # bigger sweeps need confirm=True: a stray grid value can mean days of GPU time
     confirm: bool = False
     name: str = "sweep"  # prefix of the run id, hence of every file name
+    # A strategy name (sdkit.search.strategies.STRATEGIES): each prompt × grid point is one search over its n seeds,
+    # and only its survivors are saved (the rest are "pruned": true manifest lines). Needs a scorer.
+    search: str | None = None
+    search_kwargs: Mapping[str, Any] | None = None  # the strategy's settings (JSON values; previewer: a path or id)
 
     def __post_init__(self):
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731  (frozen: normalise once, here)
@@ -79,6 +84,8 @@ class Sweep:
             raise ValueError(f"batch_size={self.batch_size!r}: must be an integer >= 1")
         if not re.fullmatch(r"[A-Za-z0-9_.-]+", self.name or ""):
             raise ValueError(f"name={self.name!r}: use letters, digits, '_', '.', '-' (it starts every file name)")
+        if self.search is not None or self.search_kwargs:
+            set_("search_kwargs", _check_search(self))
         total = len(self)
         if total > self.max_items and not self.confirm:
             sizes = " × ".join([f"{len(self.prompts)} prompts", f"{len(self.seeds)} seeds"] +
@@ -97,6 +104,8 @@ class Sweep:
         """`{name}-{fingerprint}` of everything that decides the pixels: the same description, the same files."""
         what = [self.model, list(self.prompts), list(self.seeds), [[k, list(v)] for k, v in self.grid.items()],
                 self.device, self.dtype, self.safety_checker]
+        if self.search is not None:  # which seeds survive, hence which files exist, depends on these too
+            what.append([self.search, self.search_kwargs, _scorer_key(self.scorer), self.clip_model])
         return f"{self.name}-{hashlib.sha256(json.dumps(what).encode()).hexdigest()[:8]}"
 
     def items(self) -> list[SweepItem]:
@@ -106,11 +115,14 @@ class Sweep:
         return [SweepItem(i, p, s, g) for i, (p, g, s) in enumerate(combos)]
 
     def units(self) -> list[list[int]]:
-        """Item indices in units of work: one prompt and grid point, up to `batch_size` seeds.
+        """Item indices in units of work: one prompt and grid point, up to `batch_size` seeds (with a search, all
+        its seeds: the search chooses among them).
 
         Fixed by the description, so a local run and a Ray run batch the same images together.
         """
         per_point = len(self.seeds)
+        if self.search is not None:
+            return [list(range(start, start + per_point)) for start in range(0, len(self), per_point)]
         return [list(range(start + k, start + min(k + self.batch_size, per_point)))
                 for start in range(0, len(self), per_point) for k in range(0, per_point, self.batch_size)]
 
@@ -149,6 +161,52 @@ def _seed_list(n, seeds, seed) -> tuple[int, ...]:
     if len(set(seeds)) != len(seeds):
         raise ValueError(f"seeds {list(seeds)} repeat a seed; the same seed gives the same image")
     return seeds
+
+
+def _check_search(sweep: Sweep) -> dict:
+    """The search's settings, checked for every grid point's steps, before any model is loaded."""
+    import inspect
+
+    from sdkit.load.schedulers import SCHEDULERS
+    from sdkit.search.strategies import STOCHASTIC, STRATEGIES, check_search
+
+    search, kwargs = sweep.search, dict(sweep.search_kwargs or {})
+    if search is None:
+        raise ValueError(f"search_kwargs={kwargs!r} without search=: they set a search up")
+    if not isinstance(search, str):  # a name travels to Ray workers and into the run id
+        raise ValueError(f"search={search!r}: a sweep takes a strategy name, one of {', '.join(STRATEGIES)}")
+    if sweep.scorer is None:
+        raise ValueError(f"search={search!r} with scorer=None: a search ranks by a scorer; use 'flax', 'torch', "
+                         "'auto' or a scorer object")
+    if list(sweep.seeds) != list(range(sweep.seeds[0], sweep.seeds[0] + len(sweep.seeds))):
+        raise ValueError(f"seeds={list(sweep.seeds)} with search={search!r}: a search numbers its candidates from one "
+                         "seed (candidate k gets seed + k); give n= and seed=")
+    for k, v in kwargs.items():
+        try:
+            json.dumps(v)
+        except TypeError:
+            raise ValueError(f"search_kwargs[{k!r}]={v!r}: a sweep's settings must be JSON values (they go into the "
+                             "run id); give a previewer as its folder or Hub id") from None
+    if search == "particle_resampling":  # checked here, as the model's own scheduler is known only once loaded
+        for name in sweep.grid.get("scheduler", (None,)):
+            if name is None or SCHEDULERS[name][0] not in STOCHASTIC:
+                raise ValueError(f"search='particle_resampling' with scheduler={name!r}: resampled particles part ways "
+                                 "only with a stochastic sampler; put scheduler='Euler a' in the grid")
+    from sdkit.generation import generate  # its default steps, where the grid sets none
+
+    default = inspect.signature(generate).parameters["num_inference_steps"].default
+    for steps in sweep.grid.get("num_inference_steps", (default,)):
+        check_search(search, kwargs, n=len(sweep.seeds), num_inference_steps=steps)
+    return dict(sorted(kwargs.items()))  # the run id does not depend on the order they were given in
+
+
+def _scorer_key(scorer) -> str:
+    """A scorer as the run id records it: its name, or what the object is called."""
+    if isinstance(scorer, str):
+        return scorer
+    if getattr(scorer, "model_id", None):
+        return f"{type(scorer).__qualname__}:{scorer.model_id}"
+    return f"{getattr(scorer, '__module__', '')}.{getattr(scorer, '__qualname__', type(scorer).__qualname__)}"
 
 
 def _check_grid(grid) -> dict[str, tuple]:
