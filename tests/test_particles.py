@@ -82,8 +82,9 @@ def test_ddim_with_eta_is_stochastic_enough_and_records_it(tiny_pipe):
 def test_generate_runs_it_by_name_and_defaults(euler_a):
     run = generate(euler_a, "a cat", n=3, seed=0, num_inference_steps=10, search="particle_resampling", scorer=red,
                    progress=False)
-    assert run.search.settings["resample_at"] == list(default_resampling(10)) == [1, 2, 5]
-    assert run.search.settings["lambda_"] == 1.0 and len(run) == 3
+    assert run.search.settings["resample_at"] == list(default_resampling(10)) == list(range(1, 10))
+    assert default_resampling(20) == tuple(range(2, 20, 2))  # the measured default (bench/results/particles.md)
+    assert run.search.settings["lambda_"] == 0.3 and len(run) == 3
 
 
 @pytest.mark.parametrize("kwargs, match", [

@@ -79,10 +79,10 @@ def add_search_args(p: argparse.ArgumentParser) -> None:
                         "n/4 then n/16); draft_then_finish: drafts per prompt finished (default 2)")
     g.add_argument("--draft-steps", type=int, default=None, help="draft_then_finish: steps per draft (default 6)")
     g.add_argument("--resample-at", type=_ints, default=None, metavar="STEPS",
-                   help="particle_resampling: steps after which to resample, e.g. 2,5,10 (default: 10%%, 25%% and 50%% "
-                        "of --steps)")
+                   help="particle_resampling: steps after which to resample, e.g. 2,5,10 (default: every 10%% of --steps)"
+                        "")
     g.add_argument("--lambda", type=float, default=None, dest="lambda_",
-                   help="particle_resampling: how sharply scores pick particles (default 1; 0: uniformly)")
+                   help="particle_resampling: how sharply scores pick particles (default 0.3; 0: uniformly)")
     g.add_argument("--previewer", default=None, metavar="PATH",
                    help="successive_halving, particle_resampling: an AutoencoderTiny (TAESD) folder or Hub id to decode previews "
                         "(default: the model's VAE)")

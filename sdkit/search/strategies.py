@@ -452,11 +452,12 @@ def _check_particles(n, resample_at, lambda_, num_inference_steps, pipe=None, pi
 
 
 def default_resampling(num_inference_steps: int) -> tuple[int, ...]:
-    """particle_resampling's default: resample after 10%, 25% and 50% of the steps (measured in bench/particles.py)."""
+    """particle_resampling's default: resample after every 10% of the steps (20 steps: after 2, 4, ..., 18). Chosen
+    with lambda_=0.3 on bench/particles.py's tuning sets; held-out figures in bench/results/particles.md."""
     if not is_int(num_inference_steps) or num_inference_steps < 2:
         return (1,)
-    return tuple(sorted({min(max(1, round(num_inference_steps * f)), num_inference_steps - 1)
-                         for f in (0.1, 0.25, 0.5)}))
+    every = max(1, round(num_inference_steps / 10))
+    return tuple(range(every, num_inference_steps, every))
 
 
 def _resample(weights: np.ndarray, rng) -> list[int]:
@@ -473,7 +474,7 @@ def _resample(weights: np.ndarray, rng) -> list[int]:
 
 
 def particle_resampling(pipe, prompt: str | Sequence[str], scorer: Any = "flax", *, n: int = 8,
-                        resample_at: Sequence[int] | None = None, lambda_: float = 1.0, num_inference_steps: int = 20,
+                        resample_at: Sequence[int] | None = None, lambda_: float = 0.3, num_inference_steps: int = 20,
                         seed: int | None = None, previewer=None, clip_model: str | None = None, output_dir=None,
                         progress: bool = True, batch_size: int | None = None, callback: Callable | None = None,
                         **generate_kwargs) -> Search:
