@@ -141,7 +141,6 @@ def capture_previews(pipe, steps: Collection[int] | None = None, on_step: Callab
     scheduler = pipe.scheduler
     previews = Previews()
     state = {"step": 0}
-    own = {name: scheduler.__dict__[name] for name in ("step", "set_timesteps") if name in scheduler.__dict__}
     original_step, original_set_timesteps = scheduler.step, scheduler.set_timesteps
 
     @functools.wraps(original_set_timesteps)
@@ -169,9 +168,18 @@ def capture_previews(pipe, steps: Collection[int] | None = None, on_step: Callab
                 on_step(record)
         return original_step(model_output, timestep, sample, *args, **kwargs)
 
+    with replacing_steps(scheduler, step, set_timesteps):
+        yield previews
+
+
+@contextlib.contextmanager
+def replacing_steps(scheduler, step, set_timesteps):
+    """`scheduler.step` and `.set_timesteps` replaced by wrappers inside the block; what was there is put back
+    (an instance's own wrapper, e.g. an enclosing capture's, or the class's method)."""
+    own = {name: scheduler.__dict__[name] for name in ("step", "set_timesteps") if name in scheduler.__dict__}
     scheduler.step, scheduler.set_timesteps = step, set_timesteps
     try:
-        yield previews
+        yield
     finally:
         for name in ("step", "set_timesteps"):
             if name in own:

@@ -394,8 +394,9 @@ STOCHASTIC = ("EulerAncestralDiscreteScheduler", "DDPMScheduler")  # and DDIM wi
 def _after_steps(pipe, hook: Callable):
     """Inside the block, `hook(i, latents) -> latents` replaces what loop position i of each denoising run of `pipe`
     hands on (the scheduler's prev_sample), so rows can be copied between steps."""
+    from sdkit.search.previews import replacing_steps
+
     scheduler = pipe.scheduler
-    own = {name: scheduler.__dict__[name] for name in ("step", "set_timesteps") if name in scheduler.__dict__}
     inner_step, inner_set = scheduler.step, scheduler.set_timesteps
     state = {"i": 0}
 
@@ -413,15 +414,8 @@ def _after_steps(pipe, hook: Callable):
         out.prev_sample = hook(i, out.prev_sample)
         return out
 
-    scheduler.step, scheduler.set_timesteps = step, set_timesteps
-    try:
+    with replacing_steps(scheduler, step, set_timesteps):
         yield
-    finally:
-        for name in ("step", "set_timesteps"):
-            if name in own:
-                setattr(scheduler, name, own[name])
-            else:
-                delattr(scheduler, name)
 
 
 def _check_particles(n, resample_at, lambda_, num_inference_steps, pipe=None, pipe_kwargs=None) -> tuple[int, ...]:
