@@ -1,6 +1,7 @@
 import os
 import warnings
 
+import numpy as np
 import pytest
 
 # Tests never reach the Hub: everything runs on models sdkit builds.
@@ -27,3 +28,32 @@ def tiny_pipe():
     from sdkit.load.pipeline import load_pipeline
 
     return load_pipeline("sdkit:tiny")
+
+
+@pytest.fixture(scope="module")
+def inpaint_pipe():
+    from sdkit.load.pipeline import load_pipeline
+
+    return load_pipeline("sdkit:tiny-inpainting", "inpainting")
+
+
+@pytest.fixture(scope="module")
+def euler_a():
+    from sdkit.load.pipeline import load_pipeline
+
+    return load_pipeline("sdkit:tiny", scheduler="Euler a")
+
+
+# Plain helpers shared by the search tests (import them: `from conftest import red, pixels`).
+
+
+def red(images, prompts):
+    """A scorer of the right signature: the mean red of each image (deterministic, no CLIP to load)."""
+    from sdkit.results import Scores
+
+    r = np.array([np.asarray(im, np.float32)[..., 0].mean() for im in images], np.float32)
+    return Scores(logits=r, clip_score=r / 2.55, scorer="red")
+
+
+def pixels(c):
+    return np.asarray(c.image)

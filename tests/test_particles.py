@@ -4,6 +4,7 @@ lineage; on the tiny pipeline with a stochastic sampler."""
 import numpy as np
 import pytest
 
+from conftest import pixels, red  # shared with test_strategies.py
 from sdkit import generate, regenerate
 from sdkit.load.pipeline import load_pipeline
 from sdkit.results import Scores
@@ -11,20 +12,6 @@ from sdkit.save import read_metadata
 from sdkit.search.strategies import _resample, default_resampling, particle_resampling
 
 PROMPTS = ["a red circle", "a cat"]
-
-
-@pytest.fixture(scope="module")
-def euler_a():
-    return load_pipeline("sdkit:tiny", scheduler="Euler a")
-
-
-def red(images, prompts):
-    r = np.array([np.asarray(im, np.float32)[..., 0].mean() for im in images], np.float32)
-    return Scores(logits=r, clip_score=r / 2.55, scorer="red")
-
-
-def pixels(c):
-    return np.asarray(c.image)
 
 
 def test_every_particle_regenerates_from_its_png_by_its_lineage(euler_a, tmp_path):

@@ -15,11 +15,6 @@ from sdkit.search.strategies import finish_pruned
 HALVING = dict(search="successive_halving", search_kwargs=dict(prune_at=(1, 2), keep=(2, 1)))
 
 
-@pytest.fixture(scope="module")
-def inpaint_pipe():
-    return load_pipeline("sdkit:tiny-inpainting", "inpainting")
-
-
 def noise(w, h, seed=0):
     return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8))
 

@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 
+from conftest import pixels, red  # shared with test_particles.py
 from sdkit import generate, regenerate
 from sdkit.ranking import rerank
 from sdkit.results import Scores
@@ -12,16 +13,6 @@ from sdkit.save import read_manifest, read_metadata
 from sdkit.search.strategies import Compute, best_of_n, counting, draft_then_finish, successive_halving
 
 STEPS = 4
-
-
-def red(images, prompts):
-    """A scorer of the right signature: the mean red of each image (deterministic, no CLIP to load)."""
-    r = np.array([np.asarray(im, np.float32)[..., 0].mean() for im in images], np.float32)
-    return Scores(logits=r, clip_score=r / 2.55, scorer="red")
-
-
-def pixels(c):
-    return np.asarray(c.image)
 
 
 def test_best_of_n_is_generate_plus_rerank_and_counts_its_unet(tiny_pipe, tmp_path):

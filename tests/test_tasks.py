@@ -16,11 +16,6 @@ from sdkit.save import image_hash, read_manifest, read_metadata, read_parameters
 FAST = dict(num_inference_steps=2, progress=False)
 
 
-@pytest.fixture(scope="module")
-def inpaint_pipe():
-    return load_pipeline("sdkit:tiny-inpainting", "inpainting")
-
-
 def noise(w, h, seed=0):
     return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8))
 
