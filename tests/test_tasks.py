@@ -181,9 +181,9 @@ def test_saved_metadata_records_what_made_the_image(inpaint_pipe, tmp_path):
 
 
 def test_edit_candidates_are_scored_and_ranked_like_text_to_image(tiny_pipe):
-    score = pytest.importorskip("sdkit.scoring.scorers")
-    from sdkit.ranking import rank
     from sdkit.models.tiny_clip import tiny_clip_path
+    from sdkit.ranking import rank
+    from sdkit.scoring import scorers as score
 
     run = img2img(tiny_pipe, ["a red circle", "a blue square"], noise(32, 32), n=3, seed=0, **FAST)
     scorer = score.load_scorer("torch", tiny_clip_path(), device="cpu")
