@@ -455,8 +455,7 @@ def test_the_toy_world_opens_ready_to_draw(tmp_path):
     from sdkit.toy import check
     from sdkit.toy.world import shipped_world_path
 
-    if shipped_world_path() is None:
-        pytest.skip("no shipped toy world in this checkout")
+    assert shipped_world_path() is not None, "sdkit/toy/fixture (the shipped toy world) is missing or incomplete"
     ex = explore("sdkit:toy", output_dir=tmp_path, n=4, seed=0)
     ex.generate_button.click()
     finished(ex, timeout=300)
