@@ -1,5 +1,6 @@
 """What sdkit makes and hands back: candidates (one image and everything needed to make it again), runs,
-scores, rankings and progress reports. Plain dataclasses, importable without torch or JAX."""
+scores, rankings, progress reports, and what a search found and spent (`Search`, `Compute`, `Pruned`,
+`Lineage`). Plain dataclasses, importable without torch or JAX."""
 
 from __future__ import annotations
 
@@ -67,8 +68,7 @@ class Run:
     manifest: str | None = None
     cancelled: bool = False  # stopped early; every finished candidate is still here and on disk
     resumed: int = 0  # candidates a resumed run kept from disk (loaded, not made again)
-    # generate(search=...): the strategy's `sdkit.search.strategies.Search` (ranking, compute, the pruned); else None
-    search: Any = None
+    search: "Search | None" = None  # a search strategy's run (sdkit.search): its ranking, compute and the pruned
 
     @property
     def images(self) -> list[Image.Image]:
@@ -134,3 +134,117 @@ class Ranked:
     def logit(self) -> float:
         """Raw CLIP logit, exp(logit_scale) * cosine, what the order is by."""
         return float(self.candidate.logit if self.own is None else self.own[1])
+
+
+@dataclass
+class Compute:
+    """What a search spent. A UNet evaluation is one candidate through the UNet once (a classifier-free-guidance
+    pair counts once, as in best-of-N's own count), so best-of-N with N candidates and S DDIM steps costs N * S."""
+
+    unet_evaluations: int = 0
+    scored_images: int = 0
+    preview_decodes: int = 0
+    wall_s: float = 0.0
+
+    def describe(self, baseline: int | None = None, *, wall: bool = True) -> str:
+        """One line of counts; `baseline`: the UNet evaluations to compare with (e.g. best-of-N's n * steps per
+        prompt, times the prompts). `wall=False` leaves the time out (stored notebook outputs)."""
+        vs = f" ({self.unet_evaluations / baseline:.2f} of {baseline})" if baseline else ""
+        return (f"{self.unet_evaluations} UNet evaluations{vs}, {self.preview_decodes} preview decodes, "
+                f"{self.scored_images} images scored" + (f", {self.wall_s:.1f} s" if wall else ""))
+
+    def ratio(self, other: "Compute") -> float:
+        """This search's UNet evaluations as a fraction of `other`'s (e.g. of best-of-8's)."""
+        return self.unet_evaluations / other.unet_evaluations
+
+
+# A pruned candidate's manifest line leaves out what only a finished image has.
+_UNFINISHED = ("path", "score", "logit", "scorer", "nsfw")
+
+
+@dataclass
+class Pruned:
+    """A candidate a search stopped early: everything that makes it at full steps (`candidate`, no image), the
+    step it stopped after and its x0 preview's score there. Saved as a `"pruned": true` manifest line."""
+
+    candidate: Candidate
+    step: int
+    preview_score: float
+
+    @property
+    def prompt(self) -> str:
+        return self.candidate.prompt
+
+    @property
+    def seed(self) -> int:
+        return self.candidate.seed
+
+    @property
+    def run_id(self) -> str:
+        return self.candidate.run_id
+
+    def record(self) -> dict[str, Any]:
+        """The manifest line (no `file`, so readers of images pass it by)."""
+        rec = {k: v for k, v in self.candidate.params().items() if k not in _UNFINISHED}
+        rec.update(pruned=True, step=self.step, preview_score=self.preview_score)
+        return rec
+
+    @classmethod
+    def from_record(cls, rec: dict[str, Any]) -> "Pruned":
+        names = {f.name for f in dataclasses.fields(Candidate)} - {"image"}
+        fields = {k: v for k, v in rec.items() if k in names}
+        return cls(Candidate(image=None, **fields), int(rec["step"]), float(rec["preview_score"]))
+
+
+@dataclass(frozen=True)
+class Lineage:
+    """A resampled particle's ancestry, from its root: (step, seed) hops. The root is (0, its first seed); each
+    later hop says that after `step` the particle went on from a copy, with that seed's own noise."""
+
+    hops: tuple[tuple[int, int], ...]
+
+    @classmethod
+    def of(cls, source) -> "Lineage | None":
+        """The lineage a candidate (or its metadata dict) records in `extra["search"]["lineage"]`, or None."""
+        extra = source.get("extra") if isinstance(source, dict) else getattr(source, "extra", None)
+        hops = ((extra or {}).get("search") or {}).get("lineage")
+        return cls(tuple((int(step), int(seed)) for step, seed in hops)) if hops else None
+
+    def to_json(self) -> list[list[int]]:
+        return [[step, seed] for step, seed in self.hops]
+
+    @property
+    def seeds(self) -> list[int]:
+        """Each seed once, in the order the lineage first reaches it."""
+        return list(dict.fromkeys(seed for _, seed in self.hops))
+
+
+@dataclass
+class Search:
+    """A search's outcome: `ranked` holds the finished candidates, best first within each prompt."""
+
+    strategy: str
+    settings: dict[str, Any]
+    ranked: list[Ranked]
+    compute: Compute
+    drafts: list[Candidate] = field(default_factory=list)  # draft_then_finish: every draft, scored
+    pruned: list[Pruned] = field(default_factory=list)  # the candidates it stopped early (successive_halving)
+    run_id: str | None = None  # the run id the finished candidates carry (and their files are named by)
+    cancelled: bool = False  # stopped by `cancel` (or Ctrl-C): only what finished is ranked
+
+    def format_pruned(self, limit: int | None = None) -> str:
+        """The pruned candidates as lines, the latest-stopped and best-previewed first (the ones worth finishing);
+        `limit` lines at most, the rest counted."""
+        order = sorted(self.pruned, key=lambda p: (-p.step, -p.preview_score, p.seed))
+        shown = order if limit is None else order[:limit]
+        lines = [f"{p.prompt!r} seed {p.seed:>3}  stopped after step {p.step:>3}  preview score "
+                 f"{p.preview_score:6.2f}" for p in shown]
+        if len(order) > len(shown):
+            lines.append(f"... and {len(order) - len(shown)} more, stopped after step "
+                         + ", ".join(str(s) for s in sorted({p.step for p in order[len(shown):]})))
+        return "\n".join(lines) if lines else "nothing was pruned"
+
+    @property
+    def best(self) -> list[Candidate]:
+        """The winner of each prompt, in prompt order."""
+        return [r.candidate for r in self.ranked if r.rank == 1]

@@ -26,7 +26,7 @@ from pathlib import Path
 from PIL import Image, PngImagePlugin
 
 from sdkit.files import HOST_TAG, TEMP_NAME, fault, fault_due, kill_now, link_free, remove_temp, write_temp
-from sdkit.results import Candidate
+from sdkit.results import Candidate, Pruned
 
 MANIFEST = "manifest.jsonl"
 
@@ -273,15 +273,16 @@ def read_manifest(output_dir, run_id: str | None = None) -> list[dict]:
     return list(by_file.values())
 
 
-def read_pruned(output_dir, run_id: str | None = None) -> list[dict]:
-    """The manifest lines of candidates a search pruned (`sdkit.search.strategies.successive_halving`), in the
-    order written: prompt, seed, the step it stopped at, its preview score and the settings that finish it
-    (`sdkit.search.strategies.finish_pruned`). `run_id` keeps one run's."""
+def read_pruned(output_dir, run_id: str | None = None) -> list[Pruned]:
+    """The candidates a search pruned (`sdkit.search.successive_halving`), from their manifest lines, in the order
+    written: each a `Pruned` (the settings that finish it, the step it stopped at, its preview score), for
+    `sdkit.search.finish_pruned`. `run_id` keeps one run's."""
     recover(output_dir)
     path = Path(output_dir) / MANIFEST
     if not path.exists():
         return []
-    return [r for r in _parse_manifest(path) if r.get("pruned") and (run_id is None or r.get("run_id") == run_id)]
+    return [Pruned.from_record(r) for r in _parse_manifest(path)
+            if r.get("pruned") and (run_id is None or r.get("run_id") == run_id)]
 
 
 def read_metadata(path) -> dict:

@@ -13,6 +13,7 @@ mask the result is bit-identical to the input.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from dataclasses import dataclass, field
 from typing import Sequence
@@ -25,6 +26,7 @@ from sdkit.generation import generate
 from sdkit.edit.masks import (Fit, box_mask, check_mask, check_mask_blur, check_mask_grow, feather_mask, fit_size,
                               from_working, grow_mask, is_box, load_image, load_mask, outpaint_canvas, paste_back,
                               to_working)
+from sdkit.load.state import pipeline_info, remember
 from sdkit.save import image_hash
 
 DEFAULT_STEPS = inspect.signature(generate).parameters["num_inference_steps"].default
@@ -142,10 +144,10 @@ def pipeline_for(pipe, task: str):
 
     from sdkit.load.pipeline import PIPELINE_CLASSES
 
-    info = dict(getattr(pipe, "_sdkit", {}))
+    info = pipeline_info(pipe)
     channels = pipe.unet.config.in_channels
     if channels == 9 and task != "inpainting":
-        raise ValueError(f"{info.get('model_id') or type(pipe).__name__!r} is an inpainting checkpoint (9-channel UNet); "
+        raise ValueError(f"{info.model_id or type(pipe).__name__!r} is an inpainting checkpoint (9-channel UNet); "
                          f"it cannot do {task!r}. Use inpaint()/outpaint(), or a text-to-image checkpoint.")
     cls = getattr(diffusers, PIPELINE_CLASSES[task])
     if isinstance(pipe, cls):
@@ -155,7 +157,7 @@ def pipeline_for(pipe, task: str):
     with quiet_hf(messages=True):
         new = cls.from_pipe(pipe)
     new.set_progress_bar_config(disable=True)
-    new._sdkit = {**info, "task": task}
+    remember(new, **{**dataclasses.asdict(info), "task": task})
     return new
 
 
@@ -163,14 +165,10 @@ class _Finishing:
     """The pipeline, with each output image finished (original size, paste-back) before `generate` saves it."""
 
     def __init__(self, pipe, inputs: EditInputs):
-        self._pipe, self._inputs = pipe, inputs
+        self.pipeline, self._inputs = pipe, inputs  # `pipeline`: what sdkit.load.state describes it by
 
     def __getattr__(self, name):
-        return getattr(self._pipe, name)
-
-    def finish_preview(self, image: Image.Image) -> Image.Image:
-        """A decoded x0 preview as the result will look (a search scores what it would keep)."""
-        return self._inputs.finish(image)
+        return getattr(self.pipeline, name)
 
     def __call__(self, **kwargs):
         # One copy per candidate: given a single image, diffusers' inpaint pipeline VAE-encodes it with
@@ -179,7 +177,7 @@ class _Finishing:
         for name in ("image", "mask_image"):
             if name in kwargs:
                 kwargs[name] = [kwargs[name]] * k
-        result = self._pipe(**kwargs)
+        result = self.pipeline(**kwargs)
         flags = result.nsfw_content_detected or [False] * len(result.images)
         result.images = [self._inputs.finish(im, bool(f)) for im, f in zip(result.images, flags)]
         return result
@@ -219,8 +217,9 @@ def img2img(pipe, prompt: str | Sequence[str], image, *, strength: float = 0.75,
             right/bottom, cut them off after; no resampling) or "resize" (to the nearest multiple
             of 8 and back). Results always have the image's original size.
         **kwargs: as in `generate` (n, seed, seeds, negative_prompt, num_inference_steps,
-            guidance_scale, batch_size, output_dir, run_id, callback, cancel, progress, pipe_kwargs, extra,
-            and search, search_kwargs, scorer: a search's steps (prune_at, draft_steps) count the steps that run).
+            guidance_scale, batch_size, output_dir, run_id, callback, cancel, progress, pipe_kwargs, extra).
+            To search over an edit, prepare it (`prepare_img2img`, ...) and hand it to a strategy of `sdkit.search`
+            as `edit=`; its steps (prune_at, draft_steps) count the steps that run.
     """
     inputs = prepare_img2img(image, strength=strength, num_inference_steps=kwargs.get("num_inference_steps", DEFAULT_STEPS),
                              height=height, width=width, resize_mode=resize_mode)

@@ -22,19 +22,27 @@ import functools
 
 import torch
 
+from sdkit.load.state import ModuleState, module_state
+
 
 def make_batch_invariant(pipe) -> None:
     """Encode each prompt alone, run `pipe.unet` per candidate and the VAE per sample. Idempotent."""
     unet = pipe.unet
-    if not getattr(unet, "_sdkit_per_sample", False):
-        unet.forward = _per_candidate(unet.forward, unet)
-        unet._sdkit_per_sample = True
+    state = module_state(unet)
+    if not state.batch_invariant:
+        unet.forward = _per_candidate(unet.forward, state, unet.config.out_channels)
+        state.batch_invariant = True
     for name in ("text_encoder", "text_encoder_2"):  # SDXL has two
         encoder = getattr(pipe, name, None)
-        if encoder is not None and not getattr(encoder, "_sdkit_per_sample", False):
+        if encoder is not None and not module_state(encoder).batch_invariant:
             encoder.forward = _per_row(encoder.forward)
-            encoder._sdkit_per_sample = True
+            module_state(encoder).batch_invariant = True
     pipe.vae.enable_slicing()  # diffusers' slicing encodes and decodes one image at a time
+
+
+def is_batch_invariant(pipe) -> bool:
+    """Whether `pipe`'s UNet runs one candidate at a time (`make_batch_invariant`)."""
+    return module_state(pipe.unet).batch_invariant
 
 
 def cfg_pairs(sample: torch.Tensor) -> bool:
@@ -53,16 +61,17 @@ def skipping(pipe):
     """A set of candidates (positions in the batch being denoised) whose UNet evaluations are skipped inside the
     block: a search adds the ones it prunes. Their noise prediction is zero; every other candidate runs alone as
     always, so a survivor's trajectory is the one it has in any batch. Needs `make_batch_invariant`."""
-    if not getattr(pipe.unet, "_sdkit_per_sample", False):
+    state = module_state(pipe.unet)
+    if not state.batch_invariant:
         raise RuntimeError("skipping candidates needs the batch-invariant UNet (sdkit.load.invariance.make_batch_invariant)")
-    skip = pipe.unet.__dict__["_sdkit_skip"] = set()
+    state.skip = set()
     try:
-        yield skip
+        yield state.skip
     finally:
-        del pipe.unet.__dict__["_sdkit_skip"]
+        state.skip = None
 
 
-def _per_candidate(forward, unet=None):
+def _per_candidate(forward, state: ModuleState, out_channels: int):
     @functools.wraps(forward)
     def wrapped(sample, timestep, encoder_hidden_states=None, *args, return_dict: bool = True, **kwargs):
         b = sample.shape[0]
@@ -71,7 +80,7 @@ def _per_candidate(forward, unet=None):
             groups = [torch.tensor([i, i + half], device=sample.device) for i in range(half)]
         else:
             groups = [torch.tensor([i], device=sample.device) for i in range(b)]
-        skip = (unet.__dict__.get("_sdkit_skip") if unet is not None else None) or ()
+        skip = state.skip or ()
         if len(groups) == 1 and not skip:
             return forward(sample, timestep, encoder_hidden_states, *args, return_dict=return_dict, **kwargs)
         outs = {}
@@ -86,7 +95,7 @@ def _per_candidate(forward, unet=None):
             like = next(iter(outs.values()))
             shape, dtype = like.shape[1:], like.dtype
         else:  # every candidate skipped (an inpainting UNet takes 9 channels and returns 4)
-            shape, dtype = (unet.config.out_channels, *sample.shape[2:]), sample.dtype
+            shape, dtype = (out_channels, *sample.shape[2:]), sample.dtype
         out = torch.zeros((b, *shape), dtype=dtype, device=sample.device)
         for i, o in outs.items():
             out[groups[i]] = o

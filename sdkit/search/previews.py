@@ -6,7 +6,8 @@
 
 `x0_prediction` is the clean latent a scheduler step implies, in each scheduler's own convention (all of
 `sdkit.load.schedulers.SCHEDULERS`); `decode_previews` turns latents into PIL images with the pipeline's
-VAE or a tiny previewer (`load_previewer`: diffusers' `AutoencoderTiny`, e.g. `madebyollin/taesd` for SD 1.x).
+VAE or a tiny previewer (`sdkit.load.previewer.load_previewer`: diffusers' `AutoencoderTiny`, e.g. `madebyollin/taesd`
+for SD 1.x).
 """
 
 from __future__ import annotations
@@ -14,12 +15,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-import json
-import os
 from collections.abc import Callable, Collection
-
-from sdkit.errors import ModelNotAvailable
-from sdkit.load.hub import local_dir, local_files, looks_like_path, no_safetensors, repo_files, snapshot
 
 
 def _step_index(scheduler, timestep) -> int:
@@ -188,6 +184,32 @@ def replacing_steps(scheduler, step, set_timesteps):
                 delattr(scheduler, name)
 
 
+@contextlib.contextmanager
+def after_steps(pipe, hook: Callable):
+    """Inside the block, `hook(i, latents) -> latents` replaces what loop position i of each denoising run of `pipe`
+    hands on (the scheduler's prev_sample), so rows can be copied between steps (particles, their replay)."""
+    scheduler = pipe.scheduler
+    inner_step, inner_set = scheduler.step, scheduler.set_timesteps
+    state = {"i": 0}
+
+    @functools.wraps(inner_set)
+    def set_timesteps(*args, **kwargs):
+        state["i"] = 0
+        return inner_set(*args, **kwargs)
+
+    @functools.wraps(inner_step)
+    def step(*args, **kwargs):
+        out, i = inner_step(*args, **kwargs), state["i"]
+        state["i"] += 1
+        if isinstance(out, tuple):
+            return (hook(i, out[0]), *out[1:])
+        out.prev_sample = hook(i, out.prev_sample)
+        return out
+
+    with replacing_steps(scheduler, step, set_timesteps):
+        yield
+
+
 def decode_previews(latents, vae, batch_size: int = 8) -> list:
     """PIL images of `latents` (the pipeline's latents, (N, C, H, W) or (C, H, W)) decoded by `vae`.
 
@@ -207,40 +229,3 @@ def decode_previews(latents, vae, batch_size: int = 8) -> list:
             images += processor.postprocess(vae.decode(z, return_dict=False)[0].float(), output_type="pil")
     return images
 
-
-# What a TAESD-style previewer needs; never pickles (*.bin, *.pth: unpickling can run code).
-PREVIEWER_FILES = ["config.json", "diffusion_pytorch_model*.safetensors", "diffusion_pytorch_model.safetensors.index.json"]
-
-
-def load_previewer(model_or_path: str | os.PathLike, *, revision: str | None = None, cache_dir: str | None = None,
-                   device=None, torch_dtype=None):
-    """A tiny previewer: diffusers' `AutoencoderTiny` from a local folder or a Hub id, safetensors only.
-
-    E.g. `load_previewer("madebyollin/taesd")` for SD 1.x models; its decoder costs a small fraction of the VAE's.
-    `"sdkit:toy"` is the toy world's own, distilled from its VAE on first use (`sdkit.toy.previewer`).
-    """
-    name = os.fspath(model_or_path)
-    label = f"previewer {name!r}"
-    if name == "sdkit:toy":
-        from sdkit.toy.previewer import toy_previewer_path
-
-        name = str(toy_previewer_path())
-    on_hub = not looks_like_path(name)
-    path = snapshot(name, label, allow_patterns=PREVIEWER_FILES, revision=revision, cache_dir=cache_dir,
-                    hint="; or pass a folder saved by AutoencoderTiny.save_pretrained") if on_hub else local_dir(name, label)
-    config = path / "config.json"
-    cls_name = json.loads(config.read_text()).get("_class_name") if config.exists() else None
-    if cls_name != "AutoencoderTiny":
-        found = f"config.json says _class_name={cls_name!r}" if config.exists() else f"no config.json in {path}"
-        raise ModelNotAvailable(f"{label} is not an AutoencoderTiny (TAESD) folder: {found}")
-    files = local_files(path)
-    if not any(f.startswith("diffusion_pytorch_model") and f.endswith((".safetensors", ".safetensors.index.json"))
-               for f in files):
-        if on_hub:  # only the allowed files were downloaded: ask the Hub what else there is
-            with contextlib.suppress(ModelNotAvailable, ValueError):
-                files = repo_files(name, path, label, revision)
-        raise no_safetensors(label, "the folder", files)
-    from diffusers import AutoencoderTiny
-
-    vae = AutoencoderTiny.from_pretrained(path, use_safetensors=True, torch_dtype=torch_dtype)
-    return vae.to(device).eval() if device is not None else vae.eval()

@@ -1,0 +1,74 @@
+"""What sdkit remembers about a pipeline and its modules: the one place, instead of attributes on diffusers'
+objects.
+
+    info = pipeline_info(pipe)      # model, revision, task, device, dtype as recorded in every result
+    module_state(pipe.unet).batch_invariant
+
+Entries are weak (a pipeline or module that is garbage-collected leaves nothing behind). A pipeline sdkit did
+not load (built by hand, `from_single_file`) has no entry: `pipeline_info` then describes it from the object
+itself (empty model id, its own dtype and device), so its results still record what they can.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import weakref
+from typing import Any
+
+
+@dataclasses.dataclass
+class PipelineInfo:
+    """A pipeline as `load_pipeline` made it; what each of its results records."""
+
+    model_id: str = ""  # as the user named it (Hub id, folder, "sdkit:tiny"); "" for a pipeline sdkit did not load
+    revision: str | None = None
+    task: str = "text-to-image"
+    device: str = ""
+    dtype: str = ""  # sdkit's name: "float32", "float16", "bfloat16"
+    # The model's own scheduler (class, config): a pipeline made from a cached one gets a fresh scheduler of it.
+    own_scheduler: tuple[type, Any] | None = None
+
+
+@dataclasses.dataclass
+class ModuleState:
+    """What sdkit changed on one module (a UNet, a text encoder), shared by every pipeline made from it."""
+
+    batch_invariant: bool = False  # forward wrapped to run one candidate (prompt) at a time
+    compiled: bool = False  # forward replaced by a torch.compile'd one
+    skip: set[int] | None = None  # inside `invariance.skipping`: candidates whose UNet evaluations are skipped
+
+
+_pipelines: "weakref.WeakKeyDictionary[Any, PipelineInfo]" = weakref.WeakKeyDictionary()
+_modules: "weakref.WeakKeyDictionary[Any, ModuleState]" = weakref.WeakKeyDictionary()
+_lock = threading.Lock()
+
+
+def remember(pipe, **fields) -> PipelineInfo:
+    """Record (or update) what sdkit knows of `pipe`; returns its entry."""
+    with _lock:
+        info = _pipelines.get(pipe)
+        info = dataclasses.replace(info, **fields) if info is not None else PipelineInfo(**fields)
+        _pipelines[pipe] = info
+        return info
+
+
+def pipeline_info(pipe) -> PipelineInfo:
+    """What sdkit recorded for `pipe`, or what the object itself says for a pipeline sdkit did not load."""
+    info = _pipelines.get(pipe)
+    if info is not None:
+        return info
+    inner = getattr(pipe, "pipeline", None)  # a wrapper around a pipeline (an edit's): its pipeline's entry
+    if inner is not None and inner is not pipe:
+        return pipeline_info(inner)
+    dtype = str(getattr(pipe, "dtype", "")).replace("torch.", "")
+    return PipelineInfo(device=str(getattr(pipe, "device", "")), dtype=dtype)
+
+
+def module_state(module) -> ModuleState:
+    """The state sdkit keeps for `module` (created empty on first use)."""
+    with _lock:
+        state = _modules.get(module)
+        if state is None:
+            state = _modules[module] = ModuleState()
+        return state
