@@ -56,7 +56,7 @@ def _load(world, previewer=None):
     scorer = scorer_for("flax", "", str(Path(world) / "clip"))
     previewers = {"vae": pipe.vae}
     if previewer:
-        from sdkit.search.previews import load_previewer
+        from sdkit.load.previewer import load_previewer
 
         previewers["tiny"] = load_previewer(previewer)
     return pipe, scorer, previewers
@@ -232,7 +232,8 @@ def add_tiny_previews(pool: dict, previewer: Path, args) -> dict:
     with the previewer's content hash)."""
     import torch
 
-    from sdkit.search.previews import decode_previews, load_previewer
+    from sdkit.load.previewer import load_previewer
+    from sdkit.search.previews import decode_previews
     from sdkit.toy import shapes
     from sdkit.toy.world import content_hash
 

@@ -10,8 +10,9 @@ import torch
 from sdkit.errors import ModelNotAvailable
 from sdkit.generation import generate
 from sdkit.load.pipeline import load_pipeline
+from sdkit.load.previewer import load_previewer
 from sdkit.load.schedulers import SCHEDULERS, make_scheduler
-from sdkit.search.previews import capture_previews, decode_previews, load_previewer, x0_prediction
+from sdkit.search.previews import capture_previews, decode_previews, x0_prediction
 
 # Their last step lands exactly on the x0 of that step (sigma_next = 0); DDIM and PNDM go to alphas_cumprod[0]
 # (set_alpha_to_one=False), a little noise short of it.

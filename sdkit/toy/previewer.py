@@ -2,7 +2,7 @@
 VAE decoder (TAESD's recipe at toy scale), so searches, tests and benchmarks take the same cheap-preview path a
 user takes with `madebyollin/taesd`. Trained on first use (about a minute on 2 cores) and cached:
 
-    from sdkit.search.previews import load_previewer
+    from sdkit.load.previewer import load_previewer
     previewer = load_previewer("sdkit:toy")        # = load_previewer(toy_previewer_path())
 
 Its inputs are the pipeline's latents as they are (`scaling_factor` 1.0, as TAESD), including the blurred,
