@@ -5,7 +5,7 @@
 
 How it measures:
 
-1. Every run is real: `sdkit.search.strategies.particle_resampling` and `best_of_n` on the CI toy world, 12 prompts
+1. Every run is real: `sdkit.search.particle_resampling` and `best_of_n` on the CI toy world, 12 prompts
    at once, `--steps` Euler a steps (the stochastic sampler particles need), guidance 2. A set is one prompt and
    group g; its candidates have seeds `seed + g * 32 + k`, the seeds bench/search.py gives set (prompt, g), so
    every strategy sees the same seeds. The final pick of each set is judged by the pixel checker
@@ -57,7 +57,7 @@ def _init(world: str, threads: int) -> None:
                                                           safety_checker=False, batch_invariant=True,
                                                           scheduler="Euler a")}
     _W["scorer"] = scorer_for("flax", "", str(Path(world) / "clip"))
-    from sdkit.search.strategies import best_of_n
+    from sdkit.search import best_of_n
     from sdkit.toy import shapes
 
     for n in (4, 8, 16):  # compile the scorer for every batch shape first, so no run's wall time holds a compile
@@ -67,7 +67,7 @@ def _init(world: str, threads: int) -> None:
 
 def run_job(job: dict) -> dict:
     """One strategy on one group (12 sets): per set, whether the pick matches its prompt, and what it cost."""
-    from sdkit.search import strategies
+    from sdkit.search import strategy_named
     from sdkit.toy import shapes
 
     pipe = _W["pipes"][job["scheduler"]]
@@ -76,7 +76,7 @@ def run_job(job: dict) -> dict:
               guidance_scale=job["guidance"], progress=False)
     if job["strategy"] == "particle_resampling":
         kw.update(resample_at=job["resample_at"], lambda_=job["lambda_"])
-    search = getattr(strategies, job["strategy"])(pipe, prompts, _W["scorer"], **kw)
+    search = strategy_named(job["strategy"])(pipe, prompts, _W["scorer"], **kw).search
     best = {c.prompt: c for c in search.best}
     every = {p: [shapes.check(np.asarray(r.candidate.image)).matches(p) for r in search.ranked
                  if r.candidate.prompt == p] for p in prompts}
@@ -202,7 +202,7 @@ def main(argv=None) -> int:
         from sdkit.toy.world import toy_world_path
 
         args.world = toy_world_path("ci", log=None)
-    from sdkit.search.strategies import default_resampling
+    from sdkit.search import default_resampling
 
     schedules = args.schedules or [list(default_resampling(args.steps)), list(range(2, args.steps, 2))]
     common = dict(steps=args.steps, guidance=args.guidance, seed=args.seed)

@@ -435,7 +435,7 @@ def real_check(args, chosen: dict[str, dict], pool: dict, group: int) -> dict:
     """Run best-of-8 and the chosen strategies for real on one reported group; compare with the replay."""
     import torch
 
-    from sdkit.search import strategies
+    from sdkit.search import strategy_named
     from sdkit.toy import shapes
 
     pipe, scorer, previewers = _load(args.world, args.previewer)
@@ -454,7 +454,7 @@ def real_check(args, chosen: dict[str, dict], pool: dict, group: int) -> dict:
                 kw.update(prune_at=r["prune_at"], keep=r["keep"], previewer=previewers.get(r.get("previewer")))
             elif strategy == "draft_then_finish":
                 kw.update(draft_steps=r["draft_steps"], keep=r["keep"])
-            search = getattr(strategies, strategy)(pipe, prompts, scorer, **kw)
+            search = strategy_named(strategy)(pipe, prompts, scorer, **kw).search
             walls[label].append(search.compute.wall_s / len(prompts))
             picked = [c.seed - kw["seed"] for c in search.best]
             want_picks, want = replay(strategy, r, r["n"], {k: v[:, group:group + 1] for k, v in pool.items()
@@ -674,7 +674,7 @@ def main(argv=None) -> int:
         "best_possible_8": float(pool["ok"][:, args.report_groups, :8].any(-1).mean()),
         "targets": targets,
         "chosen": {k: r["name"] for k, r in chosen.items()},
-        # successive_halving's default (sdkit.search.strategies.default_schedule; tests/test_strategies.py checks it)
+        # successive_halving's default (sdkit.search.default_schedule; tests/test_strategies.py checks it)
         "default": {"n": chosen_tune["successive_halving:beat"]["n"], "steps": args.steps,
                     "prune_at": chosen_tune["successive_halving:beat"]["prune_at"],
                     "keep": chosen_tune["successive_halving:beat"]["keep"]},
