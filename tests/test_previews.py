@@ -153,6 +153,19 @@ def test_tiny_previewer_decodes_as_the_pipeline_would(tiny_pipe, tmp_path):
     assert not np.array_equal(np.asarray(decode_previews(latents / 0.18215, previewer)[0]), np.asarray(expected[0]))
 
 
+def test_previewer_takes_dtype_and_device_as_load_pipeline_does(tmp_path):
+    tiny_taesd().save_pretrained(tmp_path / "taesd", safe_serialization=True)
+    assert load_previewer(tmp_path / "taesd").dtype == torch.float32  # None: the weights' own
+    assert load_previewer(tmp_path / "taesd", dtype="bf16").dtype == torch.bfloat16
+    assert load_previewer(tmp_path / "taesd", dtype=torch.float16, device="cpu").dtype == torch.float16
+    on_cpu = load_previewer(tmp_path / "taesd", dtype="auto", device="auto" if not torch.cuda.is_available() else "cpu")
+    assert on_cpu.dtype == torch.float32 and on_cpu.device.type == "cpu"  # tiny: bf16 would only slow it
+    with pytest.raises(ValueError, match="dtype='half'"):
+        load_previewer(tmp_path / "taesd", dtype="half")
+    with pytest.raises(TypeError, match="torch_dtype"):  # one name in sdkit's API: dtype, as load_pipeline's
+        load_previewer(tmp_path / "taesd", torch_dtype=torch.float16)
+
+
 def test_previewer_refuses_pickles_and_other_models(tmp_path):
     tiny_taesd().save_pretrained(tmp_path / "pickled", safe_serialization=False)
     with pytest.raises(ModelNotAvailable, match=r"only pickle weights \['diffusion_pytorch_model.bin'\]"):

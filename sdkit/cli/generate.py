@@ -143,7 +143,7 @@ def search_args(args, settings: dict | None, pipe) -> dict:
     if settings.get("previewer") is not None:
         from sdkit.load.previewer import load_previewer
 
-        settings["previewer"] = load_previewer(settings["previewer"], device=pipe.device, torch_dtype=pipe.vae.dtype)
+        settings["previewer"] = load_previewer(settings["previewer"], device=pipe.device, dtype=pipe.vae.dtype)
     return dict(search=args.search, search_kwargs=settings, scorer=args.scorer)
 
 

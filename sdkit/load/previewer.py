@@ -19,12 +19,18 @@ PREVIEWER_FILES = ["config.json", "diffusion_pytorch_model*.safetensors", "diffu
 
 
 def load_previewer(model_or_path: str | os.PathLike, *, revision: str | None = None, cache_dir: str | None = None,
-                   device=None, torch_dtype=None):
+                   device=None, dtype=None):
     """A tiny previewer: diffusers' `AutoencoderTiny` from a local folder or a Hub id, safetensors only.
 
     E.g. `load_previewer("madebyollin/taesd")` for SD 1.x models; its decoder costs a small fraction of the VAE's.
     `"sdkit:toy"` is the toy world's own, distilled from its VAE on first use (`sdkit.toy.previewer`).
+
+    device: None leaves it where it loads (the CPU); else "auto" or a device, as `load_pipeline` takes it.
+    dtype: None keeps its weights' own (float32 for TAESD); else as `load_pipeline` takes it: "fp16", "bf16",
+        "fp32", a torch.dtype, or "auto" (fp16 on GPUs; fp32 on CPUs, where bf16 slows a model this small).
+    Pass the pipeline's, `device=pipe.device, dtype=pipe.vae.dtype`, to decode its latents where they are.
     """
+    device, dtype = _placement(device, dtype)
     name = os.fspath(model_or_path)
     label = f"previewer {name!r}"
     if name == "sdkit:toy":
@@ -48,5 +54,18 @@ def load_previewer(model_or_path: str | os.PathLike, *, revision: str | None = N
         raise no_safetensors(label, "the folder", files)
     from diffusers import AutoencoderTiny
 
-    vae = AutoencoderTiny.from_pretrained(path, use_safetensors=True, torch_dtype=torch_dtype)
+    vae = AutoencoderTiny.from_pretrained(path, use_safetensors=True, torch_dtype=dtype)
     return vae.to(device).eval() if device is not None else vae.eval()
+
+
+def _placement(device, dtype) -> tuple:
+    """(device, torch dtype) with sdkit's names resolved as `load_pipeline` resolves them (None stays None)."""
+    from sdkit.load.devices import auto_dtype, resolve_device, resolve_dtype
+
+    if device is not None:
+        device = resolve_device(device)
+    if dtype == "auto":  # a previewer is tiny (TAESD's decoder: 1M parameters), so never bf16 on a CPU
+        dtype = auto_dtype(device or "cpu", unet_params=0)
+    elif dtype is not None:
+        dtype = resolve_dtype(dtype, device or "cpu")
+    return device, dtype
