@@ -149,16 +149,27 @@ def test_gpu_check_dry_run_runs_every_section(gpu_dry):
     assert result["machine"]["gpu_info"]["XLA_PYTHON_CLIENT_PREALLOCATE"] == "false"  # sdkit set it before JAX started
 
 
-def test_gpu_check_pipeline_figures_are_measured(gpu_dry):
+def test_gpu_check_pipeline_figures_are_measured(gpu_dry, tiny_pipe):
+    from sdkit.load.invariance import is_batch_invariant
+
     result, _ = gpu_dry
     data = result["sections"]["pipeline"]["data"]
+    assert data["batch_invariant"] == is_batch_invariant(tiny_pipe)  # what sdkit really does on this CPU
     assert data["dtype"] == "float32" and data["attention"] == ["AttnProcessor2_0"]  # the tiny UNet on a CPU
     assert sorted(int(b) for b in data["batches"]) == [1, 4, 8]
     for b, d in data["batches"].items():
         for side in ("sdkit", "bare"):
             assert d["s_per_image"][side]["median"] > 0 and d["peak_mb"][side] > 50, (b, side)
         assert d["ratio"]["min"] <= d["ratio"]["median"] <= d["ratio"]["max"]
-        assert isinstance(d["pixels"]["identical"], bool) and d["pixels"]["max_abs"] >= 0
+        px = d["pixels"]
+        assert px["identical"] == (px["max_abs"] == 0) == (px["fraction_differing"] == 0) == (px["psnr_db"] is None)
+        if b == "1" or not data["batch_invariant"]:
+            assert px["identical"], (b, px)  # the same work on both sides
+        else:
+            # sdkit runs the UNet per candidate, bare diffusers batches: the sums are reordered, measured 1 level on
+            # <0.01% of the values (PSNR ~90 dB). The same prompt and seeds must still give the same pictures (on the
+            # tiny pipeline another seed differs by up to 255 levels on 99% of the values, another prompt by 39 on 87%).
+            assert px["max_abs"] <= 2 and px["fraction_differing"] < 1e-3, (b, px)
     assert data["batches"]["1"]["pixels"]["identical"]  # one image: the same work on both sides
 
 
