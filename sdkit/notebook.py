@@ -44,16 +44,16 @@ def mode() -> str:
     return "real" if m in ("", "real") else m
 
 
-def _substitute(role: str, model_id: str, m: str) -> str:
+def _substitute(role: str, model: str, m: str) -> str:
     if m == "real":
-        return model_id
+        return model
     if role == "clip":
         from sdkit.models.builtin import clip_for
 
         return clip_for("sdkit:toy" if m == "toy" else "sdkit:tiny")
     if m == "toy":
         return "sdkit:toy"
-    return "sdkit:tiny-inpainting" if "inpaint" in role or "inpaint" in model_id else "sdkit:tiny"
+    return "sdkit:tiny-inpainting" if "inpaint" in role or "inpaint" in model else "sdkit:tiny"
 
 
 def models(**ids: str) -> SimpleNamespace:
@@ -90,9 +90,9 @@ def models_mode_of(path, default: str = "tiny") -> str:
     return m
 
 
-def _short(model_id: str) -> str:
+def _short(model: str) -> str:
     # Cache paths differ between machines; print a stable name so nbval output does not.
-    return f"<{Path(model_id).parent.name}/{Path(model_id).name.split('-')[0]}>" if os.path.isabs(model_id) else model_id
+    return f"<{Path(model).parent.name}/{Path(model).name.split('-')[0]}>" if os.path.isabs(model) else model
 
 
 def in_colab() -> bool:

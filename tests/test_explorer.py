@@ -304,7 +304,7 @@ def test_the_clip_beside_the_model_is_the_default(world, tmp_path, monkeypatch):
     assert clip_for(pipeline) == clip  # the CLI and rerank pick it too
     loaded = []
     monkeypatch.setattr(sdkit.show.explorer.session, "get_scorer",
-                        lambda backend, model_id: loaded.append(model_id) or MeanRed())
+                        lambda backend, model: loaded.append(model) or MeanRed())
     ex = Explorer(scorer="flax", output_dir=tmp_path, **{**FAST, "model": pipeline})
     assert ex.form.clip_model.value == "" and ex.form.clip_model.placeholder == f"default: {clip}"
     ex.generate_button.click()

@@ -231,8 +231,8 @@ def test_micro_world_clip_loads_in_both_scorers(micro_world):
 
     images = [Image.fromarray(im) for im in shapes.sample(6, seed=5)[0]]
     prompts = [shapes.PROMPTS[i] for i in range(6)]
-    a = load_scorer("torch", clip_model=str(micro_world / "clip"))(images, prompts)
-    b = load_scorer("flax", clip_model=str(micro_world / "clip"))(images, prompts)
+    a = load_scorer("torch", model=str(micro_world / "clip"))(images, prompts)
+    b = load_scorer("flax", model=str(micro_world / "clip"))(images, prompts)
     np.testing.assert_allclose(a.logits, b.logits, atol=1e-3)
 
 

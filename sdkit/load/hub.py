@@ -114,10 +114,10 @@ CLIP_FILES = ["config.json", "model.safetensors", "model.safetensors.index.json"
               "special_tokens_map.json", "preprocessor_config.json"]
 
 
-def resolve_clip(clip_model: str | os.PathLike, revision: str | None = None,
+def resolve_clip(model: str | os.PathLike, revision: str | None = None,
                  cache_dir: str | None = None) -> str:
-    """A local directory holding a CLIP's config.json and safetensors weights (a Hub id is downloaded)."""
-    name = os.fspath(clip_model)
+    """A local directory holding the config.json and safetensors weights of CLIP `model` (a Hub id is downloaded)."""
+    name = os.fspath(model)
     label = f"CLIP {name!r}"
     if looks_like_path(name):
         path = local_dir(name, label)

@@ -39,7 +39,7 @@ class Resolved:
     variant: str | None
 
 
-def _check_weights(root: Path, files: list[str], model_id: str) -> None:
+def _check_weights(root: Path, files: list[str], model: str) -> None:
     """Refuse repos whose weights are pickle only: unpickling runs arbitrary code."""
     index = json.loads((root / "model_index.json").read_text()) if (root / "model_index.json").exists() else {}
     for comp in WEIGHTED:
@@ -47,7 +47,7 @@ def _check_weights(root: Path, files: list[str], model_id: str) -> None:
             continue
         comp_files = [f for f in files if f.startswith(comp + "/")]
         if not any(f.endswith(".safetensors") for f in comp_files) and pickles(comp_files):
-            raise no_safetensors(f"model {model_id!r}", f"{comp}/", comp_files)
+            raise no_safetensors(f"model {model!r}", f"{comp}/", comp_files)
 
 
 def _pick_variant(files: list[str], dtype, variant) -> str | None:
@@ -94,18 +94,18 @@ def unet_in_channels(path: Path) -> int:
     return json.loads((Path(path) / "unet" / "config.json").read_text())["in_channels"]
 
 
-def check_task(task: str, path: Path, model_id: str) -> None:
+def check_task(task: str, path: Path, model: str) -> None:
     if task not in TASKS:
         raise ValueError(f"task={task!r}: choose one of {list(TASKS)}")
     channels = unet_in_channels(path)
     if channels == 9 and task != "inpainting":
         raise ValueError(
-            f"{model_id!r} is an inpainting checkpoint (its UNet takes 9 input channels: latents, mask and masked "
+            f"{model!r} is an inpainting checkpoint (its UNet takes 9 input channels: latents, mask and masked "
             f"image), so it cannot do {task!r}. Use task='inpainting', or a text-to-image checkpoint such as "
             "'stable-diffusion-v1-5/stable-diffusion-v1-5'."
         )
     if channels not in (4, 9):
-        raise ValueError(f"{model_id!r}: UNet with {channels} input channels is not a Stable Diffusion 1.x/2.x layout")
+        raise ValueError(f"{model!r}: UNet with {channels} input channels is not a Stable Diffusion 1.x/2.x layout")
 
 
 PIPELINE_CLASSES = {

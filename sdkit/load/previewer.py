@@ -18,7 +18,7 @@ from sdkit.load.hub import local_dir, local_files, looks_like_path, no_safetenso
 PREVIEWER_FILES = ["config.json", "diffusion_pytorch_model*.safetensors", "diffusion_pytorch_model.safetensors.index.json"]
 
 
-def load_previewer(model_or_path: str | os.PathLike, *, revision: str | None = None, cache_dir: str | None = None,
+def load_previewer(model: str | os.PathLike, *, revision: str | None = None, cache_dir: str | None = None,
                    device=None, dtype=None):
     """A tiny previewer: diffusers' `AutoencoderTiny` from a local folder or a Hub id, safetensors only.
 
@@ -31,7 +31,7 @@ def load_previewer(model_or_path: str | os.PathLike, *, revision: str | None = N
     Pass the pipeline's, `device=pipe.device, dtype=pipe.vae.dtype`, to decode its latents where they are.
     """
     device, dtype = _placement(device, dtype)
-    name = os.fspath(model_or_path)
+    name = os.fspath(model)
     label = f"previewer {name!r}"
     if name == "sdkit:toy":
         from sdkit.toy.previewer import toy_previewer_path

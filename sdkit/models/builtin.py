@@ -135,16 +135,16 @@ def clip_for(model: str) -> str:
     return TUTORIAL_CLIP
 
 
-def builtin_pipeline_path(model_id: str) -> Path:
+def builtin_pipeline_path(model: str) -> Path:
     """The folder of a built-in pipeline, built (or, for the toy world, unpacked) on first use."""
     from sdkit.models.tiny import tiny_pipeline_path
 
-    if model_id == "sdkit:tiny":
+    if model == "sdkit:tiny":
         return tiny_pipeline_path("text-to-image")
-    if model_id == "sdkit:tiny-inpainting":
+    if model == "sdkit:tiny-inpainting":
         return tiny_pipeline_path("inpainting")
-    if model_id == "sdkit:toy":
+    if model == "sdkit:toy":
         from sdkit.toy.world import toy_world_path
 
         return Path(toy_world_path()) / "pipeline"
-    raise ValueError(f"model={model_id!r}: built-in models are {list(BUILTIN)}")
+    raise ValueError(f"model={model!r}: built-in models are {list(BUILTIN)}")

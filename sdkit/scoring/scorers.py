@@ -80,11 +80,11 @@ class CLIPScorer:
 
     name = "clip"
 
-    def __init__(self, model_id: str, path: str, logit_scale: float, max_position_embeddings: int,
+    def __init__(self, model: str, path: str, logit_scale: float, max_position_embeddings: int,
                  cache_size: int = 1024):
         from transformers import CLIPTokenizer
 
-        self.model_id, self.path = model_id, path
+        self.model_id, self.path = model, path  # model_id: the checkpoint as named, recorded in every Scores
         self.tokenizer = CLIPTokenizer.from_pretrained(path)
         self.image_config = ImageConfig.from_pretrained(path)
         self.max_length = min(self.tokenizer.model_max_length, max_position_embeddings)
@@ -187,8 +187,8 @@ def _warn_jax_on_cpu(fallback: bool) -> None:
                   RuntimeWarning, stacklevel=3)
 
 
-def load_scorer(backend: str = "flax", clip_model: str = DEFAULT_CLIP, **kwargs) -> Scorer:
-    """A CLIP scorer. backend "flax": sdkit's Flax CLIP on all JAX devices; "torch": transformers' CLIPModel;
+def load_scorer(backend: str = "flax", model: str = DEFAULT_CLIP, **kwargs) -> Scorer:
+    """A CLIP scorer of CLIP checkpoint `model` (Hub id or folder). backend "flax": sdkit's Flax CLIP on all JAX devices; "torch": transformers' CLIPModel;
     "auto": Flax, unless torch has a GPU that JAX does not see (a CPU-only JAX), then torch on that GPU.
 
     "flax" with a CPU-only JAX next to a CUDA torch keeps Flax (on the CPU) and warns once with the install
@@ -208,18 +208,19 @@ def load_scorer(backend: str = "flax", clip_model: str = DEFAULT_CLIP, **kwargs)
     if backend == "auto":
         backend = "torch" if "device" in kwargs else "flax"
     module, cls = BACKENDS[backend]
-    return getattr(importlib.import_module(module), cls)(clip_model, **kwargs)
+    return getattr(importlib.import_module(module), cls)(model, **kwargs)
 
 
 _scorers: dict[tuple, "Scorer"] = {}
 _scorers_lock = threading.Lock()
 
 
-def get_scorer(backend: str = "flax", clip_model: str | None = None, **kwargs):
-    """A cached scorer: loading a CLIP and compiling it is done once per (backend, CLIP)."""
-    clip_model = clip_model or DEFAULT_CLIP
-    key = (backend, str(clip_model), tuple(sorted(kwargs.items())))
+def get_scorer(backend: str = "flax", model: str | None = None, **kwargs):
+    """A cached scorer: loading a CLIP (`model`, default DEFAULT_CLIP) and compiling it is done once per
+    (backend, CLIP)."""
+    model = model or DEFAULT_CLIP
+    key = (backend, str(model), tuple(sorted(kwargs.items())))
     with _scorers_lock:
         if key not in _scorers:
-            _scorers[key] = load_scorer(backend, str(clip_model), **kwargs)
+            _scorers[key] = load_scorer(backend, str(model), **kwargs)
         return _scorers[key]

@@ -12,7 +12,7 @@ class TorchCLIPScorer(CLIPScorer):
     """CLIP scores from transformers' PyTorch `CLIPModel` on one device ("auto": cuda, mps, else cpu).
 
     Args:
-        clip_model: Hub id or local directory of a CLIP checkpoint (safetensors only, never pickle).
+        model: Hub id or local directory of a CLIP checkpoint (safetensors only, never pickle).
         device: torch device or "auto" (picked as for pipelines: `sdkit.load.devices.resolve_device`).
         dtype: None for float32, or a torch dtype / name ("float16", "bfloat16").
         batch_size: images per forward pass.
@@ -20,7 +20,7 @@ class TorchCLIPScorer(CLIPScorer):
 
     name = "clip-torch"
 
-    def __init__(self, clip_model: str = DEFAULT_CLIP, *, device="auto", dtype=None, batch_size: int = 16,
+    def __init__(self, model: str = DEFAULT_CLIP, *, device="auto", dtype=None, batch_size: int = 16,
                  revision: str | None = None, cache_dir: str | None = None):
         import torch
         from transformers import CLIPModel
@@ -30,12 +30,12 @@ class TorchCLIPScorer(CLIPScorer):
 
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        path = resolve_clip(clip_model, revision, cache_dir)
+        path = resolve_clip(model, revision, cache_dir)
         dtype = getattr(torch, dtype) if isinstance(dtype, str) else (dtype or torch.float32)
         self.device, self.dtype, self.batch_size = torch.device(resolve_device(device)), dtype, batch_size
         with quiet_hf():
             self.model = CLIPModel.from_pretrained(path, use_safetensors=True, dtype=dtype).to(self.device).eval()
-        super().__init__(str(clip_model), path, float(self.model.logit_scale.detach().float()),
+        super().__init__(str(model), path, float(self.model.logit_scale.detach().float()),
                          self.model.config.text_config.max_position_embeddings)
 
     def _encode_text(self, input_ids: np.ndarray) -> np.ndarray:

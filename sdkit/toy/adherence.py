@@ -159,7 +159,7 @@ def _evaluate(world, *, n, groups, seed, num_inference_steps, guidance_scale, sc
     for backend in scorers:
         name, scorer = backend if isinstance(backend, tuple) else (backend, None)
         t = time.perf_counter()
-        scorer = scorer or load_scorer(name, clip_model=str(world / "clip"))
+        scorer = scorer or load_scorer(name, model=str(world / "clip"))
         top1[name] = top1_adherence(score_candidates(candidates, scorer), ok, n)
         control[name] = top1_adherence(score_candidates(wrong, scorer), ok, n)
         times[f"score_{name}_s"] = time.perf_counter() - t

@@ -36,7 +36,7 @@ class FlaxCLIPScorer(CLIPScorer):
     EOS pooling blind to padding), so a prompt's embedding never depends on its batch-mates.
 
     Args:
-        clip_model: Hub id or local directory of a CLIP checkpoint (safetensors).
+        model: Hub id or local directory of a CLIP checkpoint (safetensors).
         dtype: None for float32; "bfloat16"/"float16" to halve params and compute on accelerators.
         devices: the JAX devices to use.
         batch_size: images per device per forward pass (None: 4 on CPU, where small batches are as
@@ -45,7 +45,7 @@ class FlaxCLIPScorer(CLIPScorer):
 
     name = "clip-flax"
 
-    def __init__(self, clip_model: str = DEFAULT_CLIP, *, dtype=None, devices=None, batch_size: int | None = None,
+    def __init__(self, model: str = DEFAULT_CLIP, *, dtype=None, devices=None, batch_size: int | None = None,
                  revision: str | None = None, cache_dir: str | None = None):
         import jax
         import jax.numpy as jnp
@@ -59,8 +59,8 @@ class FlaxCLIPScorer(CLIPScorer):
         dtype = jnp.dtype(dtype or jnp.float32)
         if dtype not in (jnp.float32, jnp.bfloat16, jnp.float16):
             raise ValueError(f"dtype {dtype} is not supported; use None (float32), 'bfloat16' or 'float16'")
-        clip = load_flax_clip(clip_model, dtype=dtype, revision=revision, cache_dir=cache_dir)
-        super().__init__(str(clip_model), clip.path, float(np.asarray(clip.params["logit_scale"], np.float32)),
+        clip = load_flax_clip(model, dtype=dtype, revision=revision, cache_dir=cache_dir)
+        super().__init__(str(model), clip.path, float(np.asarray(clip.params["logit_scale"], np.float32)),
                          clip.config.text_config.max_position_embeddings)
         self.config, self.dtype, self.batch_size = clip.config, dtype, batch_size
         self.mesh = Mesh(np.array(self.devices), ("batch",))

@@ -90,19 +90,19 @@ def _dummy_inputs(config: CLIPConfig):
             jnp.zeros((1, v.num_channels, v.image_size, v.image_size), jnp.float32))
 
 
-def load_flax_clip(clip_model: str | os.PathLike = "openai/clip-vit-base-patch32", *, dtype=jnp.float32,
+def load_flax_clip(model: str | os.PathLike = "openai/clip-vit-base-patch32", *, dtype=jnp.float32,
                    revision: str | None = None, cache_dir: str | None = None) -> FlaxCLIP:
     """Load a Hub CLIP (`openai/clip-vit-base-patch32`, `openai/clip-vit-large-patch14`, ...) into Flax.
 
     Args:
-        clip_model: Hub id or local directory with config.json and model.safetensors.
+        model: Hub id or local directory with config.json and model.safetensors.
         dtype: params and compute dtype; `jnp.bfloat16`/`jnp.float16` halve memory on accelerators
             (LayerNorm statistics, softmax and the final normalisation stay fp32).
         revision, cache_dir: passed to `huggingface_hub.snapshot_download` (`sdkit.load.hub.resolve_clip`).
     """
     dtype = jnp.dtype(dtype)
-    path = resolve_clip(clip_model, revision, cache_dir)
+    path = resolve_clip(model, revision, cache_dir)
     with open(os.path.join(path, "config.json")) as f:
         config = CLIPConfig.from_dict(json.load(f))
     params = params_from_state_dict(load_state_dict(path), config, dtype)
-    return FlaxCLIP(CLIP(config, dtype), params, config, path, os.fspath(clip_model))
+    return FlaxCLIP(CLIP(config, dtype), params, config, path, os.fspath(model))
