@@ -226,36 +226,28 @@ def test_out_of_memory_halves_the_batch(tiny_pipe, tmp_path, monkeypatch, capsys
     assert all(np.array_equal(np.asarray(a.image), np.asarray(b.image)) for a, b in zip(run, ref))
 
 
-def test_out_of_memory_at_batch_one_keeps_finished(tiny_pipe, tmp_path, monkeypatch):
+@pytest.mark.parametrize("error, raised, match, n, batch_size, run_attr", [
+    # out of memory with nothing smaller to retry: a GenerationError carrying the finished run
+    (RuntimeError("MPS backend out of memory (MPS allocated: 8 GB)"), GenerationError,
+     "out of memory with batch_size=1", 3, 1, "run"),
+    # any other error propagates as itself, the finished run attached
+    (KeyError("boom"), KeyError, "boom", 4, 2, "sdkit_run"),
+], ids=["out_of_memory_at_batch_one", "other_error"])
+def test_an_error_in_the_second_batch_keeps_the_first(tiny_pipe, tmp_path, monkeypatch, error, raised, match, n,
+                                                      batch_size, run_attr):
     real = type(tiny_pipe).__call__
     calls = []
 
     def dies_later(self, *a, **k):
         calls.append(1)
         if len(calls) > 1:
-            raise RuntimeError("MPS backend out of memory (MPS allocated: 8 GB)")
+            raise error
         return real(self, *a, **k)
 
     monkeypatch.setattr(type(tiny_pipe), "__call__", dies_later)
-    with pytest.raises(GenerationError, match="out of memory with batch_size=1") as e:
-        generate(tiny_pipe, "a cat", n=3, seed=0, batch_size=1, output_dir=tmp_path, **FAST)
-    assert len(e.value.run) == 1 and len(list(tmp_path.glob("*.png"))) == 1
-
-
-def test_other_errors_propagate_with_finished_run(tiny_pipe, tmp_path, monkeypatch):
-    real = type(tiny_pipe).__call__
-    calls = []
-
-    def boom(self, *a, **k):
-        calls.append(1)
-        if len(calls) > 1:
-            raise KeyError("boom")
-        return real(self, *a, **k)
-
-    monkeypatch.setattr(type(tiny_pipe), "__call__", boom)
-    with pytest.raises(KeyError) as e:
-        generate(tiny_pipe, "a cat", n=4, seed=0, batch_size=2, output_dir=tmp_path, **FAST)
-    assert len(e.value.sdkit_run) == 2 and len(list(tmp_path.glob("*.png"))) == 2
+    with pytest.raises(raised, match=match) as e:
+        generate(tiny_pipe, "a cat", n=n, seed=0, batch_size=batch_size, output_dir=tmp_path, **FAST)
+    assert len(getattr(e.value, run_attr)) == batch_size and len(list(tmp_path.glob("*.png"))) == batch_size
 
 
 def test_safety_checker_flags_for_real(tmp_path, tiny_path):
