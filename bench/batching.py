@@ -15,6 +15,8 @@ import torch
 
 from sdkit import generate, load_pipeline
 from sdkit.generation import default_batch_size
+from sdkit.load.invariance import is_batch_invariant
+from sdkit.load.state import pipeline_info
 
 from .models import model_path
 from .report import compare
@@ -65,7 +67,7 @@ def run(cfg) -> dict:
 
     loop, default, full = "one call per image", f"sdkit default (batch {bs})", f"batch {n}, batched UNet"
     cases = {loop: loop_batched, default: sdkit_default, full: all_batched}
-    per_sample = bool(getattr(pipe.unet, "_sdkit_per_sample", False))
+    per_sample = is_batch_invariant(pipe)
     if per_sample and n != bs:
         cases[f"batch {n}, per-candidate UNet"] = lambda: generate(pipe, PROMPT, n=n, seeds=seeds, batch_size=n,
                                                                 progress=False, **kw)
@@ -83,7 +85,7 @@ def run(cfg) -> dict:
     return {
         "title": "2. Batching: N candidates vs one call per image",
         "setup": (f"{cfg.big_model}, {n} candidates at {cfg.batching_size}², {cfg.batching_steps} DDIM steps, guidance 7.5, "
-                  f"sdkit's {pipe._sdkit['device']} defaults ({pipe._sdkit['dtype']}, per-candidate UNet {per_sample}); "
+                  f"sdkit's {pipeline_info(pipe).device} defaults ({pipeline_info(pipe).dtype}, per-candidate UNet {per_sample}); "
                   f"times are per image."),
         "times": summary(per_image),
         "ratios": ratios_,

@@ -18,6 +18,8 @@ import numpy as np
 import torch
 
 from sdkit import generate, load_pipeline
+from sdkit.load.invariance import is_batch_invariant
+from sdkit.load.state import pipeline_info
 
 from .models import model_path
 from .report import compare, ratio, table
@@ -171,7 +173,7 @@ def run(cfg) -> dict:
 
     path = model_path(cfg.big_model)
     sdkit_pipe = load_pipeline(str(path), device=cfg.device)
-    device = sdkit_pipe._sdkit["device"]
+    device = pipeline_info(sdkit_pipe).device
     cases, ref = step_cases(path, cfg.dtype_size, sdkit_pipe, device, cfg.all_variants, cfg.compile)
     low = torch.float16 if device.startswith("cuda") else torch.bfloat16  # the GEMM peak that matters here
 
@@ -212,8 +214,8 @@ def run(cfg) -> dict:
     psnrs = [psnr(x, y) for x, y in zip(sd_images, ref_images)]
     del ref_pipe, ref
 
-    info = sdkit_pipe._sdkit
-    per_sample = bool(getattr(sdkit_pipe.unet, "_sdkit_per_sample", False))
+    info = pipeline_info(sdkit_pipe)
+    per_sample = is_batch_invariant(sdkit_pipe)
     ratios_ = [compare(f"{device} default speed-up, {cfg.dtype_size}² step", times, DIFFUSERS, SDKIT,
                        what=f"{DIFFUSERS} / {SDKIT} (time)", target=(">=", 2.5))]
     for k in cases:
@@ -241,7 +243,7 @@ def run(cfg) -> dict:
         "title": f"3. Device defaults: one denoising step on {device}, sdkit's default vs diffusers' fp32",
         "setup": (f"{cfg.big_model} UNet, one CFG step (batch 2) at {cfg.dtype_size}², {flops / 1e12:.3g} TFLOP "
                   f"(torch FlopCounterMode); sdkit default = `load_pipeline(device={device!r})`: "
-                  f"{info['dtype']}, channels_last {_is_channels_last(sdkit_pipe.unet)}, per-candidate UNet {per_sample}. {gemm} {n}×{n} ×{gemm_reps} in the same loop. "
+                  f"{info.dtype}, channels_last {_is_channels_last(sdkit_pipe.unet)}, per-candidate UNet {per_sample}. {gemm} {n}×{n} ×{gemm_reps} in the same loop. "
                   f"PSNR: {len(seeds)} images, {cfg.psnr_steps} DDIM steps at {cfg.psnr_size}², same seeds."),
         "times": summary(times),
         "ratios": ratios_,
@@ -251,6 +253,6 @@ def run(cfg) -> dict:
                    table(["image PSNR vs diffusers fp32, same seed (dB)", "value"],
                          [[f"seed {s}", p] for s, p in zip(seeds, psnrs)])],
         "data": {"flops": flops, "rel_error": rel, "psnr": psnrs, "tflops": tflops, "gemm_peak_flops_per_s": gemm_peak,
-                 "sdkit_dtype": info["dtype"], "sdkit_per_sample": per_sample, "first_call": first_call,
+                 "sdkit_dtype": info.dtype, "sdkit_per_sample": per_sample, "first_call": first_call,
                  "seconds_by_op": by_op},
     }

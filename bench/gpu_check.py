@@ -223,7 +223,9 @@ class Check:
         import diffusers
         import torch
 
+        from sdkit.load.invariance import is_batch_invariant
         from sdkit.load.pipeline import _DTYPE_KW
+        from sdkit.load.state import pipeline_info
 
         from .overhead import bare_call
         from .timing import interleaved
@@ -233,14 +235,14 @@ class Check:
         t0 = time.perf_counter()
         pipe = self.pipe()
         load_s = time.perf_counter() - t0
-        dtype = getattr(torch, pipe._sdkit["dtype"])
+        dtype = getattr(torch, pipeline_info(pipe).dtype)
         # A bare diffusers pipeline from the same folder, in the dtype sdkit chose: what a tutorial writes.
         bare = diffusers.StableDiffusionPipeline.from_pretrained(path, safety_checker=None, requires_safety_checker=False,
                                                                 use_safetensors=True, **{_DTYPE_KW: dtype}).to(p.device)
         bare.set_progress_bar_config(disable=True)
         processors = sorted({type(a).__name__ for a in pipe.unet.attn_processors.values()})
-        data = {"dtype": pipe._sdkit["dtype"], "attention": processors, "load_s": load_s,
-                "batch_invariant": bool(getattr(pipe.unet, "_sdkit_per_sample", False)),
+        data = {"dtype": pipeline_info(pipe).dtype, "attention": processors, "load_s": load_s,
+                "batch_invariant": is_batch_invariant(pipe),
                 "memory_kind": self.memory.kind, "batches": {}}
         checks = [check("sdkit default dtype", data["dtype"], "float16 on CUDA",
                         data["dtype"] == "float16" if p.device.startswith("cuda") else None),
@@ -380,13 +382,14 @@ class Check:
     # reproducibility
     def section_reproducibility(self) -> dict:
         from sdkit import load_pipeline
+        from sdkit.load.invariance import is_batch_invariant
 
         from .timing import interleaved
 
         p, clock = self.plan, self.clock
         seeds = list(range(p.repro_seeds))
         data, checks, per_image = {}, [], {}
-        default = bool(getattr(self.pipe().unet, "_sdkit_per_sample", False))
+        default = is_batch_invariant(self.pipe())
         for invariant in (default, not default):  # the device's default first
             clock.need(10 if not p.dry_run else 0.5, f"batch_invariant={invariant}")
             pipe = load_pipeline(str(self.paths()[0]), device=p.device, batch_invariant=invariant)

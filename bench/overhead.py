@@ -14,6 +14,8 @@ import numpy as np
 import torch
 
 from sdkit import generate, load_pipeline
+from sdkit.load.invariance import is_batch_invariant
+from sdkit.load.state import pipeline_info
 
 from .models import model_path
 from .report import compare, ratio, table
@@ -43,8 +45,8 @@ def measure(model: str, *, device: str, size: int, steps: int, n: int, batch_siz
     if not same:
         raise AssertionError(f"{model}: sdkit's generate and the bare pipeline call gave different images")
     times = interleaved({"sdkit generate": sd, "bare diffusers call": bare}, reps=reps, warmup=0)
-    return {"times": times, "identical": same, "dtype": pipe._sdkit["dtype"],
-            "batch_invariant": bool(getattr(pipe.unet, "_sdkit_per_sample", False))}
+    return {"times": times, "identical": same, "dtype": pipeline_info(pipe).dtype,
+            "batch_invariant": is_batch_invariant(pipe)}
 
 
 def run(cfg) -> dict:

@@ -191,6 +191,10 @@ def _texts(output):
         yield ("data", "text/plain"), data, "text/plain"
 
 
+# The tolerant comparisons installed on nbval (`pytest_configure` may run more than once in a process).
+_TOLERANT: set = set()
+
+
 def _tolerant(compare_outputs):
     def wrapped(self, test, ref, skip_compare=None):
         units = self.config.getoption("sdkit_tolerance")
@@ -209,7 +213,7 @@ def _tolerant(compare_outputs):
                         _report(self, new, box[field])
         return compare_outputs(self, test, ref, skip_compare)
 
-    wrapped._sdkit = True
+    _TOLERANT.add(wrapped)
     return wrapped
 
 
@@ -234,7 +238,7 @@ def pytest_addoption(parser):
 def pytest_configure(config):
     from nbval.plugin import IPyNbCell
 
-    if not getattr(IPyNbCell.compare_outputs, "_sdkit", False):
+    if IPyNbCell.compare_outputs not in _TOLERANT:
         IPyNbCell.compare_outputs = _tolerant(IPyNbCell.compare_outputs)
 
 

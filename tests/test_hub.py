@@ -53,9 +53,10 @@ def test_deleted_tutorial_ids_resolve_to_mirrors(tmp_path, tiny_path, tiny_inpai
     install_in_hub_cache(tiny_inpaint_path, "stable-diffusion-v1-5/stable-diffusion-inpainting", cache)
     code = textwrap.dedent("""
         from sdkit.load.pipeline import load_pipeline
+        from sdkit.load.state import pipeline_info
         a = load_pipeline("runwayml/stable-diffusion-v1-5")
         b = load_pipeline("runwayml/stable-diffusion-inpainting", "inpainting")
-        print("IDS", a._sdkit["model_id"], b._sdkit["model_id"])
+        print("IDS", pipeline_info(a).model_id, pipeline_info(b).model_id)
     """)
     env = {"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache), "PATH": "/usr/bin:/bin", "HOME": str(Path.home())}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)

@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from sdkit import generate, load_pipeline
-from sdkit.load.invariance import _per_candidate, cfg_pairs
+from sdkit.load.invariance import _per_candidate, cfg_pairs, is_batch_invariant
 from sdkit.load.schedulers import SCHEDULERS
+from sdkit.load.state import ModuleState, module_state
 
 FAST = dict(num_inference_steps=3, height=64, width=64)
 
@@ -30,7 +31,8 @@ def test_one_call_per_candidate_with_its_pair(monkeypatch):
         calls.append((sample.shape[0], ehs.clone()))
         return inner(sample, t, ehs, *a, **k)
 
-    monkeypatch.setattr(pipe.unet, "forward", _per_candidate(spy))
+    assert is_batch_invariant(pipe)  # the CPU's default
+    monkeypatch.setattr(pipe.unet, "forward", _per_candidate(spy, ModuleState(), pipe.unet.config.out_channels))
     generate(pipe, ["a red circle", "a cat", "a dog"], n=1, seed=0, batch_size=3, negative_prompt="ugly", **FAST)
     assert [b for b, _ in calls] == [2] * 9  # 3 steps x 3 candidates, each one call of [uncond, cond]
     uncond, cond = calls[0][1][0], calls[0][1][1]
@@ -135,7 +137,7 @@ def test_skipped_candidates_leave_the_others_bit_identical(scheduler):
 
     with skipping(pipe) as skip:
         real = pipe.unet.forward
-        pipe.unet.forward = functools.wraps(real)(_per_candidate(counted, pipe.unet))
+        pipe.unet.forward = functools.wraps(real)(_per_candidate(counted, module_state(pipe.unet), pipe.unet.config.out_channels))
 
         def prune(progress):
             if progress.step == 2 and progress.finished is None:
@@ -145,7 +147,7 @@ def test_skipped_candidates_leave_the_others_bit_identical(scheduler):
             run = generate(pipe, ["a red circle", "a cat"], n=2, seed=3, callback=prune, **kw)
         finally:
             pipe.unet.forward = real
-    assert "_sdkit_skip" not in vars(pipe.unet)  # the block is over: nothing skipped any more
+    assert module_state(pipe.unet).skip is None  # the block is over: nothing skipped any more
     same = [np.array_equal(np.asarray(a.image), np.asarray(b.image)) for a, b in zip(run, ref)]
     assert same == [True, False, False, True]
     pipe.scheduler.set_timesteps(5)  # UNet evaluations per candidate (Heun: two per step but the last)

@@ -7,6 +7,7 @@ import torch
 
 from sdkit.load.devices import cpu_has_bf16
 from sdkit.load.pipeline import load_pipeline, resolve
+from sdkit.load.state import module_state, pipeline_info
 
 
 def test_auto_device_and_dtype_on_cpu(tiny_pipe):
@@ -14,8 +15,20 @@ def test_auto_device_and_dtype_on_cpu(tiny_pipe):
     # The tiny UNet is too small for bf16 to pay (bench/), so fp32 on every CPU: the same pixels everywhere.
     assert tiny_pipe.unet.dtype == tiny_pipe.vae.dtype == tiny_pipe.text_encoder.dtype == torch.float32
     assert tiny_pipe.unet.conv_in.weight.is_contiguous()
-    assert tiny_pipe._sdkit["dtype"] == "float32"
-    assert tiny_pipe._sdkit["model_id"] == "sdkit:tiny"
+    assert pipeline_info(tiny_pipe).dtype == "float32"
+    assert pipeline_info(tiny_pipe).model_id == "sdkit:tiny"
+
+
+def test_sdkit_hangs_nothing_on_diffusers_objects():
+    """What sdkit remembers of a pipeline and its modules lives in sdkit.load.state, not in their attributes."""
+    from sdkit.load.invariance import is_batch_invariant
+
+    pipe = load_pipeline("sdkit:tiny", scheduler="Euler a")  # from_pipe of the cached one
+    assert is_batch_invariant(pipe) and pipeline_info(pipe).task == "text-to-image"
+    own_cls, _ = pipeline_info(pipe).own_scheduler
+    assert own_cls.__name__ == "DDIMScheduler" and type(pipe.scheduler).__name__ == "EulerAncestralDiscreteScheduler"
+    for obj in (pipe, pipe.unet, pipe.text_encoder, pipe.vae, pipe.scheduler):
+        assert not [k for k in vars(obj) if "sdkit" in k], type(obj).__name__
 
 
 def test_big_unet_gets_bf16_and_nhwc_where_the_cpu_has_it(tmp_path, monkeypatch):
@@ -31,7 +44,7 @@ def test_big_unet_gets_bf16_and_nhwc_where_the_cpu_has_it(tmp_path, monkeypatch)
     assert pipe.unet.dtype == pipe.vae.dtype == pipe.text_encoder.dtype == (torch.bfloat16 if bf16 else torch.float32)
     w = pipe.unet.conv_in.weight
     assert (w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous()) == bf16
-    assert pipe._sdkit["dtype"] == str(pipe.unet.dtype).removeprefix("torch.")
+    assert pipeline_info(pipe).dtype == str(pipe.unet.dtype).removeprefix("torch.")
 
 
 def test_cached_and_shared_between_tasks(tiny_pipe):
@@ -129,7 +142,7 @@ def test_compile_matches_eager_and_stays_batch_invariant(tmp_path):
     shutil.copytree(tiny_pipeline_path(), path)
     eager = load_pipeline(str(path), dtype="fp32")
     compiled = load_pipeline(str(path), dtype="fp32", compile=True)
-    assert compiled.unet is not eager.unet and compiled.unet._sdkit_compiled
+    assert compiled.unet is not eager.unet and module_state(compiled.unet).compiled
     kw = dict(n=3, seed=0, num_inference_steps=3, height=64, width=64, progress=False)
     a = [np.asarray(c.image, np.int16) for c in generate(eager, "a red circle", batch_size=3, **kw)]
     b = [np.asarray(c.image, np.int16) for c in generate(compiled, "a red circle", batch_size=3, **kw)]

@@ -51,8 +51,9 @@ def test_hub_cache_layout_offline(tmp_path, tiny_path):
         import sys
         from sdkit.load.pipeline import load_pipeline
         from sdkit.generation import generate
+        from sdkit.load.state import pipeline_info
         pipe = load_pipeline("someorg/tiny-sd")
-        print("PATH", pipe._sdkit["model_id"], type(pipe).__name__)
+        print("PATH", pipeline_info(pipe).model_id, type(pipe).__name__)
         run = generate(pipe, "a red circle", n=1, seed=3, num_inference_steps=2, progress=False)
         print("SIZE", run[0].image.size, run[0].model_id)
         try:

@@ -21,6 +21,7 @@ from sdkit.load.devices import auto_dtype, resolve_device, resolve_dtype, unet_p
 from sdkit.load.hub import MIRRORS, local_dir, local_files, looks_like_path, no_safetensors, pickles, repo_files, snapshot
 from sdkit.load.invariance import make_batch_invariant
 from sdkit.load.schedulers import check_scheduler, make_scheduler
+from sdkit.load.state import module_state, pipeline_info, remember
 from sdkit.models.builtin import BUILTIN, builtin_pipeline_path
 from sdkit.quiet import quiet_hf
 
@@ -186,11 +187,11 @@ def load_pipeline(
         if base is not None:
             # A scheduler holds per-run state (timesteps, step index), and the base may have another
             # one: each pipeline gets its own, made from the model's own scheduler config.
-            own_cls, own_config = base._sdkit_own_scheduler
+            own_cls, own_config = pipeline_info(base).own_scheduler
             with quiet_hf(messages=True):
                 # dtype given: from_pipe otherwise casts the shared modules, the base's too, to fp32.
                 pipe = cls.from_pipe(base, scheduler=own_cls.from_config(own_config), **{_DTYPE_KW: torch_dtype})
-            pipe._sdkit_own_scheduler = base._sdkit_own_scheduler
+            own = pipeline_info(base).own_scheduler
         else:
             kwargs = {}
             if not safety_checker:
@@ -203,13 +204,13 @@ def load_pipeline(
                 _compile_unet(pipe.unet, device)
             if batch_invariant:
                 make_batch_invariant(pipe)
-            pipe._sdkit_own_scheduler = (type(pipe.scheduler), pipe.scheduler.config)
+            own = (type(pipe.scheduler), pipe.scheduler.config)
         pipe.set_progress_bar_config(disable=True)  # sdkit reports progress itself
         if scheduler is not None:
-            pipe.scheduler = make_scheduler(scheduler, pipe._sdkit_own_scheduler[1])
+            pipe.scheduler = make_scheduler(scheduler, own[1])
         # What sdkit records in every result.
-        pipe._sdkit = {"model_id": res.model_id, "revision": res.revision, "task": task,
-                       "device": device, "dtype": str(torch_dtype).replace("torch.", "")}
+        remember(pipe, model_id=res.model_id, revision=res.revision, task=task, device=device,
+                 dtype=str(torch_dtype).replace("torch.", ""), own_scheduler=own)
         _cache[key] = pipe
         return pipe
 
@@ -247,7 +248,7 @@ def _compile_unet(unet, device: str) -> None:
             warnings.filterwarnings("ignore", message=r".*functools\.lru_cache.*")
             return compiled(*args, **kwargs)
     unet.forward = forward
-    unet._sdkit_compiled = True
+    module_state(unet).compiled = True
 
 
 def clear_cache() -> None:
