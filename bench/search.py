@@ -48,7 +48,7 @@ def _load(world, previewer=None):
     import torch
 
     from sdkit.load.pipeline import load_pipeline
-    from sdkit.ranking import scorer_for
+    from sdkit.scoring.scorers import scorer_for
 
     torch.set_num_threads(1)  # the per-candidate UNet calls are tiny: one thread each, workers in parallel
     pipe = load_pipeline(str(Path(world) / "pipeline"), device="cpu", dtype="fp32", safety_checker=False,

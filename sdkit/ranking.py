@@ -14,6 +14,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from sdkit.results import Ranked, Scores
+from sdkit.scoring.scorers import scorer_for
 
 
 def with_scores(candidates: Sequence[Any], scores: Scores) -> list:
@@ -115,6 +116,8 @@ def rerank(candidates, scorer: Any = "flax", *, clip_model: str | None = None, s
     Returns:
         `Ranked` entries (candidate, rank, score, logit), grouped by prompt, best first.
     """
+    if scorer is None:  # None means "no scoring" everywhere in sdkit: nothing to rank by
+        raise ValueError("rerank(..., scorer=None): nothing to rank by; pass 'flax', 'torch', 'auto' or a scorer")
     cands: Sequence = list(getattr(candidates, "candidates", candidates))
     if not cands:
         raise ValueError("nothing to rerank: the run has no candidates (was it cancelled before the first batch?)")
@@ -123,17 +126,6 @@ def rerank(candidates, scorer: Any = "flax", *, clip_model: str | None = None, s
     if save:
         record_scores([r.candidate for r in ranked])
     return ranked
-
-
-def scorer_for(scorer: Any, model: str, clip_model: str | None = None):
-    """`scorer` itself, or the named backend ("flax", "torch", "auto") loaded once, with `clip_model` or the
-    CLIP that belongs with `model` (`sdkit.models.builtin.clip_for`)."""
-    if not isinstance(scorer, str):
-        return scorer
-    from sdkit.models.builtin import clip_for
-    from sdkit.scoring.scorers import get_scorer
-
-    return get_scorer(scorer, clip_model or clip_for(model))
 
 
 def record_scores(candidates: Sequence[Any]) -> None:

@@ -211,6 +211,24 @@ def test_load_scorer(tiny):
     assert isinstance(scorer, FlaxCLIPScorer) and scorer.batch_size == 3 and scorer.model_id == tiny
 
 
+def test_scorer_for_is_the_one_resolver(tiny, monkeypatch):
+    """None is "no scoring", a name loads that backend once with the CLIP beside the model, an object is itself."""
+    import sdkit.ranking
+    import sdkit.scoring.scorers as scorers
+    from sdkit.scoring.scorers import scorer_for
+
+    assert sdkit.ranking.scorer_for is scorer_for  # the old import path is the same function
+    assert scorer_for(None, "sdkit:tiny") is None and scorer_for(None, "sdkit:tiny", tiny) is None
+    mine = lambda images, prompts: None  # noqa: E731
+    assert scorer_for(mine, "sdkit:tiny") is mine
+    loaded = []
+    monkeypatch.setattr(scorers, "get_scorer", lambda backend, model: loaded.append((backend, model)) or backend)
+    assert scorer_for("torch", "sdkit:tiny") == "torch" and [(b, str(m)) for b, m in loaded] == [("torch", str(tiny))]  # clip_for
+    assert scorer_for("flax", "sdkit:tiny", "other/clip") == "flax" and loaded[-1] == ("flax", "other/clip")
+    with pytest.raises(ValueError, match="scorer=None"):
+        sdkit.ranking.rerank([object()], None)
+
+
 def test_long_prompts_truncated_with_warning(tiny, flax_scorer, torch_scorer):
     images, _ = candidates()
     long = " ".join(["a red circle and a blue square"] * 20)  # well over 77 tokens

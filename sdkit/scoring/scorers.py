@@ -26,7 +26,7 @@ import sys
 import threading
 import warnings
 from collections import OrderedDict
-from typing import Protocol, Sequence
+from typing import Any, Protocol, Sequence
 
 import numpy as np
 from PIL import Image
@@ -224,3 +224,17 @@ def get_scorer(backend: str = "flax", model: str | None = None, **kwargs):
         if key not in _scorers:
             _scorers[key] = load_scorer(backend, str(model), **kwargs)
         return _scorers[key]
+
+
+def scorer_for(scorer: Any, model: str, clip_model: str | None = None):
+    """The one "scorer argument -> scorer" of sdkit (rerank, search, sweeps, the explorer all take it so):
+
+    None: no scoring (returns None); a name ("flax", "torch", "auto"): that backend, loaded once
+    (`get_scorer`) with CLIP `clip_model`, or by default the CLIP that belongs with the pipeline checkpoint
+    `model` (`sdkit.models.builtin.clip_for`); anything else: a scorer object, returned as it is.
+    """
+    if scorer is None or not isinstance(scorer, str):
+        return scorer
+    from sdkit.models.builtin import clip_for
+
+    return get_scorer(scorer, clip_model or clip_for(model or ""))
