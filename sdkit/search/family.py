@@ -20,7 +20,8 @@ from sdkit.files import write_once
 from sdkit.generation import generate
 from sdkit.load.invariance import cfg_pairs
 from sdkit.load.state import module_state, pipeline_info
-from sdkit.ranking import rank, score_candidates, scorer_for
+from sdkit.ranking import rank, score_candidates
+from sdkit.scoring.scorers import scorer_for
 from sdkit.results import Candidate, Compute, Pruned, Run, Search
 from sdkit.save import append_manifest, new_run_id, read_manifest, read_pruned, recover, save_candidate
 
