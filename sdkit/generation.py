@@ -5,8 +5,7 @@ is the same image whether it was made in a batch of 8, of 3, or alone. The
 generators live on the CPU: a seed then gives the same starting noise on any
 device, which is what makes a seed worth recording.
 
-`generate` knows nothing of searching or scoring: a search (`sdkit.search`) sits above it and calls it, with
-`before_save` to score and keep candidates before they are written.
+A search (`sdkit.search`) sits above `generate` and calls it, with `before_save` to score and keep candidates.
 """
 
 from __future__ import annotations
@@ -90,8 +89,7 @@ def generate(
     Returns:
         A `Run` whose candidates are in index order: prompt by prompt, seed by seed.
 
-    A search is not a `generate` argument: call a strategy of `sdkit.search` (e.g.
-    `sdkit.search.successive_halving(pipe, prompt, scorer, n=32)`), which calls `generate` itself.
+    A search is not a `generate` argument: call a strategy of `sdkit.search`, which calls `generate` itself.
     """
     _refuse(removed)
     prompts = as_prompt_list(prompt)

@@ -9,7 +9,8 @@ line, or a torn last line: `recover` repairs all three, and runs whenever a
 folder is used again (`generate`, a resume, `read_manifest`).
 
 Metadata: a `parameters` text chunk in AUTOMATIC1111's format, which the common
-SD metadata readers understand, and an `sdkit` chunk with the full JSON.
+SD metadata readers understand, and an `sdkit` chunk with the full JSON. Over 300 lines: writing, reading and
+`recover` share one on-disk protocol (temp names, the order of file and manifest line), kept in one place.
 """
 
 from __future__ import annotations

@@ -5,7 +5,8 @@ judge), then the UNet on the VAE's latents, conditioned on the CLIP text tower.
 Everything is a stock Hugging Face class (`AutoencoderKL`, `CLIPModel`,
 `UNet2DConditionModel`), so the saved files load through the same code as real
 checkpoints. The three trainers share one loop (`_fit`); each brings its batch loss. Same
-seed + same thread count gave bit-identical weights here.
+seed + same thread count gave bit-identical weights here. Over 300 lines: the three trainers share one
+loop and one data recipe, which would only be scattered by a split.
 """
 
 from __future__ import annotations
