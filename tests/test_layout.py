@@ -3,7 +3,8 @@ circle, no module shadows a name of the package face, and `import sdkit` stays l
 
 Imports are read with `ast`, inside functions too: a lazy import is still a dependency, and so is
 `importlib.import_module("sdkit.x")` with a literal name. Lazy *faces* (a name -> module table resolved by
-`importlib`) are not imports and are not counted. The only upward edges allowed are `sdkit.UPWARD`'s.
+`importlib`) are not imports and are not counted. Data flows down with no exception: no upward edge is allowed
+(`sdkit.UPWARD` is empty) and no circle.
 """
 
 from __future__ import annotations
@@ -72,10 +73,14 @@ def test_every_module_has_a_layer():
         layer_of(m)
 
 
+def test_upward_is_empty():
+    """No declared exception: the layers hold for every import (generate no longer reaches up into search)."""
+    assert sdkit.UPWARD == {}
+
+
 def test_nothing_imports_a_layer_above_it():
     upward = [f"{m} (layer {layer_of(m)}) imports {t} (layer {layer_of(t)})"
-              for m, targets in sorted(GRAPH.items()) for t in sorted(targets)
-              if layer_of(t) > layer_of(m) and t not in sdkit.UPWARD.get(m, ())]
+              for m, targets in sorted(GRAPH.items()) for t in sorted(targets) if layer_of(t) > layer_of(m)]
     assert not upward, "\n".join(upward)
 
 
@@ -84,7 +89,7 @@ def test_no_import_circles():
 
     def visit(m, stack):
         state[m] = "open"
-        for t in sorted(set(GRAPH.get(m, ())) - set(sdkit.UPWARD.get(m, ()))):  # the declared edges close no circle
+        for t in sorted(GRAPH.get(m, ())):
             if state.get(t) == "open":
                 circles.append(" -> ".join(stack[stack.index(t):] + [t]))
             elif t not in state:
@@ -98,18 +103,29 @@ def test_no_import_circles():
 
 
 def test_the_checker_sees_upward_imports_and_circles():
-    """The walk can fail: a lazy import of the explorer from save is upward, and a pair importing each other
-    is a circle."""
+    """The walk can fail: a lazy import of the explorer from save is upward, so is an `importlib.import_module`
+    literal, and a pair importing each other (by importlib too) is a circle."""
     save = imports_in("import json\n\ndef f():\n    from sdkit.show.explorer import widgets\n", "sdkit.save")
     assert save == {"sdkit.show.explorer.widgets"} and layer_of("sdkit.show.explorer.widgets") > layer_of("sdkit.save")
     relative = imports_in("from ..results import Candidate\nfrom . import masks\n", "sdkit.edit.tasks")
     assert relative == {"sdkit.results", "sdkit.edit.masks"}
     hidden = imports_in("import importlib\n\ndef f():\n    importlib.import_module('sdkit.cli.main')\n", "sdkit.save")
-    assert hidden == {"sdkit.cli.main"} and "sdkit.cli.main" not in sdkit.UPWARD.get("sdkit.save", ())
+    assert hidden == {"sdkit.cli.main"}
+    # What c0504fc removed: generate reaching up into the strategies by importlib is an upward edge, and one.
+    reach = imports_in("import importlib\n\ndef generate(search):\n    return importlib.import_module("
+                       "'sdkit.search.baseline').best_of_n\n", "sdkit.generation")
+    assert reach == {"sdkit.search.baseline"}
     global GRAPH
     real = GRAPH
     assert "sdkit.toy.previewer" in real["sdkit.load.previewer"]  # a real import inside a function is seen, not missed
+    assert "sdkit.generation" in real["sdkit.search.family"]  # the search layer calls generate: the downward edge
     try:
+        GRAPH = {**real, "sdkit.generation": real["sdkit.generation"] | reach}
+        with pytest.raises(AssertionError, match=r"sdkit.generation \(layer 4\) imports sdkit.search.baseline \(layer 8\)"):
+            test_nothing_imports_a_layer_above_it()
+        with pytest.raises(AssertionError, match="sdkit.generation -> sdkit.search.baseline -> sdkit.search.family "
+                                                 "-> sdkit.generation"):
+            test_no_import_circles()
         GRAPH = {**real, "sdkit.results": real["sdkit.results"] | {"sdkit.checks"},
                  "sdkit.checks": real["sdkit.checks"] | {"sdkit.results"}}
         with pytest.raises(AssertionError, match="sdkit.checks -> sdkit.results -> sdkit.checks"):
