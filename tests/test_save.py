@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sdkit.generation import generate, regenerate
+from sdkit.generation import generate
+from sdkit.search.replay import regenerate
 from sdkit.files import FAULT_POINTS, TEMP_NAME, write_new_file, write_temp
 from sdkit.save import (a1111_parameters, file_name, png_bytes, read_manifest, read_metadata, read_parameters,
                         recover, update_scores)
