@@ -189,6 +189,42 @@ def test_progress_callback_per_step_and_batch(tiny_pipe):
     assert batches[-1].done == batches[-1].total == 3
 
 
+def test_before_save_drops_and_changes_candidates_before_they_are_saved_or_reported(tiny_pipe, tmp_path):
+    """A search's hook: each decoded batch goes through `before_save`; only what it returns is saved (with what it
+    set), kept in the run and reported as finished."""
+    import dataclasses
+
+    from sdkit.save import read_manifest, read_metadata
+
+    seen, events = [], []
+
+    def before_save(batch):
+        seen.append([(c.index, c.seed, c.image is not None, c.path) for c in batch])
+        return [dataclasses.replace(c, score=float(c.seed), extra={**c.extra, "kept_by": "hook"})
+                for c in batch if c.seed % 2 == 0]
+
+    out = tmp_path / "o"
+    run = generate(tiny_pipe, "a cat", n=4, seed=0, batch_size=2, output_dir=out, callback=events.append,
+                   before_save=before_save, **FAST)
+    # Called once per decoded batch, with the images made and nothing saved yet.
+    assert seen == [[(0, 0, True, None), (1, 1, True, None)], [(2, 2, True, None), (3, 3, True, None)]]
+    assert [(c.index, c.seed, c.score, c.extra["kept_by"]) for c in run] == [(0, 0, 0.0, "hook"), (2, 2, 2.0, "hook")]
+    plain = generate(tiny_pipe, "a cat", n=4, seed=0, batch_size=2, **FAST)
+    assert all(np.array_equal(a, b) for a, b in zip(pixels(run), pixels(plain)[::2]))
+    # Only the kept ones are on disk, as the hook changed them; the dropped ones nowhere.
+    records = read_manifest(out)
+    assert sorted(r["seed"] for r in records) == [0, 2] and len(list(out.glob("*.png"))) == 2
+    assert len((out / "manifest.jsonl").read_text().splitlines()) == 2
+    for c in run:
+        meta = read_metadata(c.path)
+        assert meta["score"] == float(c.seed) and meta["extra"]["kept_by"] == "hook"
+    # Progress reports what was kept: the dropped candidates are never `finished`.
+    batches = [e for e in events if e.finished is not None]
+    assert [[c.seed for c in e.finished] for e in batches] == [[0], [2]]
+    assert [e.done for e in batches] == [1, 2]  # candidates kept so far
+    assert all(c.extra.get("kept_by") == "hook" for e in batches for c in e.finished)
+
+
 def test_cancel_keeps_finished_candidates(tiny_pipe, tmp_path):
     stop = threading.Event()
     seen = []
@@ -283,8 +319,10 @@ def test_progress_counts_only_steps_that_run_for_img2img():
 
 
 def test_regenerate_refuses_edit_tasks_with_a_pointer():
-    from sdkit.generation import regenerate
+    import sdkit.generation
+    from sdkit import regenerate
 
+    assert not hasattr(sdkit.generation, "regenerate")  # it lives in the search layer (sdkit.search.replay)
     with pytest.raises(ValueError, match=r"sdkit.inpaint\(..., seeds=\[5\]\)"):
         regenerate({"task": "inpainting", "seed": 5, "model_id": "sdkit:tiny-inpainting"})
 
