@@ -16,11 +16,12 @@ STRATEGIES = {"best_of_n": "baseline", "draft_then_finish": "drafts", "successiv
 
 
 def _common() -> frozenset[str]:
-    """Arguments every strategy takes and hands on (generate's own, the scorer's checkpoint, an edit), not settings."""
+    """Arguments every strategy takes and hands on (the pipeline and prompt, generate's own, the scorer and its
+    checkpoint, an edit), not settings."""
     from sdkit.generation import generate
 
     own = {k for k, p in inspect.signature(generate).parameters.items() if p.kind != p.VAR_KEYWORD}
-    return frozenset(own - {"pipe", "prompt", "before_save"} | {"clip_model", "edit", "scorer"})
+    return frozenset(own - {"before_save"} | {"clip_model", "edit", "scorer"})
 
 
 def strategy_named(name: str) -> Callable[..., Run]:
