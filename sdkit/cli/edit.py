@@ -11,8 +11,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from sdkit.cli.generate import (add_common_args, add_search_args, checked_search, finish, generate_kwargs,
-                                pipeline_from_args, read_prompts, search_args)
+from sdkit.cli.generate import add_common_args, finish, generate_kwargs, pipeline_from_args, read_prompts
+from sdkit.cli.search import add_search_args, checked_search, run_search
 
 NAMES = ("img2img", "inpaint", "outpaint")
 
@@ -108,11 +108,14 @@ def run(args) -> int:
                         guidance_scale=args.guidance_scale, height=None, width=None, batch_size=args.batch_size)
     check_scheduler(args.scheduler)
     inputs = prepare(args)
-    settings = checked_search(args, {"strength": inputs.strength})
+    settings = checked_search(args, strength=inputs.strength)
     run_id = new_run_id()
     out = check_output_dir(Path(args.out) / run_id)
     pipe = pipeline_from_args(args, inputs.task)
-    kwargs = generate_kwargs(args) | search_args(args, settings, pipe)
+    kwargs = dict(generate_kwargs(args), output_dir=out, run_id=run_id)
     del kwargs["height"], kwargs["width"]  # the working size comes from the image (see prepare)
-    result = run_edit(pipe, prompts, inputs, output_dir=out, run_id=run_id, **kwargs)
+    if settings is None:
+        result = run_edit(pipe, prompts, inputs, **kwargs)
+    else:  # a search over the edit: the strategy makes its candidates with run_edit
+        result = run_search(args, settings, pipe, prompts, edit=inputs, **kwargs)
     return finish(result, args)

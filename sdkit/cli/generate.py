@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from sdkit.checks import read_prompt_file
+from sdkit.cli.search import ONE_BATCH, add_search_args, checked_search, compute_line, run_search
 
 
 def add_common_args(p: argparse.ArgumentParser) -> None:
@@ -47,106 +48,6 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
-def _ints(text: str) -> list[int]:
-    try:
-        return [int(x) for x in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: comma-separated integers, e.g. 2,6") from None
-
-
-# Each search option, and the strategy it belongs to.
-SEARCH_OPTIONS = {"--prune-at": ("prune_at", ("successive_halving",)),
-                  "--keep": ("keep", ("draft_then_finish", "successive_halving")),
-                  "--draft-steps": ("draft_steps", ("draft_then_finish",)),
-                  "--resample-at": ("resample_at", ("particle_resampling",)),
-                  "--lambda": ("lambda_", ("particle_resampling",)),
-                  "--previewer": ("previewer", ("successive_halving", "particle_resampling"))}
-ONE_BATCH = ("successive_halving", "particle_resampling")  # all candidates denoised together
-
-
-def add_search_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("search: the best image per prompt, for less compute than best-of-N")
-    g.add_argument("--search", default=None,
-                   choices=["best_of_n", "draft_then_finish", "successive_halving", "particle_resampling"],
-                   help="best_of_n: n full candidates, ranked; draft_then_finish: n drafts at --draft-steps, the best "
-                        "--keep finished; successive_halving: n together, pruned on x0 previews at --prune-at steps; "
-                        "particle_resampling: n particles of --scheduler 'Euler a', resampled by their previews' "
-                        "scores at --resample-at steps (FK steering)")
-    g.add_argument("--prune-at", type=_ints, default=None, metavar="STEPS",
-                   help="successive_halving: steps after which to prune, e.g. 2,6 (default: 10%% and 50%% of --steps)")
-    g.add_argument("--keep", type=_ints, default=None, metavar="COUNTS",
-                   help="successive_halving: candidates per prompt kept at each --prune-at step, e.g. 4,2 (default: "
-                        "n/4 then n/16); draft_then_finish: drafts per prompt finished (default 2)")
-    g.add_argument("--draft-steps", type=int, default=None, help="draft_then_finish: steps per draft (default 6)")
-    g.add_argument("--resample-at", type=_ints, default=None, metavar="STEPS",
-                   help="particle_resampling: steps after which to resample, e.g. 2,5,10 (default: every 10%% of --steps)"
-                        "")
-    g.add_argument("--lambda", type=float, default=None, dest="lambda_",
-                   help="particle_resampling: how sharply scores pick particles (default 0.3; 0: uniformly)")
-    g.add_argument("--previewer", default=None, metavar="PATH",
-                   help="successive_halving, particle_resampling: an AutoencoderTiny (TAESD) folder or Hub id to decode previews "
-                        "(default: the model's VAE)")
-
-
-def search_settings(args) -> dict | None:
-    """The strategy's settings from the search options, each checked against --search, before any model is loaded."""
-    given = {flag: getattr(args, dest) for flag, (dest, _) in SEARCH_OPTIONS.items()
-             if getattr(args, dest, None) is not None}
-    if args.search is None:
-        if given:
-            flag = next(iter(given))
-            raise ValueError(f"{flag} without --search: it is an option of --search "
-                             f"{' / '.join(SEARCH_OPTIONS[flag][1])}")
-        return None
-    for flag in given:
-        if args.search not in SEARCH_OPTIONS[flag][1]:
-            own = [f for f, (_, users) in SEARCH_OPTIONS.items() if args.search in users]
-            raise ValueError(f"{flag} does not apply to --search {args.search} (it is an option of --search "
-                             f"{' / '.join(SEARCH_OPTIONS[flag][1])}); --search {args.search} takes "
-                             f"{', '.join(own) or 'no options of its own'}")
-    if args.scorer == "none":
-        raise ValueError(f"--search {args.search} --scorer none: a search ranks by a scorer; use --scorer flax or torch")
-    if args.seeds is not None:
-        raise ValueError("--seeds with --search: a search numbers its candidates from --seed (candidate k gets seed+k)")
-    if args.search in ONE_BATCH and args.batch_size is not None:
-        raise ValueError(f"--batch-size {args.batch_size} with --search {args.search}: it denoises all candidates "
-                         "in one batch; leave --batch-size out")
-    if args.search == "particle_resampling" and args.scheduler != "Euler a":
-        raise ValueError(f"--search particle_resampling with --scheduler {args.scheduler or 'the model default'}: "
-                         "resampled particles part ways only with a stochastic sampler; add --scheduler 'Euler a'")
-    kwargs = {dest: given[flag] for flag, (dest, _) in SEARCH_OPTIONS.items() if flag in given}
-    if args.search == "draft_then_finish" and "keep" in kwargs:
-        if len(kwargs["keep"]) != 1:
-            raise ValueError(f"--keep {','.join(map(str, kwargs['keep']))}: draft_then_finish finishes one number "
-                             "of drafts per prompt, e.g. --keep 2")
-        kwargs["keep"] = kwargs["keep"][0]
-    if args.clip_model is not None:
-        kwargs["clip_model"] = args.clip_model
-    return kwargs
-
-
-def checked_search(args, pipe_kwargs: dict | None = None) -> dict | None:
-    """The search settings from the options, checked (with an edit's strength) before any model is loaded."""
-    settings = search_settings(args)
-    if settings is not None:
-        from sdkit.search.strategies import check_search
-
-        check_search(args.search, {k: v for k, v in settings.items() if k != "previewer"}, n=args.n,
-                     num_inference_steps=args.num_inference_steps, pipe_kwargs=pipe_kwargs)
-    return settings
-
-
-def search_args(args, settings: dict | None, pipe) -> dict:
-    """generate's search arguments (none without --search), with the previewer loaded next to the pipeline."""
-    if settings is None:
-        return {}
-    if settings.get("previewer") is not None:
-        from sdkit.load.previewer import load_previewer
-
-        settings["previewer"] = load_previewer(settings["previewer"], device=pipe.device, dtype=pipe.vae.dtype)
-    return dict(search=args.search, search_kwargs=settings, scorer=args.scorer)
-
-
 def read_prompts(args) -> list[str]:
     prompts = list(args.prompt)
     if args.prompts_file is not None:
@@ -171,16 +72,6 @@ def generate_kwargs(args) -> dict:
     return dict(n=args.n, seed=args.seed, seeds=args.seeds, negative_prompt=args.negative_prompt,
                 num_inference_steps=args.num_inference_steps, guidance_scale=args.guidance_scale,
                 height=args.height, width=args.width, batch_size=args.batch_size, progress=not args.quiet)
-
-
-def compute_line(run, n: int, num_inference_steps: int) -> str:
-    """What a search cost, against best-of-N with the same n and steps (n * steps UNet evaluations per prompt;
-    for an edit, the steps its strength runs)."""
-    c, s = run.search.compute, run.search
-    prompts = len({r.candidate.prompt for r in s.ranked}) or 1
-    baseline = n * num_inference_steps * prompts
-    return (f"search {s.strategy}: {c.describe(baseline)}; best-of-{n} at {num_inference_steps} steps: {baseline}"
-            + (f"; {len(s.pruned)} pruned (listed in the manifest)" if s.pruned else ""))
 
 
 def finish(run, args) -> int:
@@ -314,6 +205,9 @@ def run(args) -> int:
     run_id = new_run_id()
     out = check_output_dir(Path(args.out) / run_id)
     pipe = pipeline_from_args(args, "text-to-image")
-    kwargs = generate_kwargs(args) | search_args(args, settings, pipe)
-    result = generate(pipe, prompts, output_dir=out, run_id=run_id, **kwargs)
+    kwargs = dict(generate_kwargs(args), output_dir=out, run_id=run_id)
+    if settings is None:
+        result = generate(pipe, prompts, **kwargs)
+    else:  # a search: the strategy calls generate itself
+        result = run_search(args, settings, pipe, prompts, **kwargs)
     return finish(result, args)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from sdkit.cli.generate import add_search_args, search_settings
+from sdkit.cli.search import add_search_args, search_settings
 
 # How a --grid value is parsed; text values are taken whole (negative prompts contain commas).
 _TYPES = {"guidance_scale": float, "num_inference_steps": int, "height": int, "width": int, "scheduler": str}
