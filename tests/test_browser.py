@@ -290,7 +290,7 @@ def _live_problems(cards, stops, keep, n) -> list[str]:
 
 def _run_search(page, url, out, expect):
     from sdkit.save import read_manifest, read_metadata, read_pruned
-    from sdkit.search.strategies import default_schedule
+    from sdkit.search import default_schedule
 
     _open_and_run_all(page, url, NOTEBOOK.name, expect)
     panel = page.locator(".sdkit-explorer")

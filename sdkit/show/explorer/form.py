@@ -143,7 +143,7 @@ class Form:
         check_scheduler(_none(self.scheduler.value))
         search = _none(self.search.value)
         if search is not None:
-            from sdkit.search.strategies import check_search
+            from sdkit.search import check_search
 
             check_search(search, None, n=kwargs["n"], num_inference_steps=kwargs["num_inference_steps"])
             if _none(self.scorer.value) is None:

@@ -6,9 +6,10 @@
     session.wait()
 
 It loads the pipeline and the scorer, generates (Stop sets an Event that `generate` checks after every
-denoising step), scores each decoded batch with `sdkit.ranking.score_candidates` and ranks what has arrived
-with `rank`, then records the scores on disk and saves the ranked grid. The panel (`widgets.Explorer`)
-draws the events; anything else (a script, a test) can listen without ipywidgets.
+denoising step; with a search, the strategy of `sdkit.search` makes the candidates), scores each decoded batch
+with `sdkit.ranking.score_candidates` and ranks what has arrived with `rank`, then records the scores on disk and
+saves the ranked grid. The panel (`widgets.Explorer`) draws the events; anything else (a script, a test) can
+listen without ipywidgets.
 """
 
 from __future__ import annotations
@@ -192,9 +193,11 @@ class Session:
             self._emit(Started(req, out, len(req.prompts) * req.kwargs["n"]))
             common = dict(output_dir=out, run_id=run_id, callback=self._on_progress, cancel=self._cancel,
                           progress=False)
-            if req.search is not None:  # all candidates in one batch, so no batch_size
-                kwargs = {k: v for k, v in req.kwargs.items() if k != "batch_size"}
-                run = generate(pipe, req.prompts, **common, **kwargs, search=req.search, scorer=self.scorer)
+            if req.search is not None:  # the strategy called directly; all candidates in one batch, so no batch_size
+                from sdkit.search import strategy_named
+
+                kwargs = {k: v for k, v in req.kwargs.items() if k != "batch_size" and v is not None}
+                run = strategy_named(req.search)(pipe, req.prompts, self.scorer, **common, **kwargs)
             elif req.init_image is None:
                 run = generate(pipe, req.prompts, **common, **req.kwargs)
             else:  # the working size is the image's own
