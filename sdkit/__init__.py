@@ -22,7 +22,7 @@ before it, never in a circle: tests/test_layout.py walks the imports):
     ranking      ranking (score_candidates, rank, rerank)
     search       search/ (x0 previews; the strategies, one module each; regenerate and finish_pruned)
     show         show/ (ranked grid, gallery, heatmap)
-    sweep        sweep/ (the spec, local and Ray runs)
+    sweep        sweep/ (the spec; run_sweep; the worker, here or on Ray)
     tools        toy/adherence (the toy world's measurement), notebook (nbval helpers)
     explorer     show/explorer/ (form, session, widgets)
     cli          cli/ (one module per subcommand)

@@ -91,7 +91,9 @@ class Run:
 
 @dataclass
 class Progress:
-    """Passed to `callback` after every denoising step and after every finished batch."""
+    """What every `callback` gets: from `generate` and the search strategies after every denoising step and every
+    finished batch; from `run_sweep` after every finished image (its item index in `batch`, its `Candidate` in
+    `finished`, metadata only; `done` and `total` count the sweep's items, `step == num_inference_steps`)."""
 
     step: int  # denoising steps done in the current batch
     num_inference_steps: int

@@ -121,6 +121,19 @@ def test_bad_run_arguments(tmp_path):
         run_sweep({"prompts": PROMPTS}, tmp_path)
 
 
+def assert_progress(reports, result):
+    """run_sweep's callback gets generate's `Progress`: one per finished image, counting the sweep's items."""
+    from sdkit.results import Progress
+
+    assert all(isinstance(p, Progress) for p in reports) and len(reports) == result.generated
+    assert [p.done for p in reports] == list(range(1, len(reports) + 1)) and {p.total for p in reports} == {result.total}
+    by_index = {c.index: c for c in result.candidates}
+    for p in reports:
+        (index,), (c,) = p.batch, p.finished
+        assert c.index == index and c.image is None and c.params() == by_index[index].params()
+        assert p.step == p.num_inference_steps == c.num_inference_steps
+
+
 # --- local ------------------------------------------------------------------------------------------------
 
 
@@ -131,9 +144,11 @@ def test_local_sweep_matches_generate_and_ranks(tmp_path, tiny_pipe):
 
     clip = tiny_clip_path()
     sweep = tiny_sweep(n=2, scorer="torch", clip_model=clip, grid={"guidance_scale": [1.0, 5.0], **FAST})
-    result = run_sweep(sweep, tmp_path, progress=False)
+    reports = []
+    result = run_sweep(sweep, tmp_path, progress=False, callback=reports.append)
     assert (result.generated, result.skipped, result.total, len(result.candidates)) == (8, 0, 8, 8)
     assert_exactly_once(sweep, tmp_path)
+    assert_progress(reports, result)
 
     # Each file is what generate() makes for that prompt, seed and setting, with the same metadata fields.
     ref_dir = tmp_path.parent / "ref"
@@ -162,7 +177,7 @@ def test_resume_after_a_crash(tmp_path):
     class Crash(Exception):
         pass
 
-    def crash_after_3(index, name):
+    def crash_after_3(progress):
         if len(os.listdir(out)) > 3:
             raise Crash
     with pytest.raises(Crash):
@@ -208,7 +223,8 @@ def test_resume_with_another_auto_dtype_warns(tmp_path, monkeypatch, recwarn):
 
 def test_retried_unit_is_not_written_twice(tmp_path):
     """What Ray does after a kill: run a unit again, whose images may be on disk, recorded or not."""
-    from sdkit.sweep.run import SweepWorker, collect
+    from sdkit.sweep.run import collect
+    from sdkit.sweep.worker import SweepWorker
 
     sweep = tiny_sweep(prompts=PROMPTS[:1], n=2, grid=FAST)
     worker = SweepWorker(sweep, tmp_path)
@@ -227,7 +243,7 @@ def test_retried_unit_is_not_written_twice(tmp_path):
 def test_cancel_stops_and_keeps_finished(tmp_path):
     sweep = tiny_sweep(n=2, batch_size=1)
     stop = threading.Event()
-    result = run_sweep(sweep, tmp_path, progress=False, callback=lambda i, f: stop.set(), cancel=stop)
+    result = run_sweep(sweep, tmp_path, progress=False, callback=lambda p: stop.set(), cancel=stop)
     assert result.cancelled and result.generated == len(result.candidates) == 1
 
 
@@ -271,9 +287,11 @@ def test_ray_pixels_equal_local(ray_runtime, tmp_path):
 
     sweep = ray_sweep()
     local = run_sweep(sweep, tmp_path / "local", progress=False)
+    reports = []
     on_ray = run_sweep(sweep, tmp_path / "ray", backend="ray", workers=1, progress=False,
-                       ray_remote_args={"num_cpus": torch.get_num_threads()})
+                       ray_remote_args={"num_cpus": torch.get_num_threads()}, callback=reports.append)
     assert on_ray.generated == len(sweep) == 8
+    assert_progress(reports, on_ray)  # the same reports from Ray's rows as from the local worker
     assert_exactly_once(sweep, tmp_path / "ray")
     for a, b in zip(local.candidates, on_ray.candidates):
         assert Path(a.path).name == Path(b.path).name
@@ -344,7 +362,7 @@ def test_killed_ray_actor_loses_and_duplicates_nothing(ray_runtime, tmp_path):
 
 def test_default_clip_belongs_with_the_model():
     from sdkit.models.builtin import clip_for
-    from sdkit.sweep.run import load_sweep_scorer
+    from sdkit.sweep.worker import load_sweep_scorer
 
     scorer = load_sweep_scorer(Sweep(["a cat"], n=1, model="sdkit:tiny", scorer="torch"))
     assert scorer.model_id == clip_for("sdkit:tiny")  # not openai/clip-vit-base-patch32, which needs a download

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from sdkit.sweep.run import actor_pool, run_sweep
+from sdkit.sweep.run import run_sweep
 from sdkit.sweep.spec import Sweep
+from sdkit.sweep.worker import actor_pool
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.*")
 

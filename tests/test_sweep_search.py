@@ -1,5 +1,5 @@
-"""Sweeps with a search: one search per prompt × grid point, the same survivors as generate(search=...), the pruned
-listed in the manifest, resumable and exactly once on disk; bad searches refused before any model loads."""
+"""Sweeps with a search: one search per prompt × grid point, the same survivors as the strategy called directly, the
+pruned listed in the manifest, resumable and exactly once on disk; bad searches refused before any model loads."""
 
 import hashlib
 import json
@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import sdkit.sweep.run as sweep_run
+import sdkit.sweep.worker as sweep_worker
 from sdkit.cli.main import main
 from sdkit.generation import generate
 from sdkit.results import Scores
+from sdkit.search import strategy_named
 from sdkit.save import read_manifest, read_metadata, read_pruned
 from sdkit.sweep.run import run_sweep
 from sdkit.sweep.spec import Sweep
@@ -73,7 +74,7 @@ def assert_accounted_once(sweep, out):
 
 
 @pytest.mark.parametrize("strategy", list(SETTINGS))
-def test_search_sweep_keeps_what_generate_keeps(tmp_path, strategy):
+def test_search_sweep_keeps_what_the_strategy_keeps(tmp_path, strategy):
     from sdkit.load.pipeline import load_pipeline
 
     pipe = load_pipeline("sdkit:tiny", scheduler=SAMPLER.get(strategy))
@@ -84,19 +85,19 @@ def test_search_sweep_keeps_what_generate_keeps(tmp_path, strategy):
     survivors = {"best_of_n": 16, "draft_then_finish": 8, "successive_halving": 4, "particle_resampling": 16}[strategy]
     assert (result.generated, result.skipped, len(result.candidates), len(result.pruned)) == (survivors, 0, survivors,
                                                                                               16 - survivors)
-    assert [r["index"] for r in result.pruned] == sorted(pruned)
+    assert [p.candidate.index for p in result.pruned] == sorted(pruned)
     chosen = []
     for prompt in PROMPTS:
         for g in GRID["guidance_scale"]:
-            ref = generate(pipe, prompt, n=4, seed=3, search=strategy, search_kwargs=SETTINGS[strategy],
-                           scorer=hashed, guidance_scale=g, num_inference_steps=3, progress=False)
+            ref = strategy_named(strategy)(pipe, prompt, hashed, n=4, seed=3, **SETTINGS[strategy],
+                                           guidance_scale=g, num_inference_steps=3, progress=False)
             got = [c for c in result.candidates if (c.prompt, c.guidance_scale) == (prompt, g)]
             assert [c.seed for c in got] == [c.seed for c in ref]
             for a, b in zip(got, ref):
                 assert np.array_equal(pixels(a.path), np.asarray(b.image)), a.path
                 meta = read_metadata(a.path)
                 assert meta["score"] == pytest.approx(b.score) and meta["extra"]["search"] == b.extra["search"]
-            gone = {r["seed"] for r in result.pruned if (r["prompt"], r["guidance_scale"]) == (prompt, g)}
+            gone = {p.seed for p in result.pruned if (p.prompt, p.candidate.guidance_scale) == (prompt, g)}
             assert gone == set(range(3, 7)) - {c.seed for c in ref}
             chosen.append(tuple(c.seed for c in ref))
     if survivors < 16:
@@ -114,14 +115,14 @@ def test_search_sweep_keeps_what_generate_keeps(tmp_path, strategy):
 
 
 def test_draft_then_finish_lists_unfinished_drafts_so_they_can_be_finished(tmp_path, tiny_pipe):
-    from sdkit.search.strategies import finish_pruned
+    from sdkit.search import finish_pruned
 
     sweep = search_sweep("draft_then_finish", prompts=PROMPTS[:1], grid={"num_inference_steps": 3})
     result = run_sweep(sweep, tmp_path, progress=False)
-    assert len(result.pruned) == 2 and {r["step"] for r in result.pruned} == {1}  # stopped at the draft's steps
+    assert len(result.pruned) == 2 and {p.step for p in result.pruned} == {1}  # stopped at the draft's steps
     rec = result.pruned[0]
-    done = finish_pruned(tiny_pipe, tmp_path, seed=rec["seed"])
-    alone = generate(tiny_pipe, PROMPTS[0], n=1, seeds=[rec["seed"]], num_inference_steps=3, progress=False)
+    done = finish_pruned(tiny_pipe, tmp_path, seed=rec.seed)
+    alone = generate(tiny_pipe, PROMPTS[0], n=1, seeds=[rec.seed], num_inference_steps=3, progress=False)
     assert np.array_equal(np.asarray(done.image), np.asarray(alone[0].image))
 
 
@@ -134,7 +135,7 @@ def test_a_search_killed_half_way_is_searched_again_whole(tmp_path, monkeypatch)
     class Killed(BaseException):
         pass
 
-    real, calls = sweep_run.append_manifest, []
+    real, calls = sweep_worker.append_manifest, []
 
     def dies_on_second_pruned_line(folder, record):
         if record.get("pruned"):
@@ -143,7 +144,7 @@ def test_a_search_killed_half_way_is_searched_again_whole(tmp_path, monkeypatch)
                 raise Killed
         real(folder, record)
 
-    monkeypatch.setattr(sweep_run, "append_manifest", dies_on_second_pruned_line)
+    monkeypatch.setattr(sweep_worker, "append_manifest", dies_on_second_pruned_line)
     with pytest.raises(Killed):
         run_sweep(sweep, out, progress=False)
     monkeypatch.undo()
@@ -157,14 +158,14 @@ def test_a_search_killed_half_way_is_searched_again_whole(tmp_path, monkeypatch)
     assert [os.path.basename(c.path) for c in resumed.candidates] == [os.path.basename(c.path) for c in full.candidates]
     for a, b in zip(full.candidates, resumed.candidates):
         assert np.array_equal(pixels(a.path), pixels(b.path))
-    same = lambda recs: sorted(json.dumps(r, sort_keys=True) for r in recs)  # noqa: E731
+    same = lambda pruned: sorted(json.dumps(p.record(), sort_keys=True) for p in pruned)  # noqa: E731
     assert same(resumed.pruned) == same(full.pruned) == same(read_pruned(out))
 
 
 def test_a_cancelled_search_sweep_resumes_complete(tmp_path):
     sweep = search_sweep("draft_then_finish")
     stop = threading.Event()
-    result = run_sweep(sweep, tmp_path, progress=False, callback=lambda i, f: stop.set(), cancel=stop)
+    result = run_sweep(sweep, tmp_path, progress=False, callback=lambda p: stop.set(), cancel=stop)
     assert result.cancelled and 0 < len(result.candidates) < 8
     again = run_sweep(sweep, tmp_path, progress=False)
     assert not again.cancelled and len(again.candidates) == 8 and len(again.pruned) == 8
@@ -179,7 +180,7 @@ def test_a_cancelled_search_sweep_resumes_complete(tmp_path):
     (dict(search="beam"), r"search='beam': no such strategy; use one of best_of_n, draft_then_finish"),
     (dict(search=generate), r"search=<function generate.*a sweep takes a strategy name"),
     (dict(search_kwargs={"prune_at": [1], "keep": [4]}), r"keep=\[4\]: non-increasing counts from 1 to n - 1 = 3"),
-    (dict(search_kwargs={"prune": [1]}), r"search_kwargs \['prune'\]: successive_halving takes"),
+    (dict(search_kwargs={"prune": [1]}), r"settings \['prune'\]: successive_halving takes keep, previewer, prune_at \("),
     (dict(search="draft_then_finish", search_kwargs={"keep": 5}), r"keep=5: must be an integer from 1 to n=4"),
     # Checked against every grid point's steps: draft_steps=3 fits 4 steps, not 3.
     (dict(search="draft_then_finish", search_kwargs={"keep": 1, "draft_steps": 3},

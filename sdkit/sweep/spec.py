@@ -62,7 +62,7 @@ class Sweep:
     max_items: int = 10_000  # bigger sweeps need confirm=True: a stray grid value can mean days of GPU time
     confirm: bool = False
     name: str = "sweep"  # prefix of the run id, hence of every file name
-    # A strategy name (sdkit.search.strategies.STRATEGIES): each prompt × grid point is one search over its n seeds,
+    # A strategy name (sdkit.search.STRATEGIES): each prompt × grid point is one search over its n seeds,
     # and only its survivors are saved (the rest are "pruned": true manifest lines). Needs a scorer.
     search: str | None = None
     search_kwargs: Mapping[str, Any] | None = None  # the strategy's settings (JSON values; previewer: a path or id)
@@ -163,12 +163,21 @@ def _seed_list(n, seeds, seed) -> tuple[int, ...]:
     return seeds
 
 
-def _check_search(sweep: Sweep) -> dict:
-    """The search's settings, checked for every grid point's steps, before any model is loaded."""
+def default_steps() -> int:
+    """generate's default num_inference_steps: a grid point's steps where the grid sets none, searches too (a strategy's
+    own default differs, so a sweep passes this one)."""
     import inspect
 
+    from sdkit.generation import generate
+
+    return inspect.signature(generate).parameters["num_inference_steps"].default
+
+
+def _check_search(sweep: Sweep) -> dict:
+    """The search's settings, checked for every grid point's steps, before any model is loaded."""
     from sdkit.load.schedulers import SCHEDULERS
-    from sdkit.search.strategies import STOCHASTIC, STRATEGIES, check_search
+    from sdkit.search.particles import STOCHASTIC
+    from sdkit.search.registry import STRATEGIES, check_search
 
     search, kwargs = sweep.search, dict(sweep.search_kwargs or {})
     if search is None:
@@ -192,10 +201,7 @@ def _check_search(sweep: Sweep) -> dict:
             if name is None or SCHEDULERS[name][0] not in STOCHASTIC:
                 raise ValueError(f"search='particle_resampling' with scheduler={name!r}: resampled particles part ways "
                                  "only with a stochastic sampler; put scheduler='Euler a' in the grid")
-    from sdkit.generation import generate  # its default steps, where the grid sets none
-
-    default = inspect.signature(generate).parameters["num_inference_steps"].default
-    for steps in sweep.grid.get("num_inference_steps", (default,)):
+    for steps in sweep.grid.get("num_inference_steps", (default_steps(),)):
         check_search(search, kwargs, n=len(sweep.seeds), num_inference_steps=steps)
     return dict(sorted(kwargs.items()))  # the run id does not depend on the order they were given in
 
