@@ -297,13 +297,13 @@ def world(tmp_path_factory):
 
 
 def test_the_clip_beside_the_model_is_the_default(world, tmp_path, monkeypatch):
-    import sdkit.show.explorer.session
+    import sdkit.scoring.scorers
     from sdkit.models.builtin import clip_for
 
     pipeline, clip = str(world / "pipeline"), str(world / "clip")
     assert clip_for(pipeline) == clip  # the CLI and rerank pick it too
     loaded = []
-    monkeypatch.setattr(sdkit.show.explorer.session, "get_scorer",
+    monkeypatch.setattr(sdkit.scoring.scorers, "get_scorer",
                         lambda backend, model: loaded.append(model) or MeanRed())
     ex = Explorer(scorer="flax", output_dir=tmp_path, **{**FAST, "model": pipeline})
     assert ex.form.clip_model.value == "" and ex.form.clip_model.placeholder == f"default: {clip}"

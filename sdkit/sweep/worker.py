@@ -28,12 +28,9 @@ ONE_BATCH = ("successive_halving", "particle_resampling")  # searches that denoi
 
 def load_sweep_scorer(sweep: Sweep):
     """The sweep's scorer: its own object, or the named backend with the CLIP that belongs with the model."""
-    if sweep.scorer is None or not isinstance(sweep.scorer, str):
-        return sweep.scorer
-    from sdkit.models.builtin import clip_for
-    from sdkit.scoring.scorers import get_scorer
+    from sdkit.scoring.scorers import scorer_for
 
-    return get_scorer(sweep.scorer, sweep.clip_model or clip_for(sweep.model))
+    return scorer_for(sweep.scorer, sweep.model, sweep.clip_model)
 
 
 def pruned_records(sweep: Sweep, out: Path, items: list[SweepItem] | None = None) -> dict[int, Pruned]:

@@ -24,7 +24,7 @@ from typing import Any, Callable
 from sdkit.models.builtin import clip_for
 from sdkit.ranking import rank, score_candidates
 from sdkit.results import Progress, Run
-from sdkit.scoring.scorers import get_scorer  # one scorer cache for panel, CLI and notebooks
+from sdkit.scoring.scorers import scorer_for  # the one resolver (and scorer cache) of panel, CLI and notebooks
 from sdkit.show.explorer.text import img2img_label
 
 log = logging.getLogger(__name__)
@@ -230,14 +230,14 @@ class Session:
         self.listener(event)
 
     def _load_scorer(self, req: Request):
-        if req.scorer is None or callable(req.scorer):
-            return req.scorer
+        if not isinstance(req.scorer, str):
+            return scorer_for(req.scorer, req.model)
         clip = req.clip_model or clip_for(req.model)
         self._emit(Said(f"loading the {req.scorer} CLIP scorer ({clip})…"))
         from sdkit.errors import ModelNotAvailable
 
         try:
-            return get_scorer(req.scorer, clip)
+            return scorer_for(req.scorer, req.model, clip)
         except (ValueError, OSError, ModelNotAvailable) as e:  # say which setting to change, and where
             given = "" if req.clip_model else f" (the default for model={req.model!r})"
             raise ValueError(f"clip_model={clip!r}{given}: {e} Set the panel's CLIP field, or pass "
