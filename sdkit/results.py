@@ -173,17 +173,10 @@ class Pruned:
     step: int
     preview_score: float
 
-    @property
-    def prompt(self) -> str:
-        return self.candidate.prompt
-
-    @property
-    def seed(self) -> int:
-        return self.candidate.seed
-
-    @property
-    def run_id(self) -> str:
-        return self.candidate.run_id
+    def __getattr__(self, name: str):  # .prompt, .seed, .run_id, ...: the candidate's own
+        if name == "candidate":  # not set yet (unpickling): no recursion
+            raise AttributeError(name)
+        return getattr(self.candidate, name)
 
     def record(self) -> dict[str, Any]:
         """The manifest line (no `file`, so readers of images pass it by)."""
