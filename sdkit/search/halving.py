@@ -117,7 +117,9 @@ def successive_halving(pipe, prompt: str | Sequence[str], scorer: Any = "flax", 
 
         run = s.make(n=n, seed=s.base, num_inference_steps=num_inference_steps, batch_size=rows, callback=prune,
                      before_save=before_save)
-    records = [Pruned(stopped[i], *v) for i, v in pruned.items() if i in stopped]  # in the order they were pruned
+    # In the order they were pruned; without the half-denoised picture generate decoded for them (a Pruned holds
+    # what makes the candidate, as its manifest line does, so a record read back equals it).
+    records = [Pruned(dataclasses.replace(stopped[i], image=None), *v) for i, v in pruned.items() if i in stopped]
     return s.close(run, run.candidates, pruned=records)
 
 
