@@ -1,4 +1,4 @@
-"""particle_resampling (FK steering): particles resampled by their previews' scores, each image remade from its
+"""sdkit.search.particle_resampling (FK steering): particles resampled by their previews' scores, each image remade from its
 lineage; on the tiny pipeline with a stochastic sampler."""
 
 import numpy as np
@@ -7,16 +7,17 @@ import pytest
 from conftest import pixels, red  # shared with test_strategies.py
 from sdkit import generate, regenerate
 from sdkit.load.pipeline import load_pipeline
-from sdkit.results import Scores
+from sdkit.results import Lineage, Scores
 from sdkit.save import read_metadata
-from sdkit.search.strategies import _resample, default_resampling, particle_resampling
+from sdkit.search import default_resampling, particle_resampling, strategy_named
+from sdkit.search.particles import resample
 
 PROMPTS = ["a red circle", "a cat"]
 
 
 def test_every_particle_regenerates_from_its_png_by_its_lineage(euler_a, tmp_path):
     s = particle_resampling(euler_a, PROMPTS, red, n=4, seed=0, num_inference_steps=6, resample_at=(1, 2, 4),
-                            lambda_=3.0, output_dir=tmp_path, progress=False)
+                            lambda_=3.0, output_dir=tmp_path, progress=False).search
     assert len(s.ranked) == 8 and s.compute.unet_evaluations == 8 * 6
     assert s.compute.preview_decodes == 8 * 3 and s.compute.scored_images == 8 * 3 + 8
     lineages = [r.candidate.extra["search"]["lineage"] for r in s.ranked]
@@ -36,6 +37,22 @@ def test_every_particle_regenerates_from_its_png_by_its_lineage(euler_a, tmp_pat
         regenerate(s.ranked[0].candidate.path, euler_a, num_inference_steps=8)
 
 
+def test_lineage_of_a_particle_reads_from_its_png(euler_a, tmp_path):
+    """`Lineage.of` reads a particle's ancestry from the candidate and from its PNG's metadata alike."""
+    run = particle_resampling(euler_a, "a cat", red, n=4, seed=2, num_inference_steps=4, resample_at=(1, 2),
+                              lambda_=3.0, output_dir=tmp_path, progress=False)
+    for c in run:
+        meta = read_metadata(c.path)
+        lineage = Lineage.of(meta)
+        assert lineage == Lineage.of(c) and isinstance(lineage, Lineage)
+        assert lineage.to_json() == meta["extra"]["search"]["lineage"]
+        assert lineage.hops[0][0] == 0 and lineage.hops[-1][1] == c.seed
+        assert lineage.seeds == list(dict.fromkeys(seed for _, seed in lineage.hops)) and c.seed in lineage.seeds
+        assert all(isinstance(step, int) and isinstance(seed, int) for step, seed in lineage.hops)
+    plain = generate(euler_a, "a cat", n=1, seed=0, num_inference_steps=2, output_dir=tmp_path / "plain", progress=False)
+    assert Lineage.of(read_metadata(plain[0].path)) is None and Lineage.of(plain[0]) is None  # not a particle
+
+
 def test_resampling_follows_the_scores(euler_a):
     """A scorer that likes one seed's previews makes every particle its descendant at the first resampling."""
     def likes_seed_6(images, prompts):
@@ -44,7 +61,7 @@ def test_resampling_follows_the_scores(euler_a):
         return Scores(logits=logits, clip_score=100 * logits, scorer="x")
 
     s = particle_resampling(euler_a, "a cat", likes_seed_6, n=4, seed=4, num_inference_steps=4, resample_at=(1,),
-                            lambda_=1.0, progress=False)
+                            lambda_=1.0, progress=False).search
     assert sorted(tuple(map(tuple, r.candidate.extra["search"]["lineage"])) for r in s.ranked) == \
         [((0, 6),), ((0, 6), (1, 4)), ((0, 6), (1, 5)), ((0, 6), (1, 7))]
 
@@ -52,7 +69,7 @@ def test_resampling_follows_the_scores(euler_a):
 def test_resample_draws_by_weight_and_keeps_drawn_rows_in_place():
     weights = np.array([0.1, 0.6, 0.0, 0.3])
     for k in range(20):
-        parents = _resample(weights, np.random.default_rng(k))
+        parents = resample(weights, np.random.default_rng(k))
         draws = np.random.default_rng(k).choice(4, size=4, p=weights / weights.sum())
         assert sorted(parents) == sorted(draws.tolist())  # the same multiset of particles
         assert all(parents[p] == p for p in parents) and 2 not in parents
@@ -60,15 +77,15 @@ def test_resample_draws_by_weight_and_keeps_drawn_rows_in_place():
 
 def test_ddim_with_eta_is_stochastic_enough_and_records_it(tiny_pipe):
     s = particle_resampling(tiny_pipe, "a cat", red, n=3, seed=1, num_inference_steps=4, resample_at=(1, 2),
-                            lambda_=5.0, pipe_kwargs={"eta": 1.0}, progress=False)
+                            lambda_=5.0, pipe_kwargs={"eta": 1.0}, progress=False).search
     c = s.best[0]
     assert c.extra["search"]["eta"] == 1.0
     assert np.array_equal(pixels(regenerate(c.params() | {"extra": c.extra}, tiny_pipe)), pixels(c))
 
 
-def test_generate_runs_it_by_name_and_defaults(euler_a):
-    run = generate(euler_a, "a cat", n=3, seed=0, num_inference_steps=10, search="particle_resampling", scorer=red,
-                   progress=False)
+def test_it_runs_by_name_with_its_defaults(euler_a):
+    run = strategy_named("particle_resampling")(euler_a, "a cat", red, n=3, seed=0, num_inference_steps=10,
+                                                progress=False)
     assert run.search.settings["resample_at"] == list(default_resampling(10)) == list(range(1, 10))
     assert default_resampling(20) == tuple(range(2, 20, 2))  # the measured default (bench/results/particles.md)
     assert run.search.settings["lambda_"] == 0.3 and len(run) == 3
@@ -90,12 +107,12 @@ def test_bad_settings_are_refused_before_any_work(euler_a, monkeypatch, kwargs, 
 def test_deterministic_samplers_and_edits_are_refused(tiny_pipe, euler_a):
     with pytest.raises(ValueError, match=r"needs a stochastic sampler.*DDIMScheduler with eta=0.*'Euler a'"):
         particle_resampling(tiny_pipe, "a cat", red, n=2, num_inference_steps=4)
-    from sdkit.edit.tasks import img2img
+    from sdkit.edit.tasks import prepare_img2img
     from PIL import Image
 
     with pytest.raises(ValueError, match="particle_resampling is for text-to-image"):
-        img2img(euler_a, "a cat", Image.new("RGB", (16, 16)), strength=0.5, n=2, num_inference_steps=4,
-                search="particle_resampling", scorer=red)
+        particle_resampling(euler_a, "a cat", red, n=2, num_inference_steps=4,
+                            edit=prepare_img2img(Image.new("RGB", (16, 16)), strength=0.5, num_inference_steps=4))
 
 
 def test_cli_particle_resampling(tmp_path, capsys, monkeypatch):
