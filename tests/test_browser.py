@@ -361,6 +361,6 @@ def _run_search(page, url, out, expect):
     assert {m["num_inference_steps"] for m in meta.values()} == {steps}
     assert sorted(c["seed"] for c in read_manifest(run)) == sorted(seeds)
     pruned = read_pruned(run)
-    assert {r["seed"]: r["step"] for r in pruned} == pruned_at and len(pruned) == SEARCH_N - survivors
+    assert {r.seed: r.step for r in pruned} == pruned_at and len(pruned) == SEARCH_N - survivors
     assert sorted(pruned_at) == sorted(set(range(SEARCH_N)) - set(seeds))
     expect(panel.get_by_role("button", name="Generate")).to_be_enabled()
