@@ -14,7 +14,7 @@ import contextlib
 import torch
 
 from sdkit import generate, load_pipeline
-from sdkit.generation import default_batch_size
+from sdkit.load.devices import default_batch_size
 from sdkit.load.invariance import is_batch_invariant
 from sdkit.load.state import pipeline_info
 
@@ -49,7 +49,7 @@ def tutorial_loop(pipe, seeds, **kw):
 
 def run(cfg) -> dict:
     pipe = load_pipeline(str(model_path(cfg.big_model)), device=cfg.device)
-    n, bs = cfg.batching_n, default_batch_size(pipe)
+    n, bs = cfg.batching_n, default_batch_size(pipe.device)
     seeds = list(range(n))
     kw = dict(num_inference_steps=cfg.batching_steps, guidance_scale=7.5, height=cfg.batching_size,
               width=cfg.batching_size)

@@ -10,6 +10,7 @@ A search (`sdkit.search`) sits above `generate` and calls it, with `before_save`
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import secrets
@@ -27,16 +28,12 @@ from sdkit.runs import check_resume, kept_candidates, read_run_settings, run_set
 from sdkit.checks import (as_prompt_list, check_generate_args, check_seed, check_output_dir, count_steps,
                           quiet_truncation_logs, warn_long_prompts)
 from sdkit.save import new_run_id, recover, save_candidate
+from sdkit.load.devices import default_batch_size, free_memory, is_oom
+from sdkit.load.rows import planned_rows, recording, replaying
 from sdkit.load.schedulers import scheduler_name
 from sdkit.load.state import pipeline_info
 
 log = logging.getLogger(__name__)
-
-
-def default_batch_size(pipe) -> int:
-    # Batching amortises per-call overhead on GPUs; on a CPU the UNet is compute
-    # bound and small batches keep memory flat. bench/ measures both.
-    return 4 if pipe.device.type != "cpu" else 2
 
 
 def generate(
@@ -119,19 +116,22 @@ def generate(
             for i, (p, neg) in enumerate(zip(prompts, negs)) for k, s in enumerate(seeds)]
     run = Run(run_id=run_id, candidates=[], output_dir=str(out) if out else None,
               manifest=str(out / "manifest.jsonl") if out else None)
+    bs = batch_size or default_batch_size(pipe.device, height, width)
     if out is not None:
-        settings = run_settings(prompts, negs, seeds, n, template, pipe_kwargs)
+        settings = {**run_settings(prompts, negs, seeds, n, template, pipe_kwargs), "batch_size": bs}
         run.candidates = _resume(out, run_id, recorded, settings, jobs)
         run.resumed = len(run.candidates)
     done = {c.index for c in run.candidates}
     batches = _Batches(pipe, run, len(jobs), out, num_inference_steps, guidance_scale, height, width, pipe_kwargs,
                        callback, _cancel_check(cancel), before_save)
+    if run.resumed:  # on a GPU, the missing candidates are made in the rows an uninterrupted run had
+        batches.plan = planned_rows(pipe, len(jobs), (recorded or {}).get("batch_size"))  # by job index
     todo = [j for j in jobs if j.index not in done]
     # The notebook text names the whole call (not what a resume left to do), so stored outputs do not vary.
     batches.bar = progress_bar(len(todo) * batches.steps, progress,
                                text=f"denoising {len(jobs)} candidate{'s' * (len(jobs) != 1)} × {batches.steps} steps")
     try:
-        batches.run_all(todo, batch_size or default_batch_size(pipe))
+        batches.run_all(todo, bs)
     except (Cancelled, KeyboardInterrupt):
         run.cancelled = True
         log.warning(f"stopped; {len(run.candidates)} of {len(jobs)} candidates finished" +
@@ -212,6 +212,8 @@ class _Batches:
     is_cancelled: Callable[[], bool]
     before_save: Callable | None
     bar: object = None
+    rows: object = None  # the last pipeline call's `sdkit.load.rows.Rows`
+    plan: dict | None = None  # a resumed batched run: each job's batch and arithmetic in the uninterrupted run
 
     @property
     def steps(self) -> int:
@@ -222,12 +224,17 @@ class _Batches:
         while pending:
             if self.is_cancelled():
                 raise Cancelled
-            batch = pending[:bs]
+            batch = pending[:bs] if self.plan is None else [  # what is left of the batch the first job was in
+                j for j in pending if self.plan[j.index][0] == self.plan[pending[0].index][0]]
             try:
                 result = self.call(batch)
             except Exception as e:
-                if not _is_oom(e):
+                if not is_oom(e):
                     raise
+                if self.plan is not None:
+                    log.warning("out of memory replaying the rows of the interrupted run; the rest is made in smaller "
+                                "batches, and may differ in the last bits from an uninterrupted run")
+                    self.plan = None
                 if bs == 1:
                     raise GenerationError(
                         f"out of memory with batch_size=1 at {self.height}x{self.width}: try load_pipeline(..., "
@@ -235,7 +242,7 @@ class _Batches:
                         (f" in {self.out}" if self.out else ""), self.run) from e
                 bs = max(1, bs // 2)
                 log.warning(f"out of memory; retrying with batch_size={bs}")
-                _free_memory()
+                free_memory()
                 continue
             self.keep(batch, result)
             pending = pending[len(batch):]
@@ -253,7 +260,10 @@ class _Batches:
                 raise Cancelled
             return kwargs
 
-        with quiet_truncation_logs():  # warn_long_prompts said it once already
+        replay = ({} if self.plan is None else  # a resumed batched run: the rows of the uninterrupted one
+                  {k: self.plan[j.index][1] for k, j in enumerate(batch)})
+        with quiet_truncation_logs(), replaying(self.pipe, replay) if replay else contextlib.nullcontext(), \
+                recording(self.pipe) as self.rows:  # what ran in which row, for each image
             return self.pipe(
                 prompt=[j.prompt for j in batch],
                 negative_prompt=None if all(j.negative_prompt is None for j in batch) else
@@ -265,8 +275,9 @@ class _Batches:
     def keep(self, batch: list[Candidate], result) -> None:
         """The decoded batch: images onto their candidates, `before_save`, then each saved and reported."""
         flags = result.nsfw_content_detected or [False] * len(batch)
-        for job, image, flag in zip(batch, result.images, flags):
+        for k, (job, image, flag) in enumerate(zip(batch, result.images, flags)):
             job.image, job.nsfw = image, bool(flag)
+            job.arithmetic = self.rows.of_row(k, self.pipe.device).to_json()
         finished = self.before_save(batch) if self.before_save is not None else batch
         for c in finished:
             if self.out is not None:
@@ -275,12 +286,6 @@ class _Batches:
         if self.callback is not None:
             self.callback(Progress(self.steps, self.steps, len(self.run.candidates), self.total,
                                    [j.index for j in batch], list(finished)))
-
-
-def _is_oom(e: BaseException) -> bool:
-    if isinstance(e, torch.OutOfMemoryError):
-        return True
-    return isinstance(e, RuntimeError) and "out of memory" in str(e).lower()  # MPS and older CUDA builds
 
 
 def _negatives(negative_prompt, n_prompts: int) -> list[str | None]:
@@ -292,11 +297,3 @@ def _negatives(negative_prompt, n_prompts: int) -> list[str | None]:
     if len(negs) != n_prompts:
         raise ValueError(f"negative_prompt has {len(negs)} entries for {n_prompts} prompts; give one, or one per prompt")
     return negs
-
-
-def _free_memory() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-    if getattr(torch, "mps", None) is not None and torch.backends.mps.is_available():
-        torch.mps.empty_cache()
-

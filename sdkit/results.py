@@ -40,6 +40,9 @@ class Candidate:
     logit: float | None = None  # the scorer's raw logit, once scored
     scorer: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # task settings: strength, mask hash, ...
+    # What its pixels' last bits depended on (`sdkit.load.rows.Arithmetic`): every UNet call's batch size and its
+    # row, the decode's, the device and the torch/CUDA/cuDNN versions. `regenerate` replays it.
+    arithmetic: dict[str, Any] | None = None
     sdkit_version: str = __version__
 
     def params(self) -> dict[str, Any]:
@@ -161,7 +164,7 @@ class Compute:
 
 
 # A pruned candidate's manifest line leaves out what only a finished image has.
-_UNFINISHED = ("path", "score", "logit", "scorer", "nsfw")
+_UNFINISHED = ("path", "score", "logit", "scorer", "nsfw", "arithmetic")
 
 
 @dataclass

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from sdkit import generate, load_pipeline
-from sdkit.load.invariance import _per_candidate, cfg_pairs, is_batch_invariant
+from sdkit.load.invariance import cfg_pairs, is_batch_invariant
+from sdkit.load.rows import rows_unet
 from sdkit.load.schedulers import SCHEDULERS
 from sdkit.load.state import ModuleState, module_state
 
@@ -32,7 +33,7 @@ def test_one_call_per_candidate_with_its_pair(monkeypatch):
         return inner(sample, t, ehs, *a, **k)
 
     assert is_batch_invariant(pipe)  # the CPU's default
-    monkeypatch.setattr(pipe.unet, "forward", _per_candidate(spy, ModuleState(), pipe.unet.config.out_channels))
+    monkeypatch.setattr(pipe.unet, "forward", rows_unet(spy, ModuleState(installed=True, batch_invariant=True), pipe.unet.config.out_channels))
     generate(pipe, ["a red circle", "a cat", "a dog"], n=1, seed=0, batch_size=3, negative_prompt="ugly", **FAST)
     assert [b for b, _ in calls] == [2] * 9  # 3 steps x 3 candidates, each one call of [uncond, cond]
     uncond, cond = calls[0][1][0], calls[0][1][1]
@@ -137,7 +138,7 @@ def test_skipped_candidates_leave_the_others_bit_identical(scheduler):
 
     with skipping(pipe) as skip:
         real = pipe.unet.forward
-        pipe.unet.forward = functools.wraps(real)(_per_candidate(counted, module_state(pipe.unet), pipe.unet.config.out_channels))
+        pipe.unet.forward = functools.wraps(real)(rows_unet(counted, module_state(pipe.unet), pipe.unet.config.out_channels))
 
         def prune(progress):
             if progress.step == 2 and progress.finished is None:

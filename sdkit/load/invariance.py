@@ -1,18 +1,23 @@
-"""Batch invariance: candidate k must not depend on which batch it was denoised in.
+"""Batch invariance: candidate k must not depend on which batch it was denoised in, and how sdkit's wrappers
+get onto a pipeline's modules.
 
 CPU kernels (oneDNN convolutions, GEMM blocking) choose their algorithm by
 batch size, so the same latent gives last-bit-different outputs in a batch of
 8 and in a batch of 3, and after 30 steps that can flip a pixel. Running the
 text encoder one prompt at a time, the UNet one candidate at a time and the VAE
-one image at a time (via its slicing) gives every candidate the same arithmetic
-in any batch. The text encoder matters too: a prompt's embedding computed in a
-batch of 3 differs from its embedding alone by ~1e-7, which ancestral samplers
-amplify into pixels (seen with diffusers' own test components). With classifier-free guidance a
+one image at a time gives every candidate the same arithmetic in any batch. The
+text encoder matters too: a prompt's embedding computed in a batch of 3 differs
+from its embedding alone by ~1e-7, which ancestral samplers amplify into pixels
+(seen with diffusers' own test components). With classifier-free guidance a
 candidate is a pair of rows, [unconditional, conditional], and the pair stays
 together: one UNet call of batch 2 per candidate, the same call the tutorial's
 one-image-at-a-time loop makes, so invariance costs nothing next to that loop
-(bench/ measures it). On GPUs batching pays, so invariance is off there by
-default and results are reproducible per batch size only.
+(bench/ measures it). That is the CPU's default.
+
+On GPUs batching pays (4x at batch 8 on an H200), so there the UNet and the VAE run the live candidates
+together, and `sdkit.load.rows` records each candidate's batch size and row so that it is made again exactly
+by padding (recorded shapes). The text encoder encodes one prompt at a time on every device: cheap, and a
+prompt's embedding then never depends on its batch-mates.
 """
 
 from __future__ import annotations
@@ -22,27 +27,41 @@ import functools
 
 import torch
 
-from sdkit.load.state import ModuleState, module_state
+from sdkit.load.state import module_state
 
 
-def make_batch_invariant(pipe) -> None:
-    """Encode each prompt alone, run `pipe.unet` per candidate and the VAE per sample. Idempotent."""
-    unet = pipe.unet
-    state = module_state(unet)
-    if not state.batch_invariant:
-        unet.forward = _per_candidate(unet.forward, state, unet.config.out_channels)
-        state.batch_invariant = True
+def install(pipe, *, batch_invariant: bool, max_rows: int | None = None) -> None:
+    """sdkit's wrappers on `pipe`'s modules (once; later calls only change the mode): prompts encoded one at a
+    time; the UNet and the VAE decode through `sdkit.load.rows`, each candidate alone (`batch_invariant`, the
+    CPU's default) or the live ones together, at most `max_rows` per call, with their rows recorded."""
+    from sdkit.load.rows import rows_decode, rows_unet
+
+    unet, vae = pipe.unet, pipe.vae
+    if not module_state(unet).installed:
+        unet.forward = rows_unet(unet.forward, module_state(unet), unet.config.out_channels)
+    if not module_state(vae).installed:
+        vae.decode = rows_decode(vae, module_state(vae))
+    for module in (unet, vae):
+        state = module_state(module)
+        state.installed, state.batch_invariant, state.max_rows = True, bool(batch_invariant), max_rows
     for name in ("text_encoder", "text_encoder_2"):  # SDXL has two
         encoder = getattr(pipe, name, None)
-        if encoder is not None and not module_state(encoder).batch_invariant:
+        if encoder is not None and not module_state(encoder).installed:
             encoder.forward = _per_row(encoder.forward)
-            module_state(encoder).batch_invariant = True
-    pipe.vae.enable_slicing()  # diffusers' slicing encodes and decodes one image at a time
+            module_state(encoder).installed = True
+    if batch_invariant:  # x0 previews too, decoded outside rows_decode, one image at a time
+        vae.enable_slicing()
 
 
 def is_batch_invariant(pipe) -> bool:
-    """Whether `pipe`'s UNet runs one candidate at a time (`make_batch_invariant`)."""
-    return module_state(pipe.unet).batch_invariant
+    """Whether `pipe`'s UNet runs one candidate at a time (`install(..., batch_invariant=True)`)."""
+    state = module_state(pipe.unet)
+    return state.installed and state.batch_invariant
+
+
+def has_rows(pipe) -> bool:
+    """Whether `pipe` runs through sdkit's row wrappers (`install`; every `load_pipeline` pipeline does)."""
+    return module_state(pipe.unet).installed and module_state(pipe.vae).installed
 
 
 def cfg_pairs(sample: torch.Tensor) -> bool:
@@ -58,54 +77,21 @@ def cfg_pairs(sample: torch.Tensor) -> bool:
 
 @contextlib.contextmanager
 def skipping(pipe):
-    """A set of candidates (positions in the batch being denoised) whose UNet evaluations are skipped inside the
-    block: a search adds the ones it prunes. Their noise prediction is zero; every other candidate runs alone as
-    always, so a survivor's trajectory is the one it has in any batch. Needs `make_batch_invariant`."""
-    state = module_state(pipe.unet)
-    if not state.batch_invariant:
-        raise RuntimeError("skipping candidates needs the batch-invariant UNet (sdkit.load.invariance.make_batch_invariant)")
-    state.skip = set()
+    """A set of candidates (positions in the batch being denoised) whose UNet evaluations (and final decode) are
+    skipped inside the block: a search adds the ones it prunes. Their noise prediction is zero; the others run as
+    always (alone, or together with their recorded rows), so a survivor is made again exactly. Needs `install`."""
+    if not has_rows(pipe):
+        raise RuntimeError("skipping candidates needs sdkit's row wrappers: a pipeline from load_pipeline, or "
+                           "sdkit.load.invariance.install(pipe, batch_invariant=...)")
+    states = [module_state(pipe.unet), module_state(pipe.vae)]
+    skip: set[int] = set()
+    for state in states:
+        state.skip = skip
     try:
-        yield state.skip
+        yield skip
     finally:
-        state.skip = None
-
-
-def _per_candidate(forward, state: ModuleState, out_channels: int):
-    @functools.wraps(forward)
-    def wrapped(sample, timestep, encoder_hidden_states=None, *args, return_dict: bool = True, **kwargs):
-        b = sample.shape[0]
-        if cfg_pairs(sample):
-            half = b // 2
-            groups = [torch.tensor([i, i + half], device=sample.device) for i in range(half)]
-        else:
-            groups = [torch.tensor([i], device=sample.device) for i in range(b)]
-        skip = state.skip or ()
-        if len(groups) == 1 and not skip:
-            return forward(sample, timestep, encoder_hidden_states, *args, return_dict=return_dict, **kwargs)
-        outs = {}
-        for i, rows in enumerate(groups):
-            if i in skip:
-                continue
-            t = timestep[rows] if torch.is_tensor(timestep) and timestep.ndim and timestep.shape[0] == b else timestep
-            ehs = encoder_hidden_states[rows] if encoder_hidden_states is not None else None
-            kw = {k: _take(v, rows, b) for k, v in kwargs.items()}
-            outs[i] = forward(sample[rows], t, ehs, *args, return_dict=False, **kw)[0]
-        if outs:
-            like = next(iter(outs.values()))
-            shape, dtype = like.shape[1:], like.dtype
-        else:  # every candidate skipped (an inpainting UNet takes 9 channels and returns 4)
-            shape, dtype = (out_channels, *sample.shape[2:]), sample.dtype
-        out = torch.zeros((b, *shape), dtype=dtype, device=sample.device)
-        for i, o in outs.items():
-            out[groups[i]] = o
-        if not return_dict:
-            return (out,)
-        from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
-
-        return UNet2DConditionOutput(sample=out)
-
-    return wrapped
+        for state in states:
+            state.skip = None
 
 
 def _take(v, rows, b):

@@ -17,9 +17,9 @@ from pathlib import Path
 import torch
 
 from sdkit.errors import ModelNotAvailable
-from sdkit.load.devices import auto_dtype, resolve_device, resolve_dtype, unet_parameters
+from sdkit.load.devices import auto_dtype, default_batch_size, resolve_device, resolve_dtype, unet_parameters
 from sdkit.load.hub import MIRRORS, local_dir, local_files, looks_like_path, no_safetensors, pickles, repo_files, snapshot
-from sdkit.load.invariance import make_batch_invariant
+from sdkit.load.invariance import install
 from sdkit.load.schedulers import check_scheduler, make_scheduler
 from sdkit.load.state import module_state, pipeline_info, remember
 from sdkit.models.builtin import BUILTIN, builtin_pipeline_path
@@ -150,8 +150,10 @@ def load_pipeline(
         variant: "auto" uses the repo's fp16 weights when loading in fp16 and it has them; or a variant name / None.
         low_memory: for 4-8 GB GPUs: attention and VAE slicing, VAE tiling, and model CPU offload on CUDA.
         batch_invariant: run the UNet per candidate (its guidance pair in one call) and the VAE per image,
-            so candidate k is bit-identical in any batch size.
-            "auto" turns it on for the CPU, where it costs nothing next to one call per image (see `sdkit.load.invariance`).
+            so candidate k is bit-identical in any batch size. "auto" turns it on for the CPU, where it costs
+            nothing next to one call per image (see `sdkit.load.invariance`). Off (a GPU's default), the live
+            candidates run together and each image records its batch size and row in every call, which
+            `regenerate`, resume and a search's survivors replay exactly (`sdkit.load.rows`).
         compile: `torch.compile` the UNet (inductor, weights frozen on CPU). The first call compiles for
             minutes; later calls run 8-15% faster on a bf16 CPU (bench/). Results differ from eager in the last bits.
 
@@ -202,8 +204,9 @@ def load_pipeline(
             _place(pipe, device, low_memory)
             if compile:
                 _compile_unet(pipe.unet, device)
-            if batch_invariant:
-                make_batch_invariant(pipe)
+            # On a GPU at most a default batch of candidates per UNet call, also when a search holds more.
+            install(pipe, batch_invariant=batch_invariant,
+                    max_rows=default_batch_size(device) if device.startswith("cuda") else None)
             own = (type(pipe.scheduler), pipe.scheduler.config)
         pipe.set_progress_bar_config(disable=True)  # sdkit reports progress itself
         if scheduler is not None:

@@ -34,9 +34,13 @@ class PipelineInfo:
 class ModuleState:
     """What sdkit changed on one module (a UNet, a text encoder), shared by every pipeline made from it."""
 
-    batch_invariant: bool = False  # forward wrapped to run one candidate (prompt) at a time
+    installed: bool = False  # sdkit's wrapper is on the module (`invariance.install`)
+    batch_invariant: bool = False  # one candidate at a time (the UNet, the VAE decode); else the live ones together
     compiled: bool = False  # forward replaced by a torch.compile'd one
     skip: set[int] | None = None  # inside `invariance.skipping`: candidates whose UNet evaluations are skipped
+    rows: Any = None  # inside one pipeline call: its `sdkit.load.rows.Rows` (what ran where, and any replay)
+    max_rows: int | None = None  # candidates per UNet call at most, when they run together (a GPU's batch size)
+    replay: Any = None  # inside `rows.replaying`: {row of the next call: the Arithmetic to replay}
 
 
 _pipelines: "weakref.WeakKeyDictionary[Any, PipelineInfo]" = weakref.WeakKeyDictionary()

@@ -6,7 +6,7 @@ import dataclasses
 from typing import Any, Callable, Sequence
 
 from sdkit.checks import count_steps, is_int
-from sdkit.load.invariance import is_batch_invariant, skipping
+from sdkit.load.invariance import has_rows, skipping
 from sdkit.ranking import rank
 from sdkit.results import Pruned, Ranked, Run
 from sdkit.search.family import counting, open_search, previewer_label
@@ -58,8 +58,9 @@ def successive_halving(pipe, prompt: str | Sequence[str], scorer: Any = "flax", 
     """N candidates per prompt denoised together; after step `prune_at[j]` each live candidate's x0 preview
     (decoded by `previewer`, default the pipeline's VAE; an `AutoencoderTiny` is cheaper) is scored against its
     own prompt and only the best `keep[j]` of each prompt go on. The survivors are finished and ranked by their
-    final score. Pruned candidates cost no more UNet evaluations (`sdkit.load.invariance.skipping`), and a
-    survivor's trajectory is the one it has alone, so it regenerates bit for bit from its PNG.
+    final score. Pruned candidates cost no more UNet evaluations and leave the batch
+    (`sdkit.load.invariance.skipping`); a survivor records where it ran (alone on a CPU; its batch size and row
+    in every call on a GPU), so it regenerates bit for bit from its PNG.
 
     `prune_at`/`keep` default to `default_schedule(n, num_inference_steps)` (32 candidates, 20 steps: keep 8 after
     step 2, 2 after step 10; 16 candidates: 4, then 1). All candidates are one batch, so `batch_size` is refused;
@@ -77,9 +78,10 @@ def successive_halving(pipe, prompt: str | Sequence[str], scorer: Any = "flax", 
     if batch_size is not None:
         raise ValueError(f"batch_size={batch_size!r}: successive_halving denoises all candidates of all prompts in "
                          "one batch (pruned ones cost nothing); leave batch_size out")
-    if not is_batch_invariant(pipe):  # on GPUs invariance is off by default
-        raise ValueError("successive_halving prunes candidates mid-way without touching the survivors, which needs "
-                         "a batch-invariant pipeline: load_pipeline(..., batch_invariant=True)")
+    if not has_rows(pipe):
+        raise ValueError("successive_halving prunes candidates mid-way and records where each survivor ran, which "
+                         "needs sdkit's row wrappers: a pipeline from load_pipeline, or "
+                         "sdkit.load.invariance.install(pipe, batch_invariant=...)")
     s = open_search("successive_halving", pipe, prompt, scorer, n=n, previewer=previewer, settings={
         "n": n, "prune_at": list(prune_at), "keep": list(keep), "previewer": previewer_label(previewer)}, **kwargs)
     rows = len(s.prompts) * n
@@ -119,7 +121,8 @@ def successive_halving(pipe, prompt: str | Sequence[str], scorer: Any = "flax", 
                      before_save=before_save)
     # In the order they were pruned; without the half-denoised picture generate decoded for them (a Pruned holds
     # what makes the candidate, as its manifest line does, so a record read back equals it).
-    records = [Pruned(dataclasses.replace(stopped[i], image=None), *v) for i, v in pruned.items() if i in stopped]
+    records = [Pruned(dataclasses.replace(stopped[i], image=None, arithmetic=None), *v)
+               for i, v in pruned.items() if i in stopped]
     return s.close(run, run.candidates, pruned=records)
 
 

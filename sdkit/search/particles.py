@@ -9,7 +9,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from sdkit.checks import is_int
-from sdkit.load.invariance import is_batch_invariant
+from sdkit.load.invariance import has_rows
+from sdkit.load.rows import Arithmetic, runs
 from sdkit.results import Lineage, Run
 from sdkit.search.family import counting, open_search, previewer_label
 
@@ -51,9 +52,10 @@ def check_pipeline(pipe, pipe_kwargs: dict | None) -> None:
         raise ValueError(f"particle_resampling needs a stochastic sampler, so copied particles part ways; this "
                          f"pipeline's is {name}" + (" with eta=0" if name == "DDIMScheduler" else "") +
                          ": load_pipeline(..., scheduler='Euler a'), or DDIM with pipe_kwargs={'eta': 1.0}")
-    if not is_batch_invariant(pipe):
-        raise ValueError("particle_resampling replays a particle's lineage by itself, which needs a "
-                         "batch-invariant pipeline: load_pipeline(..., batch_invariant=True)")
+    if not has_rows(pipe):
+        raise ValueError("particle_resampling records where each particle ran, to replay its lineage, which needs "
+                         "sdkit's row wrappers: a pipeline from load_pipeline, or "
+                         "sdkit.load.invariance.install(pipe, batch_invariant=...)")
 
 
 def resample(weights: np.ndarray, rng) -> list[int]:
@@ -67,6 +69,20 @@ def resample(weights: np.ndarray, rng) -> list[int]:
         for _ in range(counts[r] - 1):
             parents[spare.pop()] = r
     return parents
+
+
+def _followed(hops, by_row: dict, row: int, n: int, seeds: list[int], steps: int) -> dict:
+    """A particle's arithmetic: at each UNet call (one a step for these samplers), the row and batch size of the
+    ancestor it was then; its own decode."""
+    prompt_rows = row - row % n
+    at = [prompt_rows + seeds.index(seed) for _, seed in hops]  # the row each hop's particle lived in
+    starts = [step for step, _ in hops]
+    calls = []
+    for call in range(steps):
+        ancestor = at[max(k for k, start in enumerate(starts) if start <= call)]
+        calls.append(by_row[ancestor].at(call))
+    own = by_row[row]
+    return Arithmetic(runs(calls), own.decode, own.device, own.software).to_json()
 
 
 def particle_resampling(pipe, prompt: str | Sequence[str], scorer: Any = "flax", *, n: int = 8,
@@ -117,8 +133,10 @@ def particle_resampling(pipe, prompt: str | Sequence[str], scorer: Any = "flax",
         return latents if parents is None else latents[parents]
 
     def before_save(batch):
+        by_row = {c.index: Arithmetic.from_json(c.arithmetic) for c in batch}
         for c in batch:
             c.extra["search"] = {**s.settings, "lineage": Lineage(tuple(lineage[c.index])).to_json()}
+            c.arithmetic = _followed(lineage[c.index], by_row, c.index, n, s.seeds, num_inference_steps)
         return s.score(batch)
 
     with counting(s.pipe, s.compute), capture_previews(s.pipe, steps=[t - 1 for t in resample_at], on_step=decide), \

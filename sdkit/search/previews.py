@@ -219,13 +219,17 @@ def decode_previews(latents, vae, batch_size: int = 8) -> list:
     import torch
     from diffusers.image_processor import VaeImageProcessor
 
+    from sdkit.load.state import module_state
+
     latents = latents if latents.dim() == 4 else latents[None]
     processor = VaeImageProcessor()
+    # Not the pipeline's output: around sdkit's row wrapper (sdkit.load.rows), so no rows are recorded or skipped.
+    decode = vae.decode.__wrapped__ if module_state(vae).installed else vae.decode
     shift = vae.config.get("shift_factor") or 0.0
     images = []
     with torch.no_grad():
         for chunk in latents.split(batch_size):
             z = chunk.to(vae.device, vae.dtype) / vae.config.scaling_factor + shift
-            images += processor.postprocess(vae.decode(z, return_dict=False)[0].float(), output_type="pil")
+            images += processor.postprocess(decode(z, return_dict=False)[0].float(), output_type="pil")
     return images
 

@@ -4,11 +4,13 @@ generation and search, so neither has to reach up for the other."""
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from pathlib import Path
 
 from sdkit.generation import generate
-from sdkit.load.invariance import is_batch_invariant, skipping
+from sdkit.load.invariance import has_rows, skipping
+from sdkit.load.rows import Arithmetic, differences, replaying
 from sdkit.load.schedulers import scheduler_name
 from sdkit.results import Candidate, Lineage, Pruned
 from sdkit.save import MANIFEST, read_metadata, read_pruned
@@ -38,24 +40,36 @@ def regenerate(source, pipe=None, **overrides) -> Candidate:
         pipe = load_pipeline(meta["model_id"], meta.get("task", "text-to-image"), scheduler=meta.get("scheduler") or None,
                              dtype=meta.get("dtype") or "auto", revision=meta.get("revision"),
                              **({"batch_invariant": True} if lineage else {}))
+    arithmetic = None if overrides else Arithmetic.from_json(meta.get("arithmetic"))
+    if arithmetic is not None:
+        _warn_elsewhere(arithmetic, pipe.device)
     if lineage:
-        return replay_lineage(pipe, meta, lineage)
-    run = generate(pipe, meta["prompt"], n=1, seeds=[meta["seed"]], negative_prompt=meta.get("negative_prompt"),
-                   num_inference_steps=meta["num_inference_steps"], guidance_scale=meta["guidance_scale"],
-                   height=meta["height"], width=meta["width"], progress=False)
+        return replay_lineage(pipe, meta, lineage, arithmetic)
+    with replaying(pipe, {0: arithmetic}) if arithmetic is not None else contextlib.nullcontext():
+        run = generate(pipe, meta["prompt"], n=1, seeds=[meta["seed"]], negative_prompt=meta.get("negative_prompt"),
+                       num_inference_steps=meta["num_inference_steps"], guidance_scale=meta["guidance_scale"],
+                       height=meta["height"], width=meta["width"], progress=False)
     return run.candidates[0]
 
 
-def replay_lineage(pipe, meta: dict, lineage: Lineage) -> Candidate:
+def _warn_elsewhere(arithmetic: Arithmetic, device) -> None:
+    why = differences(arithmetic, device)
+    if why:
+        warnings.warn(f"this image was made on other hardware or software ({'; '.join(why)}): made again here it "
+                      "can differ in the last bits, since kernels round differently; its seed, settings and rows "
+                      "are replayed as recorded", stacklevel=3)
+
+
+def replay_lineage(pipe, meta: dict, lineage: Lineage, arithmetic: Arithmetic | None = None) -> Candidate:
     """A particle's image again, from its metadata: the seeds of its lineage denoised as rows of one batch, each
     row running only while the lineage is on it and handing its latent on at the recorded step (the same
     arithmetic as in the search: per-row noise, batch invariance), so one trajectory's UNet cost."""
     from sdkit.search.previews import after_steps
 
     found = meta["extra"]["search"]
-    if not is_batch_invariant(pipe):
-        raise ValueError("replaying a particle's lineage needs a batch-invariant pipeline: "
-                         "load_pipeline(..., batch_invariant=True)")
+    if not has_rows(pipe):
+        raise ValueError("replaying a particle's lineage needs sdkit's row wrappers: a pipeline from load_pipeline, "
+                         "or sdkit.load.invariance.install(pipe, batch_invariant=...)")
     seeds = lineage.seeds  # each seed once: one row, its own noise throughout
     row = {s: k for k, s in enumerate(seeds)}
     hops = lineage.hops
@@ -70,7 +84,9 @@ def replay_lineage(pipe, meta: dict, lineage: Lineage) -> Candidate:
             latents[dst] = latents[src]
         return latents
 
-    with skipping(pipe) as skip, after_steps(pipe, copy):
+    # Whichever row the lineage is on runs where the particle's arithmetic says it ran (its batch size and row).
+    targets = {k: arithmetic for k in range(len(seeds))} if arithmetic is not None else {}
+    with skipping(pipe) as skip, after_steps(pipe, copy), replaying(pipe, targets):
         def follow(p):  # after loop position p.step - 1: only the row the lineage is on runs next
             nonlocal live
             if p.step - 1 in hands:

@@ -183,7 +183,7 @@ def _unfinished(run: Run, by_seed: dict) -> list[Pruned]:
         for d in search.drafts:
             if d.seed not in kept and d.seed not in found:
                 extra = {**d.extra, "search": {"strategy": search.strategy, **search.settings}}
-                found[d.seed] = Pruned(dataclasses.replace(d, image=None, num_inference_steps=full, extra=extra),
+                found[d.seed] = Pruned(dataclasses.replace(d, image=None, arithmetic=None, num_inference_steps=full, extra=extra),
                                        d.num_inference_steps, d.score)
     left = sorted(set(by_seed) - kept - set(found))
     if left:
