@@ -23,7 +23,7 @@ GUIDANCE ?= 2
 OUT      ?= outputs
 DEMO_ARGS ?=
 
-.PHONY: install demo test test-fast test-notebooks browser-deps bench bench-search bench-particles bench-preview-cost gpu-check gpu-wheels toy notebooks clean
+.PHONY: install demo test test-fast test-notebooks browser-deps bench bench-search bench-particles bench-preview-cost bench-gpu-model gpu-check gpu-wheels toy notebooks clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -81,6 +81,11 @@ bench-search: $(STAMP)
 ## on 2 cores, cached per run): bench/results/particles.{json,md}.
 bench-particles: $(STAMP)
 	$(PY) bench/particles.py
+
+## The search strategies on a GPU's clock: bench/search.py's pool (quality) against the H200-modelled time
+## (bench/gpu_model.py), settings chosen on the tuning sets: bench/results/search_gpu.{json,md,png}.
+bench-gpu-model: $(STAMP)
+	$(PY) bench/gpu_search.py
 
 ## What one x0 preview (VAE vs AutoencoderTiny) costs in SD 1.5 UNet steps at 512², fp32: bench/results/preview_cost.{json,md}.
 bench-preview-cost: $(STAMP)

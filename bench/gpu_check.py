@@ -15,8 +15,11 @@ global time budget skips what no longer fits, saying so):
   PIL images against the pipeline's tensor handed over without a PIL round trip (DLPack for JAX).
 - reproducibility: the same seed and batch size twice; each seed in batches of 1, 4 and 8, with the UNet
   batched and batch-invariant (`batch_invariant=`), pixel differences measured.
+- search: each strategy's real wall time on the default (batched) pipeline against best-of-8, its UNet
+  evaluations and previews (VAE and a TAESD-shaped `AutoencoderTiny`), and its modelled time (bench/gpu_model.py).
+- replay: batched candidates, search survivors and particles made again from their metadata (their recorded
+  rows), bit for bit; the time of one replay against its share of a batch.
 - compile: `load_pipeline(compile=True)` against eager: first call (compilation), per-image time, pixels.
-- search: sdkit's search strategies, once they land (recorded as not measured until then).
 
 Writes DIR/gpu_check.json (every figure) and DIR/gpu_check.md (tables) after every section, so a run cut
 short keeps what it measured. The dry run takes the same path on the CPU, sdkit:tiny and the tiny CLIP,
@@ -41,7 +44,7 @@ if __package__ in (None, ""):  # run as a script: make `bench` importable
 
 ROOT = Path(__file__).resolve().parent.parent
 PROMPT = "a photograph of a red horse in a field"
-SECTIONS = ("models", "pipeline", "scorer", "reproducibility", "compile", "search")
+SECTIONS = ("models", "pipeline", "scorer", "reproducibility", "search", "replay", "compile")
 SCORE_TOLERANCE = 1e-3  # max |logit difference| allowed between the GPU and the CPU (the issue's bound)
 
 
@@ -64,14 +67,15 @@ class Plan:
     compile_batch: int = 4
     compile: bool = True
     need_s: tuple[tuple[str, float], ...] = (("pipeline", 45), ("scorer", 30), ("reproducibility", 30),
-                                              ("compile", 150))
+                                              ("search", 60), ("replay", 30), ("compile", 150))
 
 
 # The dry run: tiny models, few steps, one CPU thread (two stall each other on a busy 2-core machine), and
 # torch.compile off (inductor takes a minute on the tiny UNet here; --compile turns it on).
 DRY = dict(dry_run=True, device="cpu", big_model="tiny", clip="tiny", size=64, steps=2, reps=1, threads=1,
            score_images=8, score_reps=1, repro_seeds=4, compile=False,
-           need_s=(("pipeline", 1), ("scorer", 1), ("reproducibility", 1), ("compile", 10)))
+           need_s=(("pipeline", 1), ("scorer", 1), ("reproducibility", 1), ("search", 1), ("replay", 1),
+                   ("compile", 10)))
 
 
 class OutOfTime(Exception):
@@ -443,13 +447,116 @@ class Check:
             check("compiled vs eager pixels, max level diff", diff["max_abs"], "figure (last-bit differences expected)",
                   None)]}
 
-    # search
-    def section_search(self) -> dict:
-        import importlib.util
+    # search and replay
+    def previewer(self):
+        """A TAESD-shaped AutoencoderTiny with random weights (bench/preview_cost.py's config), on the device."""
+        import torch
+        from diffusers import AutoencoderTiny
 
-        if importlib.util.find_spec("sdkit.search") is None:
-            return {"skipped": "sdkit has no search strategies at this commit (the search issue has not landed)"}
-        return {"skipped": "sdkit.search exists but this check does not measure it yet: add its wall-time cases here"}
+        from .preview_cost import DRY_TAESD, TAESD
+
+        torch.manual_seed(0)
+        vae = AutoencoderTiny(**(DRY_TAESD if self.plan.dry_run else TAESD)).eval()
+        return vae.to(self.plan.device, torch.float16 if self.plan.device.startswith("cuda") else torch.float32)
+
+    def search_pipes(self):
+        """The device's default pipeline, batched here even in the dry run (the GPU's path, forced on the CPU),
+        with DDIM and with Euler a (particles)."""
+        from sdkit import load_pipeline
+
+        path, p = str(self.paths()[0]), self.plan
+        return (load_pipeline(path, device=p.device, batch_invariant=False),
+                load_pipeline(path, device=p.device, batch_invariant=False, scheduler="Euler a"))
+
+    def section_search(self) -> dict:
+        from sdkit.load.invariance import is_batch_invariant
+        from sdkit.scoring.scorers import load_scorer
+        from sdkit.search import best_of_n, draft_then_finish, particle_resampling, successive_halving
+
+        from .gpu_model import Costs, seconds
+        from .timing import interleaved
+
+        p = self.plan
+        self.clock.need(dict(p.need_s).get("search", 60), "search")
+        ddim, euler = self.search_pipes()
+        scorer = load_scorer("flax", self.paths()[1])
+        tiny = self.previewer()
+        kw = dict(seed=100, progress=False, **self.kw())
+        cases = {
+            "best_of_n n=8": (best_of_n, ddim, {"n": 8}),
+            "successive_halving n=32 (VAE previews)": (successive_halving, ddim, {"n": 32}),
+            "successive_halving n=32 (tiny previews)": (successive_halving, ddim, {"n": 32, "previewer": tiny}),
+            "draft_then_finish n=16 keep=2": (draft_then_finish, ddim, {"n": 16, "keep": 2,  # drafts at 30% of the steps
+                                                                        "draft_steps": max(1, p.steps * 3 // 10)}),
+            "particle_resampling n=8 (tiny previews)": (particle_resampling, euler, {"n": 8, "previewer": tiny}),
+        }
+        runs = {}
+
+        def case(name):
+            strategy, pipe, own = cases[name]
+            return lambda: runs.__setitem__(name, strategy(pipe, PROMPT, scorer, **own, **kw))
+
+        times = interleaved({name: case(name) for name in cases}, reps=max(1, p.reps - 1), warmup=1)
+        costs, data, checks = Costs(), {}, []
+        for name, (strategy, _, own) in cases.items():
+            run = runs[name]
+            c = run.search.compute
+            cfg = {"strategy": strategy.__name__, **run.search.settings,
+                   "previewer": "tiny" if own.get("previewer") is not None else "vae"}
+            modelled = seconds(cfg, steps=p.steps, prompts=1)
+            data[name] = {"wall_s": stat(times[name]), "unet_evaluations": c.unet_evaluations,
+                          "preview_decodes": c.preview_decodes, "scored_images": c.scored_images,
+                          "settings": {k: v for k, v in run.search.settings.items() if k != "previewer"},
+                          "modelled_h200_s": modelled, "best_seed": run.search.best[0].seed}
+        base = data["best_of_n n=8"]["wall_s"]["median"]
+        for name, d in data.items():
+            checks.append(check(f"{name}: wall s (vs best-of-8), modelled H200 s", f"{d['wall_s']['median']:.3f} "
+                                f"({d['wall_s']['median'] / base:.2f}), {d['modelled_h200_s']:.3f}", "figure", None))
+        checks.append(check("search runs on the default pipeline (batched, rows recorded)",
+                            not is_batch_invariant(ddim), "True", not is_batch_invariant(ddim)))
+        self.search_runs = runs
+        return {"data": data, "checks": checks}
+
+    def section_replay(self) -> dict:
+        """Batched candidates, search survivors and particles made again from their metadata, bit for bit."""
+        from sdkit.search import regenerate
+
+        from .timing import interleaved
+
+        p = self.plan
+        self.clock.need(dict(p.need_s).get("replay", 30), "replay")
+        ddim, euler = self.search_pipes()
+        batch = max(p.batches)
+        plain = self.generate_run(ddim, list(range(batch)), batch)
+        runs = getattr(self, "search_runs", {})
+        groups = {"batched candidates (batch %d)" % batch: (ddim, plain.candidates[-2:])}
+        for name, pipe in (("successive_halving n=32 (VAE previews)", ddim),
+                           ("particle_resampling n=8 (tiny previews)", euler)):
+            if name in runs:
+                groups[name] = (pipe, runs[name].candidates[:2])
+        data, checks = {}, []
+        for name, (pipe, cands) in groups.items():
+            again = [regenerate(c.params(), pipe=pipe) for c in cands]
+            diff = pixel_diff([c.image for c in cands], [a.image for a in again])
+            data[name] = {"pixels": diff, "arithmetic": [c.arithmetic for c in cands],
+                          "lineages": [c.extra.get("search", {}).get("lineage") for c in cands]}
+            checks.append(check(f"replay: {name}, {len(cands)} regenerated from metadata, max level diff",
+                                diff["max_abs"], "0 (identical)", diff["identical"]))
+        c = plain.candidates[-1]
+        times = interleaved({"regenerate": lambda: regenerate(c.params(), pipe=ddim),
+                             "batch": lambda: self.generate_run(ddim, list(range(batch)), batch)},
+                            reps=p.reps, warmup=0)
+        ratio = [r / (b / batch) for r, b in zip(times["regenerate"], times["batch"])]
+        data["regenerate_vs_batch_share"] = stat(ratio)
+        checks.append(check(f"replay time of one batched candidate / its share of the batch of {batch} (median)",
+                            round(stat(ratio)["median"], 2), "figure", None))
+        return {"data": data, "checks": checks}
+
+    def generate_run(self, pipe, seeds, batch_size: int):
+        from sdkit import generate
+
+        return generate(pipe, PROMPT, n=len(seeds), seeds=list(seeds), batch_size=batch_size, progress=False,
+                        **self.kw())
 
 
 # --- running and reporting --------------------------------------------------------------------------------
@@ -462,8 +569,6 @@ def run(plan: Plan, out: Path, budget_s: float, only: list[str]) -> dict:
     chk = Check(plan, clock)
     result = {"dry_run": plan.dry_run, "plan": dataclasses.asdict(plan), "budget_s": budget_s,
               "machine": machine.describe() | {"gpu_info": gpu_info(plan.device)}, "sections": {}}
-    if result["machine"]["commit"] == "unknown" and os.environ.get("SDKIT_COMMIT"):
-        result["machine"]["commit"] = os.environ["SDKIT_COMMIT"]  # a copied tree without .git: the caller says
     for name in only:
         t0 = time.perf_counter()
         print(f"gpu_check: {name} ...", file=sys.stderr, flush=True)

@@ -35,15 +35,26 @@ def _version(pkg: str) -> str:
         return "not installed"
 
 
+def sdkit_commit() -> str:
+    """sdkit's own commit: $SDKIT_COMMIT if the caller says, else the checkout's own .git (never an enclosing
+    repository's: a tree copied into another repository once printed that repository's HEAD), else "unknown"."""
+    if os.environ.get("SDKIT_COMMIT"):
+        return os.environ["SDKIT_COMMIT"]
+    if not (ROOT / ".git").exists():
+        return "unknown"
+    try:
+        out = subprocess.run(["git", "--git-dir", str(ROOT / ".git"), "rev-parse", "--short", "HEAD"],
+                             capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return out or "unknown"
+
+
 def describe() -> dict:
     import torch
 
     model, flags = _cpuinfo()
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                                text=True, timeout=10).stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        commit = "unknown"
+    commit = sdkit_commit()
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     return {
         "cpu": model,

@@ -561,7 +561,8 @@ def markdown(res: dict) -> str:
     return "\n".join(L) + "\n"
 
 
-def main(argv=None) -> int:
+def parse_args(argv=None) -> argparse.Namespace:
+    """The benchmark's settings, checked (bench/gpu_search.py reads the same pool with the defaults)."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--world", type=Path, default=None, help="toy world folder (default: the shipped CI world)")
     p.add_argument("--previewer", default="sdkit:toy",
@@ -598,6 +599,11 @@ def main(argv=None) -> int:
         from sdkit.toy.world import toy_world_path
 
         args.world = toy_world_path("ci", log=None)
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
     if args.worker is not None:
         return pool_worker(args)
 

@@ -128,7 +128,7 @@ def test_readme_table_is_replaced_between_its_markers(tmp_path):
 # --- the GPU check (bench/gpu_check.py), in its dry run: the same script on the CPU with the tiny models -----------
 
 
-GPU_SECTIONS = ["models", "pipeline", "scorer", "reproducibility", "compile", "search"]
+GPU_SECTIONS = ["models", "pipeline", "scorer", "reproducibility", "search", "replay", "compile"]
 
 
 @pytest.fixture(scope="module")
@@ -143,8 +143,9 @@ def test_gpu_check_dry_run_runs_every_section(gpu_dry):
     assert result["dry_run"] is True and list(result["sections"]) == GPU_SECTIONS
     status = {n: s["status"] for n, s in result["sections"].items()}
     assert status == {"models": "ok", "pipeline": "ok", "scorer": "ok", "reproducibility": "ok",
-                      "compile": "skipped", "search": "skipped"}, result["sections"]
+                      "search": "ok", "replay": "ok", "compile": "skipped"}, result["sections"]
     assert "torch.compile off" in result["sections"]["compile"]["skipped"]
+    assert result["machine"]["commit"] not in ("", "unknown")  # sdkit's own checkout
     assert 0 < result["elapsed_s"] < result["budget_s"]
     assert result["machine"]["gpu_info"]["XLA_PYTHON_CLIENT_PREALLOCATE"] == "false"  # sdkit set it before JAX started
 
@@ -220,9 +221,9 @@ def test_gpu_check_records_a_failed_section_and_runs_on(tmp_path, monkeypatch):
         raise RuntimeError("CUDA error: an illegal memory access was encountered")
 
     monkeypatch.setattr(gpu_check.Check, "section_pipeline", boom)
-    result = gpu_check.run(gpu_check.Plan(**gpu_check.DRY), tmp_path, 300, ["models", "pipeline", "search"])
+    result = gpu_check.run(gpu_check.Plan(**gpu_check.DRY), tmp_path, 300, ["models", "pipeline", "compile"])
     s = result["sections"]
-    assert s["models"]["status"] == "ok" and s["search"]["status"] == "skipped"
+    assert s["models"]["status"] == "ok" and s["compile"]["status"] == "skipped"  # the sections after it still run
     assert s["pipeline"]["status"] == "failed" and "illegal memory access" in s["pipeline"]["error"]
     assert "Traceback" in s["pipeline"]["traceback"]
     md = (tmp_path / "gpu_check.md").read_text()
@@ -268,3 +269,23 @@ def test_preview_cost_dry_run_writes_every_case_and_ratio(tmp_path):
                         str(tmp_path / "bad")], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert p.returncode == 2 and "--repeats 1: needs >= 2" in p.stderr
     assert not (tmp_path / "bad.json").exists()
+
+
+def test_gpu_check_search_and_replay_on_the_batched_path(gpu_dry):
+    """The GPU's path (batched, rows recorded), forced on the CPU: every strategy runs and says what it spent, the
+    cost model prices the same run, and batched candidates, survivors and particles come back bit for bit."""
+    result, md = gpu_dry
+    search = result["sections"]["search"]["data"]
+    assert len(search) == 5 and all(d["wall_s"]["median"] > 0 and d["modelled_h200_s"] > 0 for d in search.values())
+    b8 = search["best_of_n n=8"]
+    assert b8["unet_evaluations"] == 8 * 2 and b8["preview_decodes"] == 0  # 2 steps in the dry run
+    halving = search["successive_halving n=32 (VAE previews)"]
+    assert 0 < halving["unet_evaluations"] < 32 * 2 and halving["preview_decodes"] == 32
+    replay = result["sections"]["replay"]["data"]
+    replayed = [k for k in replay if k != "regenerate_vs_batch_share"]
+    assert len(replayed) == 3 and all(replay[k]["pixels"]["identical"] for k in replayed)
+    # The batched candidates really were batched: their record names a call of 8 rows.
+    batched = next(v for k, v in replay.items() if k.startswith("batched"))
+    assert all(a["unet"][0][1] == 8 for a in batched["arithmetic"])
+    assert all(lin for lin in replay["particle_resampling n=8 (tiny previews)"]["lineages"])  # particles, replayed
+    assert "replay: batched candidates" in md

@@ -1,0 +1,91 @@
+"""A GPU cost model: the modelled wall time of every search strategy, from the per-call table measured on one
+H200 (bench/results/gpu/search_gpu.json: SD 1.5 shapes, fp16, 512², one UNet call with guidance per candidate
+count, VAE and TAESD-shaped decodes and CLIP scores by batch).
+
+    from bench.gpu_model import Costs, seconds
+    seconds({"strategy": "successive_halving", "n": 32, "prune_at": [2, 10], "keep": [8, 2]}, steps=20, prompts=12)
+
+A strategy's run is modelled call by call as sdkit runs it on a GPU: live candidates of all prompts share UNet
+calls of at most `width` candidates (pruned ones leave the batch), previews are decoded and scored in batches of
+at most 32, finished images decoded and scored once. A call of a size between two measured ones costs the
+linear interpolation; sizes above the largest measured one are split into calls of that size. Text encoding and
+the scheduler's own arithmetic are left out (under 1% of a step at these sizes).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+TABLE = Path(__file__).resolve().parent / "results" / "gpu" / "search_gpu.json"
+WIDTH = 16  # candidates per UNet call: sdkit's CUDA default batch size where memory allows (generation.py)
+
+
+class Costs:
+    """Seconds per call, by batch size, from the measured table."""
+
+    def __init__(self, path: Path = TABLE):
+        d = json.loads(Path(path).read_text())["sections"]
+        self.unet_curve = {int(k): v["s_per_call"]["median"] for k, v in d["unet_batch_curve"].items()
+                           if k.isdigit()}
+        p = d["preview_costs"]
+        self.curves = {kind: {int(k.rsplit("_b", 1)[1]): v["median"] for k, v in p.items() if k.startswith(kind + "_b")}
+                       for kind in ("vae_decode", "tiny_decode", "flax_score", "torch_score")}
+
+    @staticmethod
+    def _call(curve: dict[int, float], size: int) -> float:
+        if size <= 0:
+            return 0.0
+        sizes = sorted(curve)
+        if size >= sizes[-1]:
+            whole, rest = divmod(size, sizes[-1])
+            return whole * curve[sizes[-1]] + Costs._call(curve, rest)
+        lo = max(s for s in sizes if s <= size) if size >= sizes[0] else sizes[0]
+        hi = min(s for s in sizes if s >= size)
+        if lo == hi:
+            return curve[lo]
+        return curve[lo] + (curve[hi] - curve[lo]) * (size - lo) / (hi - lo)
+
+    def unet(self, candidates: int, width: int = WIDTH) -> float:
+        """One denoising step of `candidates` candidates (a guidance pair each), in calls of at most `width`."""
+        calls = math.ceil(candidates / width) if candidates else 0
+        if not calls:
+            return 0.0
+        base, extra = divmod(candidates, calls)  # as even as the rows wrapper splits them
+        return sum(self._call(self.unet_curve, base + (k < extra)) for k in range(calls))
+
+    def decode(self, n: int, previewer: str = "vae") -> float:
+        return self._call(self.curves["tiny_decode" if previewer == "tiny" else "vae_decode"], n)
+
+    def score(self, n: int, scorer: str = "flax") -> float:
+        return self._call(self.curves[f"{scorer}_score"], n)
+
+
+def seconds(cfg: dict, *, steps: int, prompts: int = 1, costs: Costs | None = None, width: int = WIDTH) -> float:
+    """Modelled GPU seconds for one run of the strategy `cfg` (as in bench/results/search.json's entries) over
+    `prompts` prompts sharing calls; divide by `prompts` for seconds per prompt."""
+    c = costs or Costs()
+    n, strategy = int(cfg["n"]), cfg["strategy"]
+    previewer = "tiny" if cfg.get("previewer") == "tiny" else "vae"
+    if strategy == "best_of_n":
+        total = n * prompts
+        return steps * c.unet(total, width) + c.decode(total) + c.score(total)
+    if strategy == "draft_then_finish":
+        drafts, kept = n * prompts, int(cfg["keep"]) * prompts
+        return (int(cfg["draft_steps"]) * c.unet(drafts, width) + c.decode(drafts) + c.score(drafts)
+                + steps * c.unet(kept, width) + c.decode(kept) + c.score(kept))
+    if strategy == "successive_halving":
+        t, live, at = 0.0, n * prompts, dict(zip(cfg["prune_at"], cfg["keep"]))
+        for step in range(1, steps + 1):
+            t += c.unet(live, width)
+            if step in at:
+                t += c.decode(live, previewer) + c.score(live)
+                live = int(at[step]) * prompts
+        return t + c.decode(live) + c.score(live)
+    if strategy == "particle_resampling":
+        total = n * prompts
+        looks = len(cfg["resample_at"])
+        return steps * c.unet(total, width) + looks * (c.decode(total, previewer) + c.score(total)) \
+            + c.decode(total) + c.score(total)
+    raise ValueError(f"strategy={strategy!r}: no cost model")

@@ -1,0 +1,64 @@
+"""bench/gpu_model.py: the GPU cost model's arithmetic on a table of its own, and its agreement with the wall
+times measured on the H200 for the runs it models (bench/results/gpu/search_gpu.json)."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+from gpu_model import TABLE, Costs, seconds  # noqa: E402
+
+
+@pytest.fixture
+def costs(tmp_path):
+    """A table with round numbers: a UNet call costs 10 ms + 1 ms per candidate, a decode 2 ms per image, a
+    score 1 ms per image (measured at 1, 2, 4, 8, 16, 32 and 1, 8, 32)."""
+    unet = {str(n): {"s_per_call": {"median": (10 + n) / 1000}} for n in (1, 2, 4, 8, 16, 32)}
+    per = {f"{k}_b{n}": {"median": n * v / 1000} for k, v in (("vae_decode", 2), ("tiny_decode", 0.5),
+                                                                 ("flax_score", 1), ("torch_score", 1)) for n in (1, 8, 32)}
+    path = tmp_path / "table.json"
+    path.write_text(json.dumps({"sections": {"unet_batch_curve": {**unet, "seconds": 1}, "preview_costs": per}}))
+    return Costs(path)
+
+
+def test_calls_between_and_beyond_the_measured_sizes(costs):
+    assert costs.unet(8) == pytest.approx(0.018)
+    assert costs.unet(12, width=16) == pytest.approx(0.022)  # between 8 and 16: interpolated
+    assert costs.unet(40, width=16) == pytest.approx(0.024 + 0.023 + 0.023)  # 14, 13, 13 candidates a call
+    assert costs.unet(40, width=64) == pytest.approx(0.042 + 0.018)  # one call of 40: 32 + 8
+    assert costs.decode(10) == pytest.approx(0.020) and costs.decode(10, "tiny") == pytest.approx(0.005)
+    assert costs.unet(0) == 0 and costs.decode(0) == 0
+
+
+def test_each_strategy_is_modelled_call_by_call(costs):
+    steps = 4
+    assert seconds({"strategy": "best_of_n", "n": 8}, steps=steps, prompts=2, costs=costs, width=16) == \
+        pytest.approx(4 * 0.026 + 0.032 + 0.016)
+    halving = {"strategy": "successive_halving", "n": 8, "prune_at": [1, 2], "keep": [4, 1]}
+    # 16 candidates for step 1, previews of 16; 8 for step 2, previews of 8; 2 for steps 3 and 4; 2 finished
+    want = 0.026 + 0.032 + 0.016 + 0.018 + 0.016 + 0.008 + 2 * 0.012 + 0.004 + 0.002
+    assert seconds(halving, steps=steps, prompts=2, costs=costs, width=16) == pytest.approx(want)
+    tiny = seconds({**halving, "previewer": "tiny"}, steps=steps, prompts=2, costs=costs, width=16)
+    assert tiny == pytest.approx(want - 0.75 * (0.032 + 0.016))
+    drafts = {"strategy": "draft_then_finish", "n": 8, "keep": 2, "draft_steps": 2}
+    assert seconds(drafts, steps=steps, prompts=1, costs=costs, width=16) == pytest.approx(
+        2 * 0.018 + 0.016 + 0.008 + 4 * 0.012 + 0.004 + 0.002)
+    particles = {"strategy": "particle_resampling", "n": 4, "resample_at": [1, 3]}
+    assert seconds(particles, steps=steps, prompts=1, costs=costs, width=16) == pytest.approx(
+        4 * 0.014 + 2 * (0.008 + 0.004) + 0.008 + 0.004)
+    with pytest.raises(ValueError, match="no cost model"):
+        seconds({"strategy": "mystery", "n": 2}, steps=steps, costs=costs)
+
+
+def test_the_model_agrees_with_the_measured_h200_runs():
+    """Best-of-N batched was measured end to end on the H200: the model, built from per-call figures, must land
+    within 10% of it (it leaves out text encoding and the scheduler)."""
+    measured = json.loads(TABLE.read_text())["sections"]["strategies"]
+    c = Costs()
+    b8 = measured["best_of_n n=8 batched (GPU default, batch 8)"]["median_wall_s"]
+    b32 = measured["best_of_n n=32 batched (batch 32)"]["median_wall_s"]
+    assert seconds({"strategy": "best_of_n", "n": 8}, steps=20, costs=c, width=8) == pytest.approx(b8, rel=0.1)
+    assert seconds({"strategy": "best_of_n", "n": 32}, steps=20, costs=c, width=32) == pytest.approx(b32, rel=0.1)
