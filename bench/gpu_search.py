@@ -74,54 +74,6 @@ def particles(costs: Costs, steps: int) -> list[dict]:
     return out
 
 
-def plot(report: list[dict], chosen: dict, b8: dict, path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7.5, 4.6), dpi=110)
-    styles = {"best_of_n": ("black", "o", "best-of-N"), "successive_halving": ("tab:blue", ".", "successive halving"),
-              "successive_halving[tiny]": ("tab:green", ".", "successive halving, tiny previewer"),
-              "draft_then_finish": ("tab:orange", ".", "draft then finish")}
-    for family, (color, marker, label) in styles.items():
-        rs = [r for r in report if bench_search.family_of(r) == family]
-        if not rs:
-            continue
-        if family == "best_of_n":
-            ax.errorbar([r["gpu_s"] for r in rs], [r["top1"] for r in rs],
-                        yerr=[[r["top1"] - r["ci"][0] for r in rs], [r["ci"][1] - r["top1"] for r in rs]],
-                        color=color, marker=marker, capsize=3, label=label)
-            continue
-        ax.scatter([r["gpu_s"] for r in rs], [r["top1"] for r in rs], s=6, color=color, alpha=0.25)
-        front, best = [], -1.0
-        for r in sorted(rs, key=lambda r: (r["gpu_s"], -r["top1"])):
-            if r["top1"] > best:
-                front.append(r)
-                best = r["top1"]
-        ax.plot([r["gpu_s"] for r in front], [r["top1"] for r in front], color=color,
-                label=f"{label}: frontier of {len(rs)} settings, after the fact")
-    for r in chosen.values():
-        ax.errorbar([r["gpu_s"]], [r["top1"]], yerr=[[r["top1"] - r["ci"][0]], [r["ci"][1] - r["top1"]]],
-                    color=styles[bench_search.family_of(r)][0], marker="*", markersize=11, capsize=3, linestyle="none")
-    ax.axvline(b8["gpu_s"] / 2, color="grey", linestyle=":", linewidth=1)
-    ax.axvline(b8["gpu_s"], color="grey", linestyle="--", linewidth=1)
-    ax.set_xscale("log")
-    from matplotlib.ticker import FixedLocator, NullFormatter, ScalarFormatter
-
-    ax.xaxis.set_major_locator(FixedLocator([0.2, 0.3, 0.5, 1, 2, 4]))
-    ax.xaxis.set_major_formatter(ScalarFormatter())
-    ax.xaxis.set_minor_formatter(NullFormatter())
-    ax.set_xlabel("modelled H200 seconds per prompt (SD 1.5 shapes, 12 prompts sharing calls; log)")
-    ax.set_ylabel("top-1 adherence (pixel checker)")
-    ax.set_title(title, fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-
-
 def markdown(res: dict) -> str:
     L = ["# Search on a GPU's clock (modelled), toy-world quality", "",
          f"Quality: bench/search.py's pool, settings chosen on {res['tune_sets']} tuning sets (groups "
@@ -129,8 +81,7 @@ def markdown(res: dict) -> str:
          "intervals by bootstrap over sets, the paired one against best-of-8 on the same seeds. Cost: "
          f"bench/gpu_model.py on the H200 table (bench/results/gpu/), {PROMPTS} prompts sharing UNet calls of at most "
          f"{res['width']} candidates; seconds per prompt.", "", "## Targets", ""]
-    for t in res["targets"]:
-        L.append(f"- {t['target']}: **{'met' if t['met'] else 'not met'}** — {t['detail']}")
+    L += bench_search.target_lines(res["targets"])
     L += ["", "## Best-of-N and the settings chosen on the tuning sets (held-out sets)", "",
           "| setting | chosen as | GPU s / prompt | vs best-of-8 | UNet evals | previews | top-1 | 95% | vs best-of-8 (paired 95%) |",
           "|---|---|---|---|---|---|---|---|---|"]
@@ -214,9 +165,11 @@ def main(argv=None) -> int:
     mine.out.parent.mkdir(parents=True, exist_ok=True)
     mine.out.with_suffix(".json").write_text(json.dumps(res, indent=1, default=float))
     mine.out.with_suffix(".md").write_text(markdown(res))
-    plot(report, chosen, b8, mine.out.with_suffix(".png"),
-         f"toy world, {res['report_sets']} held-out sets, H200-modelled; ★ chosen on tuning sets; "
-         "lines: best-of-8's time, half of it")
+    bench_search.plot(report, chosen, mine.out.with_suffix(".png"),
+                      f"toy world, {res['report_sets']} held-out sets, H200-modelled; ★ chosen on tuning sets; "
+                      "lines: best-of-8's time, half of it", x=lambda r: r["gpu_s"],
+                      xlabel=f"modelled H200 seconds per prompt (SD 1.5 shapes, {PROMPTS} prompts sharing calls; log)",
+                      ticks=[0.2, 0.3, 0.5, 1, 2, 4], lines=[b8["gpu_s"] / 2, b8["gpu_s"]])
     print(markdown(res))
     return 0
 

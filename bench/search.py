@@ -477,7 +477,9 @@ def real_check(args, chosen: dict[str, dict], pool: dict, group: int) -> dict:
             for label, w in walls.items()}
 
 
-def plot(rows: list[dict], chosen_keys: dict, b8_evals: int, path: Path, title: str) -> None:
+def plot(rows: list[dict], chosen_keys: dict, path: Path, title: str, *, x, xlabel: str, ticks, lines) -> None:
+    """Top-1 adherence against a cost `x(row)` (log axis), every family's frontier, the chosen settings as stars
+    and vertical `lines` at the given costs (bench/gpu_search.py draws the same with GPU seconds)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -491,29 +493,34 @@ def plot(rows: list[dict], chosen_keys: dict, b8_evals: int, path: Path, title: 
         rs = [r for r in rows if family_of(r) == strategy]
         if not rs:
             continue
-        x = [100 * r["unet_evaluations"] / b8_evals for r in rs]
         if strategy == "best_of_n":
             lo = [r["top1"] - r["ci"][0] for r in rs]
             hi = [r["ci"][1] - r["top1"] for r in rs]
-            ax.errorbar(x, [r["top1"] for r in rs], yerr=[lo, hi], color=color, marker=marker, capsize=3, label=label)
-            for r, xi in zip(rs, x):
-                ax.annotate(f"N={r['n']}", (xi, r["top1"]), textcoords="offset points", xytext=(4, -12), fontsize=8)
+            ax.errorbar([x(r) for r in rs], [r["top1"] for r in rs], yerr=[lo, hi], color=color, marker=marker,
+                        capsize=3, label=label)
+            for r in rs:
+                ax.annotate(f"N={r['n']}", (x(r), r["top1"]), textcoords="offset points", xytext=(4, -12), fontsize=8)
             continue
-        ax.scatter(x, [r["top1"] for r in rs], s=6, color=color, alpha=0.25)
-        front = pareto(rs)
-        ax.plot([100 * r["unet_evaluations"] / b8_evals for r in front], [r["top1"] for r in front], color=color,
+        ax.scatter([x(r) for r in rs], [r["top1"] for r in rs], s=6, color=color, alpha=0.25)
+        front, best = [], -1.0
+        for r in sorted(rs, key=lambda r: (x(r), -r["top1"])):
+            if r["top1"] > best:
+                front.append(r)
+                best = r["top1"]
+        ax.plot([x(r) for r in front], [r["top1"] for r in front], color=color,
                 label=f"{label}: best of {len(rs)} settings per budget, after the fact")
     for label, r in chosen_keys.items():
-        ax.errorbar([100 * r["unet_evaluations"] / b8_evals], [r["top1"]], yerr=[[r["top1"] - r["ci"][0]], [r["ci"][1] - r["top1"]]],
+        ax.errorbar([x(r)], [r["top1"]], yerr=[[r["top1"] - r["ci"][0]], [r["ci"][1] - r["top1"]]],
                     color=styles[family_of(r)][0], marker="*", markersize=11, capsize=3, linestyle="none")
-    ax.axvline(40, color="grey", linestyle=":", linewidth=1)
+    for v in lines:
+        ax.axvline(v, color="grey", linestyle=":", linewidth=1)
     ax.set_xscale("log")
     from matplotlib.ticker import FixedLocator, NullFormatter, ScalarFormatter
 
-    ax.xaxis.set_major_locator(FixedLocator([10, 20, 40, 100, 200, 400]))
+    ax.xaxis.set_major_locator(FixedLocator(ticks))
     ax.xaxis.set_major_formatter(ScalarFormatter())
     ax.xaxis.set_minor_formatter(NullFormatter())
-    ax.set_xlabel("UNet evaluations per prompt, % of best-of-8's (log)")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("top-1 adherence (pixel checker)")
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
@@ -521,6 +528,12 @@ def plot(rows: list[dict], chosen_keys: dict, b8_evals: int, path: Path, title: 
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def target_lines(targets: list[dict]) -> list[str]:
+    """A benchmark's targets as markdown bullets: met, not met, or for reference (met None)."""
+    verdict = {None: "for reference", True: "met", False: "not met"}
+    return [f"- {t['target']}: **{verdict[t['met']]}** — {t['detail']}" for t in targets]
 
 
 def markdown(res: dict) -> str:
@@ -531,9 +544,7 @@ def markdown(res: dict) -> str:
          f"({12 * len(s['tune_groups'])} sets), reported on the other {res['report_sets']} sets (held out). 95% intervals: "
          "bootstrap over sets; the paired one is of the difference with best-of-8 on the same seeds.", "",
          "## Targets", ""]
-    for t in res["targets"]:
-        verdict = "for reference" if t["met"] is None else ("met" if t["met"] else "not met")
-        L.append(f"- {t['target']}: **{verdict}** — {t['detail']}")
+    L += target_lines(res["targets"])
     L += ["", "## Best-of-N and the chosen searches (held-out sets)", "",
           "| strategy | UNet evals / prompt | % of best-of-8 | preview decodes | scored | top-1 | 95% | vs best-of-8 (paired 95%) | modelled wall s |",
           "|---|---|---|---|---|---|---|---|---|"]
@@ -691,8 +702,10 @@ def main(argv=None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(res, indent=1, default=float))
     args.out.with_suffix(".md").write_text(markdown(res))
-    plot(report, chosen, b8["unet_evaluations"], args.out.with_suffix(".png"),
-         f"toy world, {res['report_sets']} held-out sets, {args.steps} DDIM steps; ★ = settings chosen on tuning sets")
+    plot(report, chosen, args.out.with_suffix(".png"),
+         f"toy world, {res['report_sets']} held-out sets, {args.steps} DDIM steps; ★ = settings chosen on tuning sets",
+         x=lambda r: 100 * r["unet_evaluations"] / b8["unet_evaluations"],
+         xlabel="UNet evaluations per prompt, % of best-of-8's (log)", ticks=[10, 20, 40, 100, 200, 400], lines=[40])
     print(markdown(res))
     print(f"wrote {args.out.with_suffix('.json')}, .md and .png")
     return 0

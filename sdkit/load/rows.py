@@ -12,7 +12,8 @@ every call, so candidate k is the same image in any batch, and its record says s
 
 The text encoder always encodes one prompt at a time (cheap, and a prompt's embedding then never depends on its
 batch-mates); the VAE decodes as the UNet runs (per candidate on the CPU; on a GPU, the live candidates in one
-call, recorded and replayed the same way).
+call, recorded and replayed the same way). A little over 300 lines: the record, the two wrappers and the replay
+share one notion of a group of rows, and read best side by side.
 """
 
 from __future__ import annotations
