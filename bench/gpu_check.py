@@ -271,15 +271,19 @@ class Check:
             diff = pixel_diff(a, c)
             data["batches"][b] = {"s_per_image": {k: stat(v) for k, v in per_image.items()}, "ratio": stat(ratio),
                                   "pixels": diff, "peak_mb": {"sdkit": peak_sdkit, "bare": peak_bare}}
-            # Like for like unless sdkit's default here runs the UNet per candidate (the CPU) and the bare call
-            # batches: then both differ by design (reproducibility measures what invariance costs and buys).
-            same_work = b == 1 or not data["batch_invariant"]
+            # Like for like at batch 1. In a batch, sdkit encodes each prompt alone (so that a candidate's replay
+            # alone has its embedding: sdkit.load.rows) while the bare call encodes them together, which may move
+            # last bits (at most 2 levels); on the CPU sdkit also runs the UNet per candidate (reproducibility
+            # measures what invariance costs and buys).
+            same_work = b == 1
+            last_bits = not same_work and not data["batch_invariant"]
             checks.append(check(f"batch {b}: pixels sdkit vs bare diffusers, max level diff", diff["max_abs"],
-                                "0 (identical)" if same_work else "figure (per-candidate vs batched UNet)",
-                                diff["identical"] if same_work else None))
+                                "0 (identical)" if same_work else "<= 2 (prompts encoded one at a time)" if last_bits
+                                else "figure (per-candidate vs batched UNet)",
+                                diff["identical"] if same_work else diff["max_abs"] <= 2 if last_bits else None))
             checks.append(check(f"batch {b}: time sdkit / bare (median)", round(stat(ratio)["median"], 4),
-                                "<= 1.01" if same_work else "figure (per-candidate vs batched UNet)",
-                                stat(ratio)["median"] <= 1.01 if same_work else None))
+                                "<= 1.01" if same_work or last_bits else "figure (per-candidate vs batched UNet)",
+                                stat(ratio)["median"] <= 1.01 if same_work or last_bits else None))
         del bare
         return {"data": data, "checks": checks}
 

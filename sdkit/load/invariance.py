@@ -27,6 +27,7 @@ import functools
 
 import torch
 
+from sdkit.load.rows import cfg_pairs  # noqa: F401  (re-exported: where callers find it)
 from sdkit.load.state import module_state
 
 
@@ -34,7 +35,7 @@ def install(pipe, *, batch_invariant: bool, max_rows: int | None = None) -> None
     """sdkit's wrappers on `pipe`'s modules (once; later calls only change the mode): prompts encoded one at a
     time; the UNet and the VAE decode through `sdkit.load.rows`, each candidate alone (`batch_invariant`, the
     CPU's default) or the live ones together, at most `max_rows` per call, with their rows recorded."""
-    from sdkit.load.rows import rows_decode, rows_unet
+    from sdkit.load.rows import rows_decode, rows_unet  # noqa: F811
 
     unet, vae = pipe.unet, pipe.vae
     if not module_state(unet).installed:
@@ -62,17 +63,6 @@ def is_batch_invariant(pipe) -> bool:
 def has_rows(pipe) -> bool:
     """Whether `pipe` runs through sdkit's row wrappers (`install`; every `load_pipeline` pipeline does)."""
     return module_state(pipe.unet).installed and module_state(pipe.vae).installed
-
-
-def cfg_pairs(sample: torch.Tensor) -> bool:
-    """True when `sample` is diffusers' classifier-free-guidance batch: `cat([latents] * 2)`.
-
-    Every diffusers SD pipeline builds it that way (the 9-channel inpainting input too), so
-    the two halves are equal exactly; without guidance the rows are distinct latents. Read
-    from the tensor, not from a pipeline, because pipelines made with `from_pipe` share one UNet.
-    """
-    b = sample.shape[0]
-    return b % 2 == 0 and torch.equal(sample[: b // 2], sample[b // 2 :])
 
 
 @contextlib.contextmanager

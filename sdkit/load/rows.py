@@ -114,6 +114,18 @@ def differences(recorded: Arithmetic, device) -> list[str]:
 # ------------------------------------------------------------------------------------------------ the wrappers
 
 
+def cfg_pairs(sample: torch.Tensor) -> bool:
+    """True when `sample` is diffusers' classifier-free-guidance batch: `cat([latents] * 2)`.
+
+    Every diffusers SD pipeline builds it that way (the 9-channel inpainting input too), so
+    the two halves are equal exactly; without guidance the rows are distinct latents. Read
+    from the tensor, not from a pipeline, because pipelines made with `from_pipe` share one UNet.
+    """
+    b = sample.shape[0]
+    return b % 2 == 0 and torch.equal(sample[: b // 2], sample[b // 2 :])
+
+
+
 class Rows:
     """One pipeline call's record, and its plan when it replays: shared by the UNet's and the VAE's wrappers."""
 
@@ -202,8 +214,6 @@ def rows_unet(forward, state: ModuleState, out_channels: int):
     """A UNet forward that runs the live candidates (not in `state.skip`) in groups: alone, all together, or as a
     replay's plan says, padding each call to its size; skipped candidates get a zero noise prediction. A
     classifier-free-guidance batch (`cat([latents] * 2)`) is a pair of rows per candidate, kept together."""
-    from sdkit.load.invariance import cfg_pairs
-
     @functools.wraps(forward)
     def wrapped(sample, timestep, encoder_hidden_states=None, *args, return_dict: bool = True, **kwargs):
         b = sample.shape[0]
@@ -304,9 +314,7 @@ def planned_rows(pipe, count: int, batch_size: int | None) -> dict[int, tuple[in
     """For a run of `count` candidates made in batches of `batch_size` from the start: each candidate's batch
     (its first candidate's number) and arithmetic, by candidate number. None where a candidate's rows do not
     depend on its batch (batch invariance) or the batch size is not known (a run recorded before sdkit 0.2)."""
-    from sdkit.load.invariance import is_batch_invariant
-
-    if batch_size is None or is_batch_invariant(pipe):
+    if batch_size is None or module_state(pipe.unet).batch_invariant:
         return None
     unet, vae = module_state(pipe.unet), module_state(pipe.vae)
     device, software = where(pipe.device)
