@@ -98,8 +98,10 @@ def generate(
     if seed is not None:
         check_seed(seed)
     out = check_output_dir(output_dir) if output_dir is not None else None
-    warn_long_prompts(pipe.tokenizer, prompts)
-    warn_long_prompts(pipe.tokenizer, negs, "negative_prompt")
+    _adopt(pipe)
+    tokenizer = getattr(pipe, "tokenizer", None) or getattr(pipe, "tokenizer_2", None)  # an SDXL refiner has only the second
+    warn_long_prompts(tokenizer, prompts)
+    warn_long_prompts(tokenizer, negs, "negative_prompt")
 
     run_id = run_id or new_run_id()
     recorded = None
@@ -111,7 +113,8 @@ def generate(
     if seeds is None:
         base = seed if seed is not None else secrets.randbits(31)
         seeds = [base + k for k in range(n)]
-    template = _template(pipe, run_id, num_inference_steps, guidance_scale, height, width, extra)
+    template = _template(pipe, run_id, num_inference_steps, guidance_scale, height, width,
+                         {**(extra or {}), **sdxl_conditioning(pipe, height, width, pipe_kwargs)})
     jobs = [dataclasses.replace(template, prompt=p, negative_prompt=neg, seed=s, index=i * n + k, extra=dict(template.extra))
             for i, (p, neg) in enumerate(zip(prompts, negs)) for k, s in enumerate(seeds)]
     run = Run(run_id=run_id, candidates=[], output_dir=str(out) if out else None,
@@ -151,6 +154,47 @@ def generate(
         warnings.warn(f"{sum(c.nsfw for c in run.candidates)} candidate(s) were flagged by the safety checker "
                       "(their image is black; `candidate.nsfw` is True)", stacklevel=2)
     return run
+
+
+def _adopt(pipe) -> None:
+    """A pipeline sdkit did not load (built by hand, `from_single_file`) gets sdkit's row wrappers as
+    `load_pipeline` would put them (per candidate on the CPU), so its promises hold; one with no UNet (SD3,
+    Flux) is refused by name."""
+    from sdkit.load.invariance import has_rows, install
+    from sdkit.load.kinds import family_of_pipeline
+
+    inner = getattr(pipe, "pipeline", pipe)  # an edit's wrapper: its pipeline
+    family_of_pipeline(inner)  # refuses what sdkit cannot run
+    if not has_rows(inner):
+        device = str(inner.device)
+        install(inner, batch_invariant=device == "cpu",
+                max_rows=default_batch_size(device) if device.startswith("cuda") else None)
+        inner.set_progress_bar_config(disable=True)
+        log.info("sdkit's row wrappers installed on a %s it did not load", type(inner).__name__)
+
+
+def sdxl_conditioning(pipe, height: int, width: int, pipe_kwargs: dict | None) -> dict:
+    """SDXL's own conditioning as it ran, for the record (`{"sdxl": {...}}`; {} for SD 1.x/2.x): sizes and crop
+    (diffusers' defaults made explicit), the refiner's aesthetic scores, and how the VAE decoded."""
+    info = pipeline_info(pipe)
+    if info.family == "sd":
+        return {}
+    kw = pipe_kwargs or {}
+    rec = {"original_size": list(kw.get("original_size") or (height, width)),
+           "crops_coords_top_left": list(kw.get("crops_coords_top_left") or (0, 0)),
+           "target_size": list(kw.get("target_size") or (height, width))}
+    for k in ("negative_original_size", "negative_crops_coords_top_left", "negative_target_size"):
+        if kw.get(k) is not None:
+            rec[k] = list(kw[k])
+    if info.family == "sdxl-refiner":
+        rec["aesthetic_score"] = float(kw.get("aesthetic_score", 6.0))
+        rec["negative_aesthetic_score"] = float(kw.get("negative_aesthetic_score", 2.5))
+    vae = getattr(pipe, "vae", None)
+    upcast = vae is not None and vae.dtype == torch.float16 and getattr(vae.config, "force_upcast", False)
+    rec["vae"] = info.vae or "own"
+    rec["vae_decode"] = "float32 (upcast: the VAE overflows in float16)" if upcast else str(
+        getattr(vae, "dtype", "")).replace("torch.", "")
+    return {"sdxl": rec}
 
 
 def _refuse(removed: dict) -> None:
@@ -274,7 +318,7 @@ class _Batches:
 
     def keep(self, batch: list[Candidate], result) -> None:
         """The decoded batch: images onto their candidates, `before_save`, then each saved and reported."""
-        flags = result.nsfw_content_detected or [False] * len(batch)
+        flags = getattr(result, "nsfw_content_detected", None) or [False] * len(batch)  # SDXL has no checker
         for k, (job, image, flag) in enumerate(zip(batch, result.images, flags)):
             job.image, job.nsfw = image, bool(flag)
             job.arithmetic = self.rows.of_row(k, self.pipe.device).to_json()

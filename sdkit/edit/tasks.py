@@ -141,16 +141,17 @@ def prepare_outpaint(image, *, left: int = 0, right: int = 0, top: int = 0, bott
 
 def pipeline_for(pipe, task: str):
     """`pipe` as a pipeline for `task`, sharing its weights (diffusers' `from_pipe`, no reload)."""
-    import diffusers
-
-    from sdkit.load.pipeline import PIPELINE_CLASSES
+    from sdkit.load.kinds import PIPELINE_CLASSES, family_of_pipeline, pipeline_class
 
     info = pipeline_info(pipe)
+    family = family_of_pipeline(pipe)
     channels = pipe.unet.config.in_channels
     if channels == 9 and task != "inpainting":
         raise ValueError(f"{info.model_id or type(pipe).__name__!r} is an inpainting checkpoint (9-channel UNet); "
                          f"it cannot do {task!r}. Use inpaint()/outpaint(), or a text-to-image checkpoint.")
-    cls = getattr(diffusers, PIPELINE_CLASSES[task])
+    if (family, task) not in PIPELINE_CLASSES:
+        raise ValueError(f"{info.model_id or type(pipe).__name__!r} ({family}) cannot do {task!r}")
+    cls = pipeline_class(family, task)
     if isinstance(pipe, cls):
         return pipe
     from sdkit.quiet import quiet_hf
@@ -179,7 +180,7 @@ class _Finishing:
             if name in kwargs:
                 kwargs[name] = [kwargs[name]] * k
         result = self.pipeline(**kwargs)
-        flags = result.nsfw_content_detected or [False] * len(result.images)
+        flags = getattr(result, "nsfw_content_detected", None) or [False] * len(result.images)  # SDXL: no checker
         result.images = [self._inputs.finish(im, bool(f)) for im, f in zip(result.images, flags)]
         return result
 

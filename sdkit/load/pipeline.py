@@ -20,6 +20,7 @@ from sdkit.errors import ModelNotAvailable
 from sdkit.load.devices import auto_dtype, default_batch_size, resolve_device, resolve_dtype, unet_parameters
 from sdkit.load.hub import MIRRORS, local_dir, local_files, looks_like_path, no_safetensors, pickles, repo_files, snapshot
 from sdkit.load.invariance import install
+from sdkit.load.kinds import TASKS, check_task, family_of, pipeline_class, unet_in_channels
 from sdkit.load.schedulers import check_scheduler, make_scheduler
 from sdkit.load.state import module_state, pipeline_info, remember
 from sdkit.models.builtin import BUILTIN, builtin_pipeline_path
@@ -27,8 +28,7 @@ from sdkit.quiet import quiet_hf
 
 log = logging.getLogger(__name__)
 
-TASKS = ("text-to-image", "image-to-image", "inpainting")
-WEIGHTED = ("unet", "vae", "text_encoder", "safety_checker")
+WEIGHTED = ("unet", "vae", "text_encoder", "text_encoder_2", "safety_checker")
 _ALLOW = ["*.json", "*.txt", "*.model"]  # configs, tokenizer files
 
 
@@ -62,6 +62,21 @@ def _pick_variant(files: list[str], dtype, variant) -> str | None:
     return "fp16" if comps and comps <= has else None
 
 
+def resolve_vae(vae: str) -> Path:
+    """A VAE's local folder (config.json and safetensors weights), from a Hub id or a path."""
+    label = f"VAE {vae!r}"
+    if not isinstance(vae, str) or not vae.strip():
+        raise ValueError(f"vae={vae!r}: give a Hub id such as 'madebyollin/sdxl-vae-fp16-fix' or a folder")
+    path = local_dir(vae, label) if looks_like_path(vae) else snapshot(
+        vae, label, allow_patterns=["config.json", "diffusion_pytorch_model*.safetensors"])
+    if not (path / "config.json").exists():
+        raise ModelNotAvailable(f"vae={vae!r}: {path} has no config.json; is it a diffusers AutoencoderKL folder?")
+    files = local_files(path)
+    if not any(f.endswith(".safetensors") for f in files):
+        raise no_safetensors(label, "the folder", files)
+    return path
+
+
 def resolve(model: str, *, revision: str | None = None, dtype=torch.float32, variant="auto") -> Resolved:
     """Turn a Hub id, a local path or a built-in name into a local directory, downloading safetensors only."""
     if not isinstance(model, str) or not model.strip():
@@ -91,30 +106,6 @@ def resolve(model: str, *, revision: str | None = None, dtype=torch.float32, var
     return Resolved(model, path, revision, _pick_variant(files, dtype, variant))
 
 
-def unet_in_channels(path: Path) -> int:
-    return json.loads((Path(path) / "unet" / "config.json").read_text())["in_channels"]
-
-
-def check_task(task: str, path: Path, model: str) -> None:
-    if task not in TASKS:
-        raise ValueError(f"task={task!r}: choose one of {list(TASKS)}")
-    channels = unet_in_channels(path)
-    if channels == 9 and task != "inpainting":
-        raise ValueError(
-            f"{model!r} is an inpainting checkpoint (its UNet takes 9 input channels: latents, mask and masked "
-            f"image), so it cannot do {task!r}. Use task='inpainting', or a text-to-image checkpoint such as "
-            "'stable-diffusion-v1-5/stable-diffusion-v1-5'."
-        )
-    if channels not in (4, 9):
-        raise ValueError(f"{model!r}: UNet with {channels} input channels is not a Stable Diffusion 1.x/2.x layout")
-
-
-PIPELINE_CLASSES = {
-    "text-to-image": "StableDiffusionPipeline",
-    "image-to-image": "StableDiffusionImg2ImgPipeline",
-    "inpainting": "StableDiffusionInpaintPipeline",
-}
-
 # diffusers 0.42 renamed `torch_dtype` to `dtype`.
 _DTYPE_KW = "dtype" if tuple(int(x) for x in __import__("diffusers").__version__.split(".")[:2]) >= (0, 42) else "torch_dtype"
 
@@ -135,13 +126,16 @@ def load_pipeline(
     low_memory: bool = False,
     batch_invariant: bool | str = "auto",
     compile: bool = False,
+    vae: str | None = None,
 ):
     """Load (or reuse) a diffusers pipeline for `model` and `task`.
 
     Args:
-        model: Hub id, local diffusers folder, or a built-in ("sdkit:tiny", "sdkit:tiny-inpainting", "sdkit:toy").
+        model: Hub id, local diffusers folder, or a built-in (see `sdkit.models.builtin.BUILTIN`: "sdkit:tiny",
+            "sdkit:tiny-xl", "sdkit:toy", ...). Stable Diffusion 1.x/2.x and SDXL (base, refiner, inpainting),
+            recognised from `model_index.json`; other kinds are refused by name (`sdkit.load.kinds`).
             Deleted tutorial ids (runwayml/...) resolve to their mirrors.
-        task: "text-to-image", "image-to-image" or "inpainting".
+        task: "text-to-image", "image-to-image" or "inpainting" (an SDXL refiner: the last two).
         device: "auto" (cuda > mps > cpu) or a torch device string.
         dtype: "auto" (fp16 on GPUs; on CPUs with native bf16, bf16 for UNets of 100M+ parameters, which
             it speeds up 1.7-1.9x, fp32 for smaller ones, which it slows; else fp32), "fp16", "bf16", "fp32" or a torch.dtype.
@@ -156,6 +150,9 @@ def load_pipeline(
             `regenerate`, resume and a search's survivors replay exactly (`sdkit.load.rows`).
         compile: `torch.compile` the UNet (inductor, weights frozen on CPU). The first call compiles for
             minutes; later calls run 8-15% faster on a bf16 CPU (bench/). Results differ from eager in the last bits.
+        vae: another VAE (Hub id or folder of an `AutoencoderKL`), e.g. "madebyollin/sdxl-vae-fp16-fix": SDXL's
+            own VAE overflows in fp16, so diffusers decodes with it in fp32 (its config's `force_upcast`); a
+            VAE made fp16-safe decodes in fp16. Each image records which (`extra["sdxl"]["vae_decode"]`).
 
     A second call with the same model, device and dtype reuses the loaded weights,
     also for another task or scheduler (diffusers' `from_pipe`). Tokens come from
@@ -171,7 +168,9 @@ def load_pipeline(
     res = resolve(model, revision=revision, dtype=torch_dtype, variant=variant)
     if dtype in (None, "auto"):  # now that the UNet's size is known
         torch_dtype = auto_dtype(device, unet_parameters(res.path))
-    check_task(task, res.path, res.model_id)
+    family = family_of(res.path, res.model_id)  # refuses SD3, Flux, ... before any weights load
+    check_task(task, res.path, res.model_id, family)
+    vae_path = resolve_vae(vae) if vae is not None else None
     if task == "inpainting" and unet_in_channels(res.path) == 4:
         log.warning("%s is not an inpainting checkpoint; inpainting with it blends latents outside the mask "
                     "(works, but a 9-channel inpainting model follows the mask better)", res.model_id)
@@ -179,12 +178,12 @@ def load_pipeline(
     if batch_invariant == "auto":
         batch_invariant = device == "cpu"
     weights_key = (str(res.path), res.variant, device, str(torch_dtype), bool(safety_checker), bool(low_memory),
-                   bool(batch_invariant), bool(compile))
+                   bool(batch_invariant), bool(compile), str(vae_path))
     key = weights_key + (task, scheduler)
     with _lock:
         if key in _cache:
             return _cache[key]
-        cls = getattr(diffusers, PIPELINE_CLASSES[task])
+        cls = pipeline_class(family, task)
         base = next((p for k, p in _cache.items() if k[: len(weights_key)] == weights_key), None)
         if base is not None:
             # A scheduler holds per-run state (timesteps, step index), and the base may have another
@@ -196,7 +195,10 @@ def load_pipeline(
             own = pipeline_info(base).own_scheduler
         else:
             kwargs = {}
-            if not safety_checker:
+            if vae_path is not None:
+                kwargs["vae"] = diffusers.AutoencoderKL.from_pretrained(vae_path, use_safetensors=True,
+                                                                        **{_DTYPE_KW: torch_dtype})
+            if not safety_checker and family == "sd":  # SDXL has no safety checker
                 kwargs.update(safety_checker=None, requires_safety_checker=False)
             kwargs[_DTYPE_KW] = torch_dtype
             with quiet_hf():
@@ -213,7 +215,7 @@ def load_pipeline(
             pipe.scheduler = make_scheduler(scheduler, own[1])
         # What sdkit records in every result.
         remember(pipe, model_id=res.model_id, revision=res.revision, task=task, device=device,
-                 dtype=str(torch_dtype).replace("torch.", ""), own_scheduler=own)
+                 dtype=str(torch_dtype).replace("torch.", ""), own_scheduler=own, family=family, vae=vae)
         _cache[key] = pipe
         return pipe
 

@@ -6,7 +6,8 @@ objects.
 
 Entries are weak (a pipeline or module that is garbage-collected leaves nothing behind). A pipeline sdkit did
 not load (built by hand, `from_single_file`) has no entry: `pipeline_info` then describes it from the object
-itself (empty model id, its own dtype and device), so its results still record what they can.
+itself (the path or id diffusers loaded it from, its own dtype, device and family), so its results still record
+what `regenerate(png, pipe=...)` needs.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ class PipelineInfo:
     dtype: str = ""  # sdkit's name: "float32", "float16", "bfloat16"
     # The model's own scheduler (class, config): a pipeline made from a cached one gets a fresh scheduler of it.
     own_scheduler: tuple[type, Any] | None = None
+    family: str = "sd"  # `sdkit.load.kinds.FAMILIES`: "sd", "sdxl", "sdxl-refiner"
+    vae: str | None = None  # another VAE the user named (`load_pipeline(vae=...)`); None: the model's own
 
 
 @dataclasses.dataclass
@@ -65,8 +68,15 @@ def pipeline_info(pipe) -> PipelineInfo:
     inner = getattr(pipe, "pipeline", None)  # a wrapper around a pipeline (an edit's): its pipeline's entry
     if inner is not None and inner is not pipe:
         return pipeline_info(inner)
+    from sdkit.load.kinds import family_of_pipeline
+
     dtype = str(getattr(pipe, "dtype", "")).replace("torch.", "")
-    return PipelineInfo(device=str(getattr(pipe, "device", "")), dtype=dtype)
+    # The model as the user gave it to diffusers (`from_pretrained`/`from_single_file` record it), so that a
+    # PNG names what `regenerate` should load; "" for a pipeline built from modules.
+    config = getattr(pipe, "config", None)
+    model_id = str(getattr(config, "_name_or_path", "") or "") if config is not None else ""
+    family = family_of_pipeline(pipe) if getattr(pipe, "unet", None) is not None else "sd"
+    return PipelineInfo(model_id=model_id, device=str(getattr(pipe, "device", "")), dtype=dtype, family=family)
 
 
 def module_state(module) -> ModuleState:

@@ -17,7 +17,10 @@ from pathlib import Path
 SD_STEPS, SD_GUIDANCE = 30, 7.5
 TUTORIAL_CLIP = "openai/clip-vit-base-patch32"  # sdkit.scoring.scorers.DEFAULT_CLIP (tested), named without importing JAX
 TOY_STEPS, TOY_GUIDANCE = 20, 2.0
-BUILTIN = ("sdkit:tiny", "sdkit:tiny-inpainting", "sdkit:toy")
+BUILTIN = ("sdkit:tiny", "sdkit:tiny-inpainting", "sdkit:tiny-xl", "sdkit:tiny-xl-inpainting", "sdkit:tiny-xl-refiner",
+           "sdkit:toy")
+# SDXL: diffusers' default guidance for it (its model card's examples use 5-7), and the steps sdkit uses for SD.
+XL_GUIDANCE = 5.0
 
 
 @dataclass(frozen=True)
@@ -46,20 +49,20 @@ def is_toy_world(model: str) -> bool:
 
 
 def _config(model: str, name: str) -> dict | None:
-    """`<component>/config.json` of a local folder, a built-in tiny model, or a Hub id already in the cache."""
+    """A config file (`unet/config.json`, `model_index.json`) of a local folder, a built-in tiny model, or a Hub id
+    already in the cache."""
     if model.startswith("sdkit:tiny"):
-        from sdkit.models.tiny import tiny_pipeline_path  # built on first use: about a second, a few MB
-
-        folder = tiny_pipeline_path("inpainting" if model == "sdkit:tiny-inpainting" else "text-to-image")
-        file = folder / name / "config.json"
+        if model not in BUILTIN:
+            return None
+        file = builtin_pipeline_path(model) / name  # built on first use: about a second, a few MB
     elif (folder := local_folder(model)) is not None:
-        file = folder / name / "config.json"
+        file = folder / name
     elif model.startswith("sdkit:"):
         return None
     else:  # a Hub id: only what the cache already holds, never the network
         from huggingface_hub import try_to_load_from_cache
 
-        found = try_to_load_from_cache(model, f"{name}/config.json")
+        found = try_to_load_from_cache(model, name)
         if not isinstance(found, str):
             return None
         file = Path(found)
@@ -73,10 +76,10 @@ def native_size(model: str) -> int | None:
 
         return IMAGE_SIZE  # the size it is trained at; asking its config would train it first (minutes)
     try:
-        unet = _config(model, "unet")
+        unet = _config(model, "unet/config.json")
         if unet is None or not isinstance(unet.get("sample_size"), int):
             return None
-        vae = _config(model, "vae") or {}
+        vae = _config(model, "vae/config.json") or {}
         levels = len(vae.get("block_out_channels", (0, 0, 0, 0)))  # diffusers: 2 ** (levels - 1); SD 1.x has 4
         return unet["sample_size"] * 2 ** (levels - 1)
     except Exception:  # an unreadable config only costs the hint: generation uses the pipeline's own size
@@ -96,7 +99,11 @@ def defaults_for(model: str) -> ModelDefaults:
         from sdkit.toy.shapes import PROMPTS
 
         return ModelDefaults(native_size(model), TOY_STEPS, TOY_GUIDANCE, PROMPTS[0], toy_hint())
-    return ModelDefaults(native_size(model), SD_STEPS, SD_GUIDANCE, "", "")
+    try:
+        xl = str((_config(model, "model_index.json") or {}).get("_class_name", "")).startswith("StableDiffusionXL")
+    except Exception:  # an unreadable index only costs the default guidance
+        xl = False
+    return ModelDefaults(native_size(model), SD_STEPS, XL_GUIDANCE if xl else SD_GUIDANCE, "", "")
 
 
 def default_clip_label(model: str) -> str:
@@ -143,6 +150,13 @@ def builtin_pipeline_path(model: str) -> Path:
         return tiny_pipeline_path("text-to-image")
     if model == "sdkit:tiny-inpainting":
         return tiny_pipeline_path("inpainting")
+    if model.startswith("sdkit:tiny-xl"):
+        from sdkit.models.tiny_xl import tiny_xl_pipeline_path
+
+        kind = {"sdkit:tiny-xl": "text-to-image", "sdkit:tiny-xl-inpainting": "inpainting",
+                "sdkit:tiny-xl-refiner": "refiner"}.get(model)
+        if kind is not None:
+            return tiny_xl_pipeline_path(kind)
     if model == "sdkit:toy":
         from sdkit.toy.world import toy_world_path
 

@@ -37,9 +37,10 @@ def regenerate(source, pipe=None, **overrides) -> Candidate:
     if pipe is None:
         from sdkit.load.pipeline import load_pipeline
 
+        vae = ((meta.get("extra") or {}).get("sdxl") or {}).get("vae", "own")
         pipe = load_pipeline(meta["model_id"], meta.get("task", "text-to-image"), scheduler=meta.get("scheduler") or None,
                              dtype=meta.get("dtype") or "auto", revision=meta.get("revision"),
-                             **({"batch_invariant": True} if lineage else {}))
+                             **({"batch_invariant": True} if lineage else {}), **({} if vae == "own" else {"vae": vae}))
     arithmetic = None if overrides else Arithmetic.from_json(meta.get("arithmetic"))
     if arithmetic is not None:
         _warn_elsewhere(arithmetic, pipe.device)
@@ -48,8 +49,16 @@ def regenerate(source, pipe=None, **overrides) -> Candidate:
     with replaying(pipe, {0: arithmetic}) if arithmetic is not None else contextlib.nullcontext():
         run = generate(pipe, meta["prompt"], n=1, seeds=[meta["seed"]], negative_prompt=meta.get("negative_prompt"),
                        num_inference_steps=meta["num_inference_steps"], guidance_scale=meta["guidance_scale"],
-                       height=meta["height"], width=meta["width"], progress=False)
+                       height=meta["height"], width=meta["width"], progress=False, pipe_kwargs=_conditioning(meta))
     return run.candidates[0]
+
+
+def _conditioning(meta: dict) -> dict | None:
+    """SDXL's recorded conditioning (sizes, crop, aesthetic scores) as the pipeline arguments that made it."""
+    rec = (meta.get("extra") or {}).get("sdxl")
+    if not rec:
+        return None
+    return {k: (tuple(v) if isinstance(v, list) else v) for k, v in rec.items() if k not in ("vae", "vae_decode")}
 
 
 def _warn_elsewhere(arithmetic: Arithmetic, device) -> None:
