@@ -57,6 +57,8 @@ def generate(
     pipe_kwargs: dict | None = None,
     extra: dict | None = None,
     before_save: Callable[[list[Candidate]], list[Candidate]] | None = None,
+    refiner=None,
+    denoising_end: float | None = None,
     **removed,
 ) -> Run:
     """Generate `n` candidates for each prompt.
@@ -82,6 +84,11 @@ def generate(
         extra: task settings recorded in each candidate's metadata.
         before_save: called with each decoded batch's candidates before they are saved; returns the ones to
             save and keep (e.g. copies carrying scores, or fewer). A search's hook; callbacks see what it kept.
+        refiner, denoising_end: SDXL's base -> refiner hand-off: the base denoises the first `denoising_end`
+            (e.g. 0.8) of the schedule and hands its latents to `refiner` (an SDXL refiner loaded with
+            task="image-to-image"), which finishes from there with the same prompts, steps, guidance and each
+            candidate's own generator. Recorded in `extra["refiner"]` (and A1111's "Refiner" fields); `regenerate`
+            loads it again.
 
     Returns:
         A `Run` whose candidates are in index order: prompt by prompt, seed by seed.
@@ -99,6 +106,7 @@ def generate(
         check_seed(seed)
     out = check_output_dir(output_dir) if output_dir is not None else None
     _adopt(pipe)
+    refined = _check_refiner(pipe, refiner, denoising_end)
     tokenizer = getattr(pipe, "tokenizer", None) or getattr(pipe, "tokenizer_2", None)  # an SDXL refiner has only the second
     warn_long_prompts(tokenizer, prompts)
     warn_long_prompts(tokenizer, negs, "negative_prompt")
@@ -114,7 +122,7 @@ def generate(
         base = seed if seed is not None else secrets.randbits(31)
         seeds = [base + k for k in range(n)]
     template = _template(pipe, run_id, num_inference_steps, guidance_scale, height, width,
-                         {**(extra or {}), **sdxl_conditioning(pipe, height, width, pipe_kwargs)})
+                         {**(extra or {}), **sdxl_conditioning(pipe, height, width, pipe_kwargs), **refined})
     jobs = [dataclasses.replace(template, prompt=p, negative_prompt=neg, seed=s, index=i * n + k, extra=dict(template.extra))
             for i, (p, neg) in enumerate(zip(prompts, negs)) for k, s in enumerate(seeds)]
     run = Run(run_id=run_id, candidates=[], output_dir=str(out) if out else None,
@@ -126,7 +134,7 @@ def generate(
         run.resumed = len(run.candidates)
     done = {c.index for c in run.candidates}
     batches = _Batches(pipe, run, len(jobs), out, num_inference_steps, guidance_scale, height, width, pipe_kwargs,
-                       callback, _cancel_check(cancel), before_save)
+                       callback, _cancel_check(cancel), before_save, refiner, denoising_end)
     if run.resumed:  # on a GPU, the missing candidates are made in the rows an uninterrupted run had
         batches.plan = planned_rows(pipe, len(jobs), (recorded or {}).get("batch_size"))  # by job index
     todo = [j for j in jobs if j.index not in done]
@@ -197,6 +205,29 @@ def sdxl_conditioning(pipe, height: int, width: int, pipe_kwargs: dict | None) -
     return {"sdxl": rec}
 
 
+def _check_refiner(pipe, refiner, denoising_end) -> dict:
+    """Refuse a hand-off that cannot run, before any denoising; what to record of one that can."""
+    if refiner is None and denoising_end is None:
+        return {}
+    if refiner is None or denoising_end is None:
+        raise ValueError(f"refiner={'given' if refiner is not None else None}, denoising_end={denoising_end!r}: give "
+                         "both (e.g. refiner=load_pipeline('stabilityai/stable-diffusion-xl-refiner-1.0', "
+                         "'image-to-image'), denoising_end=0.8), or neither")
+    if isinstance(denoising_end, bool) or not isinstance(denoising_end, (int, float)) or not 0 < denoising_end < 1:
+        raise ValueError(f"denoising_end={denoising_end!r}: the share of the schedule the base model denoises, "
+                         "strictly between 0 and 1 (e.g. 0.8)")
+    _adopt(refiner)
+    base, ref = pipeline_info(pipe), pipeline_info(refiner)
+    if base.family != "sdxl" or base.task != "text-to-image":
+        raise ValueError(f"a refiner finishes an SDXL base model's text-to-image latents; this pipeline is "
+                         f"{base.family} {base.task!r}")
+    if ref.family not in ("sdxl", "sdxl-refiner") or "Img2Img" not in type(refiner).__name__:
+        raise ValueError(f"refiner: {type(refiner).__name__} ({ref.family}) cannot take latents; load an SDXL refiner "
+                         "(or base) with task='image-to-image'")
+    return {"refiner": {"model_id": ref.model_id, "revision": ref.revision, "scheduler": scheduler_name(refiner.scheduler),
+                        "dtype": ref.dtype, "denoising_end": float(denoising_end)}}
+
+
 def _refuse(removed: dict) -> None:
     """generate's search keywords moved up to the search layer: say where, as a TypeError (an unknown argument)."""
     if not removed:
@@ -255,6 +286,8 @@ class _Batches:
     callback: Callable | None
     is_cancelled: Callable[[], bool]
     before_save: Callable | None
+    refiner: object = None  # SDXL's refiner, finishing from `denoising_end`
+    denoising_end: float | None = None
     bar: object = None
     rows: object = None  # the last pipeline call's `sdkit.load.rows.Rows`
     plan: dict | None = None  # a resumed batched run: each job's batch and arithmetic in the uninterrupted run
@@ -306,15 +339,19 @@ class _Batches:
 
         replay = ({} if self.plan is None else  # a resumed batched run: the rows of the uninterrupted one
                   {k: self.plan[j.index][1] for k, j in enumerate(batch)})
+        common = dict(prompt=[j.prompt for j in batch],
+                      negative_prompt=None if all(j.negative_prompt is None for j in batch) else
+                      [j.negative_prompt or "" for j in batch],
+                      num_inference_steps=self.num_inference_steps, guidance_scale=self.guidance_scale,
+                      generator=[torch.Generator("cpu").manual_seed(j.seed) for j in batch], callback_on_step_end=on_step)
+        pipes = (self.pipe,) if self.refiner is None else (self.pipe, self.refiner)
         with quiet_truncation_logs(), replaying(self.pipe, replay) if replay else contextlib.nullcontext(), \
-                recording(self.pipe) as self.rows:  # what ran in which row, for each image
-            return self.pipe(
-                prompt=[j.prompt for j in batch],
-                negative_prompt=None if all(j.negative_prompt is None for j in batch) else
-                [j.negative_prompt or "" for j in batch],
-                num_inference_steps=self.num_inference_steps, guidance_scale=self.guidance_scale, height=self.height,
-                width=self.width, generator=[torch.Generator("cpu").manual_seed(j.seed) for j in batch],
-                callback_on_step_end=on_step, **(self.pipe_kwargs or {}))
+                recording(*pipes) as self.rows:  # what ran in which row, for each image (base and refiner calls)
+            if self.refiner is None:
+                return self.pipe(**common, height=self.height, width=self.width, **(self.pipe_kwargs or {}))
+            latents = self.pipe(**common, height=self.height, width=self.width, output_type="latent",
+                                denoising_end=self.denoising_end, **(self.pipe_kwargs or {})).images
+            return self.refiner(**common, image=latents, denoising_start=self.denoising_end)
 
     def keep(self, batch: list[Candidate], result) -> None:
         """The decoded batch: images onto their candidates, `before_save`, then each saved and reported."""

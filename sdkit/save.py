@@ -54,6 +54,9 @@ def a1111_parameters(c: Candidate) -> str:
     for k in ("mask_blur", "mask_grow", "outpaint"):
         if k in c.extra:
             fields[k.replace("_", " ").capitalize()] = c.extra[k]
+    if "refiner" in c.extra:  # A1111's own names for the SDXL hand-off
+        fields["Refiner"] = c.extra["refiner"].get("model_id") or "refiner"
+        fields["Refiner switch at"] = f"{c.extra['refiner']['denoising_end']:g}"
     if c.score is not None:
         fields["CLIP score"] = f"{c.score:.2f}"
     fields["Version"] = f"sdkit {c.sdkit_version}"

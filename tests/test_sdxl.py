@@ -20,6 +20,7 @@ from sdkit.errors import ModelNotAvailable
 from sdkit.load.kinds import UnsupportedModel, family_of
 from sdkit.load.pipeline import load_pipeline
 from sdkit.models.builtin import builtin_pipeline_path, defaults_for
+from sdkit.save import read_parameters
 
 STEPS = 4
 
@@ -160,3 +161,41 @@ def test_sdxl_defaults_are_its_own():
     assert defaults_for("sdkit:tiny-xl").guidance_scale == 5.0
     assert defaults_for("sdkit:tiny").guidance_scale == 7.5
     assert defaults_for("sdkit:tiny-xl").size == 64
+
+
+def test_the_refiner_hand_off_is_diffusers_own_recorded_and_regenerated(tmp_path):
+    base = load_pipeline("sdkit:tiny-xl")
+    refiner = load_pipeline("sdkit:tiny-xl-refiner", "image-to-image")
+    run = sdkit.generate(base, ["a red circle", "a blue square"], n=2, seed=30, num_inference_steps=6,
+                         guidance_scale=5.0, batch_size=4, refiner=refiner, denoising_end=0.7, output_dir=tmp_path,
+                         progress=False)
+    # diffusers' documented two-step recipe, one candidate alone, with its own generator carried over
+    plain_base, plain_ref = _plain(builtin_pipeline_path("sdkit:tiny-xl")), _plain(
+        builtin_pipeline_path("sdkit:tiny-xl-refiner"), "StableDiffusionXLImg2ImgPipeline")
+    g = torch.Generator().manual_seed(31)
+    latents = plain_base("a blue square", num_inference_steps=6, guidance_scale=5.0, denoising_end=0.7,
+                         output_type="latent", generator=g).images
+    ref = plain_ref("a blue square", image=latents, num_inference_steps=6, guidance_scale=5.0, denoising_start=0.7,
+                    generator=g).images[0]
+    assert np.array_equal(pixels(run.candidates[3].image), pixels(ref))
+    unrefined = sdkit.generate(base, "a blue square", n=1, seeds=[31], num_inference_steps=6, guidance_scale=5.0,
+                               progress=False)
+    assert not np.array_equal(pixels(unrefined.candidates[0].image), pixels(ref))
+    meta = sdkit.read_metadata(run.candidates[3].path)
+    assert meta["extra"]["refiner"]["model_id"] == "sdkit:tiny-xl-refiner"
+    assert 'Refiner: "sdkit:tiny-xl-refiner", Refiner switch at: 0.7' in read_parameters(run.candidates[3].path)
+    again = sdkit.regenerate(run.candidates[3].path)  # loads the refiner it names
+    assert np.array_equal(pixels(again.image), pixels(ref))
+
+
+@pytest.mark.parametrize("kwargs, words", [
+    ({"denoising_end": 0.8}, "give both"),
+    ({"refiner": "R", "denoising_end": 1.5}, "strictly between 0 and 1"),
+    ({"refiner": "R", "denoising_end": "0.8"}, "strictly between"),
+])
+def test_a_bad_hand_off_is_refused_before_denoising(kwargs, words):
+    base = load_pipeline("sdkit:tiny-xl")
+    if kwargs.get("refiner") == "R":
+        kwargs = {**kwargs, "refiner": load_pipeline("sdkit:tiny-xl-refiner", "image-to-image")}
+    with pytest.raises(ValueError, match=words):
+        sdkit.generate(base, "a red circle", n=1, seed=0, num_inference_steps=STEPS, progress=False, **kwargs)

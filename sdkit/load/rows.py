@@ -283,10 +283,11 @@ def rows_decode(vae, state: ModuleState):
 
 
 @contextlib.contextmanager
-def recording(pipe):
-    """Inside the block (one pipeline call), the UNet's and VAE's wrappers record every call's groups into the
-    yielded `Rows`; inside `replaying`, they replay the recorded arithmetic instead of choosing."""
-    states = [module_state(pipe.unet), module_state(pipe.vae)]
+def recording(pipe, *more):
+    """Inside the block (one pipeline call, or a hand-off through `more` pipelines: an SDXL base and its refiner),
+    the UNets' and VAEs' wrappers record every call's groups into the yielded `Rows`, calls numbered across the
+    pipelines; inside `replaying(pipe, ...)`, they replay the recorded arithmetic instead of choosing."""
+    states = [module_state(m) for p in (pipe, *more) for m in (p.unet, p.vae)]
     rows = Rows(states[0].replay)
     for s in states:
         s.rows = rows

@@ -23,6 +23,7 @@ def regenerate(source, pipe=None, **overrides) -> Candidate:
     (`particle_resampling`) is remade by following its recorded lineage, as it was (no overrides).
     """
     meta = dict(source) if isinstance(source, dict) else read_metadata(source)
+    refiner = overrides.pop("refiner", None)  # an SDXL refiner already loaded (else loaded from what is recorded)
     meta.update(overrides)
     if meta.get("task", "text-to-image") != "text-to-image":
         raise ValueError(
@@ -49,8 +50,22 @@ def regenerate(source, pipe=None, **overrides) -> Candidate:
     with replaying(pipe, {0: arithmetic}) if arithmetic is not None else contextlib.nullcontext():
         run = generate(pipe, meta["prompt"], n=1, seeds=[meta["seed"]], negative_prompt=meta.get("negative_prompt"),
                        num_inference_steps=meta["num_inference_steps"], guidance_scale=meta["guidance_scale"],
-                       height=meta["height"], width=meta["width"], progress=False, pipe_kwargs=_conditioning(meta))
+                       height=meta["height"], width=meta["width"], progress=False, pipe_kwargs=_conditioning(meta),
+                       **_refining(meta, refiner))
     return run.candidates[0]
+
+
+def _refining(meta: dict, refiner) -> dict:
+    """The recorded SDXL hand-off: `refiner` (or the recorded refiner, loaded) and its `denoising_end`."""
+    rec = (meta.get("extra") or {}).get("refiner")
+    if not rec:
+        return {}
+    if refiner is None:
+        from sdkit.load.pipeline import load_pipeline
+
+        refiner = load_pipeline(rec["model_id"], "image-to-image", scheduler=rec.get("scheduler") or None,
+                                dtype=rec.get("dtype") or "auto", revision=rec.get("revision"))
+    return {"refiner": refiner, "denoising_end": rec["denoising_end"]}
 
 
 def _conditioning(meta: dict) -> dict | None:
