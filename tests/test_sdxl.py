@@ -199,3 +199,21 @@ def test_a_bad_hand_off_is_refused_before_denoising(kwargs, words):
         kwargs = {**kwargs, "refiner": load_pipeline("sdkit:tiny-xl-refiner", "image-to-image")}
     with pytest.raises(ValueError, match=words):
         sdkit.generate(base, "a red circle", n=1, seed=0, num_inference_steps=STEPS, progress=False, **kwargs)
+
+
+def test_fp16_decodes_with_the_vae_upcast_and_says_so():
+    pipe = load_pipeline("sdkit:tiny-xl", dtype="fp16")  # the tiny VAE's config says force_upcast, as SDXL's does
+    run = sdkit.generate(pipe, "a red circle", n=1, seed=0, num_inference_steps=2, progress=False)
+    assert run.candidates[0].extra["sdxl"]["vae_decode"].startswith("float32 (upcast")
+    assert pipe.vae.dtype == torch.float16  # diffusers casts it back after the decode
+    assert pixels(run.candidates[0].image).std() > 0  # not a black (NaN) image
+
+
+def test_the_cli_runs_sdxl(tmp_path, capsys):
+    from sdkit.cli.main import main
+
+    rc = main(["generate", "a red circle", "-n", "2", "--seed", "0", "--steps", "2", "--model", "sdkit:tiny-xl",
+               "--out", str(tmp_path)])
+    assert rc == 0
+    metas = [sdkit.read_metadata(p) for p in sorted(tmp_path.glob("*/*-s[0-9]*.png"))]
+    assert len(metas) == 2 and all(m["extra"]["sdxl"]["original_size"] == [64, 64] for m in metas)
