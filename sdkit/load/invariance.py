@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 
 import torch
 
@@ -52,6 +53,23 @@ def install(pipe, *, batch_invariant: bool, max_rows: int | None = None) -> None
             module_state(encoder).installed = True
     if batch_invariant:  # x0 previews too, decoded outside rows_decode, one image at a time
         vae.enable_slicing()
+
+
+def adopt(pipe) -> None:
+    """A pipeline sdkit did not load (built by hand, `from_single_file`) gets sdkit's row wrappers as
+    `load_pipeline` would put them (per candidate on the CPU), so its promises hold; one with no UNet (SD3,
+    Flux) is refused by name."""
+    from sdkit.load.devices import default_batch_size
+    from sdkit.load.kinds import family_of_pipeline
+
+    inner = getattr(pipe, "pipeline", pipe)  # an edit's wrapper: its pipeline
+    family_of_pipeline(inner)  # refuses what sdkit cannot run
+    if not has_rows(inner):
+        device = str(inner.device)
+        install(inner, batch_invariant=device == "cpu",
+                max_rows=default_batch_size(device) if device.startswith("cuda") else None)
+        inner.set_progress_bar_config(disable=True)
+        logging.getLogger(__name__).info("sdkit's row wrappers installed on a %s it did not load", type(inner).__name__)
 
 
 def is_batch_invariant(pipe) -> bool:
