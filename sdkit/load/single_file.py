@@ -241,7 +241,32 @@ def load(cls, sf: SingleFile, *, safety_checker: bool, **kwargs):
             log.warning("%s: no NSFW safety checker (a single file has none, nor has %s); images are not checked. "
                         "safety_checker=False says so and silences this.", sf.path, sf.config)
         kwargs.update(safety_checker=None, requires_safety_checker=False)
+    if sf.family == "sdxl" and "text_encoder_2" not in kwargs:
+        kwargs["text_encoder_2"] = _second_encoder_if_ambiguous(sf, kwargs.get("dtype", kwargs.get("torch_dtype")))
+        if kwargs["text_encoder_2"] is None:
+            del kwargs["text_encoder_2"]
     return cls.from_single_file(str(sf.path), config=str(sf.config), local_files_only=True, **kwargs)
+
+
+def _second_encoder_if_ambiguous(sf: SingleFile, dtype):
+    """SDXL's OpenCLIP encoder, built from its own keys, when diffusers would take the first one for it.
+
+    diffusers tells SDXL's two encoders apart by width (768 vs 1280): for a file whose encoders share a width
+    (sdkit:tiny-xl's), it loads the first encoder's weights into the second and leaves its projection empty.
+    """
+    from diffusers.loaders.single_file_utils import create_diffusers_clip_model_from_ldm
+    from safetensors import safe_open
+    from transformers import CLIPTextModelWithProjection
+
+    shapes = shapes_of(sf.path)
+    first = shapes.get("conditioner.embedders.0.transformer.text_model.embeddings.position_embedding.weight")
+    second = shapes.get("conditioner.embedders.1.model.positional_embedding")
+    if first is None or second is None or first[-1] != second[-1]:
+        return None
+    with safe_open(str(sf.path), framework="pt") as f:
+        own = {k: f.get_tensor(k) for k in f.keys() if k.startswith("conditioner.embedders.1.model.")}
+    return create_diffusers_clip_model_from_ldm(CLIPTextModelWithProjection, own, subfolder="text_encoder_2",
+                                                config=str(sf.config), torch_dtype=dtype, local_files_only=True)
 
 
 def convert_to_safetensors(src, dst=None) -> Path:
