@@ -21,6 +21,7 @@ from sdkit.load.devices import auto_dtype, default_batch_size, resolve_device, r
 from sdkit.load.hub import MIRRORS, local_dir, local_files, looks_like_path, no_safetensors, pickles, repo_files, snapshot
 from sdkit.load.invariance import install
 from sdkit.load.kinds import TASKS, check_task, family_of, pipeline_class, unet_in_channels
+from sdkit.load import single_file
 from sdkit.load.schedulers import check_scheduler, make_scheduler
 from sdkit.load.state import module_state, pipeline_info, remember
 from sdkit.models.builtin import BUILTIN, builtin_pipeline_path
@@ -35,9 +36,15 @@ _ALLOW = ["*.json", "*.txt", "*.model"]  # configs, tokenizer files
 @dataclass(frozen=True)
 class Resolved:
     model_id: str  # what the user asked for, after mirror renames
-    path: Path  # local snapshot directory
+    path: Path  # local snapshot directory (for a single file: the folder of its configs)
     revision: str | None
     variant: str | None
+    single_file: single_file.SingleFile | None = None  # a single-file checkpoint (`sdkit.load.single_file`)
+
+    @property
+    def weights_key(self):
+        """What the pipeline cache keys the weights on: a folder's path, or a file's path, size and mtime."""
+        return self.single_file.key if self.single_file else str(self.path)
 
 
 def _check_weights(root: Path, files: list[str], model: str) -> None:
@@ -77,10 +84,19 @@ def resolve_vae(vae: str) -> Path:
     return path
 
 
-def resolve(model: str, *, revision: str | None = None, dtype=torch.float32, variant="auto") -> Resolved:
+def resolve(model: str, *, revision: str | None = None, dtype=torch.float32, variant="auto",
+            config: str | None = None) -> Resolved:
     """Turn a Hub id, a local path or a built-in name into a local directory, downloading safetensors only."""
     if not isinstance(model, str) or not model.strip():
         raise ValueError(f"model={model!r}: give a Hub id like 'stable-diffusion-v1-5/stable-diffusion-v1-5', a local path, or one of {list(BUILTIN)}")
+    # Single-file checkpoints: their own module; the rest of loading is shared.
+    if not model.startswith("sdkit:") and single_file.is_single_file(model):
+        if revision is not None:
+            raise ValueError(f"revision={revision!r}: a single file has no revisions (model={model!r})")
+        found = single_file.resolve_single_file(model, config)
+        return Resolved(model, found.config, None, None, found)
+    if config is not None:
+        raise ValueError(f"config={config!r} is for single-file checkpoints; model={model!r} is not a file")
     if model in MIRRORS:
         log.info(f"{model} was deleted from the Hub; using its mirror {MIRRORS[model]}")
         model = MIRRORS[model]
@@ -127,6 +143,7 @@ def load_pipeline(
     batch_invariant: bool | str = "auto",
     compile: bool = False,
     vae: str | None = None,
+    config: str | None = None,
 ):
     """Load (or reuse) a diffusers pipeline for `model` and `task`.
 
@@ -134,6 +151,7 @@ def load_pipeline(
         model: Hub id, local diffusers folder, or a built-in (see `sdkit.models.builtin.BUILTIN`: "sdkit:tiny",
             "sdkit:tiny-xl", "sdkit:toy", ...). Stable Diffusion 1.x/2.x and SDXL (base, refiner, inpainting),
             recognised from `model_index.json`; other kinds are refused by name (`sdkit.load.kinds`).
+        model: may also be a single-file .safetensors checkpoint (original/A1111 layout, see `config`).
             Deleted tutorial ids (runwayml/...) resolve to their mirrors.
         task: "text-to-image", "image-to-image" or "inpainting" (an SDXL refiner: the last two).
         device: "auto" (cuda > mps > cpu) or a torch device string.
@@ -153,6 +171,8 @@ def load_pipeline(
         vae: another VAE (Hub id or folder of an `AutoencoderKL`), e.g. "madebyollin/sdxl-vae-fp16-fix": SDXL's
             own VAE overflows in fp16, so diffusers decodes with it in fp32 (its config's `force_upcast`); a
             VAE made fp16-safe decodes in fp16. Each image records which (`extra["sdxl"]["vae_decode"]`).
+        config: for a single-file checkpoint, the diffusers folder or Hub id whose configs describe it; by default
+            the repo diffusers pairs with the file's kind, from the local Hugging Face cache (`sdkit.load.single_file`).
 
     A second call with the same model, device and dtype reuses the loaded weights,
     also for another task or scheduler (diffusers' `from_pipe`). Tokens come from
@@ -165,9 +185,9 @@ def load_pipeline(
         raise ValueError(f"task={task!r}: choose one of {list(TASKS)}")
     device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, device)
-    res = resolve(model, revision=revision, dtype=torch_dtype, variant=variant)
+    res = resolve(model, revision=revision, dtype=torch_dtype, variant=variant, config=config)
     if dtype in (None, "auto"):  # now that the UNet's size is known
-        torch_dtype = auto_dtype(device, unet_parameters(res.path))
+        torch_dtype = auto_dtype(device, res.single_file.unet_parameters if res.single_file else unet_parameters(res.path))
     family = family_of(res.path, res.model_id)  # refuses SD3, Flux, ... before any weights load
     check_task(task, res.path, res.model_id, family)
     vae_path = resolve_vae(vae) if vae is not None else None
@@ -177,7 +197,7 @@ def load_pipeline(
 
     if batch_invariant == "auto":
         batch_invariant = device == "cpu"
-    weights_key = (str(res.path), res.variant, device, str(torch_dtype), bool(safety_checker), bool(low_memory),
+    weights_key = (res.weights_key, res.variant, device, str(torch_dtype), bool(safety_checker), bool(low_memory),
                    bool(batch_invariant), bool(compile), str(vae_path))
     key = weights_key + (task, scheduler)
     with _lock:
@@ -198,11 +218,14 @@ def load_pipeline(
             if vae_path is not None:
                 kwargs["vae"] = diffusers.AutoencoderKL.from_pretrained(vae_path, use_safetensors=True,
                                                                         **{_DTYPE_KW: torch_dtype})
-            if not safety_checker and family == "sd":  # SDXL has no safety checker
+            if not safety_checker and family == "sd" and not res.single_file:  # SDXL has no safety checker
                 kwargs.update(safety_checker=None, requires_safety_checker=False)
             kwargs[_DTYPE_KW] = torch_dtype
             with quiet_hf():
-                pipe = cls.from_pretrained(res.path, variant=res.variant, use_safetensors=True, **kwargs)
+                if res.single_file:
+                    pipe = single_file.load(cls, res.single_file, safety_checker=safety_checker, **kwargs)
+                else:
+                    pipe = cls.from_pretrained(res.path, variant=res.variant, use_safetensors=True, **kwargs)
             _place(pipe, device, low_memory)
             if compile:
                 _compile_unet(pipe.unet, device)
