@@ -4,6 +4,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+import pytest
 
 from sdkit.models.tiny import describe, install_in_hub_cache, save_tiny_pipeline
 
@@ -67,3 +68,33 @@ def test_hub_cache_layout_offline(tmp_path, tiny_path):
     assert "PATH someorg/tiny-sd StableDiffusionPipeline" in out.stdout
     assert "SIZE (64, 64) someorg/tiny-sd" in out.stdout
     assert "ERR ModelNotAvailable" in out.stdout and "hf download someorg/not-cached" in out.stdout
+
+
+@pytest.mark.parametrize("model, cls", [("sdkit:tiny", "StableDiffusionPipeline"),
+                                        ("sdkit:tiny-xl", "StableDiffusionXLPipeline")])
+def test_the_tiny_models_load_with_plain_diffusers_to_sdkits_pixels(model, cls):
+    """The default files are fp32 (configs included): plain `from_pretrained` gives sdkit's image; the fp16
+    variant loads too."""
+    import json
+
+    import diffusers
+    import numpy as np
+    import torch
+
+    import sdkit
+    from sdkit.load.pipeline import load_pipeline
+    from sdkit.models.builtin import builtin_pipeline_path
+
+    folder = builtin_pipeline_path(model)
+    assert json.loads((folder / "text_encoder" / "config.json").read_text()).get("dtype") in (None, "float32")
+    plain = getattr(diffusers, cls).from_pretrained(folder)
+    plain.set_progress_bar_config(disable=True)
+    image = plain("a red circle", num_inference_steps=3, guidance_scale=5.0,
+                  generator=torch.Generator().manual_seed(9)).images[0]
+    ours = sdkit.generate(load_pipeline(model, dtype="fp32"), "a red circle", n=1, seeds=[9], num_inference_steps=3,
+                          guidance_scale=5.0, progress=False).candidates[0].image
+    assert np.array_equal(np.asarray(image), np.asarray(ours))
+    w = plain.unet.conv_in.weight  # full fp32 precision (not weights rounded through the fp16 variant's save)
+    assert not torch.equal(w, w.half().float())
+    half = getattr(diffusers, cls).from_pretrained(folder, variant="fp16", dtype=torch.float16)
+    assert half.unet.dtype == torch.float16 and half.text_encoder.dtype == torch.float16

@@ -10,6 +10,7 @@ something, see `sdkit.toy` (a world of trained shapes).
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 import sys
@@ -102,9 +103,10 @@ def save_tiny_pipeline(save_directory, task: str = "text-to-image", seed: int = 
     parts = _components(task, seed, len(tokenizer), tokenizer.eos_token_id, tokenizer.bos_token_id)
     cls = StableDiffusionInpaintPipeline if task == "inpainting" else StableDiffusionPipeline
     pipe = cls(tokenizer=tokenizer, requires_safety_checker=True, image_encoder=None, **parts)
+    if fp16_variant:  # first: the configs written last (fp32) are what plain diffusers' from_pretrained reads
+        # a copy: casting there and back would round the fp32 weights to fp16's precision
+        copy.deepcopy(pipe).to(torch.float16).save_pretrained(save_directory, safe_serialization=True, variant="fp16")
     pipe.save_pretrained(save_directory, safe_serialization=True)
-    if fp16_variant:
-        pipe.to(torch.float16).save_pretrained(save_directory, safe_serialization=True, variant="fp16")
     return save_directory
 
 

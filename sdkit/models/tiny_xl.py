@@ -11,6 +11,7 @@ config says `force_upcast` (SDXL's own VAE overflows in fp16). Pictures are nois
 
 from __future__ import annotations
 
+import copy
 import sys
 from pathlib import Path
 
@@ -91,8 +92,8 @@ def save_tiny_xl_pipeline(save_directory, kind: str = "text-to-image", seed: int
         cls = StableDiffusionXLInpaintPipeline if kind == "inpainting" else StableDiffusionXLPipeline
         pipe = cls(tokenizer=tokenizer, tokenizer_2=tokenizer, add_watermarker=False, **parts)
     if fp16_variant:  # first: the configs written last (the fp32 ones) are what plain diffusers reads
-        pipe.to(torch.float16).save_pretrained(save_directory, safe_serialization=True, variant="fp16")
-        pipe.to(torch.float32)
+        # a copy: casting there and back would round the fp32 weights to fp16's precision
+        copy.deepcopy(pipe).to(torch.float16).save_pretrained(save_directory, safe_serialization=True, variant="fp16")
     pipe.save_pretrained(save_directory, safe_serialization=True)
     return save_directory
 
