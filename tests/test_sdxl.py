@@ -217,3 +217,16 @@ def test_the_cli_runs_sdxl(tmp_path, capsys):
     assert rc == 0
     metas = [sdkit.read_metadata(p) for p in sorted(tmp_path.glob("*/*-s[0-9]*.png"))]
     assert len(metas) == 2 and all(m["extra"]["sdxl"]["original_size"] == [64, 64] for m in metas)
+
+
+def test_the_cli_refuses_other_kinds_in_one_line(tmp_path, capsys):
+    from sdkit.cli.main import main
+
+    folder = tmp_path / "sd3"
+    folder.mkdir()
+    (folder / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusion3Pipeline",
+                                                          "transformer": ["diffusers", "SD3Transformer2DModel"]}))
+    rc = main(["generate", "a red circle", "-n", "1", "--model", str(folder), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert rc != 0 and "Traceback" not in err
+    assert "sdkit: error: model" in err and "StableDiffusion3Pipeline" in err and "SDXL" in err
