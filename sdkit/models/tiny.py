@@ -103,6 +103,11 @@ def save_tiny_pipeline(save_directory, task: str = "text-to-image", seed: int = 
     parts = _components(task, seed, len(tokenizer), tokenizer.eos_token_id, tokenizer.bos_token_id)
     cls = StableDiffusionInpaintPipeline if task == "inpainting" else StableDiffusionPipeline
     pipe = cls(tokenizer=tokenizer, requires_safety_checker=True, image_encoder=None, **parts)
+    return save_pipeline(pipe, save_directory, fp16_variant)
+
+
+def save_pipeline(pipe, save_directory: Path, fp16_variant: bool) -> Path:
+    """Save `pipe` like a Hub repo: fp32 safetensors, and an fp16 variant if asked."""
     if fp16_variant:  # first: the configs written last (fp32) are what plain diffusers' from_pretrained reads
         # a copy: casting there and back would round the fp32 weights to fp16's precision
         copy.deepcopy(pipe).to(torch.float16).save_pretrained(save_directory, safe_serialization=True, variant="fp16")

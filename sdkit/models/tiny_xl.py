@@ -11,14 +11,13 @@ config says `force_upcast` (SDXL's own VAE overflows in fp16). Pictures are nois
 
 from __future__ import annotations
 
-import copy
 import sys
 from pathlib import Path
 
 import torch
 
 from sdkit.models.cache import build_atomically, build_key, cache_root
-from sdkit.models.tiny import TINY_WORDS
+from sdkit.models.tiny import TINY_WORDS, save_pipeline
 from sdkit.models.tokenizer import save_clip_tokenizer
 from sdkit.quiet import quiet_hf
 
@@ -91,11 +90,7 @@ def save_tiny_xl_pipeline(save_directory, kind: str = "text-to-image", seed: int
         save_clip_tokenizer(save_directory / "tokenizer", words=TINY_WORDS)
         cls = StableDiffusionXLInpaintPipeline if kind == "inpainting" else StableDiffusionXLPipeline
         pipe = cls(tokenizer=tokenizer, tokenizer_2=tokenizer, add_watermarker=False, **parts)
-    if fp16_variant:  # first: the configs written last (the fp32 ones) are what plain diffusers reads
-        # a copy: casting there and back would round the fp32 weights to fp16's precision
-        copy.deepcopy(pipe).to(torch.float16).save_pretrained(save_directory, safe_serialization=True, variant="fp16")
-    pipe.save_pretrained(save_directory, safe_serialization=True)
-    return save_directory
+    return save_pipeline(pipe, save_directory, fp16_variant)
 
 
 def _check_kind(kind: str) -> None:
@@ -106,7 +101,8 @@ def _check_kind(kind: str) -> None:
 def tiny_xl_pipeline_path(kind: str = "text-to-image", seed: int = 0) -> Path:
     """Directory of the cached tiny SDXL pipeline of `kind`, built on first use (~1 s, a few MB)."""
     _check_kind(kind)
-    key = build_key([sys.modules[__name__], sys.modules[save_clip_tokenizer.__module__]], kind, seed)
+    key = build_key([sys.modules[__name__], sys.modules[save_pipeline.__module__],
+                     sys.modules[save_clip_tokenizer.__module__]], kind, seed)
     with quiet_hf(messages=True):
         return build_atomically(cache_root() / "tiny" / f"sdxl-{kind}-seed{seed}-{key}",
                                 lambda d: save_tiny_xl_pipeline(d, kind=kind, seed=seed))
