@@ -141,7 +141,7 @@ def prepare_outpaint(image, *, left: int = 0, right: int = 0, top: int = 0, bott
 
 def pipeline_for(pipe, task: str):
     """`pipe` as a pipeline for `task`, sharing its weights (diffusers' `from_pipe`, no reload)."""
-    from sdkit.load.kinds import PIPELINE_CLASSES, family_of_pipeline, pipeline_class
+    from sdkit.load.kinds import check_family_task, family_of_pipeline, pipeline_class
 
     info = pipeline_info(pipe)
     family = family_of_pipeline(pipe)
@@ -149,8 +149,7 @@ def pipeline_for(pipe, task: str):
     if channels == 9 and task != "inpainting":
         raise ValueError(f"{info.model_id or type(pipe).__name__!r} is an inpainting checkpoint (9-channel UNet); "
                          f"it cannot do {task!r}. Use inpaint()/outpaint(), or a text-to-image checkpoint.")
-    if (family, task) not in PIPELINE_CLASSES:
-        raise ValueError(f"{info.model_id or type(pipe).__name__!r} ({family}) cannot do {task!r}")
+    check_family_task(family, task, info.model_id or type(pipe).__name__)
     cls = pipeline_class(family, task)
     if isinstance(pipe, cls):
         return pipe

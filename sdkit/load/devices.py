@@ -93,6 +93,12 @@ GPU_BATCH = 16
 GPU_GB_PER_CANDIDATE = 0.5
 
 
+def max_rows(device: str) -> int | None:
+    """Candidates per UNet call at most when they run together: a GPU's default batch (also when a search holds
+    more); None elsewhere."""
+    return default_batch_size(device) if str(device).startswith("cuda") else None
+
+
 def default_batch_size(device, height: int = 512, width: int = 512) -> int:
     """Candidates denoised together by default: 2 on a CPU (compute bound; small batches keep memory flat), on
     CUDA the measured curve's knee (16) or what fits in 80% of the free memory at this size, 4 elsewhere."""

@@ -59,15 +59,14 @@ def adopt(pipe) -> None:
     """A pipeline sdkit did not load (built by hand, `from_single_file`) gets sdkit's row wrappers as
     `load_pipeline` would put them (per candidate on the CPU), so its promises hold; one with no UNet (SD3,
     Flux) is refused by name."""
-    from sdkit.load.devices import default_batch_size
+    from sdkit.load.devices import max_rows
     from sdkit.load.kinds import family_of_pipeline
 
     inner = getattr(pipe, "pipeline", pipe)  # an edit's wrapper: its pipeline
     family_of_pipeline(inner)  # refuses what sdkit cannot run
     if not has_rows(inner):
         device = str(inner.device)
-        install(inner, batch_invariant=device == "cpu",
-                max_rows=default_batch_size(device) if device.startswith("cuda") else None)
+        install(inner, batch_invariant=device == "cpu", max_rows=max_rows(device))
         inner.set_progress_bar_config(disable=True)
         logging.getLogger(__name__).info("sdkit's row wrappers installed on a %s it did not load", type(inner).__name__)
 

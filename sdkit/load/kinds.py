@@ -85,8 +85,8 @@ def unet_in_channels(path: Path, model: str = "") -> int:
                                 f"({type(e).__name__}: {e})") from None
 
 
-def check_task(task: str, path: Path, model: str, family: str = "sd") -> None:
-    """Refuse a task the checkpoint cannot do, before loading it."""
+def check_family_task(family: str, task: str, model: str) -> None:
+    """Refuse a task the family has no pipeline for (a refiner drawing from text alone)."""
     if task not in TASKS:
         raise ValueError(f"task={task!r}: choose one of {list(TASKS)}")
     if (family, task) not in PIPELINE_CLASSES:
@@ -94,6 +94,11 @@ def check_task(task: str, path: Path, model: str, family: str = "sd") -> None:
         raise ValueError(f"{model!r} is an SDXL refiner: it refines images and latents ({can}), it does not draw "
                          f"from text alone. Load it with task='image-to-image' and pass it to generate(..., "
                          "refiner=...) after an SDXL base model")
+
+
+def check_task(task: str, path: Path, model: str, family: str = "sd") -> None:
+    """Refuse a task the checkpoint cannot do, before loading it."""
+    check_family_task(family, task, model)
     channels = unet_in_channels(path, model)
     if channels == 9 and task != "inpainting":
         raise ValueError(

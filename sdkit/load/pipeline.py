@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from sdkit.errors import ModelNotAvailable
-from sdkit.load.devices import auto_dtype, default_batch_size, resolve_device, resolve_dtype, unet_parameters
+from sdkit.load.devices import auto_dtype, max_rows, resolve_device, resolve_dtype, unet_parameters
 from sdkit.load.hub import MIRRORS, local_dir, local_files, looks_like_path, no_safetensors, pickles, repo_files, snapshot
 from sdkit.load.invariance import install
 from sdkit.load.kinds import TASKS, check_task, family_of, pipeline_class, unet_in_channels
@@ -148,10 +148,10 @@ def load_pipeline(
     """Load (or reuse) a diffusers pipeline for `model` and `task`.
 
     Args:
-        model: Hub id, local diffusers folder, or a built-in (see `sdkit.models.builtin.BUILTIN`: "sdkit:tiny",
-            "sdkit:tiny-xl", "sdkit:toy", ...). Stable Diffusion 1.x/2.x and SDXL (base, refiner, inpainting),
-            recognised from `model_index.json`; other kinds are refused by name (`sdkit.load.kinds`).
-        model: may also be a single-file .safetensors checkpoint (original/A1111 layout, see `config`).
+        model: Hub id, local diffusers folder, single-file .safetensors checkpoint (original/A1111 layout, see
+            `config`), or a built-in (see `sdkit.models.builtin.BUILTIN`: "sdkit:tiny", "sdkit:tiny-xl", "sdkit:toy",
+            ...). Stable Diffusion 1.x/2.x and SDXL (base, refiner, inpainting), recognised from
+            `model_index.json` (a file: from its keys); other kinds are refused by name (`sdkit.load.kinds`).
             Deleted tutorial ids (runwayml/...) resolve to their mirrors.
         task: "text-to-image", "image-to-image" or "inpainting" (an SDXL refiner: the last two).
         device: "auto" (cuda > mps > cpu) or a torch device string.
@@ -229,9 +229,7 @@ def load_pipeline(
             _place(pipe, device, low_memory)
             if compile:
                 _compile_unet(pipe.unet, device)
-            # On a GPU at most a default batch of candidates per UNet call, also when a search holds more.
-            install(pipe, batch_invariant=batch_invariant,
-                    max_rows=default_batch_size(device) if device.startswith("cuda") else None)
+            install(pipe, batch_invariant=batch_invariant, max_rows=max_rows(device))
             own = (type(pipe.scheduler), pipe.scheduler.config)
         pipe.set_progress_bar_config(disable=True)  # sdkit reports progress itself
         if scheduler is not None:
