@@ -54,6 +54,18 @@ def test_cached_and_shared_between_tasks(tiny_pipe):
     assert img2img.unet is tiny_pipe.unet and img2img.vae is tiny_pipe.vae  # no reload
 
 
+def test_one_model_by_two_names_shares_weights_and_records_each_name(tiny_pipe):
+    """A built-in name and its folder are the same weights: shared, but each pipeline records the name it was
+    asked for (a cache keyed on the weights alone handed back the first name, so PNGs named the wrong model)."""
+    from sdkit.models.builtin import builtin_pipeline_path
+
+    by_path = load_pipeline(str(builtin_pipeline_path("sdkit:tiny")))
+    assert by_path is not tiny_pipe and by_path.unet is tiny_pipe.unet
+    assert pipeline_info(by_path).model_id == str(builtin_pipeline_path("sdkit:tiny"))
+    assert pipeline_info(tiny_pipe).model_id == "sdkit:tiny"
+    assert load_pipeline("sdkit:tiny") is tiny_pipe
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 def test_sharing_keeps_the_dtype_and_layout(tmp_path, dtype):
     """diffusers' from_pipe casts shared modules to fp32 unless told otherwise; the base must not change."""

@@ -18,6 +18,7 @@ import torch
 import sdkit
 from sdkit.errors import ModelNotAvailable
 from sdkit.load.kinds import UnsupportedModel, family_of
+from sdkit.load.invariance import own_memory
 from sdkit.load.pipeline import load_pipeline
 from sdkit.models.builtin import builtin_pipeline_path, defaults_for
 from sdkit.save import read_parameters
@@ -66,6 +67,7 @@ def _plain(folder, cls="StableDiffusionXLPipeline"):
 
     pipe = getattr(diffusers, cls).from_pretrained(folder)
     pipe.set_progress_bar_config(disable=True)
+    own_memory(pipe)  # the same weights in fresh memory, as sdkit holds them (sdkit.load.invariance.own_memory)
     return pipe
 
 

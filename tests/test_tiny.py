@@ -82,6 +82,7 @@ def test_the_tiny_models_load_with_plain_diffusers_to_sdkits_pixels(model, cls):
     import torch
 
     import sdkit
+    from sdkit.load.invariance import own_memory
     from sdkit.load.pipeline import load_pipeline
     from sdkit.models.builtin import builtin_pipeline_path
 
@@ -89,6 +90,7 @@ def test_the_tiny_models_load_with_plain_diffusers_to_sdkits_pixels(model, cls):
     assert json.loads((folder / "text_encoder" / "config.json").read_text()).get("dtype") in (None, "float32")
     plain = getattr(diffusers, cls).from_pretrained(folder)
     plain.set_progress_bar_config(disable=True)
+    own_memory(plain)  # the same weights in fresh memory, as sdkit holds them (sdkit.load.invariance.own_memory)
     image = plain("a red circle", num_inference_steps=3, guidance_scale=5.0,
                   generator=torch.Generator().manual_seed(9)).images[0]
     ours = sdkit.generate(load_pipeline(model, dtype="fp32"), "a red circle", n=1, seeds=[9], num_inference_steps=3,

@@ -199,7 +199,8 @@ def load_pipeline(
         batch_invariant = device == "cpu"
     weights_key = (res.weights_key, res.variant, device, str(torch_dtype), bool(safety_checker), bool(low_memory),
                    bool(batch_invariant), bool(compile), str(vae_path))
-    key = weights_key + (task, scheduler)
+    # The name as the user gave it too: each pipeline records it (a path and `sdkit:tiny` may be the same weights).
+    key = weights_key + (task, scheduler, res.model_id)
     with _lock:
         if key in _cache:
             return _cache[key]
