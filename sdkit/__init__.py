@@ -128,6 +128,14 @@ def _quiet_known_noise() -> None:
     for name in ("transformers", "transformers.utils.import_utils"):  # filters act where the record is made
         logging.getLogger(name).addFilter(_DropTorchvisionFallback())
 
+    # diffusers' SDXL img2img/inpaint pipelines cast a force_upcast VAE to fp32 on every call, and each cast
+    # warns that "modules ... should be kept in float32: []": an empty list, so nothing to act on.
+    class _DropEmptyFp32List(logging.Filter):
+        def filter(self, record):
+            return "should be kept in float32: []" not in record.getMessage()
+
+    logging.getLogger("diffusers.models.modeling_utils").addFilter(_DropEmptyFp32List())
+
 
 _library_logger()
 _quiet_known_noise()

@@ -51,9 +51,17 @@ def _substitute(role: str, model: str, m: str) -> str:
         from sdkit.models.builtin import clip_for
 
         return clip_for("sdkit:toy" if m == "toy" else "sdkit:tiny")
+    if _is_xl(role, model):  # the toy world is SD-shaped: SDXL roles get the tiny SDXL models in both modes
+        part = "-refiner" if "refiner" in (role + model).lower() else "-inpainting" if "inpaint" in (role + model).lower() else ""
+        return f"sdkit:tiny-xl{part}"
     if m == "toy":
         return "sdkit:toy"
     return "sdkit:tiny-inpainting" if "inpaint" in role or "inpaint" in model else "sdkit:tiny"
+
+
+def _is_xl(role: str, model: str) -> bool:
+    """An SDXL role by its Hub id's words (`stable-diffusion-xl-base-1.0`, `sdxl-turbo`) or the role's name."""
+    return role != "clip" and bool(re.search(r"(^|[-_/])(sd)?xl([-_/]|$)", f"{role}/{model}".lower()))
 
 
 def models(**ids: str) -> SimpleNamespace:
@@ -65,14 +73,19 @@ def models(**ids: str) -> SimpleNamespace:
     chosen = {role: _substitute(role, mid, m) for role, mid in ids.items()}
     # The models' native image size, so one notebook makes 512px images for real and 64px ones on tiny models,
     # and settings that make good pictures with each: the toy world wants little guidance (README, toy world).
-    size = {"real": 512, "tiny": 64, "toy": 32}[m]
-    steps, guidance = {"real": (30, 7.5), "tiny": (30, 7.5), "toy": (20, 2.0)}[m]
+    # SDXL notebooks: 1024px and diffusers' SDXL guidance for real, the tiny SDXL models' 64px otherwise.
+    xl = any(_is_xl(role, mid) for role, mid in ids.items())
+    size = {"real": 1024 if xl else 512, "tiny": 64, "toy": 64 if xl else 32}[m]
+    steps, guidance = {"real": (30, 5.0 if xl else 7.5), "tiny": (30, 5.0 if xl else 7.5),
+                       "toy": (30, 5.0) if xl else (20, 2.0)}[m]
     label = {"real": "real Hub models", "tiny": "sdkit's TINY RANDOM-WEIGHT models (pictures are noise)",
              "toy": "the TOY SHAPES world (trained 32x32 shapes, not Stable Diffusion)"}[m]
     print(f"Models: {label}")
     for role, mid in ids.items():
         print(f"  {role}: {mid}" + (f"  ->  {_short(chosen[role])}" if chosen[role] != mid else ""))
-    if m == "toy":
+    if m == "toy" and xl:
+        print("  The toy world is Stable Diffusion 1.x-shaped: SDXL roles use sdkit's tiny random-weight SDXL models.")
+    elif m == "toy":
         from sdkit.toy import shapes
 
         print(f"  The toy world draws 'a <colour> <shape>' only: colours {', '.join(shapes.COLORS)}; shapes "
