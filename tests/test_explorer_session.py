@@ -178,3 +178,14 @@ def test_a_search_without_a_scorer_is_refused_before_generating(tmp_path):
     session, seen = run_session(req)
     failed = [e for e in seen if isinstance(e, ev.Failed)]
     assert failed and "pick flax or torch" in str(failed[0].error) and not seen[-1].started
+
+
+def test_an_sdxl_request_runs_ranked_with_its_own_size_and_record(tmp_path):
+    scorer = MeanRed()
+    session, seen = run_session(request(tmp_path, scorer, model="sdkit:tiny-xl"))
+    done = seen[-1]
+    assert done.started and done.scorer_error is None and len(done.run) == 3
+    assert {c.image.size for c in done.run} == {(64, 64)}  # tiny-xl's own size: no height/width asked
+    assert all(c.extra["sdxl"]["target_size"] == [64, 64] for c in done.run)
+    assert [r.rank for r in done.ranked] == [1, 2, 3]
+    assert [r.candidate.seed for r in done.ranked] == [c.seed for c in sorted(done.run, key=lambda c: (-red(c), c.seed))]

@@ -389,3 +389,26 @@ def test_ray_search_sweep_equals_local(ray_runtime, tmp_path):
     assert by_item(read_pruned(tmp_path / "ray")) == by_item(read_pruned(tmp_path / "local")) == by_item(on_ray.pruned)
     again = run_sweep(sweep, tmp_path / "ray", backend="ray", workers=1, progress=False)
     assert (again.generated, again.skipped) == (0, len(sweep))
+
+
+@pytest.mark.slow  # starts a local Ray cluster (make test runs it)
+def test_an_sdxl_sweep_makes_generates_pixels_locally_and_on_ray(ray_runtime, tmp_path):
+    """SDXL through both sweep backends: each file is generate()'s image with its SDXL record, bit for bit."""
+    import torch
+
+    from sdkit.load.pipeline import load_pipeline
+
+    sweep = tiny_sweep(model="sdkit:tiny-xl", n=2, batch_size=2, grid={"guidance_scale": [1.0, 5.0], **FAST})
+    local = run_sweep(sweep, tmp_path / "local", progress=False)
+    on_ray = run_sweep(sweep, tmp_path / "ray", backend="ray", workers=1, progress=False,
+                       ray_remote_args={"num_cpus": torch.get_num_threads()})
+    assert local.generated == on_ray.generated == len(sweep) == 8
+    assert_exactly_once(sweep, tmp_path / "ray")
+    for a, b in zip(local.candidates, on_ray.candidates):
+        assert np.array_equal(pixels(a.path), pixels(b.path)), a.path
+    c = next(c for c in local.candidates if (c.prompt, c.seed, c.guidance_scale) == ("a blue square", 1, 5.0))
+    ref = generate(load_pipeline("sdkit:tiny-xl"), "a blue square", seeds=[1], n=1, guidance_scale=5.0,
+                   progress=False, **FAST)
+    assert np.array_equal(pixels(c.path), np.asarray(ref[0].image))
+    assert read_metadata(c.path)["extra"]["sdxl"] == ref[0].extra["sdxl"]
+    assert read_metadata(c.path)["extra"]["sdxl"]["target_size"] == [64, 64]
