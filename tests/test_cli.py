@@ -206,3 +206,22 @@ def test_cli_search_unknown_values_are_usage_errors(capsys, args):
 def test_cli_search_refuses_resume(tmp_path, capsys):
     assert main(["generate", "--resume", str(tmp_path), "--search", "best_of_n"]) == 2
     assert "--resume with --search: a search cannot be resumed" in capsys.readouterr().err
+
+
+def test_an_unexpected_error_is_one_line_and_the_traceback_is_one_variable_away(capsys, monkeypatch, tmp_path):
+    """Whatever breaks inside (a diffusers or torch error sdkit did not foresee), a CLI user gets one line naming it
+    and how to see more; SDKIT_DEBUG=1 re-raises it with its traceback."""
+    import sdkit.load.pipeline
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied (2x32 and 64x16)")
+
+    monkeypatch.setattr(sdkit.load.pipeline, "load_pipeline", broken)  # the CLI imports it when it runs
+    monkeypatch.delenv("SDKIT_DEBUG", raising=False)
+    assert main(["a red circle", "-n", "1", "--model", "sdkit:tiny", "--out", str(tmp_path), "--scorer", "none"]) == 1
+    err = capsys.readouterr().err
+    assert "sdkit: error: RuntimeError: mat1 and mat2 shapes" in err and "SDKIT_DEBUG=1" in err
+    assert "Traceback" not in err
+    monkeypatch.setenv("SDKIT_DEBUG", "1")
+    with pytest.raises(RuntimeError, match="mat1 and mat2"):
+        main(["a red circle", "-n", "1", "--model", "sdkit:tiny", "--out", str(tmp_path), "--scorer", "none"])

@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from sdkit.errors import SdkitError
+
+DEBUG_ENV = "SDKIT_DEBUG"  # set to 1 for the full traceback of an unexpected error
 
 # name -> module providing add_parser(subparsers); the module sets `func` on its parser.
 COMMANDS = {
@@ -66,4 +69,13 @@ def main(argv=None) -> int:
         return 2
     except SdkitError as e:
         print(f"sdkit: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("sdkit: interrupted; the finished images are saved with their metadata (--resume FOLDER goes on)", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001  (a CLI user gets one line, not a traceback, whatever broke)
+        if os.environ.get(DEBUG_ENV, "").strip() not in ("", "0"):
+            raise
+        print(f"sdkit: error: {type(e).__name__}: {e}\n(an unexpected error: {DEBUG_ENV}=1 shows the traceback; "
+              "finished images are saved)", file=sys.stderr)
         return 1
