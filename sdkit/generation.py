@@ -186,7 +186,7 @@ def _template(pipe, run_id, num_inference_steps, guidance_scale, height, width, 
         image=None, prompt="", seed=0, num_inference_steps=num_inference_steps, guidance_scale=float(guidance_scale),
         height=height, width=width, scheduler=scheduler_name(pipe.scheduler), model_id=info.model_id,
         revision=info.revision, task=info.task, dtype=info.dtype or str(pipe.dtype), device=info.device or str(pipe.device),
-        run_id=run_id, extra=dict(extra or {}))
+        run_id=run_id, extra={**(extra or {}), **({"config": info.config} if info.config else {})})
 
 
 def _resume(out: Path, run_id: str, recorded: dict | None, settings: dict, jobs: list[Candidate]) -> list[Candidate]:

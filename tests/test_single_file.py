@@ -258,3 +258,19 @@ def test_sdxl_files_give_the_folders_pixels(kind, model_type, cls, tmp_path):
         b = generate(from_folder, "a red circle", n=2, seed=7, **FAST)
         assert all(np.array_equal(x, y) for x, y in zip(_pixels(a), _pixels(b)))
         assert a[0].model_id == str(file) and a[0].extra["sdxl"] == b[0].extra["sdxl"]
+
+
+def test_a_single_files_image_regenerates_with_the_config_folder_it_named(files, tiny_path, tmp_path, monkeypatch):
+    """The config folder the user named is recorded, so `regenerate(png)` loads the file the same way again
+    (without it, a file whose configs are not in the Hugging Face cache could not be loaded at all)."""
+    import sdkit.load.pipeline
+    from sdkit.save import read_metadata
+    from sdkit.search.replay import regenerate
+
+    pipe = load_pipeline(str(files["sd1"]), config=str(tiny_path), dtype="fp32")
+    run = generate(pipe, "a red circle", n=2, seed=4, output_dir=tmp_path, **FAST)
+    assert read_metadata(run[1].path)["extra"]["config"] == str(tiny_path)
+    monkeypatch.setattr(sdkit.load.pipeline, "_cache", {})  # a fresh start: regenerate must load the file itself
+    again = regenerate(run[1].path)
+    assert np.array_equal(np.asarray(again.image), np.asarray(run[1].image))
+    assert again.model_id == str(files["sd1"]) and again.extra["config"] == str(tiny_path)

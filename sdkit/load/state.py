@@ -31,6 +31,7 @@ class PipelineInfo:
     own_scheduler: tuple[type, Any] | None = None
     family: str = "sd"  # `sdkit.load.kinds.FAMILIES`: "sd", "sdxl", "sdxl-refiner"
     vae: str | None = None  # another VAE the user named (`load_pipeline(vae=...)`); None: the model's own
+    config: str | None = None  # a single file's config folder as the user named it (`load_pipeline(config=...)`)
 
 
 @dataclasses.dataclass

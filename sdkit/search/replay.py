@@ -38,9 +38,10 @@ def regenerate(source, pipe=None, **overrides) -> Candidate:
     if pipe is None:
         from sdkit.load.pipeline import load_pipeline
 
-        vae = ((meta.get("extra") or {}).get("sdxl") or {}).get("vae", "own")
+        extra = meta.get("extra") or {}
+        vae = (extra.get("sdxl") or {}).get("vae", "own")
         pipe = load_pipeline(meta["model_id"], meta.get("task", "text-to-image"), scheduler=meta.get("scheduler") or None,
-                             dtype=meta.get("dtype") or "auto", revision=meta.get("revision"),
+                             dtype=meta.get("dtype") or "auto", revision=meta.get("revision"), config=extra.get("config"),
                              **({"batch_invariant": True} if lineage else {}), **({} if vae == "own" else {"vae": vae}))
     arithmetic = None if overrides else Arithmetic.from_json(meta.get("arithmetic"))
     if arithmetic is not None:
