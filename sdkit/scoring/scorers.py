@@ -6,9 +6,9 @@
 gives: that batch is preprocessed on its own device with the same result as its PIL images
 (`sdkit.scoring.preprocess.preprocess_tensor`), so pipeline output reaches the scorer without a PIL round
 trip (the PyTorch scorer takes it as is, the Flax scorer through DLPack when JAX shares the GPU).
-`prompts` has length 1 (shared) or len(images) (candidate i against prompts[i]). A new
-scorer (LAION aesthetic, PickScore, ...) is a new class of this shape with `.name` and
-`.model_id`. Two CLIP backends ship, both on the `CLIPScorer` base here: `FlaxCLIPScorer`
+`prompts` has length 1 (shared) or len(images) (candidate i against prompts[i]). Which verifiers ship (clip,
+pickscore, hpsv2, aesthetic) and how to add one: `sdkit.scoring.verifiers`; several combined: `sdkit.scoring.ensemble`.
+Two CLIP backends ship, both on the `CLIPScorer` base here: `FlaxCLIPScorer`
 (`sdkit.scoring.flax.scorer`: sdkit's Flax CLIP, data-parallel over all local JAX devices) and
 `TorchCLIPScorer` (`sdkit.scoring.torch_clip`: transformers' `CLIPModel`). Both use the same
 tokenizer and the same preprocessing (`sdkit.scoring.preprocess`), so they differ only by the model.
@@ -32,6 +32,7 @@ import numpy as np
 from PIL import Image
 
 import sdkit.scoring.flax  # noqa: F401  (first: configures JAX memory before JAX starts; imports no JAX)
+from sdkit.load.hub import resolve_processor
 from sdkit.results import Scores
 from sdkit.scoring.preprocess import ImageConfig, preprocess, preprocess_tensor
 
@@ -75,18 +76,30 @@ def check_inputs(images, prompts: Sequence[str] | str) -> tuple:
     return images, prompts * len(images) if len(prompts) == 1 else prompts
 
 
-class CLIPScorer:
-    """What both CLIP backends share: validation, tokenization, the prompt-embedding cache, the maths."""
+def clip_rule(cosine: np.ndarray, logit_scale: float) -> tuple[np.ndarray, np.ndarray]:
+    """CLIP score (Hessel et al. 2021): logits exp(logit_scale) * cosine, shown max(100 * cosine, 0)."""
+    return np.float32(logit_scale) * cosine, np.maximum(100 * cosine, 0)
 
-    name = "clip"
+
+class CLIPScorer:
+    """What both CLIP backends share: validation, tokenization, the prompt-embedding cache, the maths.
+
+    `verifier` names what the cosine is turned into by `rule` ((cosine, exp(logit_scale)) -> (logits, shown));
+    `processor`: the folder with the tokenizer and preprocessor_config.json when the checkpoint's own has none.
+    """
+
+    backend = ""
 
     def __init__(self, model: str, path: str, logit_scale: float, max_position_embeddings: int,
-                 cache_size: int = 1024):
+                 cache_size: int = 1024, *, processor: str | None = None, verifier: str = "clip", rule=clip_rule):
         from transformers import CLIPTokenizer
 
         self.model_id, self.path = model, path  # model_id: the checkpoint as named, recorded in every Scores
-        self.tokenizer = CLIPTokenizer.from_pretrained(path)
-        self.image_config = ImageConfig.from_pretrained(path)
+        self.verifier, self.rule, self.name = verifier, rule, f"{verifier}-{self.backend}"
+        self.processor = resolve_processor(processor) if processor else path
+        check_processor(self.processor, verifier, model)
+        self.tokenizer = CLIPTokenizer.from_pretrained(self.processor)
+        self.image_config = ImageConfig.from_pretrained(self.processor)
         self.max_length = min(self.tokenizer.model_max_length, max_position_embeddings)
         self.logit_scale = float(np.exp(logit_scale))
         self._text_cache: OrderedDict[str, np.ndarray] = OrderedDict()  # prompt -> normalised embedding
@@ -122,21 +135,42 @@ class CLIPScorer:
         unique = list(dict.fromkeys(prompts))  # text is encoded per prompt, not per image
         index = np.array([unique.index(p) for p in prompts], np.int32)
         text = self.encode_prompt(unique)
-        if is_tensor(images):  # on the tensor's device; the same pixels as its PIL images would give
-            pixels = preprocess_tensor(images, self.image_config)
-        else:
-            pixels = preprocess(images, self.image_config)
-        cosine = self._cosine(pixels, index, text).astype(np.float32)
-        return Scores(logits=np.float32(self.logit_scale) * cosine, clip_score=np.maximum(100 * cosine, 0),
-                      scorer=f"{self.name}:{self.model_id}")
+        cosine = self._cosine(self.pixels(images), index, text).astype(np.float32)
+        logits, shown = self.rule(cosine, self.logit_scale)
+        return Scores(logits=logits, clip_score=shown, scorer=f"{self.name}:{self.model_id}")
 
-    # Backends implement these two.
+    def pixels(self, images):
+        """CLIP's pixel values of checked images; a tensor's on its own device, the same as its PIL images give."""
+        return preprocess_tensor(images, self.image_config) if is_tensor(images) else preprocess(images, self.image_config)
+
+    def image_embeds(self, images) -> np.ndarray:
+        """L2-normalised image embeddings (N, projection_dim), float32 (what prompt-free heads read)."""
+        images, _ = check_inputs(images, [""])
+        return self._image_embeds(self.pixels(images)).astype(np.float32)
+
+    # Backends implement these three.
     def _encode_text(self, input_ids: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
     def _cosine(self, pixel_values, index: np.ndarray, text: np.ndarray) -> np.ndarray:
         """cos(image i, text[index[i]]) for each image; `pixel_values` is numpy or a torch tensor."""
         raise NotImplementedError
+
+    def _image_embeds(self, pixel_values) -> np.ndarray:
+        raise NotImplementedError
+
+
+def check_processor(path: str, verifier: str, model: str) -> None:
+    """A folder with CLIP's tokenizer and preprocessor_config.json, or a ValueError naming what is missing."""
+    import os
+
+    missing = [f for f in ("preprocessor_config.json",) if not os.path.exists(os.path.join(path, f))]
+    if not any(os.path.exists(os.path.join(path, f)) for f in ("tokenizer.json", "vocab.json")):
+        missing.append("tokenizer.json or vocab.json + merges.txt")
+    if missing:
+        raise ValueError(f"{verifier} scorer of {model!r}: no processor in {path} (missing {', '.join(missing)}); "
+                         "pass processor= (a Hub id or folder with CLIP's tokenizer and preprocessor_config.json; "
+                         f"{verifier}'s default is in sdkit.scoring.verifiers)")
 
 
 # backend -> (module, class), imported when picked: the torch scorer never loads JAX, nor the Flax one torch.
