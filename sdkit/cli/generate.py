@@ -78,17 +78,21 @@ def finish(run, args) -> int:
     """Score, rank and draw the grid (unless --scorer none), report; exit 130 if interrupted (finished images are kept)."""
     search = getattr(run, "search", None)
     if (args.scorer != "none" or search is not None) and len(run):
-        from sdkit.show.grid import save_ranked_grid
         from sdkit.ranking import rerank
+        from sdkit.results import format_members, score_label
+        from sdkit.show.grid import save_ranked_grid
 
         # A search has scored and ranked its candidates (and recorded the scores) already.
         ranked = search.ranked if search is not None else rerank(run, args.scorer, clip_model=args.clip_model)
         grid = save_ranked_grid(ranked, run.output_dir)
-        print(f"ranked by CLIP score (100 x cosine, {ranked[0].candidate.scorer}):")
+        what = score_label(ranked[0].candidate.scorer)
+        how = "100 x cosine, " if what == "CLIP score" else ""
+        print(f"ranked by {what} ({how}{ranked[0].candidate.scorer}):")
         for r in ranked:
             c = r.candidate
+            members = format_members(c.members)
             print(f"  #{r.rank}  score={r.score:6.2f}  logit={r.logit:7.3f}  seed={c.seed}  {Path(c.path).name}  {c.prompt!r}"
-                  + ("  [NSFW-flagged]" if c.nsfw else ""))
+                  + (f"  ({members})" if members else "") + ("  [NSFW-flagged]" if c.nsfw else ""))
         print(f"ranked grid: {grid}")
     else:
         for c in run.candidates:

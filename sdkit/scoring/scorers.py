@@ -221,15 +221,8 @@ def _warn_jax_on_cpu(fallback: bool) -> None:
                   RuntimeWarning, stacklevel=3)
 
 
-def load_scorer(backend: str = "flax", model: str = DEFAULT_CLIP, **kwargs) -> Scorer:
-    """A CLIP scorer of CLIP checkpoint `model` (Hub id or folder). backend "flax": sdkit's Flax CLIP on all JAX devices; "torch": transformers' CLIPModel;
-    "auto": Flax, unless torch has a GPU that JAX does not see (a CPU-only JAX), then torch on that GPU.
-
-    "flax" with a CPU-only JAX next to a CUDA torch keeps Flax (on the CPU) and warns once with the install
-    command; so does "auto" as it falls back. `kwargs` go to the scorer class (flax: dtype, devices,
-    batch_size; torch: device, dtype, batch_size; both: revision, cache_dir). A CLIP that cannot be found,
-    or has no safetensors weights, raises `sdkit.errors.ModelNotAvailable` (`sdkit.load.hub.resolve_clip`).
-    """
+def pick_backend(backend: str, kwargs: dict) -> str:
+    """"flax" or "torch" for a backend choice ("auto": Flax, unless torch has a GPU that JAX does not see)."""
     if backend not in CHOICES:
         raise ValueError(f"unknown scorer backend {backend!r}; expected one of {sorted(CHOICES)}")
     if backend in ("flax", "auto") and "devices" not in kwargs and "device" not in kwargs:
@@ -241,34 +234,97 @@ def load_scorer(backend: str = "flax", model: str = DEFAULT_CLIP, **kwargs) -> S
                 backend = "torch"
     if backend == "auto":
         backend = "torch" if "device" in kwargs else "flax"
-    module, cls = BACKENDS[backend]
-    return getattr(importlib.import_module(module), cls)(model, **kwargs)
+    return backend
+
+
+def load_scorer(scorer: Any = "flax", model: Any = None, *, backend: str | None = None, weights=None,
+                combine: str | None = None, **kwargs) -> Scorer:
+    """A scorer: one verifier, or several as an `Ensemble` (`sdkit.scoring.ensemble`).
+
+    Args:
+        scorer: a backend ("flax", "torch", "auto": the CLIP scorer there, as before verifiers had names), a verifier
+            name ("clip", "pickscore", "hpsv2", "aesthetic"; `sdkit.scoring.verifiers`), or several as
+            "clip:1,aesthetic:0.5", a list of names or a {name: weight} dict (an ensemble; a missing weight is 1).
+        model: a verifier's checkpoint (Hub id or folder; default its own, e.g. DEFAULT_CLIP); for an ensemble a
+            dict {name: checkpoint or {model=..., processor=..., head=...}}.
+        backend: "flax" (default: sdkit's Flax CLIP on all JAX devices), "torch" (transformers' CLIPModel) or
+            "auto" (Flax, unless torch has a GPU that JAX does not see, then torch on that GPU). "flax" with a
+            CPU-only JAX next to a CUDA torch keeps Flax (on the CPU) and warns once with the install command;
+            so does "auto" as it falls back.
+        weights: an ensemble's {name: weight} (override the spec's); finite and >= 0.
+        combine: an ensemble's "zscore" (default) or "rank".
+        kwargs: to every backend scorer (flax: dtype, devices, batch_size; torch: device, dtype, batch_size; both:
+            revision, cache_dir).
+
+    Names, weights and combine are checked before any model loads (a ValueError naming the bad one and what is
+    allowed). A checkpoint that cannot be found, or has no safetensors weights, raises
+    `sdkit.errors.ModelNotAvailable` (`sdkit.load.hub`).
+    """
+    from sdkit.scoring.ensemble import COMBINE, DEFAULT_COMBINE, Ensemble, parse_spec
+    from sdkit.scoring.verifiers import VERIFIERS
+
+    if isinstance(scorer, str) and scorer in CHOICES:  # a backend: its CLIP scorer
+        if backend is not None and backend != scorer:
+            raise ValueError(f"load_scorer({scorer!r}, backend={backend!r}): two backends; name a verifier "
+                             f"({sorted(VERIFIERS)}) with backend=, or a backend alone")
+        scorer, backend = "clip", scorer
+    names = parse_spec(scorer, weights)
+    unknown = [n for n in names if n not in VERIFIERS]
+    if unknown:
+        raise ValueError(f"unknown scorer {unknown[0]!r}; expected one of {sorted(VERIFIERS)} (or a backend "
+                         f"{sorted(CHOICES)} for CLIP), several as 'clip:1,aesthetic:0.5'")
+    single = isinstance(scorer, str) and "," not in scorer and ":" not in scorer and not weights and combine is None
+    models = model if isinstance(model, dict) else ({next(iter(names)): model} if model is not None else {})
+    if not single and model is not None and not isinstance(model, dict):
+        raise ValueError(f"model={model!r} for the ensemble {sorted(names)}: give a dict {{name: checkpoint}}")
+    stray = sorted(set(models) - set(names))
+    if stray:
+        raise ValueError(f"model names {stray}, which are not among the scorers {sorted(names)}")
+    combine = combine or DEFAULT_COMBINE
+    if combine not in COMBINE:
+        raise ValueError(f"combine={combine!r}; expected one of {COMBINE}")
+    backend = pick_backend(backend or "flax", kwargs)
+    members = {}
+    for name in names:
+        own = models.get(name)
+        own = dict(own) if isinstance(own, dict) else ({"model": own} if own is not None else {})
+        members[name] = VERIFIERS[name](backend, **own, **kwargs)
+    return members[next(iter(names))] if single else Ensemble(members, names, combine)
 
 
 _scorers: dict[tuple, "Scorer"] = {}
 _scorers_lock = threading.Lock()
 
 
-def get_scorer(backend: str = "flax", model: str | None = None, **kwargs):
-    """A cached scorer: loading a CLIP (`model`, default DEFAULT_CLIP) and compiling it is done once per
-    (backend, CLIP)."""
-    model = model or DEFAULT_CLIP
-    key = (backend, str(model), tuple(sorted(kwargs.items())))
+def get_scorer(scorer: Any = "flax", model: Any = None, **kwargs):
+    """A cached `load_scorer(scorer, model, **kwargs)`: loading the models and compiling them is done once per
+    (scorer, checkpoint, options). For a backend alone, `model` defaults to DEFAULT_CLIP."""
+    if isinstance(scorer, str) and scorer in CHOICES:
+        model = str(model or DEFAULT_CLIP)
+    key = (repr(scorer), repr(model), repr(sorted(kwargs.items())))
     with _scorers_lock:
         if key not in _scorers:
-            _scorers[key] = load_scorer(backend, str(model), **kwargs)
+            _scorers[key] = load_scorer(scorer, model, **kwargs)
         return _scorers[key]
 
 
-def scorer_for(scorer: Any, model: str, clip_model: str | None = None):
+def scorer_for(scorer: Any, model: str, clip_model: str | None = None, **options):
     """The one "scorer argument -> scorer" of sdkit (rerank, search, sweeps, the explorer all take it so):
 
     None: no scoring (returns None); a name ("flax", "torch", "auto"): that backend, loaded once
     (`get_scorer`) with CLIP `clip_model`, or by default the CLIP that belongs with the pipeline checkpoint
-    `model` (`sdkit.models.builtin.clip_for`); anything else: a scorer object, returned as it is.
+    `model` (`sdkit.models.builtin.clip_for`); a verifier spec ("pickscore", "clip:1,aesthetic:0.5"; `load_scorer`)
+    on `options`' backend (default flax), its "clip" with that same CLIP and the others with their own checkpoints;
+    anything else: a scorer object, returned as it is.
     """
     if scorer is None or not isinstance(scorer, str):
         return scorer
     from sdkit.models.builtin import clip_for
 
-    return get_scorer(scorer, clip_model or clip_for(model or ""))
+    clip = clip_model or clip_for(model or "")
+    if scorer in CHOICES:
+        return get_scorer(scorer, clip)
+    from sdkit.scoring.ensemble import parse_spec
+
+    names = parse_spec(scorer)  # a malformed spec fails here, before the CLIP is looked up
+    return get_scorer(scorer, {"clip": clip} if "clip" in names else None, **options)
