@@ -237,6 +237,20 @@ def pick_backend(backend: str, kwargs: dict) -> str:
     return backend
 
 
+def checked_spec(scorer: Any, weights=None) -> dict[str, float]:
+    """{verifier: weight} of a scorer spec (a name, "clip:1,aesthetic:0.5", a list, a dict), or a ValueError naming the
+    unknown scorer or bad weight and what is allowed. Loads nothing."""
+    from sdkit.scoring.ensemble import parse_spec
+    from sdkit.scoring.verifiers import VERIFIERS
+
+    names = parse_spec(scorer, weights)
+    unknown = [n for n in names if n not in VERIFIERS]
+    if unknown:
+        raise ValueError(f"unknown scorer {unknown[0]!r}; expected one of {sorted(VERIFIERS)} (or a backend "
+                         f"{sorted(CHOICES)} for CLIP), several as 'clip:1,aesthetic:0.5'")
+    return names
+
+
 def load_scorer(scorer: Any = "flax", model: Any = None, *, backend: str | None = None, weights=None,
                 combine: str | None = None, **kwargs) -> Scorer:
     """A scorer: one verifier, or several as an `Ensemble` (`sdkit.scoring.ensemble`).
@@ -245,8 +259,8 @@ def load_scorer(scorer: Any = "flax", model: Any = None, *, backend: str | None 
         scorer: a backend ("flax", "torch", "auto": the CLIP scorer there, as before verifiers had names), a verifier
             name ("clip", "pickscore", "hpsv2", "aesthetic"; `sdkit.scoring.verifiers`), or several as
             "clip:1,aesthetic:0.5", a list of names or a {name: weight} dict (an ensemble; a missing weight is 1).
-        model: a verifier's checkpoint (Hub id or folder; default its own, e.g. DEFAULT_CLIP); for an ensemble a
-            dict {name: checkpoint or {model=..., processor=..., head=...}}.
+        model: a verifier's checkpoint (Hub id or folder; default its own, e.g. DEFAULT_CLIP) or its keyword
+            arguments ({"model": ..., "processor": ..., "head": ...}); for an ensemble a dict {name: either}.
         backend: "flax" (default: sdkit's Flax CLIP on all JAX devices), "torch" (transformers' CLIPModel) or
             "auto" (Flax, unless torch has a GPU that JAX does not see, then torch on that GPU). "flax" with a
             CPU-only JAX next to a CUDA torch keeps Flax (on the CPU) and warns once with the install command;
@@ -260,7 +274,7 @@ def load_scorer(scorer: Any = "flax", model: Any = None, *, backend: str | None 
     allowed). A checkpoint that cannot be found, or has no safetensors weights, raises
     `sdkit.errors.ModelNotAvailable` (`sdkit.load.hub`).
     """
-    from sdkit.scoring.ensemble import COMBINE, DEFAULT_COMBINE, Ensemble, parse_spec
+    from sdkit.scoring.ensemble import COMBINE, DEFAULT_COMBINE, Ensemble
     from sdkit.scoring.verifiers import VERIFIERS
 
     if isinstance(scorer, str) and scorer in CHOICES:  # a backend: its CLIP scorer
@@ -268,15 +282,14 @@ def load_scorer(scorer: Any = "flax", model: Any = None, *, backend: str | None 
             raise ValueError(f"load_scorer({scorer!r}, backend={backend!r}): two backends; name a verifier "
                              f"({sorted(VERIFIERS)}) with backend=, or a backend alone")
         scorer, backend = "clip", scorer
-    names = parse_spec(scorer, weights)
-    unknown = [n for n in names if n not in VERIFIERS]
-    if unknown:
-        raise ValueError(f"unknown scorer {unknown[0]!r}; expected one of {sorted(VERIFIERS)} (or a backend "
-                         f"{sorted(CHOICES)} for CLIP), several as 'clip:1,aesthetic:0.5'")
+    names = checked_spec(scorer, weights)
     single = isinstance(scorer, str) and "," not in scorer and ":" not in scorer and not weights and combine is None
-    models = model if isinstance(model, dict) else ({next(iter(names)): model} if model is not None else {})
-    if not single and model is not None and not isinstance(model, dict):
+    if single:
+        models = {scorer: model} if model is not None else {}
+    elif model is not None and not isinstance(model, dict):
         raise ValueError(f"model={model!r} for the ensemble {sorted(names)}: give a dict {{name: checkpoint}}")
+    else:
+        models = model or {}
     stray = sorted(set(models) - set(names))
     if stray:
         raise ValueError(f"model names {stray}, which are not among the scorers {sorted(names)}")
@@ -324,7 +337,7 @@ def scorer_for(scorer: Any, model: str, clip_model: str | None = None, **options
     clip = clip_model or clip_for(model or "")
     if scorer in CHOICES:
         return get_scorer(scorer, clip)
-    from sdkit.scoring.ensemble import parse_spec
-
-    names = parse_spec(scorer)  # a malformed spec fails here, before the CLIP is looked up
-    return get_scorer(scorer, {"clip": clip} if "clip" in names else None, **options)
+    names = checked_spec(scorer)  # a malformed spec fails here, before the CLIP is looked up
+    if "clip" not in names:
+        return get_scorer(scorer, None, **options)
+    return get_scorer(scorer, clip if scorer.strip() == "clip" else {"clip": clip}, **options)
