@@ -124,14 +124,14 @@ def main(argv=None) -> int:
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if len(argv) not in (2, 3) or argv[0] not in ("aesthetic", "hpsv2"):
-        print(__doc__.split("\n\n")[0], file=sys.stderr)
+        sys.stderr.write(__doc__.split("\n\n")[0] + "\n")
         return 2
     kind, src = argv[0], argv[1]
     if kind == "aesthetic":
         out = convert_aesthetic(src, argv[2] if len(argv) == 3 else converted(AESTHETIC_HEAD))
     else:
         out = convert_open_clip(src, argv[2] if len(argv) == 3 else converted(HPSV2))
-    print(f"wrote {out}")
+    sys.stdout.write(f"wrote {out}\n")
     return 0
 
 

@@ -23,7 +23,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from sdkit.results import MemberScore, Scores
-from sdkit.scoring.scorers import check_inputs
+from sdkit.scoring.base import check_inputs
 
 COMBINE = ("zscore", "rank")
 DEFAULT_COMBINE = "zscore"

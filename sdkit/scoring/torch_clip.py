@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from sdkit.load.hub import resolve_clip
-from sdkit.scoring.scorers import DEFAULT_CLIP, CLIPScorer
+from sdkit.scoring.base import DEFAULT_CLIP, CLIPScorer
 
 
 class TorchCLIPScorer(CLIPScorer):

@@ -29,7 +29,7 @@ import numpy as np
 
 from sdkit.errors import ModelNotAvailable
 from sdkit.results import Scores
-from sdkit.scoring.scorers import BACKENDS, DEFAULT_CLIP, CLIPScorer, check_inputs, check_processor, clip_rule
+from sdkit.scoring.base import BACKENDS, DEFAULT_CLIP, CLIPScorer, check_inputs, check_processor, clip_rule
 
 PICKSCORE = "yuvalkirstain/PickScore_v1"
 LAION_VIT_H = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"  # PickScore's processor; open_clip ViT-H-14's tokenizer/pixels

@@ -6,7 +6,7 @@ import numpy as np
 
 from sdkit.scoring.flax.modeling import CLIP, normalize
 from sdkit.scoring.flax.weights import load_flax_clip
-from sdkit.scoring.scorers import DEFAULT_CLIP, CLIPScorer
+from sdkit.scoring.base import DEFAULT_CLIP, CLIPScorer
 
 
 def _text_embeds(module, params, input_ids):
