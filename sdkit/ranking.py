@@ -13,7 +13,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from sdkit.results import Ranked, Scores
+from sdkit.results import Ranked, Scores, format_members, score_label
+from sdkit.scoring.ensemble import member_scores, recombine
 from sdkit.scoring.scorers import scorer_for
 
 
@@ -28,8 +29,8 @@ def with_scores(candidates: Sequence[Any], scores: Scores) -> list:
     if len(bad):
         raise ValueError(f"logits at {bad.tolist()} are not finite ({np.asarray(scores.logits)[bad].tolist()}); "
                          "cannot rank them (half precision overflow?)")
-    return [_with_score(c, float(sc), float(lg), scores.scorer)
-            for c, sc, lg in zip(candidates, scores.clip_score, scores.logits)]
+    return [_with_score(c, float(sc), float(lg), scores.scorer, member_scores(scores, i) or None)
+            for i, (c, sc, lg) in enumerate(zip(candidates, scores.clip_score, scores.logits))]
 
 
 def score_candidates(candidates: Sequence[Any], scorer: Any) -> list:
@@ -54,6 +55,7 @@ def rank(candidates: Sequence[Any], scores: Scores | None = None) -> list[Ranked
     """
     candidates = list(candidates)
     if scores is None:
+        candidates = recombine(candidates)  # an ensemble's scores are relative: over all that are ranked
         unscored = [c.seed for c in candidates if getattr(c, "logit", None) is None]
         if unscored:
             raise ValueError(f"candidates with seeds {unscored} carry no score; score them first "
@@ -61,7 +63,7 @@ def rank(candidates: Sequence[Any], scores: Scores | None = None) -> list[Ranked
         scored = candidates
         own = [None] * len(candidates)
     else:
-        scored = with_scores(candidates, scores)
+        scored = recombine(with_scores(candidates, scores))
         own = [None if _carries(c) else (float(sc), float(lg))
                for c, sc, lg in zip(scored, scores.clip_score, scores.logits)]
     logit = [float(c.logit) if o is None else o[1] for c, o in zip(scored, own)]
@@ -75,12 +77,13 @@ def rank(candidates: Sequence[Any], scores: Scores | None = None) -> list[Ranked
     return out
 
 
-def _with_score(candidate: Any, score: float, logit: float, scorer: str) -> Any:
+def _with_score(candidate: Any, score: float, logit: float, scorer: str, members=None) -> Any:
     """A copy of a dataclass candidate with its score fields set (the input is not mutated)."""
     if not dataclasses.is_dataclass(candidate):
         return candidate
     names = {f.name for f in dataclasses.fields(candidate)}
-    updates = {k: v for k, v in (("score", score), ("logit", logit), ("scorer", scorer)) if k in names}
+    fields = (("score", score), ("logit", logit), ("scorer", scorer), ("members", members))
+    updates = {k: v for k, v in fields if k in names}
     return dataclasses.replace(candidate, **updates) if updates else candidate
 
 
@@ -98,7 +101,9 @@ def format_ranking(ranked: Sequence[Ranked], limit: int | None = None) -> str:
             lines.append(f"{prompt!r}")
         if limit is None or r.rank <= limit:
             flag = "  [NSFW-flagged]" if getattr(c, "nsfw", False) else ""
-            lines.append(f"  #{r.rank:<3d} CLIP score {r.score:6.2f}   seed {c.seed}{flag}")
+            members = format_members(getattr(c, "members", None))
+            lines.append(f"  #{r.rank:<3d} {score_label(getattr(c, 'scorer', None))} {r.score:6.2f}   seed {c.seed}{flag}"
+                         + (f"   ({members})" if members else ""))
     return "\n".join(lines)
 
 

@@ -39,11 +39,16 @@ class Candidate:
     score: float | None = None  # CLIP score (100 x cosine, floored at 0), once scored
     logit: float | None = None  # the scorer's raw logit, once scored
     scorer: str | None = None
+    members: "dict[str, MemberScore] | None" = None  # an ensemble's: each member verifier's own score, by name
     extra: dict[str, Any] = field(default_factory=dict)  # task settings: strength, mask hash, ...
     # What its pixels' last bits depended on (`sdkit.load.rows.Arithmetic`): every UNet call's batch size and its
     # row, the decode's, the device and the torch/CUDA/cuDNN versions. `regenerate` replays it.
     arithmetic: dict[str, Any] | None = None
     sdkit_version: str = __version__
+
+    def __post_init__(self):
+        if self.members:  # read back from JSON (a PNG, the manifest): dicts again as MemberScore
+            self.members = {k: v if isinstance(v, MemberScore) else MemberScore(**v) for k, v in self.members.items()}
 
     def params(self) -> dict[str, Any]:
         """Everything but the pixels, JSON-serialisable."""
@@ -111,14 +116,44 @@ class Progress:
 
 @dataclass
 class Scores:
-    """Per-image scores, in input order. `clip_score` is what sdkit shows; ranking sorts by `logits`."""
+    """Per-image scores, in input order. `clip_score` is what sdkit shows; ranking sorts by `logits`. For CLIP those
+    are below; other verifiers say what theirs are (`sdkit.scoring.verifiers`), an ensemble's both are its combined
+    score (`sdkit.scoring.ensemble`)."""
 
     logits: np.ndarray  # (N,) raw CLIP logit: exp(logit_scale) * cosine (logit_scale is 100 for OpenAI CLIPs)
     clip_score: np.ndarray  # (N,) CLIP score: max(100 * cosine, 0), as torchmetrics' CLIPScore
     scorer: str = ""  # "<name>:<model_id>", recorded with the candidates
+    members: dict[str, "Scores"] = field(default_factory=dict)  # an ensemble's: each member's own Scores, by name
+    weights: dict[str, float] = field(default_factory=dict)  # an ensemble's: each member's weight
 
     def __len__(self) -> int:
         return len(self.logits)
+
+
+@dataclass
+class MemberScore:
+    """One ensemble member's score of one candidate (kept on the candidate, its PNG and manifest line)."""
+
+    scorer: str  # "<name>:<model_id>" of the member
+    weight: float
+    score: float  # the member's shown score (its Scores.clip_score)
+    logit: float  # what the ensemble combines (its Scores.logits)
+
+
+# What a verifier's shown score is called in PNG metadata, the CLI and grids (by the name before "-" in its label).
+SCORE_LABELS = {"clip": "CLIP score", "pickscore": "PickScore", "hpsv2": "HPS v2", "aesthetic": "Aesthetic score",
+                "ensemble": "Ensemble score"}
+
+
+def score_label(scorer: str | None) -> str:
+    """"CLIP score", "PickScore", ... for a scorer label ("pickscore-flax:<model>"); "CLIP score" for one sdkit
+    does not name (as before verifiers had names)."""
+    return SCORE_LABELS.get(str(scorer or "").split(":", 1)[0].split("-", 1)[0], "CLIP score")
+
+
+def format_members(members: "dict[str, MemberScore] | None", sep: str = "  ") -> str:
+    """An ensemble's member scores in one line: "clip 31.42  pickscore 21.03  aesthetic 5.12"."""
+    return sep.join(f"{name} {m.score:.2f}" for name, m in (members or {}).items())
 
 
 @dataclass
@@ -164,7 +199,7 @@ class Compute:
 
 
 # A pruned candidate's manifest line leaves out what only a finished image has.
-_UNFINISHED = ("path", "score", "logit", "scorer", "nsfw", "arithmetic")
+_UNFINISHED = ("path", "score", "logit", "scorer", "members", "nsfw", "arithmetic")
 
 
 @dataclass

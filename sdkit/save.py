@@ -27,7 +27,7 @@ from pathlib import Path
 from PIL import Image, PngImagePlugin
 
 from sdkit.files import HOST_TAG, TEMP_NAME, fault, fault_due, kill_now, link_free, remove_temp, write_temp
-from sdkit.results import Candidate, Pruned
+from sdkit.results import Candidate, Pruned, score_label
 
 MANIFEST = "manifest.jsonl"
 
@@ -58,7 +58,9 @@ def a1111_parameters(c: Candidate) -> str:
         fields["Refiner"] = c.extra["refiner"].get("model_id") or "refiner"
         fields["Refiner switch at"] = f"{c.extra['refiner']['denoising_end']:g}"
     if c.score is not None:
-        fields["CLIP score"] = f"{c.score:.2f}"
+        fields[score_label(c.scorer)] = f"{c.score:.2f}"
+    for name, m in (c.members or {}).items():  # an ensemble's members, each under its own name
+        fields[f"{score_label(m.scorer)} ({name}, weight {m.weight:g})"] = f"{m.score:.2f}"
     fields["Version"] = f"sdkit {c.sdkit_version}"
     # A1111 quotes values containing commas, colons or quotes.
     def fmt(v):

@@ -105,6 +105,28 @@ def test_vit_b32_shaped_parity_with_transformers(tokenizer):
     _assert_parity(clip, model, ids, pixel_values)
 
 
+def test_vit_h_width_parity_with_transformers(tokenizer):
+    """ViT-H/14's widths (PickScore_v1, HPS v2.1: vision 1280 wide, 16 heads of 80, MLP 5120; text 1024, projection
+    1024; exact GELU), one layer per tower and a 28-pixel image to stay cheap."""
+    from transformers import CLIPConfig as HFConfig
+
+    hf_config = HFConfig(
+        projection_dim=1024,
+        text_config=dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=1, num_attention_heads=16,
+                         hidden_act="gelu", vocab_size=len(tokenizer), eos_token_id=tokenizer.eos_token_id,
+                         bos_token_id=tokenizer.bos_token_id, pad_token_id=tokenizer.eos_token_id),
+        vision_config=dict(hidden_size=1280, intermediate_size=5120, num_hidden_layers=1, num_attention_heads=16,
+                           hidden_act="gelu", image_size=28, patch_size=14))
+    model = random_clip_model(hf_config, seed=4)
+    config = CLIPConfig.from_dict(json.loads(hf_config.to_json_string()))
+    params = params_from_state_dict({k: v.numpy() for k, v in model.state_dict().items()}, config)
+    clip = FlaxCLIP(CLIP(config), params, config, "", "random-vit-h-width")
+    ids = tokenizer(PROMPTS[:3], padding="max_length", max_length=77, return_tensors="np")["input_ids"]
+    pixel_values = preprocess([realistic_image(60, 45, seed=i) for i in range(3)],
+                              ImageConfig(shortest_edge=28, crop_size=(28, 28)))
+    _assert_parity(clip, model, ids, pixel_values)
+
+
 def test_config_defaults_are_transformers_defaults():
     from transformers import CLIPTextConfig, CLIPVisionConfig
 

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from sdkit.checks import read_prompt_file
-from sdkit.cli.search import ONE_BATCH, add_search_args, checked_search, compute_line, run_search
+from sdkit.cli.search import ONE_BATCH, add_search_args, checked_search, cli_scorer, compute_line, run_search, scorer_option
 
 
 def add_common_args(p: argparse.ArgumentParser) -> None:
@@ -30,8 +30,14 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--low-memory", action="store_true", help="attention/VAE slicing, VAE tiling, CPU offload (4-8 GB GPUs)")
     p.add_argument("--out", default="outputs", help="output folder; each run gets a subfolder (default outputs/)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.add_argument("--scorer", default="flax", choices=["flax", "torch", "none"],
-                   help="rerank with sdkit's Flax CLIP (default), transformers' PyTorch CLIP, or not at all")
+    p.add_argument("--scorer", default="flax", type=scorer_option,
+                   help="rerank with sdkit's Flax CLIP (flax, the default), transformers' PyTorch CLIP (torch), not at "
+                        "all (none), or by verifiers: clip, pickscore, hpsv2, aesthetic, several with weights as "
+                        "'clip:1,pickscore:1,aesthetic:0.5' (on --scorer-backend)")
+    p.add_argument("--scorer-backend", default="flax", choices=["flax", "torch", "auto"],
+                   help="where verifiers named in --scorer run (default flax: all JAX devices)")
+    p.add_argument("--combine", default=None, choices=["zscore", "rank"],
+                   help="how several verifiers' scores are combined within a prompt's candidates (default zscore)")
     p.add_argument("--clip-model", default=None,
                    help="CLIP id or folder (default: openai/clip-vit-base-patch32; the matching CLIP for sdkit:tiny/toy)")
 
@@ -78,17 +84,21 @@ def finish(run, args) -> int:
     """Score, rank and draw the grid (unless --scorer none), report; exit 130 if interrupted (finished images are kept)."""
     search = getattr(run, "search", None)
     if (args.scorer != "none" or search is not None) and len(run):
-        from sdkit.show.grid import save_ranked_grid
         from sdkit.ranking import rerank
+        from sdkit.results import format_members, score_label
+        from sdkit.show.grid import save_ranked_grid
 
         # A search has scored and ranked its candidates (and recorded the scores) already.
-        ranked = search.ranked if search is not None else rerank(run, args.scorer, clip_model=args.clip_model)
+        ranked = search.ranked if search is not None else rerank(run, cli_scorer(args), clip_model=args.clip_model)
         grid = save_ranked_grid(ranked, run.output_dir)
-        print(f"ranked by CLIP score (100 x cosine, {ranked[0].candidate.scorer}):")
+        what = score_label(ranked[0].candidate.scorer)
+        how = "100 x cosine, " if what == "CLIP score" else ""
+        print(f"ranked by {what} ({how}{ranked[0].candidate.scorer}):")
         for r in ranked:
             c = r.candidate
+            members = format_members(c.members)
             print(f"  #{r.rank}  score={r.score:6.2f}  logit={r.logit:7.3f}  seed={c.seed}  {Path(c.path).name}  {c.prompt!r}"
-                  + ("  [NSFW-flagged]" if c.nsfw else ""))
+                  + (f"  ({members})" if members else "") + ("  [NSFW-flagged]" if c.nsfw else ""))
         print(f"ranked grid: {grid}")
     else:
         for c in run.candidates:

@@ -107,7 +107,7 @@ def run_search(args, settings: dict, pipe, prompts, **kwargs):
 
         settings["previewer"] = load_previewer(settings["previewer"], device=pipe.device, dtype=pipe.vae.dtype)
     given = {k: v for k, v in kwargs.items() if v is not None}
-    return strategy_named(args.search)(pipe, prompts, args.scorer, **settings, **given)
+    return strategy_named(args.search)(pipe, prompts, cli_scorer(args), **settings, **given)
 
 
 def compute_line(run, n: int, num_inference_steps: int) -> str:
@@ -118,3 +118,26 @@ def compute_line(run, n: int, num_inference_steps: int) -> str:
     baseline = n * num_inference_steps * prompts
     return (f"search {s.strategy}: {c.describe(baseline)}; best-of-{n} at {num_inference_steps} steps: {baseline}"
             + (f"; {len(s.pruned)} pruned (listed in the manifest)" if s.pruned else ""))
+
+
+def scorer_option(text: str) -> str:
+    """--scorer's value, checked as it is parsed (before any model loads): a backend, none, or a verifier spec."""
+    if text in ("flax", "torch", "auto", "none"):
+        return text
+    from sdkit.scoring.scorers import checked_spec
+
+    try:
+        checked_spec(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"{e}; or flax, torch, none") from None
+    return text
+
+
+def cli_scorer(args):
+    """What --scorer asks for, as rerank and the searches take it: a backend name, or the verifiers loaded (once)."""
+    if args.scorer in ("flax", "torch", "auto", "none"):
+        return args.scorer
+    from sdkit.scoring.scorers import scorer_for
+
+    options = {"backend": args.scorer_backend} | ({"combine": args.combine} if args.combine else {})
+    return scorer_for(args.scorer, args.model, args.clip_model, **options)

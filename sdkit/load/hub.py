@@ -138,3 +138,17 @@ def resolve_clip(model: str | os.PathLike, revision: str | None = None,
                 files = repo_files(name, path, label, revision)
         raise no_safetensors(label, "the checkpoint", files)
     return str(path)
+
+
+# A processor's files: what a CLIP needs besides its weights to read prompts and images.
+PROCESSOR_FILES = ["tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "special_tokens_map.json",
+                   "preprocessor_config.json"]
+
+
+def resolve_processor(processor: str | os.PathLike, revision: str | None = None, cache_dir: str | None = None) -> str:
+    """A local folder with a CLIP's tokenizer and preprocessor_config.json (a Hub id: those files only, no weights)."""
+    name = os.fspath(processor)
+    label = f"processor {name!r}"
+    if looks_like_path(name):
+        return str(local_dir(name, label))
+    return str(snapshot(name, label, allow_patterns=PROCESSOR_FILES, revision=revision, cache_dir=cache_dir))

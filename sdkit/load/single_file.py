@@ -275,14 +275,23 @@ def convert_to_safetensors(src, dst=None) -> Path:
     `torch.load(weights_only=True)` unpickles tensors and plain containers only and refuses code objects; this is
     the one place sdkit unpickles, and only when called. Run it on files whose source you trust.
     """
-    import torch
     from safetensors.torch import save_file
 
     src = Path(src).expanduser()
     dst = Path(dst).expanduser() if dst is not None else src.with_suffix(".safetensors")
-    state = torch.load(src, map_location="cpu", weights_only=True)
-    while isinstance(state, dict) and "state_dict" in state:  # Lightning checkpoints nest the weights
-        state = state["state_dict"]
-    # Shared storage (tied weights) cannot be saved as is: one copy each.
-    save_file({k: v.detach().clone().contiguous() for k, v in state.items() if isinstance(v, torch.Tensor)}, str(dst))
+    save_file(read_pickle_state(src), str(dst))
     return dst
+
+
+def read_pickle_state(src) -> dict:
+    """The tensors of a pickle checkpoint, through `torch.load(weights_only=True)` (tensors and plain containers
+    only; code objects refused), un-nested from `state_dict` and each a contiguous copy of its own."""
+    import torch
+
+    state = torch.load(Path(src).expanduser(), map_location="cpu", weights_only=True)
+    while isinstance(state, dict) and "state_dict" in state:  # Lightning (and HPS v2) checkpoints nest the weights
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise ValueError(f"{src}: holds a {type(state).__name__}, not a state dict of tensors")
+    # Shared storage (tied weights) cannot be saved as is: one copy each.
+    return {k: v.detach().clone().contiguous() for k, v in state.items() if isinstance(v, torch.Tensor)}

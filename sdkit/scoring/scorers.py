@@ -6,9 +6,9 @@
 gives: that batch is preprocessed on its own device with the same result as its PIL images
 (`sdkit.scoring.preprocess.preprocess_tensor`), so pipeline output reaches the scorer without a PIL round
 trip (the PyTorch scorer takes it as is, the Flax scorer through DLPack when JAX shares the GPU).
-`prompts` has length 1 (shared) or len(images) (candidate i against prompts[i]). A new
-scorer (LAION aesthetic, PickScore, ...) is a new class of this shape with `.name` and
-`.model_id`. Two CLIP backends ship, both on the `CLIPScorer` base here: `FlaxCLIPScorer`
+`prompts` has length 1 (shared) or len(images) (candidate i against prompts[i]). Which verifiers ship (clip,
+pickscore, hpsv2, aesthetic) and how to add one: `sdkit.scoring.verifiers`; several combined: `sdkit.scoring.ensemble`.
+Two CLIP backends ship, both on the `CLIPScorer` base here: `FlaxCLIPScorer`
 (`sdkit.scoring.flax.scorer`: sdkit's Flax CLIP, data-parallel over all local JAX devices) and
 `TorchCLIPScorer` (`sdkit.scoring.torch_clip`: transformers' `CLIPModel`). Both use the same
 tokenizer and the same preprocessing (`sdkit.scoring.preprocess`), so they differ only by the model.
@@ -21,127 +21,15 @@ see `sdkit.scoring.flax.memory`.
 
 from __future__ import annotations
 
-import importlib
-import sys
 import threading
 import warnings
-from collections import OrderedDict
-from typing import Any, Protocol, Sequence
-
-import numpy as np
-from PIL import Image
+from typing import Any
 
 import sdkit.scoring.flax  # noqa: F401  (first: configures JAX memory before JAX starts; imports no JAX)
-from sdkit.results import Scores
-from sdkit.scoring.preprocess import ImageConfig, preprocess, preprocess_tensor
+from sdkit.scoring.base import (  # noqa: F401  (re-exported: the names scorers are imported by)
+    BACKENDS, DEFAULT_CLIP, CLIPScorer, Scorer, check_inputs, check_processor, clip_rule, is_tensor,
+)
 
-DEFAULT_CLIP = "openai/clip-vit-base-patch32"
-
-
-class Scorer(Protocol):
-    name: str
-    model_id: str
-
-    def __call__(self, images, prompts: Sequence[str] | str) -> Scores: ...  # PIL images or an (N, 3, H, W) tensor
-
-
-def is_tensor(x) -> bool:
-    """A torch tensor (without importing torch for callers that never made one)."""
-    return "torch" in sys.modules and isinstance(x, sys.modules["torch"].Tensor)
-
-
-def check_inputs(images, prompts: Sequence[str] | str) -> tuple:
-    """Validate a scorer call; returns the images (a list, or the tensor) and one prompt per image."""
-    if is_tensor(images):
-        if images.ndim != 4 or images.shape[1] != 3:
-            raise ValueError(f"image tensor has shape {tuple(images.shape)}; expected (N, 3, H, W), "
-                             "as diffusers' output_type='pt' gives")
-        if not images.is_floating_point():
-            raise TypeError(f"image tensor has dtype {images.dtype}; expected a float tensor in [0, 1]")
-    else:
-        images = list(images)
-        for i, im in enumerate(images):
-            if not isinstance(im, Image.Image):
-                raise TypeError(f"images[{i}] is a {type(im).__name__}, expected a PIL.Image.Image")
-    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-    if not len(images):
-        raise ValueError("no images to score: `images` is empty")
-    for i, p in enumerate(prompts):
-        if not isinstance(p, str):
-            raise TypeError(f"prompts[{i}] is a {type(p).__name__}, expected a str")
-    if len(prompts) not in (1, len(images)):
-        raise ValueError(f"got {len(prompts)} prompts for {len(images)} images; pass 1 prompt (shared) "
-                         f"or exactly {len(images)} (one per image)")
-    return images, prompts * len(images) if len(prompts) == 1 else prompts
-
-
-class CLIPScorer:
-    """What both CLIP backends share: validation, tokenization, the prompt-embedding cache, the maths."""
-
-    name = "clip"
-
-    def __init__(self, model: str, path: str, logit_scale: float, max_position_embeddings: int,
-                 cache_size: int = 1024):
-        from transformers import CLIPTokenizer
-
-        self.model_id, self.path = model, path  # model_id: the checkpoint as named, recorded in every Scores
-        self.tokenizer = CLIPTokenizer.from_pretrained(path)
-        self.image_config = ImageConfig.from_pretrained(path)
-        self.max_length = min(self.tokenizer.model_max_length, max_position_embeddings)
-        self.logit_scale = float(np.exp(logit_scale))
-        self._text_cache: OrderedDict[str, np.ndarray] = OrderedDict()  # prompt -> normalised embedding
-        self._cache_size = cache_size
-
-    def tokenize(self, prompts: list[str]) -> np.ndarray:
-        """Token ids (len(prompts), max_length), padded; prompts over the limit truncated with a warning."""
-        lengths = [len(ids) for ids in self.tokenizer(prompts, verbose=False)["input_ids"]]
-        for p, n in zip(prompts, lengths):
-            if n > self.max_length:
-                warnings.warn(f"prompt has {n} tokens, CLIP reads {self.max_length}; scoring it truncated "
-                              f"(as CLIP does): {p[:60]!r}...", UserWarning, stacklevel=4)
-        ids = self.tokenizer(prompts, padding="max_length", truncation=True, max_length=self.max_length,
-                             return_tensors="np")["input_ids"]
-        return ids.astype(np.int32)
-
-    def encode_prompt(self, prompts: list[str]) -> np.ndarray:
-        """L2-normalised text embeddings (len(prompts), D); each distinct prompt is encoded once and cached."""
-        todo = [p for p in dict.fromkeys(prompts) if p not in self._text_cache]
-        if todo:
-            for p, e in zip(todo, self._encode_text(self.tokenize(todo))):
-                self._text_cache[p] = e
-        out = np.stack([self._text_cache[p] for p in prompts])
-        for p in prompts:
-            self._text_cache.move_to_end(p)
-        while len(self._text_cache) > self._cache_size:
-            self._text_cache.popitem(last=False)
-        return out
-
-    def __call__(self, images, prompts: Sequence[str] | str) -> Scores:
-        """Score image i against prompts[i] (or the single prompt). See the module docstring."""
-        images, prompts = check_inputs(images, prompts)
-        unique = list(dict.fromkeys(prompts))  # text is encoded per prompt, not per image
-        index = np.array([unique.index(p) for p in prompts], np.int32)
-        text = self.encode_prompt(unique)
-        if is_tensor(images):  # on the tensor's device; the same pixels as its PIL images would give
-            pixels = preprocess_tensor(images, self.image_config)
-        else:
-            pixels = preprocess(images, self.image_config)
-        cosine = self._cosine(pixels, index, text).astype(np.float32)
-        return Scores(logits=np.float32(self.logit_scale) * cosine, clip_score=np.maximum(100 * cosine, 0),
-                      scorer=f"{self.name}:{self.model_id}")
-
-    # Backends implement these two.
-    def _encode_text(self, input_ids: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
-
-    def _cosine(self, pixel_values, index: np.ndarray, text: np.ndarray) -> np.ndarray:
-        """cos(image i, text[index[i]]) for each image; `pixel_values` is numpy or a torch tensor."""
-        raise NotImplementedError
-
-
-# backend -> (module, class), imported when picked: the torch scorer never loads JAX, nor the Flax one torch.
-BACKENDS = {"flax": ("sdkit.scoring.flax.scorer", "FlaxCLIPScorer"),
-            "torch": ("sdkit.scoring.torch_clip", "TorchCLIPScorer")}
 CHOICES = (*BACKENDS, "auto")
 _warned_jax_cpu = False
 
@@ -187,15 +75,8 @@ def _warn_jax_on_cpu(fallback: bool) -> None:
                   RuntimeWarning, stacklevel=3)
 
 
-def load_scorer(backend: str = "flax", model: str = DEFAULT_CLIP, **kwargs) -> Scorer:
-    """A CLIP scorer of CLIP checkpoint `model` (Hub id or folder). backend "flax": sdkit's Flax CLIP on all JAX devices; "torch": transformers' CLIPModel;
-    "auto": Flax, unless torch has a GPU that JAX does not see (a CPU-only JAX), then torch on that GPU.
-
-    "flax" with a CPU-only JAX next to a CUDA torch keeps Flax (on the CPU) and warns once with the install
-    command; so does "auto" as it falls back. `kwargs` go to the scorer class (flax: dtype, devices,
-    batch_size; torch: device, dtype, batch_size; both: revision, cache_dir). A CLIP that cannot be found,
-    or has no safetensors weights, raises `sdkit.errors.ModelNotAvailable` (`sdkit.load.hub.resolve_clip`).
-    """
+def pick_backend(backend: str, kwargs: dict) -> str:
+    """"flax" or "torch" for a backend choice ("auto": Flax, unless torch has a GPU that JAX does not see)."""
     if backend not in CHOICES:
         raise ValueError(f"unknown scorer backend {backend!r}; expected one of {sorted(CHOICES)}")
     if backend in ("flax", "auto") and "devices" not in kwargs and "device" not in kwargs:
@@ -207,34 +88,110 @@ def load_scorer(backend: str = "flax", model: str = DEFAULT_CLIP, **kwargs) -> S
                 backend = "torch"
     if backend == "auto":
         backend = "torch" if "device" in kwargs else "flax"
-    module, cls = BACKENDS[backend]
-    return getattr(importlib.import_module(module), cls)(model, **kwargs)
+    return backend
+
+
+def checked_spec(scorer: Any, weights=None) -> dict[str, float]:
+    """{verifier: weight} of a scorer spec (a name, "clip:1,aesthetic:0.5", a list, a dict), or a ValueError naming the
+    unknown scorer or bad weight and what is allowed. Loads nothing."""
+    from sdkit.scoring.ensemble import parse_spec
+    from sdkit.scoring.verifiers import VERIFIERS
+
+    names = parse_spec(scorer, weights)
+    unknown = [n for n in names if n not in VERIFIERS]
+    if unknown:
+        raise ValueError(f"unknown scorer {unknown[0]!r}; expected one of {sorted(VERIFIERS)} (or a backend "
+                         f"{sorted(CHOICES)} for CLIP), several as 'clip:1,aesthetic:0.5'")
+    return names
+
+
+def load_scorer(scorer: Any = "flax", model: Any = None, *, backend: str | None = None, weights=None,
+                combine: str | None = None, **kwargs) -> Scorer:
+    """A scorer: one verifier, or several as an `Ensemble` (`sdkit.scoring.ensemble`).
+
+    Args:
+        scorer: a backend ("flax", "torch", "auto": the CLIP scorer there, as before verifiers had names), a verifier
+            name ("clip", "pickscore", "hpsv2", "aesthetic"; `sdkit.scoring.verifiers`), or several as
+            "clip:1,aesthetic:0.5", a list of names or a {name: weight} dict (an ensemble; a missing weight is 1).
+        model: a verifier's checkpoint (Hub id or folder; default its own, e.g. DEFAULT_CLIP) or its keyword
+            arguments ({"model": ..., "processor": ..., "head": ...}); for an ensemble a dict {name: either}.
+        backend: "flax" (default: sdkit's Flax CLIP on all JAX devices), "torch" (transformers' CLIPModel) or
+            "auto" (Flax, unless torch has a GPU that JAX does not see, then torch on that GPU). "flax" with a
+            CPU-only JAX next to a CUDA torch keeps Flax (on the CPU) and warns once with the install command;
+            so does "auto" as it falls back.
+        weights: an ensemble's {name: weight} (override the spec's); finite and >= 0.
+        combine: an ensemble's "zscore" (default) or "rank".
+        kwargs: to every backend scorer (flax: dtype, devices, batch_size; torch: device, dtype, batch_size; both:
+            revision, cache_dir).
+
+    Names, weights and combine are checked before any model loads (a ValueError naming the bad one and what is
+    allowed). A checkpoint that cannot be found, or has no safetensors weights, raises
+    `sdkit.errors.ModelNotAvailable` (`sdkit.load.hub`).
+    """
+    from sdkit.scoring.ensemble import COMBINE, DEFAULT_COMBINE, Ensemble
+    from sdkit.scoring.verifiers import VERIFIERS
+
+    if isinstance(scorer, str) and scorer in CHOICES:  # a backend: its CLIP scorer
+        if backend is not None and backend != scorer:
+            raise ValueError(f"load_scorer({scorer!r}, backend={backend!r}): two backends; name a verifier "
+                             f"({sorted(VERIFIERS)}) with backend=, or a backend alone")
+        scorer, backend = "clip", scorer
+    names = checked_spec(scorer, weights)
+    single = isinstance(scorer, str) and "," not in scorer and ":" not in scorer and not weights and combine is None
+    if single:
+        models = {scorer: model} if model is not None else {}
+    elif model is not None and not isinstance(model, dict):
+        raise ValueError(f"model={model!r} for the ensemble {sorted(names)}: give a dict {{name: checkpoint}}")
+    else:
+        models = model or {}
+    stray = sorted(set(models) - set(names))
+    if stray:
+        raise ValueError(f"model names {stray}, which are not among the scorers {sorted(names)}")
+    combine = combine or DEFAULT_COMBINE
+    if combine not in COMBINE:
+        raise ValueError(f"combine={combine!r}; expected one of {COMBINE}")
+    backend = pick_backend(backend or "flax", kwargs)
+    members = {}
+    for name in names:
+        own = models.get(name)
+        own = dict(own) if isinstance(own, dict) else ({"model": own} if own is not None else {})
+        members[name] = VERIFIERS[name](backend, **own, **kwargs)
+    return members[next(iter(names))] if single else Ensemble(members, names, combine)
 
 
 _scorers: dict[tuple, "Scorer"] = {}
 _scorers_lock = threading.Lock()
 
 
-def get_scorer(backend: str = "flax", model: str | None = None, **kwargs):
-    """A cached scorer: loading a CLIP (`model`, default DEFAULT_CLIP) and compiling it is done once per
-    (backend, CLIP)."""
-    model = model or DEFAULT_CLIP
-    key = (backend, str(model), tuple(sorted(kwargs.items())))
+def get_scorer(scorer: Any = "flax", model: Any = None, **kwargs):
+    """A cached `load_scorer(scorer, model, **kwargs)`: loading the models and compiling them is done once per
+    (scorer, checkpoint, options). For a backend alone, `model` defaults to DEFAULT_CLIP."""
+    if isinstance(scorer, str) and scorer in CHOICES:
+        model = str(model or DEFAULT_CLIP)
+    key = (repr(scorer), repr(model), repr(sorted(kwargs.items())))
     with _scorers_lock:
         if key not in _scorers:
-            _scorers[key] = load_scorer(backend, str(model), **kwargs)
+            _scorers[key] = load_scorer(scorer, model, **kwargs)
         return _scorers[key]
 
 
-def scorer_for(scorer: Any, model: str, clip_model: str | None = None):
+def scorer_for(scorer: Any, model: str, clip_model: str | None = None, **options):
     """The one "scorer argument -> scorer" of sdkit (rerank, search, sweeps, the explorer all take it so):
 
     None: no scoring (returns None); a name ("flax", "torch", "auto"): that backend, loaded once
     (`get_scorer`) with CLIP `clip_model`, or by default the CLIP that belongs with the pipeline checkpoint
-    `model` (`sdkit.models.builtin.clip_for`); anything else: a scorer object, returned as it is.
+    `model` (`sdkit.models.builtin.clip_for`); a verifier spec ("pickscore", "clip:1,aesthetic:0.5"; `load_scorer`)
+    on `options`' backend (default flax), its "clip" with that same CLIP and the others with their own checkpoints;
+    anything else: a scorer object, returned as it is.
     """
     if scorer is None or not isinstance(scorer, str):
         return scorer
     from sdkit.models.builtin import clip_for
 
-    return get_scorer(scorer, clip_model or clip_for(model or ""))
+    clip = clip_model or clip_for(model or "")
+    if scorer in CHOICES:
+        return get_scorer(scorer, clip)
+    names = checked_spec(scorer)  # a malformed spec fails here, before the CLIP is looked up
+    if "clip" not in names:
+        return get_scorer(scorer, None, **options)
+    return get_scorer(scorer, clip if scorer.strip() == "clip" else {"clip": clip}, **options)

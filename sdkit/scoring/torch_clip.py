@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from sdkit.load.hub import resolve_clip
-from sdkit.scoring.scorers import DEFAULT_CLIP, CLIPScorer
+from sdkit.scoring.base import DEFAULT_CLIP, CLIPScorer
 
 
 class TorchCLIPScorer(CLIPScorer):
@@ -18,10 +18,10 @@ class TorchCLIPScorer(CLIPScorer):
         batch_size: images per forward pass.
     """
 
-    name = "clip-torch"
+    backend = "torch"
 
     def __init__(self, model: str = DEFAULT_CLIP, *, device="auto", dtype=None, batch_size: int = 16,
-                 revision: str | None = None, cache_dir: str | None = None):
+                 revision: str | None = None, cache_dir: str | None = None, **verifier):
         import torch
         from transformers import CLIPModel
 
@@ -36,7 +36,7 @@ class TorchCLIPScorer(CLIPScorer):
         with quiet_hf():
             self.model = CLIPModel.from_pretrained(path, use_safetensors=True, dtype=dtype).to(self.device).eval()
         super().__init__(str(model), path, float(self.model.logit_scale.detach().float()),
-                         self.model.config.text_config.max_position_embeddings)
+                         self.model.config.text_config.max_position_embeddings, **verifier)
 
     def _encode_text(self, input_ids: np.ndarray) -> np.ndarray:
         import torch
@@ -46,17 +46,25 @@ class TorchCLIPScorer(CLIPScorer):
             e = self.model.get_text_features(input_ids=ids).pooler_output.float()
             return (e / e.norm(dim=-1, keepdim=True)).cpu().numpy()
 
-    def _cosine(self, pixel_values: np.ndarray, index: np.ndarray, text: np.ndarray) -> np.ndarray:
+    def _per_batch(self, pixel_values, fn) -> np.ndarray:
+        """fn(start, normalised image embeddings) for each batch of `batch_size` images, concatenated."""
         import torch
 
         out = []
         with torch.inference_mode():
-            t = torch.from_numpy(text).to(self.device)
             for a in range(0, len(pixel_values), self.batch_size):
                 x = pixel_values[a:a + self.batch_size]
                 x = (x if torch.is_tensor(x) else torch.from_numpy(x)).to(self.device, self.dtype)
                 e = self.model.get_image_features(pixel_values=x).pooler_output.float()
-                e = e / e.norm(dim=-1, keepdim=True)
-                i = torch.from_numpy(index[a:a + self.batch_size].astype(np.int64)).to(self.device)
-                out.append((e * t[i]).sum(-1).cpu().numpy())
+                out.append(fn(a, e / e.norm(dim=-1, keepdim=True)).cpu().numpy())
         return np.concatenate(out)
+
+    def _cosine(self, pixel_values: np.ndarray, index: np.ndarray, text: np.ndarray) -> np.ndarray:
+        import torch
+
+        t = torch.from_numpy(text).to(self.device)
+        i = torch.from_numpy(index.astype(np.int64)).to(self.device)
+        return self._per_batch(pixel_values, lambda a, e: (e * t[i[a:a + self.batch_size]]).sum(-1))
+
+    def _image_embeds(self, pixel_values) -> np.ndarray:
+        return self._per_batch(pixel_values, lambda a, e: e)

@@ -20,7 +20,7 @@ from sdkit.files import write_once
 from sdkit.generation import generate
 from sdkit.load.invariance import cfg_pairs
 from sdkit.load.state import module_state, pipeline_info
-from sdkit.ranking import rank, score_candidates
+from sdkit.ranking import rank, record_scores, score_candidates
 from sdkit.scoring.scorers import scorer_for
 from sdkit.results import Candidate, Compute, Pruned, Run, Search
 from sdkit.save import append_manifest, new_run_id, read_manifest, read_pruned, recover, save_candidate
@@ -93,6 +93,10 @@ class Opening:
                         self.compute, drafts=list(drafts), pruned=list(pruned), run_id=self.run_id,
                         cancelled=run.cancelled)
         if self.out is not None:
+            if any(getattr(r.candidate, "members", None) for r in search.ranked):
+                # An ensemble's scores are relative: combined again over all finished candidates (`rank`), not
+                # the batch each was saved with; their PNGs and manifest lines get the final ones.
+                record_scores([r.candidate for r in search.ranked])
             for p in search.pruned:
                 append_manifest(self.out, p.record())
             record = {"strategy": search.strategy, **search.settings, "run_id": search.run_id,

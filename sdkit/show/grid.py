@@ -23,7 +23,7 @@ from PIL import Image
 
 from sdkit.checks import is_int
 from sdkit.files import replace_file, write_new_file
-from sdkit.results import Candidate
+from sdkit.results import Candidate, format_members
 
 FLAG_COLOR = "#d62728"  # safety-checker flagged: red frame
 BEST_COLOR = "#2ca02c"  # rank 1 of its prompt: green frame
@@ -65,7 +65,9 @@ def label(e: Entry) -> str:
     """'#1  31.42' over 'seed 1234', as printed under each image; unranked, unscored: 'seed 1234' alone."""
     top = "  ".join(([f"#{e.rank}"] if e.rank is not None else [])
                     + ([f"{e.score:.2f}"] if e.score is not None else []))
-    return f"{top}\nseed {e.candidate.seed}" if top else f"seed {e.candidate.seed}"
+    members = format_members(getattr(e.candidate, "members", None), "\n")  # an ensemble: each member's own score
+    bottom = f"seed {e.candidate.seed}" + (f"\n{members}" if members else "")
+    return f"{top}\n{bottom}" if top else bottom
 
 
 class GridFigure(Figure):
@@ -118,7 +120,8 @@ def ranked_grid(
         raise ValueError(f"cell_inches={cell_inches!r}: must be > 0")
     rows = [math.ceil(len(g) / columns) for g in groups.values()]
     heading = 0.45 * (1 if title else 0)
-    fig = GridFigure(figsize=(columns * cell_inches, sum(r * (cell_inches + 0.55) + 0.45 for r in rows) + heading),
+    caption = 0.55 + 0.14 * max(len(e.candidate.members or {}) for g in groups.values() for e in g)  # + members' lines
+    fig = GridFigure(figsize=(columns * cell_inches, sum(r * (cell_inches + caption) + 0.45 for r in rows) + heading),
                      dpi=dpi, layout="constrained")
     if title:
         fig.suptitle(title, fontsize=12, fontweight="bold")
@@ -162,7 +165,8 @@ def _draw_cell(ax, e: Entry) -> None:
 def _grid_metadata(groups: dict[str, list[Entry]]) -> dict:
     """A `sdkit-grid` PNG text chunk: which file is in which cell, so the grid can be traced back."""
     cells = [{"prompt": p, "rank": e.rank, "score": e.score, "seed": e.candidate.seed,
-              "file": Path(e.candidate.path).name if e.candidate.path else None, "nsfw": e.candidate.nsfw}
+              "file": Path(e.candidate.path).name if e.candidate.path else None, "nsfw": e.candidate.nsfw,
+              **({"members": {n: m.score for n, m in e.candidate.members.items()}} if e.candidate.members else {})}
              for p, g in groups.items() for e in g]
     return {"Software": "sdkit", "sdkit-grid": json.dumps(cells)}
 

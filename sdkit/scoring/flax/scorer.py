@@ -6,17 +6,20 @@ import numpy as np
 
 from sdkit.scoring.flax.modeling import CLIP, normalize
 from sdkit.scoring.flax.weights import load_flax_clip
-from sdkit.scoring.scorers import DEFAULT_CLIP, CLIPScorer
+from sdkit.scoring.base import DEFAULT_CLIP, CLIPScorer
 
 
 def _text_embeds(module, params, input_ids):
     return normalize(module.apply({"params": params}, input_ids, method=CLIP.get_text_features))
 
 
+def _image_embeds(module, params, pixel_values):
+    return normalize(module.apply({"params": params}, pixel_values, method=CLIP.get_image_features))
+
+
 def _image_cosine(module, params, pixel_values, index, text):
     # Each image against its own prompt: gather by index, never by stride over a device axis.
-    image = normalize(module.apply({"params": params}, pixel_values, method=CLIP.get_image_features))
-    return (image * text[index]).sum(-1)
+    return (_image_embeds(module, params, pixel_values) * text[index]).sum(-1)
 
 
 class FlaxCLIPScorer(CLIPScorer):
@@ -43,10 +46,10 @@ class FlaxCLIPScorer(CLIPScorer):
             fast and waste less padding; 32 on GPU/TPU). Up to this many - 1 are padding per call.
     """
 
-    name = "clip-flax"
+    backend = "flax"
 
     def __init__(self, model: str = DEFAULT_CLIP, *, dtype=None, devices=None, batch_size: int | None = None,
-                 revision: str | None = None, cache_dir: str | None = None):
+                 revision: str | None = None, cache_dir: str | None = None, **verifier):
         import jax
         import jax.numpy as jnp
         from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
@@ -61,7 +64,7 @@ class FlaxCLIPScorer(CLIPScorer):
             raise ValueError(f"dtype {dtype} is not supported; use None (float32), 'bfloat16' or 'float16'")
         clip = load_flax_clip(model, dtype=dtype, revision=revision, cache_dir=cache_dir)
         super().__init__(str(model), clip.path, float(np.asarray(clip.params["logit_scale"], np.float32)),
-                         clip.config.text_config.max_position_embeddings)
+                         clip.config.text_config.max_position_embeddings, **verifier)
         self.config, self.dtype, self.batch_size = clip.config, dtype, batch_size
         self.mesh = Mesh(np.array(self.devices), ("batch",))
         self._replicated = NamedSharding(self.mesh, P())
@@ -75,6 +78,9 @@ class FlaxCLIPScorer(CLIPScorer):
         self._image_fn = jax.jit(jax.shard_map(
             lambda p, x, i, t: _image_cosine(module, p, x, i, t), mesh=self.mesh,
             in_specs=(P(), P("batch"), P("batch"), P()), out_specs=P("batch")))
+        self._embed_fn = jax.jit(jax.shard_map(
+            lambda p, x: _image_embeds(module, p, x), mesh=self.mesh, in_specs=(P(), P("batch")),
+            out_specs=P("batch")))
 
     @staticmethod
     def _pad(x, size: int):
@@ -114,6 +120,17 @@ class FlaxCLIPScorer(CLIPScorer):
         # Pad the prompt table to a power of two, so a new number of prompts rarely recompiles.
         text = self._pad(text.astype(np.float32), 1 << max(len(text) - 1, 0).bit_length())
         text = jax.device_put(text, self._replicated)  # once per call, not once per batch
+        return self._sharded(pixel_values, lambda x, a, step: self._image_fn(
+            self.params, x, self._pad(index[a:a + step], step), text))
+
+    def _image_embeds(self, pixel_values) -> np.ndarray:
+        return self._sharded(pixel_values, lambda x, a, step: self._embed_fn(self.params, x))
+
+    def _sharded(self, pixel_values, fn) -> np.ndarray:
+        """fn(x, start, step) over padded global batches of `step` = devices x batch_size images, sharded on the
+        batch axis; the results concatenated in input order, padding dropped."""
+        import jax
+
         if isinstance(pixel_values, np.ndarray):
             self.last_transfer = "pil"
         else:
@@ -126,5 +143,5 @@ class FlaxCLIPScorer(CLIPScorer):
             x = self._pad(pixel_values[a:a + step], step)
             if on_device:  # committed to one GPU: spread it over the mesh as the jitted function expects
                 x = jax.device_put(x, self._batched)
-            out.append(self._image_fn(self.params, x, self._pad(index[a:a + step], step), text))
+            out.append(fn(x, a, step))
         return np.concatenate([np.asarray(o) for o in out])[: len(pixel_values)]
