@@ -108,6 +108,9 @@ def generate(
         check_seed(seed)
     out = check_output_dir(output_dir) if output_dir is not None else None
     adopt(pipe)
+    if (extra or {}).get("refiner") and refiner is None:  # a record passed back (a resume) without its refiner
+        raise ValueError(f"extra['refiner'] records a refiner ({extra['refiner'].get('model_id')!r}) but refiner=None: "
+                         "pass the refiner (sdkit.search.replay.recorded_refiner(settings) loads the recorded one)")
     refined = check_refiner(pipe, refiner, denoising_end)
     tokenizer = getattr(pipe, "tokenizer", None) or getattr(pipe, "tokenizer_2", None)  # an SDXL refiner has only the second
     warn_long_prompts(tokenizer, prompts)

@@ -228,6 +228,50 @@ def test_the_cli_runs_sdxl(tmp_path, capsys):
     assert len(metas) == 2 and all(m["extra"]["sdxl"]["original_size"] == [64, 64] for m in metas)
 
 
+def test_the_cli_refines_and_a_resume_refines_again(tmp_path, capsys):
+    """--refiner/--denoising-end run the hand-off; a killed run resumed from its folder loads the recorded refiner
+    (a resume without it made unrefined images recorded as refined) and remakes the lost image to the pixel."""
+    import json
+
+    from sdkit.cli.main import main
+
+    rc = main(["generate", "a red circle", "-n", "2", "--seed", "0", "--steps", "4", "--model", "sdkit:tiny-xl",
+               "--refiner", "sdkit:tiny-xl-refiner", "--denoising-end", "0.5", "--scorer", "none", "--out", str(tmp_path)])
+    assert rc == 0
+    folder = next(tmp_path.iterdir())
+    pngs = sorted(folder.glob("*-s[0-9]*.png"))
+    assert [sdkit.read_metadata(p)["extra"]["refiner"]["denoising_end"] for p in pngs] == [0.5, 0.5]
+    lost = pngs[1]
+    from PIL import Image
+
+    before = np.asarray(Image.open(lost).convert("RGB"))
+    lost.unlink()  # as if killed before its last image: no file, no manifest line
+    manifest = folder / "manifest.jsonl"
+    manifest.write_text("".join(line + "\n" for line in manifest.read_text().splitlines()
+                                if json.loads(line)["file"] != lost.name))
+    capsys.readouterr()
+    assert main(["generate", "--resume", str(folder), "--scorer", "none"]) == 0
+    assert "1 kept, 1 made" in capsys.readouterr().out
+    assert np.array_equal(np.asarray(Image.open(lost).convert("RGB")), before)
+    with pytest.raises(ValueError, match=r"records a refiner"):  # the same in Python: the record needs its refiner
+        sdkit.generate(load_pipeline("sdkit:tiny-xl"), "a red circle", n=1, seed=0, num_inference_steps=4,
+                       extra={"refiner": {"model_id": "sdkit:tiny-xl-refiner", "denoising_end": 0.5}}, progress=False)
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--denoising-end", "0.5"], "only with --refiner"),
+    (["--refiner", "sdkit:tiny-xl-refiner", "--denoising-end", "1.5"], "between 0 and 1"),
+])
+def test_bad_refiner_flags_are_one_line_before_loading(args, words, tmp_path, capsys, monkeypatch):
+    import sdkit.load.pipeline
+    from sdkit.cli.main import main
+
+    monkeypatch.setattr(sdkit.load.pipeline, "load_pipeline", lambda *a, **k: pytest.fail("loaded a model"))
+    assert main(["generate", "a red circle", "--model", "sdkit:tiny-xl", "--out", str(tmp_path), *args]) == 2
+    err = capsys.readouterr().err
+    assert words in err and "Traceback" not in err
+
+
 def test_the_cli_refuses_other_kinds_in_one_line(tmp_path, capsys):
     from sdkit.cli.main import main
 

@@ -22,6 +22,9 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--model", default="sdkit:tiny",
                    help="Hub id, local folder, or built-in 'sdkit:tiny' / 'sdkit:toy' (default: sdkit:tiny, random weights)")
+    p.add_argument("--vae", default=None, help="another VAE (Hub id or folder), e.g. madebyollin/sdxl-vae-fp16-fix for SDXL in fp16")
+    p.add_argument("--config", default=None, metavar="FOLDER",
+                   help="for a single-file checkpoint (--model x.safetensors): the diffusers folder or Hub id with its configs")
     p.add_argument("--scheduler", default=None, help="DDIM, PNDM, Euler, 'Euler a', Heun, 'DPM++ 2M', 'DPM++ 2M Karras', UniPC")
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="auto", help="auto (fp16 on GPUs; bf16 on CPUs with native bf16 for UNets of 100M+ parameters; else fp32), fp16, bf16, fp32")
@@ -50,6 +53,9 @@ def add_parser(sub) -> None:
                    help="finish a killed or stopped run in its folder, with its recorded settings (prompts, seeds, "
                         "model...); options that differ from them are refused")
     add_common_args(p)
+    p.add_argument("--refiner", default=None, help="SDXL: a refiner (Hub id, folder or file) that finishes each candidate")
+    p.add_argument("--denoising-end", type=float, default=None,
+                   help="SDXL with --refiner: the fraction of the steps the base runs before handing over (default 0.8)")
     add_search_args(p)
     p.set_defaults(func=run)
 
@@ -71,7 +77,23 @@ def pipeline_from_args(args, task: str, **kwargs):
         kwargs.setdefault("batch_invariant", True)
     return load_pipeline(args.model, task, device=args.device, dtype=args.dtype, scheduler=args.scheduler,
                          safety_checker=not args.no_safety_checker, low_memory=args.low_memory, compile=args.compile,
-                         **kwargs)
+                         vae=args.vae, config=args.config, **kwargs)
+
+
+def check_refiner_args(args) -> float | None:
+    """`--refiner` / `--denoising-end` checked before any model loads: the hand-off point, or None without one."""
+    refiner, end = getattr(args, "refiner", None), getattr(args, "denoising_end", None)
+    if refiner is None:
+        if end is not None:
+            raise ValueError(f"--denoising-end {end}: only with --refiner (the base hands over to it at that point)")
+        return None
+    end = 0.8 if end is None else end
+    if not 0 < end < 1:
+        raise ValueError(f"--denoising-end {end}: must be between 0 and 1 (the fraction of steps the base runs)")
+    if getattr(args, "search", None) is not None:
+        raise ValueError("--refiner with --search: a search ranks the base's candidates; refine its winner from "
+                         "Python (sdkit.generate(..., seeds=[winner's seed], refiner=..., denoising_end=...))")
+    return end
 
 
 def generate_kwargs(args) -> dict:
@@ -175,16 +197,22 @@ def resume(args) -> int:
     from sdkit.load.pipeline import load_pipeline
 
     scheduler = rec["scheduler"] if rec["scheduler"] in SCHEDULERS else None  # else: the model's own
+    extra = rec.get("extra") or {}
+    vae = (extra.get("sdxl") or {}).get("vae", "own")
     pipe = load_pipeline(rec["model_id"], "text-to-image", device=args.device,
                          dtype=args.dtype if "dtype" in getattr(args, "explicit", set()) else rec["dtype"],
                          revision=rec.get("revision"), scheduler=scheduler, safety_checker=not args.no_safety_checker,
-                         low_memory=args.low_memory, compile=args.compile)
+                         low_memory=args.low_memory, compile=args.compile, config=extra.get("config"),
+                         vae=None if vae == "own" else vae)
+    from sdkit.search.replay import recorded_refiner
+
     negs = rec["negative_prompts"]
     result = generate(pipe, rec["prompts"], n=rec["n"], seeds=rec["seeds"],
                       negative_prompt=None if all(x is None for x in negs) else negs,
                       num_inference_steps=rec["num_inference_steps"], guidance_scale=rec["guidance_scale"],
                       height=rec["height"], width=rec["width"], batch_size=args.batch_size, output_dir=folder,
-                      run_id=rec["run_id"], progress=not args.quiet, extra=rec.get("extra") or None)
+                      run_id=rec["run_id"], progress=not args.quiet, extra=rec.get("extra") or None,
+                      **recorded_refiner(rec, None))
     made = len(result) - result.resumed
     print(f"resumed run {rec['run_id']}: {result.resumed} kept, {made} made")
     if not made and any(folder.glob(f"{rec['run_id']}-grid*.png")):
@@ -212,10 +240,16 @@ def run(args) -> int:
                         guidance_scale=args.guidance_scale, height=args.height, width=args.width, batch_size=args.batch_size)
     check_scheduler(args.scheduler)
     settings = checked_search(args)
+    end = check_refiner_args(args)
     run_id = new_run_id()
     out = check_output_dir(Path(args.out) / run_id)
     pipe = pipeline_from_args(args, "text-to-image")
     kwargs = dict(generate_kwargs(args), output_dir=out, run_id=run_id)
+    if end is not None:
+        from sdkit.load.pipeline import load_pipeline
+
+        kwargs.update(denoising_end=end, refiner=load_pipeline(args.refiner, "image-to-image", device=args.device,
+                                                               dtype=args.dtype, low_memory=args.low_memory))
     if settings is None:
         result = generate(pipe, prompts, **kwargs)
     else:  # a search: the strategy calls generate itself

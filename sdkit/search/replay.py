@@ -52,11 +52,11 @@ def regenerate(source, pipe=None, **overrides) -> Candidate:
         run = generate(pipe, meta["prompt"], n=1, seeds=[meta["seed"]], negative_prompt=meta.get("negative_prompt"),
                        num_inference_steps=meta["num_inference_steps"], guidance_scale=meta["guidance_scale"],
                        height=meta["height"], width=meta["width"], progress=False, pipe_kwargs=_conditioning(meta),
-                       **_refining(meta, refiner))
+                       **recorded_refiner(meta, refiner))
     return run.candidates[0]
 
 
-def _refining(meta: dict, refiner) -> dict:
+def recorded_refiner(meta: dict, refiner) -> dict:
     """The recorded SDXL hand-off: `refiner` (or the recorded refiner, loaded) and its `denoising_end`."""
     rec = (meta.get("extra") or {}).get("refiner")
     if not rec:
