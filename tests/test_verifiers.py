@@ -198,16 +198,22 @@ def hps(tmp_path_factory, pickscore_layout):
     return state, str(out), processor, tokenizer
 
 
+def open_clip_reference(hps, prompts):
+    """The candidates' pixels, the prompts' ids, and open_clip's own (image, text) embeddings of them."""
+    from sdkit.scoring.preprocess import ImageConfig, preprocess
+
+    state, _, processor, tokenizer = hps
+    images, _ = candidates()
+    pixels = torch.from_numpy(preprocess(images, ImageConfig.from_pretrained(processor)))
+    ids = tokenizer(prompts, padding="max_length", max_length=77, return_tensors="pt")["input_ids"]
+    return (pixels, ids, *open_clip_forward(state, ids, pixels))
+
+
 def test_open_clip_conversion_gives_open_clips_embeddings(hps):
     from transformers import CLIPModel
 
-    from sdkit.scoring.preprocess import ImageConfig, preprocess
-
-    state, folder, processor, tokenizer = hps
-    images, _ = candidates()
-    pixels = torch.from_numpy(preprocess(images, ImageConfig.from_pretrained(processor)))
-    ids = tokenizer(PROMPTS, padding="max_length", max_length=77, return_tensors="pt")["input_ids"]
-    ref_image, ref_text = open_clip_forward(state, ids, pixels)
+    folder = hps[1]
+    pixels, ids, ref_image, ref_text = open_clip_reference(hps, PROMPTS)
     model = CLIPModel.from_pretrained(folder).eval()
     with torch.no_grad():
         image = F.normalize(model.get_image_features(pixel_values=pixels).pooler_output, dim=-1)
@@ -219,13 +225,9 @@ def test_open_clip_conversion_gives_open_clips_embeddings(hps):
 
 
 def test_hpsv2_is_the_cosine_on_both_backends(hps):
-    from sdkit.scoring.preprocess import ImageConfig, preprocess
-
-    state, folder, processor, tokenizer = hps
+    _, folder, processor, _ = hps
     images, prompts = candidates()
-    pixels = torch.from_numpy(preprocess(images, ImageConfig.from_pretrained(processor)))
-    ids = tokenizer(prompts, padding="max_length", max_length=77, return_tensors="pt")["input_ids"]
-    ref_image, ref_text = open_clip_forward(state, ids, pixels)
+    _, _, ref_image, ref_text = open_clip_reference(hps, prompts)
     ref = (ref_image * ref_text).sum(-1).numpy()  # HPSv2's diagonal of image_features @ text_features.T
     for backend, kwargs in BACKENDS:
         s = load_scorer("hpsv2", {"model": folder, "processor": processor}, backend=backend, **kwargs)(images, prompts)
