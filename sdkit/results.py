@@ -40,6 +40,10 @@ class Candidate:
     logit: float | None = None  # the scorer's raw logit, once scored
     scorer: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # task settings: strength, mask hash, ...
+    # LoRAs applied (`load_pipeline(loras=...)`): each {"path", "name", "weight", "sha256", "autov3"}.
+    loras: list[dict[str, Any]] = field(default_factory=list)
+    # generate's `pipe_kwargs` as JSON (`sdkit.runs.describe`: images by pixel hash, tensors by content hash).
+    pipe_kwargs: dict[str, Any] = field(default_factory=dict)
     # What its pixels' last bits depended on (`sdkit.load.rows.Arithmetic`): every UNet call's batch size and its
     # row, the decode's, the device and the torch/CUDA/cuDNN versions. `regenerate` replays it.
     arithmetic: dict[str, Any] | None = None

@@ -37,8 +37,12 @@ def new_run_id() -> str:
 
 
 def a1111_parameters(c: Candidate) -> str:
-    """The `parameters` text AUTOMATIC1111 writes: prompt, negative prompt, then key: value pairs."""
-    lines = [c.prompt]
+    """The `parameters` text AUTOMATIC1111 writes: prompt, negative prompt, then key: value pairs.
+
+    LoRAs as A1111 writes them: `<lora:name:weight>` after the prompt (A1111 reads its LoRAs from there), and
+    "Lora hashes" (AutoV3, 12 hex); also as Civitai's `Hashes` JSON, which Civitai and sd-parsers read (sd-parsers
+    splits A1111's quoted "Lora hashes" at its commas and colons)."""
+    lines = [" ".join([c.prompt] + [f"<lora:{x['name']}:{x['weight']:g}>" for x in c.loras])]
     if c.negative_prompt:
         lines.append(f"Negative prompt: {c.negative_prompt}")
     fields = {
@@ -57,6 +61,9 @@ def a1111_parameters(c: Candidate) -> str:
     if "refiner" in c.extra:  # A1111's own names for the SDXL hand-off
         fields["Refiner"] = c.extra["refiner"].get("model_id") or "refiner"
         fields["Refiner switch at"] = f"{c.extra['refiner']['denoising_end']:g}"
+    if c.loras:  # A1111 drops ":" and "," from the names here
+        fields["Lora hashes"] = ", ".join(f"{x['name'].replace(':', '').replace(',', '')}: {x['autov3']}"
+                                          for x in c.loras)
     if c.score is not None:
         fields["CLIP score"] = f"{c.score:.2f}"
     fields["Version"] = f"sdkit {c.sdkit_version}"
@@ -65,7 +72,10 @@ def a1111_parameters(c: Candidate) -> str:
         v = str(v).replace("\n", " ")
         return json.dumps(v) if any(ch in v for ch in ',:"') else v
 
-    lines.append(", ".join(f"{k}: {fmt(v)}" for k, v in fields.items()))
+    pairs = [f"{k}: {fmt(v)}" for k, v in fields.items()]
+    if c.loras:  # Civitai's JSON, unquoted as Civitai writes it
+        pairs.insert(-1, "Hashes: " + json.dumps({f"lora:{x['name']}": x["autov3"] for x in c.loras}))
+    lines.append(", ".join(pairs))
     return "\n".join(lines)
 
 

@@ -31,6 +31,7 @@ class PipelineInfo:
     own_scheduler: tuple[type, Any] | None = None
     family: str = "sd"  # `sdkit.load.kinds.FAMILIES`: "sd", "sdxl", "sdxl-refiner"
     vae: str | None = None  # another VAE the user named (`load_pipeline(vae=...)`); None: the model's own
+    loras: tuple = ()  # `sdkit.load.loras.Lora`s at this pipeline's weights (`load_pipeline(loras=...)`)
 
 
 @dataclasses.dataclass
