@@ -18,7 +18,7 @@ def make_lora(model_path, out: Path, *, seed: int = 0, rank: int = 4, alpha: flo
     """A random LoRA (non-zero up and down weights, so it changes the picture) for the diffusers pipeline at
     `model_path`, on its UNet's attention and every text encoder's; saved by diffusers' `save_lora_weights`."""
     import diffusers
-    from peft import LoraConfig, get_peft_model_state_dict
+    from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model
 
     pipe = diffusers.DiffusionPipeline.from_pretrained(model_path)
     torch.manual_seed(seed)
@@ -29,7 +29,7 @@ def make_lora(model_path, out: Path, *, seed: int = 0, rank: int = 4, alpha: flo
             continue
         # init_lora_weights=False: both matrices random (PEFT's default starts B at zero: no change at all).
         config = LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights=False, target_modules=targets)
-        module.add_adapter(config)
+        inject_adapter_in_model(config, module)  # peft's own (transformers' add_adapter asks for a newer peft)
         layers[f"{name}_lora_layers"] = get_peft_model_state_dict(module)
         metadata[f"{name}_lora_adapter_metadata"] = config.to_dict()
     out.mkdir(parents=True, exist_ok=True)

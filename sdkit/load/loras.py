@@ -19,6 +19,7 @@ import hashlib
 import logging
 import math
 import os
+import warnings
 from pathlib import Path
 
 from sdkit.errors import ModelNotAvailable
@@ -56,24 +57,18 @@ def adapter_name(i: int) -> str:
     return f"sdkit_{i}"
 
 
-_hashes: dict[tuple, tuple[str, str]] = {}
-
-
 def file_hashes(path: Path) -> tuple[str, str]:
-    """(sha256 of the file, AutoV3) in one read; remembered per file as it is now (size, mtime)."""
-    stat = path.stat()
-    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
-    if key not in _hashes:
-        whole, tensors = hashlib.sha256(), hashlib.sha256()
-        with open(path, "rb") as f:
-            head = f.read(8)
-            header = f.read(int.from_bytes(head, "little"))
-            whole.update(head + header)
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                whole.update(chunk)
-                tensors.update(chunk)
-        _hashes[key] = (whole.hexdigest(), tensors.hexdigest()[:12])
-    return _hashes[key]
+    """(sha256 of the file, AutoV3), in one read. Not cached: a file rewritten within the file system's timestamp
+    granularity would keep its size and mtime."""
+    whole, tensors = hashlib.sha256(), hashlib.sha256()
+    with open(path, "rb") as f:
+        head = f.read(8)
+        header = f.read(int.from_bytes(head, "little"))
+        whole.update(head + header)
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            whole.update(chunk)
+            tensors.update(chunk)
+    return whole.hexdigest(), tensors.hexdigest()[:12]
 
 
 def _lora_file(path: str) -> Path:
@@ -98,6 +93,8 @@ def check_loras(loras) -> tuple[Lora, ...]:
     """`loras` ({path: weight}) checked and hashed, in the order given; a ValueError naming the bad entry."""
     if loras is None:
         return ()
+    if not loras and isinstance(loras, dict):
+        return ()
     if not isinstance(loras, dict):
         raise TypeError(f"loras={loras!r}: give a dict {{path: weight}}, e.g. {{'style.safetensors': 0.8}}")
     checked, seen = [], {}
@@ -112,6 +109,7 @@ def check_loras(loras) -> tuple[Lora, ...]:
             raise ValueError(f"LoRA {path!r} is the same file as {seen[sha256]!r}; give it once, with one weight")
         seen[sha256] = path
         checked.append(Lora(path, float(weight), file, sha256, autov3))
+    require_peft()
     return tuple(checked)
 
 
@@ -145,12 +143,10 @@ def apply_loras(pipe, loras: tuple[Lora, ...]) -> None:
         logger = logging.getLogger("diffusers")
         logger.addHandler(unexpected)
         try:
-            pipe.load_lora_weights(str(lora.file), adapter_name=adapter_name(i))
+            with warnings.catch_warnings():  # a second adapter is what we ask for
+                warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute")
+                pipe.load_lora_weights(str(lora.file), adapter_name=adapter_name(i))
         except (ValueError, RuntimeError, KeyError) as e:
-            if "PEFT" in str(e):  # diffusers without peft, or transformers asking for a newer one
-                raise ModelNotAvailable(f"LoRA {lora.path!r}: {str(e).strip()} (installed: peft "
-                                        f"{_version('peft')}, transformers {_version('transformers')}); "
-                                        "`pip install -U peft`") from e
             raise ValueError(f"LoRA {lora.path!r} does not fit this model: {str(e).strip().splitlines()[0]}") from e
         finally:
             logger.removeHandler(unexpected)
@@ -161,13 +157,19 @@ def apply_loras(pipe, loras: tuple[Lora, ...]) -> None:
                              "kind of model?)")
 
 
-def _version(package: str) -> str:
+def require_peft() -> None:
+    """diffusers loads LoRAs through `peft`: say so before any weights load, rather than diffusers after."""
     from importlib.metadata import PackageNotFoundError, version
 
-    try:
-        return version(package)
-    except PackageNotFoundError:
-        return "none"
+    from diffusers.utils import constants
+
+    if not constants.USE_PEFT_BACKEND:
+        try:
+            installed = version("peft")
+        except PackageNotFoundError:
+            installed = "none"
+        raise ModelNotAvailable(f"LoRAs need the `peft` package, {constants.MIN_PEFT_VERSION} or newer (installed: "
+                                f"{installed}): `pip install -U peft`")
 
 
 class _Unexpected(logging.Handler):

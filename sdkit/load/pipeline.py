@@ -208,7 +208,7 @@ def load_pipeline(
         batch_invariant = device == "cpu"
     weights_key = (res.weights_key, res.variant, device, str(torch_dtype), bool(safety_checker), bool(low_memory),
                    bool(batch_invariant), bool(compile), str(vae_path), tuple(x.sha256 for x in lora_set))
-    key = weights_key + (task, scheduler, tuple(x.weight for x in lora_set))
+    key = weights_key + (task, scheduler, tuple((x.path, x.weight) for x in lora_set))  # as each image records them
     with _lock:
         if key in _cache:
             return _cache[key]
