@@ -188,7 +188,7 @@ def _template(pipe, run_id, num_inference_steps, guidance_scale, height, width, 
     return Candidate(
         image=None, prompt="", seed=0, num_inference_steps=num_inference_steps, guidance_scale=float(guidance_scale),
         height=height, width=width, scheduler=scheduler_name(pipe.scheduler), model_id=info.model_id,
-        revision=info.revision, task=info.task, dtype=info.dtype or str(pipe.dtype), device=info.device or str(pipe.device),
+        revision=info.revision, model_hash=info.model_hash, task=info.task, dtype=info.dtype or str(pipe.dtype), device=info.device or str(pipe.device),
         run_id=run_id, extra=dict(extra or {}), loras=[lora.record() for lora in info.loras],
         pipe_kwargs=describe(pipe_kwargs or {}))
 

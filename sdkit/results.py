@@ -40,6 +40,7 @@ class Candidate:
     logit: float | None = None  # the scorer's raw logit, once scored
     scorer: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # task settings: strength, mask hash, ...
+    model_hash: str | None = None  # a single-file model's AutoV2 (A1111's "Model hash"); None for a folder
     # LoRAs applied (`load_pipeline(loras=...)`): each {"path", "name", "weight", "sha256", "autov3"}.
     loras: list[dict[str, Any]] = field(default_factory=list)
     # generate's `pipe_kwargs` as JSON (`sdkit.runs.describe`: images by pixel hash, tensors by content hash).

@@ -249,3 +249,18 @@ def test_cli_lora_with_weight(files, tmp_path, capsys):
     assert [(r["path"], r["weight"]) for r in read_metadata(png)["loras"]] == [(str(files["peft"]), 0.25)]
     assert main(["generate", "x", "--lora", str(tmp_path / "none.safetensors"), "--out", str(tmp_path)]) == 2
     assert "none.safetensors': no such file" in capsys.readouterr().err
+
+
+def test_a_single_files_model_hash_is_a1111s_autov2(tmp_path, tiny_path):
+    """A1111's "Model hash" for a single file: the first 10 hex of its sha256 (a folder has none)."""
+    from ldm_layout import to_single_file
+
+    file = to_single_file(tiny_path, tmp_path / "tiny.safetensors")
+    pipe = load_pipeline(str(file), config=str(tiny_path))
+    c = generate(pipe, "a red circle", n=1, seed=3, num_inference_steps=2, progress=False, output_dir=tmp_path)[0]
+    autov2 = hashlib.sha256(file.read_bytes()).hexdigest()[:10]
+    assert c.model_hash == autov2 and read_metadata(c.path)["model_hash"] == autov2
+    assert f"Model hash: {autov2}, Model: " in read_parameters(c.path)
+    assert f'Hashes: {{"model": "{autov2}"}}' in read_parameters(c.path)
+    folder = generate(load_pipeline("sdkit:tiny"), "a red circle", n=1, seed=3, num_inference_steps=2, progress=False)
+    assert folder[0].model_hash is None

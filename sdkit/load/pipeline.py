@@ -21,7 +21,7 @@ from sdkit.load.devices import auto_dtype, max_rows, resolve_device, resolve_dty
 from sdkit.load.hub import MIRRORS, local_dir, local_files, looks_like_path, no_safetensors, pickles, repo_files, snapshot
 from sdkit.load.invariance import install
 from sdkit.load.kinds import TASKS, check_task, family_of, pipeline_class, unet_setting
-from sdkit.load.loras import apply_loras, check_family, check_loras
+from sdkit.load.loras import apply_loras, check_family, check_loras, file_hashes
 from sdkit.load import single_file
 from sdkit.load.schedulers import check_scheduler, make_scheduler
 from sdkit.load.state import module_state, pipeline_info, remember
@@ -222,6 +222,7 @@ def load_pipeline(
                 # dtype given: from_pipe otherwise casts the shared modules, the base's too, to fp32.
                 pipe = cls.from_pipe(base, scheduler=own_cls.from_config(own_config), **{_DTYPE_KW: torch_dtype})
             own = pipeline_info(base).own_scheduler
+            model_hash = pipeline_info(base).model_hash
         else:
             kwargs = {}
             if vae_path is not None:
@@ -242,12 +243,15 @@ def load_pipeline(
                 _compile_unet(pipe.unet, device)
             install(pipe, batch_invariant=batch_invariant, max_rows=max_rows(device))
             own = (type(pipe.scheduler), pipe.scheduler.config)
+            # A1111's "Model hash" (AutoV2) for a file (one read of it: ~1 s per GB); a folder has none A1111 knows.
+            model_hash = file_hashes(res.single_file.path)[0][:10] if res.single_file else None
         pipe.set_progress_bar_config(disable=True)  # sdkit reports progress itself
         if scheduler is not None:
             pipe.scheduler = make_scheduler(scheduler, own[1])
         # What sdkit records in every result.
         remember(pipe, model_id=res.model_id, revision=res.revision, task=task, device=device,
-                 dtype=str(torch_dtype).replace("torch.", ""), own_scheduler=own, family=family, vae=vae, loras=lora_set)
+                 dtype=str(torch_dtype).replace("torch.", ""), own_scheduler=own, family=family, vae=vae, loras=lora_set,
+                 model_hash=model_hash)
         _cache[key] = pipe
         return pipe
 
