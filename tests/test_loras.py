@@ -264,3 +264,24 @@ def test_a_single_files_model_hash_is_a1111s_autov2(tmp_path, tiny_path):
     assert f'Hashes: {{"model": "{autov2}"}}' in read_parameters(c.path)
     folder = generate(load_pipeline("sdkit:tiny"), "a red circle", n=1, seed=3, num_inference_steps=2, progress=False)
     assert folder[0].model_hash is None
+
+
+@pytest.mark.parametrize("renamed, match", [
+    ({"lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q":
+      "lora_unet_down_blocks_7_attentions_0_transformer_blocks_0_attn1_to_q"}, "down_blocks.7.attentions.0"),
+    ({"lora_unet_down_blocks": "lora_unet_side_blocks", "lora_unet_up_blocks": "lora_unet_side_blocks",
+      "lora_te_text_model_encoder": "lora_te_text_model_decoder"}, "side.blocks"),
+])
+def test_a_lora_whose_layers_are_not_in_the_model_is_refused(files, tmp_path, renamed, match):
+    """Some or all of its layers missing from the model (diffusers would warn and go on, or fail on an index)."""
+    from safetensors.torch import load_file, save_file
+
+    tensors = {}
+    for key, value in load_file(files["kohya"]).items():
+        for old, new in renamed.items():
+            key = key.replace(old, new)
+        tensors[key] = value
+    bad = tmp_path / "bad.safetensors"
+    save_file(tensors, bad)
+    with pytest.raises(ValueError, match=f"LoRA '{bad}' does not fit this model.*{match}"):
+        load_pipeline("sdkit:tiny", loras={bad: 1.0})

@@ -91,9 +91,7 @@ def _lora_file(path: str) -> Path:
 
 def check_loras(loras) -> tuple[Lora, ...]:
     """`loras` ({path: weight}) checked and hashed, in the order given; a ValueError naming the bad entry."""
-    if loras is None:
-        return ()
-    if not loras and isinstance(loras, dict):
+    if loras is None or loras == {}:
         return ()
     if not isinstance(loras, dict):
         raise TypeError(f"loras={loras!r}: give a dict {{path: weight}}, e.g. {{'style.safetensors': 0.8}}")
@@ -139,22 +137,24 @@ def apply_loras(pipe, loras: tuple[Lora, ...]) -> None:
     """Load each LoRA into `pipe`'s modules as adapter `adapter_name(i)`; a LoRA none of whose layers exist in
     this model (or only some of them) is refused by name."""
     for i, lora in enumerate(loras):
-        unexpected = _Unexpected()
+        unexpected, failed = _Unexpected(), None
         logger = logging.getLogger("diffusers")
         logger.addHandler(unexpected)
         try:
             with warnings.catch_warnings():  # a second adapter is what we ask for
                 warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute")
                 pipe.load_lora_weights(str(lora.file), adapter_name=adapter_name(i))
-        except (ValueError, RuntimeError, KeyError) as e:
-            raise ValueError(f"LoRA {lora.path!r} does not fit this model: {str(e).strip().splitlines()[0]}") from e
+        except (ValueError, RuntimeError, KeyError, IndexError) as e:  # diffusers' and PEFT's, on keys and shapes
+            failed = f"{type(e).__name__}: {str(e).strip()}"
         finally:
             logger.removeHandler(unexpected)
-        if unexpected.messages:
-            raise ValueError(f"LoRA {lora.path!r} does not fit this model: {unexpected.messages[0][:300]}")
+        why = unexpected.messages[:1] or ([failed] if failed else [])  # the layers it names, when it names them
+        if why:
+            raise ValueError(f"LoRA {lora.path!r} does not fit this model (is it for another kind of model?): "
+                             f"{why[0][:300]}")
         if adapter_name(i) not in adapters(pipe):
-            raise ValueError(f"LoRA {lora.path!r}: none of its layers are in this model (is it a LoRA for another "
-                             "kind of model?)")
+            raise ValueError(f"LoRA {lora.path!r}: none of its layers are in this model (is it for another kind "
+                             "of model?)")
 
 
 def require_peft() -> None:
