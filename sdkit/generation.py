@@ -126,8 +126,8 @@ def generate(
     if seeds is None:
         base = seed if seed is not None else secrets.randbits(31)
         seeds = [base + k for k in range(n)]
-    template = _template(pipe, run_id, num_inference_steps, guidance_scale, height, width,
-                         {**(extra or {}), **sdxl_conditioning(pipe, height, width, pipe_kwargs), **refined}, pipe_kwargs)
+    extra = {**(extra or {}), **sdxl_conditioning(pipe, height, width, pipe_kwargs), **refined}
+    template = _template(pipe, run_id, num_inference_steps, guidance_scale, height, width, extra, pipe_kwargs)
     jobs = [dataclasses.replace(template, prompt=p, negative_prompt=neg, seed=s, index=i * n + k, extra=dict(template.extra))
             for i, (p, neg) in enumerate(zip(prompts, negs)) for k, s in enumerate(seeds)]
     run = Run(run_id=run_id, candidates=[], output_dir=str(out) if out else None,
@@ -188,9 +188,9 @@ def _template(pipe, run_id, num_inference_steps, guidance_scale, height, width, 
     return Candidate(
         image=None, prompt="", seed=0, num_inference_steps=num_inference_steps, guidance_scale=float(guidance_scale),
         height=height, width=width, scheduler=scheduler_name(pipe.scheduler), model_id=info.model_id,
-        revision=info.revision, model_hash=info.model_hash, task=info.task, dtype=info.dtype or str(pipe.dtype), device=info.device or str(pipe.device),
-        run_id=run_id, extra=dict(extra or {}), loras=[lora.record() for lora in info.loras],
-        pipe_kwargs=describe(pipe_kwargs or {}))
+        revision=info.revision, model_hash=info.model_hash, task=info.task, dtype=info.dtype or str(pipe.dtype),
+        device=info.device or str(pipe.device), run_id=run_id, extra=dict(extra or {}),
+        loras=[lora.record() for lora in info.loras], pipe_kwargs=describe(pipe_kwargs or {}))
 
 
 def _resume(out: Path, run_id: str, recorded: dict | None, settings: dict, jobs: list[Candidate]) -> list[Candidate]:

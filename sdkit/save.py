@@ -40,9 +40,9 @@ def a1111_parameters(c: Candidate) -> str:
     """The `parameters` text AUTOMATIC1111 writes: prompt, negative prompt, then key: value pairs.
 
     "Model hash": a single file's AutoV2 (first 10 hex of its sha256), as A1111 writes it; a diffusers folder has
-    no file A1111 could match, so none. LoRAs as A1111 writes them: `<lora:name:weight>` after the prompt (A1111 reads its LoRAs from there), and
-    "Lora hashes" (AutoV3, 12 hex); also as Civitai's `Hashes` JSON, which Civitai and sd-parsers read (sd-parsers
-    splits A1111's quoted "Lora hashes" at its commas and colons)."""
+    no file A1111 could match, so none. LoRAs as A1111 writes them: `<lora:name:weight>` after the prompt (A1111
+    reads its LoRAs from there) and "Lora hashes" (AutoV3, 12 hex); also Civitai's `Hashes` JSON, which Civitai
+    and sd-parsers read (sd-parsers splits A1111's quoted "Lora hashes" at its commas and colons)."""
     lines = [" ".join([c.prompt] + [f"<lora:{x['name']}:{x['weight']:g}>" for x in c.loras])]
     if c.negative_prompt:
         lines.append(f"Negative prompt: {c.negative_prompt}")
@@ -75,7 +75,8 @@ def a1111_parameters(c: Candidate) -> str:
         return json.dumps(v) if any(ch in v for ch in ',:"') else v
 
     pairs = [f"{k}: {fmt(v)}" for k, v in fields.items()]
-    hashes = {**({"model": c.model_hash} if c.model_hash else {}), **{f"lora:{x['name']}": x["autov3"] for x in c.loras}}
+    hashes = {"model": c.model_hash} if c.model_hash else {}
+    hashes.update({f"lora:{x['name']}": x["autov3"] for x in c.loras})
     if hashes:  # Civitai's JSON, unquoted as Civitai writes it
         pairs.insert(-1, "Hashes: " + json.dumps(hashes))
     lines.append(", ".join(pairs))

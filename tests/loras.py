@@ -48,7 +48,7 @@ def to_kohya(peft_file: Path, out: Path, *, alpha: float = 8.0, xl: bool = False
         component, rest = key.split(".", 1)
         module, matrix = rest.rsplit(".lora_", 1)  # "A.weight" or "B.weight"
         if component.startswith("text_encoder") and not module.startswith("text_model."):
-            module = "text_model." + module  # transformers 5 dropped CLIPTextModel's `text_model`; kohya's names have it
+            module = "text_model." + module  # kohya's names have it; transformers 5's CLIPTextModel does not
         name = prefixes[component] + module.replace(".", "_")
         kohya[f"{name}.lora_{'down' if matrix == 'A.weight' else 'up'}.weight"] = tensor
         kohya[f"{name}.alpha"] = torch.tensor(alpha)

@@ -156,8 +156,9 @@ def test_sd_parsers_reads_the_loras(files, tmp_path):
 def test_regenerate_in_a_fresh_process_reapplies_the_loras(files, tmp_path):
     pipe = load_pipeline("sdkit:tiny", loras={files["peft"]: 0.5})
     made = generate(pipe, "a red circle", n=1, seed=3, num_inference_steps=STEPS, progress=False, output_dir=tmp_path)
-    code = (f"import numpy as np, PIL.Image as I, sdkit.search.replay as r; c = r.regenerate({made[0].path!r}); "
-            f"print(np.array_equal(np.asarray(c.image), np.asarray(I.open({made[0].path!r}).convert('RGB'))), c.loras[0]['weight'])")
+    png = made[0].path
+    code = (f"import numpy as np, PIL.Image as I, sdkit.search.replay as r; c = r.regenerate({png!r}); "
+            f"print(np.array_equal(np.asarray(c.image), np.asarray(I.open({png!r}).convert('RGB'))), c.loras[0]['weight'])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
     assert out.stdout.split() == ["True", "0.5"], out.stderr[-2000:]

@@ -250,8 +250,8 @@ def load_pipeline(
             pipe.scheduler = make_scheduler(scheduler, own[1])
         # What sdkit records in every result.
         remember(pipe, model_id=res.model_id, revision=res.revision, task=task, device=device,
-                 dtype=str(torch_dtype).replace("torch.", ""), own_scheduler=own, family=family, vae=vae, loras=lora_set,
-                 model_hash=model_hash)
+                 dtype=str(torch_dtype).replace("torch.", ""), own_scheduler=own, family=family, vae=vae,
+                 loras=lora_set, model_hash=model_hash)
         _cache[key] = pipe
         return pipe
 
