@@ -250,6 +250,11 @@ def test_cli_lora_with_weight(files, tmp_path, capsys):
     assert [(r["path"], r["weight"]) for r in read_metadata(png)["loras"]] == [(str(files["peft"]), 0.25)]
     assert main(["generate", "x", "--lora", str(tmp_path / "none.safetensors"), "--out", str(tmp_path)]) == 2
     assert "none.safetensors': no such file" in capsys.readouterr().err
+    # --resume takes the recorded LoRAs, and refuses another weight by name.
+    assert main(["generate", "--resume", str(png.parent), "--lora", f"{files['peft']}:0.5", "--scorer", "none"]) == 2
+    assert f"loras was {{{str(files['peft'])!r}: 0.25}}, now {{{str(files['peft'])!r}: 0.5}}" in capsys.readouterr().err
+    assert main(["generate", "--resume", str(png.parent), "--scorer", "none"]) == 0
+    assert "1 kept, 0 made" in capsys.readouterr().out
 
 
 def test_a_single_files_model_hash_is_a1111s_autov2(tmp_path, tiny_path):
