@@ -24,7 +24,7 @@ import torch
 from sdkit.errors import Cancelled, GenerationError
 from sdkit.progress import progress_bar
 from sdkit.results import Candidate, Progress, Run
-from sdkit.runs import check_resume, kept_candidates, read_run_settings, run_settings, write_run_settings
+from sdkit.runs import check_resume, describe, kept_candidates, read_run_settings, run_settings, write_run_settings
 from sdkit.checks import (as_prompt_list, check_generate_args, check_seed, check_output_dir, count_steps,
                           quiet_truncation_logs, warn_long_prompts)
 from sdkit.save import new_run_id, recover, save_candidate
@@ -33,6 +33,7 @@ from sdkit.load.rows import planned_rows, recording, replaying
 from sdkit.load.schedulers import scheduler_name
 from sdkit.load.state import pipeline_info
 from sdkit.load.invariance import adopt
+from sdkit.load.loras import activate
 from sdkit.load.sdxl import check_refiner, sdxl_conditioning
 
 log = logging.getLogger(__name__)
@@ -112,6 +113,8 @@ def generate(
         raise ValueError(f"extra['refiner'] records a refiner ({extra['refiner'].get('model_id')!r}) but refiner=None: "
                          "pass the refiner (sdkit.search.replay.recorded_refiner(settings) loads the recorded one)")
     refined = check_refiner(pipe, refiner, denoising_end)
+    for p in (pipe, refiner) if refiner is not None else (pipe,):
+        activate(p)  # this pipeline's LoRA weights on its modules, which other pipelines may share
     tokenizer = getattr(pipe, "tokenizer", None) or getattr(pipe, "tokenizer_2", None)  # an SDXL refiner has only the second
     warn_long_prompts(tokenizer, prompts)
     warn_long_prompts(tokenizer, negs, "negative_prompt")
@@ -126,15 +129,15 @@ def generate(
     if seeds is None:
         base = seed if seed is not None else secrets.randbits(31)
         seeds = [base + k for k in range(n)]
-    template = _template(pipe, run_id, num_inference_steps, guidance_scale, height, width,
-                         {**(extra or {}), **sdxl_conditioning(pipe, height, width, pipe_kwargs), **refined})
+    extra = {**(extra or {}), **sdxl_conditioning(pipe, height, width, pipe_kwargs), **refined}
+    template = _template(pipe, run_id, num_inference_steps, guidance_scale, height, width, extra, pipe_kwargs)
     jobs = [dataclasses.replace(template, prompt=p, negative_prompt=neg, seed=s, index=i * n + k, extra=dict(template.extra))
             for i, (p, neg) in enumerate(zip(prompts, negs)) for k, s in enumerate(seeds)]
     run = Run(run_id=run_id, candidates=[], output_dir=str(out) if out else None,
               manifest=str(out / "manifest.jsonl") if out else None)
     bs = batch_size or default_batch_size(pipe.device, height, width)
     if out is not None:
-        settings = {**run_settings(prompts, negs, seeds, n, template, pipe_kwargs), "batch_size": bs}
+        settings = {**run_settings(prompts, negs, seeds, n, template), "batch_size": bs}
         run.candidates = _resume(out, run_id, recorded, settings, jobs)
         run.resumed = len(run.candidates)
     done = {c.index for c in run.candidates}
@@ -182,14 +185,16 @@ def _refuse(removed: dict) -> None:
     raise TypeError(f"generate() got unexpected keyword arguments: {', '.join(sorted(removed))}")
 
 
-def _template(pipe, run_id, num_inference_steps, guidance_scale, height, width, extra) -> Candidate:
+def _template(pipe, run_id, num_inference_steps, guidance_scale, height, width, extra, pipe_kwargs) -> Candidate:
     """What every candidate of the run shares: settings, and the pipeline as `load_pipeline` recorded it."""
     info = pipeline_info(pipe)
     return Candidate(
         image=None, prompt="", seed=0, num_inference_steps=num_inference_steps, guidance_scale=float(guidance_scale),
         height=height, width=width, scheduler=scheduler_name(pipe.scheduler), model_id=info.model_id,
-        revision=info.revision, task=info.task, dtype=info.dtype or str(pipe.dtype), device=info.device or str(pipe.device),
-        run_id=run_id, extra={**(extra or {}), **({"config": info.config} if info.config else {})})
+        revision=info.revision, model_hash=info.model_hash, task=info.task, dtype=info.dtype or str(pipe.dtype),
+        device=info.device or str(pipe.device), run_id=run_id,
+        extra={**(extra or {}), **({"config": info.config} if info.config else {})},
+        loras=[lora.record() for lora in info.loras], pipe_kwargs=describe(pipe_kwargs or {}))
 
 
 def _resume(out: Path, run_id: str, recorded: dict | None, settings: dict, jobs: list[Candidate]) -> list[Candidate]:

@@ -41,6 +41,11 @@ class Candidate:
     scorer: str | None = None
     members: "dict[str, MemberScore] | None" = None  # an ensemble's: each member verifier's own score, by name
     extra: dict[str, Any] = field(default_factory=dict)  # task settings: strength, mask hash, ...
+    model_hash: str | None = None  # a single-file model's AutoV2 (A1111's "Model hash"); None for a folder
+    # LoRAs applied (`load_pipeline(loras=...)`): each {"path", "name", "weight", "sha256", "autov3"}.
+    loras: list[dict[str, Any]] = field(default_factory=list)
+    # generate's `pipe_kwargs` as JSON (`sdkit.runs.describe`: images by pixel hash, tensors by content hash).
+    pipe_kwargs: dict[str, Any] = field(default_factory=dict)
     # What its pixels' last bits depended on (`sdkit.load.rows.Arithmetic`): every UNet call's batch size and its
     # row, the decode's, the device and the torch/CUDA/cuDNN versions. `regenerate` replays it.
     arithmetic: dict[str, Any] | None = None

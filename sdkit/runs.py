@@ -15,28 +15,51 @@ RUN_SETTINGS = "{run_id}.run.json"
 # What decides a run's pixels, in the order a refused resume names them. Not batch_size: on the CPU
 # candidates are batch-invariant. `device` is recorded, and a resume elsewhere only warned about.
 CHECKED = ("model_id", "revision", "task", "dtype", "scheduler", "prompts", "negative_prompts", "n", "seeds",
-           "num_inference_steps", "guidance_scale", "height", "width", "extra", "pipe_kwargs")
+           "num_inference_steps", "guidance_scale", "height", "width", "extra", "loras", "pipe_kwargs")
 
 
-def _describe(v):
-    """pipe_kwargs values as JSON: images by their pixel hash, other objects by type (not compared further)."""
+def describe(v):
+    """A `pipe_kwargs` value as JSON that compares as it ran: images by their pixel hash ("image <hash>"), tensors
+    and arrays by a hash of their contents ("tensor <hash> <shape> <dtype>"), dicts and lists item by item; another
+    object only by its type ("<type>"). `regenerate` replays plain values and refuses the descriptions."""
+    import hashlib
+
+    import numpy as np
     from PIL import Image
 
     if isinstance(v, Image.Image):
         return f"image {image_hash(v)}"
+    if hasattr(v, "detach") or isinstance(v, np.ndarray):  # a torch tensor or a numpy array
+        a = np.ascontiguousarray(v.detach().cpu().float().numpy() if hasattr(v, "detach") else v)
+        return f"tensor {hashlib.sha256(a.tobytes()).hexdigest()[:16]} {list(a.shape)} {v.dtype}"
+    if isinstance(v, dict):
+        return {str(k): describe(x) for k, x in sorted(v.items(), key=lambda kv: str(kv[0]))}
     if isinstance(v, (list, tuple)):
-        return [_describe(x) for x in v]
+        return [describe(x) for x in v]
     if v is None or isinstance(v, (str, int, float, bool)):
         return v
     return f"<{type(v).__name__}>"
 
 
-def run_settings(prompts, negs, seeds, n, template: Candidate, pipe_kwargs) -> dict:
+def replayable(pipe_kwargs: dict) -> dict:
+    """Recorded `pipe_kwargs` as call arguments again; a ValueError naming one recorded only as a description."""
+    def plain(v):
+        if isinstance(v, str) and (v.startswith(("image ", "tensor ")) or (v.startswith("<") and v.endswith(">"))):
+            return False
+        return all(map(plain, v.values() if isinstance(v, dict) else v)) if isinstance(v, (dict, list)) else True
+
+    for k, v in pipe_kwargs.items():
+        if not plain(v):
+            raise ValueError(f"pipe_kwargs[{k!r}] was recorded only as {v!r}; pass it again: "
+                             f"regenerate(png, pipe_kwargs={{{k!r}: ...}})")
+    return pipe_kwargs
+
+
+def run_settings(prompts, negs, seeds, n, template: Candidate) -> dict:
     """A run's full settings, as stored in `<run_id>.run.json` (JSON-normalised, so they compare as read back)."""
-    d = {"prompts": prompts, "negative_prompts": negs, "n": n, "seeds": list(seeds),
-         "pipe_kwargs": {k: _describe(v) for k, v in sorted((pipe_kwargs or {}).items())}}
+    d = {"prompts": prompts, "negative_prompts": negs, "n": n, "seeds": list(seeds)}
     for k in ("num_inference_steps", "guidance_scale", "height", "width", "scheduler", "model_id", "revision", "task",
-              "dtype", "device", "extra", "sdkit_version", "run_id"):
+              "dtype", "device", "extra", "loras", "pipe_kwargs", "sdkit_version", "run_id"):
         d[k] = getattr(template, k)
     return json.loads(json.dumps(d, sort_keys=True, default=repr))
 

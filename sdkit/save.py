@@ -37,8 +37,13 @@ def new_run_id() -> str:
 
 
 def a1111_parameters(c: Candidate) -> str:
-    """The `parameters` text AUTOMATIC1111 writes: prompt, negative prompt, then key: value pairs."""
-    lines = [c.prompt]
+    """The `parameters` text AUTOMATIC1111 writes: prompt, negative prompt, then key: value pairs.
+
+    "Model hash": a single file's AutoV2 (first 10 hex of its sha256), as A1111 writes it; a diffusers folder has
+    no file A1111 could match, so none. LoRAs as A1111 writes them: `<lora:name:weight>` after the prompt (A1111
+    reads its LoRAs from there) and "Lora hashes" (AutoV3, 12 hex); also Civitai's `Hashes` JSON, which Civitai
+    and sd-parsers read (sd-parsers splits A1111's quoted "Lora hashes" at its commas and colons)."""
+    lines = [" ".join([c.prompt] + [f"<lora:{x['name']}:{x['weight']:g}>" for x in c.loras])]
     if c.negative_prompt:
         lines.append(f"Negative prompt: {c.negative_prompt}")
     fields = {
@@ -47,6 +52,7 @@ def a1111_parameters(c: Candidate) -> str:
         "CFG scale": f"{c.guidance_scale:g}",
         "Seed": c.seed,
         "Size": f"{c.width}x{c.height}",
+        **({"Model hash": c.model_hash} if c.model_hash else {}),
         "Model": c.model_id,
     }
     if "strength" in c.extra:
@@ -57,6 +63,9 @@ def a1111_parameters(c: Candidate) -> str:
     if "refiner" in c.extra:  # A1111's own names for the SDXL hand-off
         fields["Refiner"] = c.extra["refiner"].get("model_id") or "refiner"
         fields["Refiner switch at"] = f"{c.extra['refiner']['denoising_end']:g}"
+    if c.loras:  # A1111 drops ":" and "," from the names here
+        fields["Lora hashes"] = ", ".join(f"{x['name'].replace(':', '').replace(',', '')}: {x['autov3']}"
+                                          for x in c.loras)
     if c.score is not None:
         fields[score_label(c.scorer)] = f"{c.score:.2f}"
     for name, m in (c.members or {}).items():  # an ensemble's members, each under its own name
@@ -67,7 +76,12 @@ def a1111_parameters(c: Candidate) -> str:
         v = str(v).replace("\n", " ")
         return json.dumps(v) if any(ch in v for ch in ',:"') else v
 
-    lines.append(", ".join(f"{k}: {fmt(v)}" for k, v in fields.items()))
+    pairs = [f"{k}: {fmt(v)}" for k, v in fields.items()]
+    hashes = {"model": c.model_hash} if c.model_hash else {}
+    hashes.update({f"lora:{x['name']}": x["autov3"] for x in c.loras})
+    if hashes:  # Civitai's JSON, unquoted as Civitai writes it
+        pairs.insert(-1, "Hashes: " + json.dumps(hashes))
+    lines.append(", ".join(pairs))
     return "\n".join(lines)
 
 

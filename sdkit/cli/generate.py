@@ -31,6 +31,8 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compile", action="store_true", help="torch.compile the UNet: minutes to compile, then faster steps")
     p.add_argument("--no-safety-checker", action="store_true", help="remove the NSFW safety checker (explicit opt-out)")
     p.add_argument("--low-memory", action="store_true", help="attention/VAE slicing, VAE tiling, CPU offload (4-8 GB GPUs)")
+    p.add_argument("--lora", action="append", default=[], metavar="PATH[:WEIGHT]",
+                   help="a LoRA .safetensors file (diffusers or kohya/A1111 layout) and its weight (default 1); repeatable")
     p.add_argument("--out", default="outputs", help="output folder; each run gets a subfolder (default outputs/)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--scorer", default="flax", type=scorer_option,
@@ -69,6 +71,21 @@ def read_prompts(args) -> list[str]:
     return prompts
 
 
+def parse_loras(values) -> dict[str, float] | None:
+    """--lora PATH[:WEIGHT] values as load_pipeline's `loras` (a path may hold colons: the weight is the last part)."""
+    loras = {}
+    for value in values or ():
+        path, weight = value, 1.0
+        head, sep, tail = value.rpartition(":")
+        if sep:
+            try:
+                path, weight = head, float(tail)
+            except ValueError:
+                pass  # the colon is the path's own (C:\\...)
+        loras[path] = weight
+    return loras or None
+
+
 def pipeline_from_args(args, task: str, **kwargs):
     from sdkit.load.pipeline import load_pipeline
 
@@ -77,7 +94,7 @@ def pipeline_from_args(args, task: str, **kwargs):
         kwargs.setdefault("batch_invariant", True)
     return load_pipeline(args.model, task, device=args.device, dtype=args.dtype, scheduler=args.scheduler,
                          safety_checker=not args.no_safety_checker, low_memory=args.low_memory, compile=args.compile,
-                         vae=args.vae, config=args.config, **kwargs)
+                         vae=args.vae, config=args.config, loras=parse_loras(args.lora), **kwargs)
 
 
 def check_refiner_args(args) -> float | None:
@@ -174,6 +191,9 @@ def _check_explicit(args, rec: dict, folder: Path) -> None:
             given[dest] = getattr(args, dest)
     if "model" in explicit:
         given["model_id"] = args.model
+    if "lora" in explicit:
+        given["loras"] = parse_loras(args.lora) or {}
+        rec = {**rec, "loras": {x["path"]: x["weight"] for x in rec.get("loras") or ()}}
     diffs = [f"{k} was {rec.get(k)!r}, now {v!r}" for k, v in given.items() if rec.get(k) != v]
     if diffs:
         raise ValueError(f"--resume {folder}: run {rec['run_id']} was started with other settings: " + "; ".join(diffs) +
@@ -194,6 +214,7 @@ def resume(args) -> int:
     check_generate_args(n=rec["n"], seeds=rec["seeds"], num_inference_steps=rec["num_inference_steps"],
                         guidance_scale=rec["guidance_scale"], height=rec["height"], width=rec["width"],
                         batch_size=args.batch_size)
+    from sdkit.load.loras import from_records
     from sdkit.load.pipeline import load_pipeline
 
     scheduler = rec["scheduler"] if rec["scheduler"] in SCHEDULERS else None  # else: the model's own
@@ -203,6 +224,7 @@ def resume(args) -> int:
                          dtype=args.dtype if "dtype" in getattr(args, "explicit", set()) else rec["dtype"],
                          revision=rec.get("revision"), scheduler=scheduler, safety_checker=not args.no_safety_checker,
                          low_memory=args.low_memory, compile=args.compile, config=extra.get("config"),
+                         loras=from_records(rec.get("loras")),
                          vae=None if vae == "own" else vae)
     from sdkit.search.replay import recorded_refiner
 

@@ -158,7 +158,7 @@ def pipeline_for(pipe, task: str):
     with quiet_hf(messages=True):
         new = cls.from_pipe(pipe)
     new.set_progress_bar_config(disable=True)
-    remember(new, **{**dataclasses.asdict(info), "task": task})
+    remember(new, **{**vars(info), "task": task})  # vars: a shallow copy (asdict would turn its Loras into dicts)
     return new
 
 

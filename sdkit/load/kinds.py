@@ -76,12 +76,13 @@ def family_of(path: Path, model: str) -> str:
     return family_of_index(index, model)
 
 
-def unet_in_channels(path: Path, model: str = "") -> int:
+def unet_setting(path: Path, name: str, model: str = "") -> int:
+    """An integer of the UNet's config.json (`in_channels`, `cross_attention_dim`), read without loading it."""
     file = Path(path) / "unet" / "config.json"
     try:
-        return int(json.loads(file.read_text())["in_channels"])
+        return int(json.loads(file.read_text())[name])
     except (OSError, ValueError, KeyError, TypeError) as e:
-        raise ModelNotAvailable(f"model {model or str(path)!r}: cannot read the UNet's in_channels from {file} "
+        raise ModelNotAvailable(f"model {model or str(path)!r}: cannot read the UNet's {name} from {file} "
                                 f"({type(e).__name__}: {e})") from None
 
 
@@ -99,7 +100,7 @@ def check_family_task(family: str, task: str, model: str) -> None:
 def check_task(task: str, path: Path, model: str, family: str = "sd") -> None:
     """Refuse a task the checkpoint cannot do, before loading it."""
     check_family_task(family, task, model)
-    channels = unet_in_channels(path, model)
+    channels = unet_setting(path, "in_channels", model)
     if channels == 9 and task != "inpainting":
         raise ValueError(
             f"{model!r} is an inpainting checkpoint (its UNet takes 9 input channels: latents, mask and masked "

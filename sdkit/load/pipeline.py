@@ -20,7 +20,8 @@ from sdkit.errors import ModelNotAvailable
 from sdkit.load.devices import auto_dtype, max_rows, resolve_device, resolve_dtype, unet_parameters
 from sdkit.load.hub import MIRRORS, local_dir, local_files, looks_like_path, no_safetensors, pickles, repo_files, snapshot
 from sdkit.load.invariance import install
-from sdkit.load.kinds import TASKS, check_task, family_of, pipeline_class, unet_in_channels
+from sdkit.load.kinds import TASKS, check_task, family_of, pipeline_class, unet_setting
+from sdkit.load.loras import apply_loras, check_family, check_loras, file_hashes
 from sdkit.load import single_file
 from sdkit.load.schedulers import check_scheduler, make_scheduler
 from sdkit.load.state import module_state, pipeline_info, remember
@@ -144,6 +145,7 @@ def load_pipeline(
     compile: bool = False,
     vae: str | None = None,
     config: str | None = None,
+    loras: dict | None = None,
 ):
     """Load (or reuse) a diffusers pipeline for `model` and `task`.
 
@@ -173,9 +175,12 @@ def load_pipeline(
             VAE made fp16-safe decodes in fp16. Each image records which (`extra["sdxl"]["vae_decode"]`).
         config: for a single-file checkpoint, the diffusers folder or Hub id whose configs describe it; by default
             the repo diffusers pairs with the file's kind, from the local Hugging Face cache (`sdkit.load.single_file`).
+        loras: {path: weight} of LoRA `.safetensors` files (diffusers/PEFT or kohya layout, e.g. from A1111, ComfyUI,
+            Civitai), applied through diffusers' PEFT backend (needs `peft`). Each image records them (path, weight,
+            sha256; A1111's "Lora hashes"). See `sdkit.load.loras`.
 
-    A second call with the same model, device and dtype reuses the loaded weights,
-    also for another task or scheduler (diffusers' `from_pipe`). Tokens come from
+    A second call with the same model, device, dtype and LoRA files reuses the loaded weights,
+    also for another task, scheduler or LoRA weights (diffusers' `from_pipe`). Tokens come from
     the standard Hugging Face login (`hf auth login`) or `HF_TOKEN`; sdkit never takes one.
     """
     import diffusers
@@ -191,16 +196,21 @@ def load_pipeline(
     family = family_of(res.path, res.model_id)  # refuses SD3, Flux, ... before any weights load
     check_task(task, res.path, res.model_id, family)
     vae_path = resolve_vae(vae) if vae is not None else None
-    if task == "inpainting" and unet_in_channels(res.path) == 4:
+    lora_set = check_loras(loras)
+    if lora_set:
+        check_family(lora_set, family, res.single_file.context if res.single_file else
+                     unet_setting(res.path, "cross_attention_dim", res.model_id))
+    if task == "inpainting" and unet_setting(res.path, "in_channels") == 4:
         log.warning("%s is not an inpainting checkpoint; inpainting with it blends latents outside the mask "
                     "(works, but a 9-channel inpainting model follows the mask better)", res.model_id)
 
     if batch_invariant == "auto":
         batch_invariant = device == "cpu"
     weights_key = (res.weights_key, res.variant, device, str(torch_dtype), bool(safety_checker), bool(low_memory),
-                   bool(batch_invariant), bool(compile), str(vae_path))
-    # The name as the user gave it too: each pipeline records it (a path and `sdkit:tiny` may be the same weights).
-    key = weights_key + (task, scheduler, res.model_id)
+                   bool(batch_invariant), bool(compile), str(vae_path), tuple(x.sha256 for x in lora_set))
+    # The names as the user gave them too: each pipeline records them (a path and `sdkit:tiny` may be the same
+    # weights; LoRAs as each image records them).
+    key = weights_key + (task, scheduler, res.model_id, tuple((x.path, x.weight) for x in lora_set))
     with _lock:
         if key in _cache:
             return _cache[key]
@@ -214,6 +224,7 @@ def load_pipeline(
                 # dtype given: from_pipe otherwise casts the shared modules, the base's too, to fp32.
                 pipe = cls.from_pipe(base, scheduler=own_cls.from_config(own_config), **{_DTYPE_KW: torch_dtype})
             own = pipeline_info(base).own_scheduler
+            model_hash = pipeline_info(base).model_hash
         else:
             kwargs = {}
             if vae_path is not None:
@@ -227,18 +238,22 @@ def load_pipeline(
                     pipe = single_file.load(cls, res.single_file, safety_checker=safety_checker, **kwargs)
                 else:
                     pipe = cls.from_pretrained(res.path, variant=res.variant, use_safetensors=True, **kwargs)
+            if lora_set:
+                apply_loras(pipe, lora_set)  # before compiling and sdkit's wrappers, into modules no one else holds
             _place(pipe, device, low_memory)
             if compile:
                 _compile_unet(pipe.unet, device)
             install(pipe, batch_invariant=batch_invariant, max_rows=max_rows(device))
             own = (type(pipe.scheduler), pipe.scheduler.config)
+            # A1111's "Model hash" (AutoV2) for a file (one read of it: ~1 s per GB); a folder has none A1111 knows.
+            model_hash = file_hashes(res.single_file.path)[0][:10] if res.single_file else None
         pipe.set_progress_bar_config(disable=True)  # sdkit reports progress itself
         if scheduler is not None:
             pipe.scheduler = make_scheduler(scheduler, own[1])
         # What sdkit records in every result.
         remember(pipe, model_id=res.model_id, revision=res.revision, task=task, device=device,
                  dtype=str(torch_dtype).replace("torch.", ""), own_scheduler=own, family=family, vae=vae,
-                 config=str(config) if config is not None else None)
+                 config=str(config) if config is not None else None, loras=lora_set, model_hash=model_hash)
         _cache[key] = pipe
         return pipe
 

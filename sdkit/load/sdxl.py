@@ -54,4 +54,5 @@ def check_refiner(pipe, refiner, denoising_end) -> dict:
         raise ValueError(f"refiner: {type(refiner).__name__} ({ref.family}) cannot take latents; load an SDXL refiner "
                          "(or base) with task='image-to-image'")
     return {"refiner": {"model_id": ref.model_id, "revision": ref.revision, "scheduler": scheduler_name(refiner.scheduler),
-                        "dtype": ref.dtype, "denoising_end": float(denoising_end)}}
+                        "dtype": ref.dtype, "denoising_end": float(denoising_end),
+                        **({"loras": [lora.record() for lora in ref.loras]} if ref.loras else {})}}

@@ -87,7 +87,7 @@ def _refuse(path: Path, what: str, hint: str = "") -> ModelNotAvailable:
 
 def _not_a_model(path: Path, keys) -> ModelNotAvailable | None:
     """The refusal for adapters and embeddings, which diffusers' detection would call SD 1.x (its fallback)."""
-    lora = "; load a LoRA onto a pipeline with diffusers' pipe.load_lora_weights(...)"
+    lora = "; apply a LoRA with load_pipeline(model, loras={path: weight})"
     if any(k.startswith(("lora_unet_", "lora_te_", "lora_te1_", "lora_te2_", "lycoris_")) for k in keys):
         return _refuse(path, "a LoRA (kohya keys: lora_unet_..., lora_te_...)", lora)
     if any(p in k for k in keys for p in (".lora_A.", ".lora_B.", ".lora_down.", ".lora_up.")):

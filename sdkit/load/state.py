@@ -32,6 +32,8 @@ class PipelineInfo:
     family: str = "sd"  # `sdkit.load.kinds.FAMILIES`: "sd", "sdxl", "sdxl-refiner"
     vae: str | None = None  # another VAE the user named (`load_pipeline(vae=...)`); None: the model's own
     config: str | None = None  # a single file's config folder as the user named it (`load_pipeline(config=...)`)
+    model_hash: str | None = None  # a single file's AutoV2 (sha256, 10 hex), A1111's "Model hash"; None: a folder
+    loras: tuple = ()  # `sdkit.load.loras.Lora`s at this pipeline's weights (`load_pipeline(loras=...)`)
 
 
 @dataclasses.dataclass

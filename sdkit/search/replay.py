@@ -10,9 +10,11 @@ from pathlib import Path
 
 from sdkit.generation import generate
 from sdkit.load.invariance import has_rows, skipping
+from sdkit.load.loras import check_same, from_records
 from sdkit.load.rows import Arithmetic, differences, replaying
 from sdkit.load.schedulers import scheduler_name
 from sdkit.results import Candidate, Lineage, Pruned
+from sdkit.runs import replayable
 from sdkit.save import MANIFEST, read_metadata, read_pruned
 
 
@@ -35,6 +37,7 @@ def regenerate(source, pipe=None, **overrides) -> Candidate:
     if lineage and overrides:
         raise ValueError(f"overrides {sorted(overrides)}: this image is a resampled particle, made by following its "
                          "lineage of seeds; it is remade only as it was (no overrides)")
+    pipe_kwargs = {**replayable(meta.get("pipe_kwargs") or {}), **(_conditioning(meta) or {})}
     if pipe is None:
         from sdkit.load.pipeline import load_pipeline
 
@@ -42,7 +45,9 @@ def regenerate(source, pipe=None, **overrides) -> Candidate:
         vae = (extra.get("sdxl") or {}).get("vae", "own")
         pipe = load_pipeline(meta["model_id"], meta.get("task", "text-to-image"), scheduler=meta.get("scheduler") or None,
                              dtype=meta.get("dtype") or "auto", revision=meta.get("revision"), config=extra.get("config"),
+                             loras=from_records(meta.get("loras")),
                              **({"batch_invariant": True} if lineage else {}), **({} if vae == "own" else {"vae": vae}))
+    check_same(meta.get("loras"), pipe)
     arithmetic = None if overrides else Arithmetic.from_json(meta.get("arithmetic"))
     if arithmetic is not None:
         _warn_elsewhere(arithmetic, pipe.device)
@@ -51,7 +56,7 @@ def regenerate(source, pipe=None, **overrides) -> Candidate:
     with replaying(pipe, {0: arithmetic}) if arithmetic is not None else contextlib.nullcontext():
         run = generate(pipe, meta["prompt"], n=1, seeds=[meta["seed"]], negative_prompt=meta.get("negative_prompt"),
                        num_inference_steps=meta["num_inference_steps"], guidance_scale=meta["guidance_scale"],
-                       height=meta["height"], width=meta["width"], progress=False, pipe_kwargs=_conditioning(meta),
+                       height=meta["height"], width=meta["width"], progress=False, pipe_kwargs=pipe_kwargs or None,
                        **recorded_refiner(meta, refiner))
     return run.candidates[0]
 
@@ -65,7 +70,9 @@ def recorded_refiner(meta: dict, refiner) -> dict:
         from sdkit.load.pipeline import load_pipeline
 
         refiner = load_pipeline(rec["model_id"], "image-to-image", scheduler=rec.get("scheduler") or None,
-                                dtype=rec.get("dtype") or "auto", revision=rec.get("revision"))
+                                dtype=rec.get("dtype") or "auto", revision=rec.get("revision"),
+                                loras=from_records(rec.get("loras")))
+    check_same(rec.get("loras"), refiner)
     return {"refiner": refiner, "denoising_end": rec["denoising_end"]}
 
 

@@ -21,7 +21,7 @@ def fmt(key: str, value: Any) -> str:
 def details_html(params: dict) -> str:
     """One line per set parameter; long values (a model folder's path) wrap instead of being cut."""
     items = "".join(f"<div><b>{html.escape(k)}</b> {html.escape(fmt(k, v))}</div>"
-                    for k, v in params.items() if v not in (None, "", {}))
+                    for k, v in params.items() if v not in (None, "", {}, []))
     return f"<div style='font-size:12px; line-height:1.45; white-space:normal; overflow-wrap:anywhere'>{items}</div>"
 
 
