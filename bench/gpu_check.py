@@ -1,4 +1,4 @@
-"""The GPU check: what sdkit's GPU defaults do on SD 1.5-shaped random models, in under 8 minutes on one GPU.
+"""The GPU check: what sdkit's GPU defaults do on SD 1.5- and SDXL-shaped random models, in 8 minutes on one GPU.
 
     bench/gpu_check.sh OUT_DIR                          # a CUDA machine: installs a carried diffusers wheel if needed
     python bench/gpu_check.py --out DIR [--budget 420]  # the check itself
@@ -106,8 +106,8 @@ class OutOfTime(Exception):
 
 
 class Clock:
-    def __init__(self, budget_s: float):
-        self.t0, self.budget_s = time.monotonic(), budget_s
+    def __init__(self, budget_s: float, name: str = "budget"):
+        self.t0, self.budget_s, self.name = time.monotonic(), budget_s, name
 
     def elapsed(self) -> float:
         return time.monotonic() - self.t0
@@ -118,7 +118,7 @@ class Clock:
     def need(self, seconds: float, what: str) -> None:
         if self.left() < seconds:
             raise OutOfTime(f"{what}: needs ~{seconds:.0f} s, {max(self.left(), 0):.0f} s of the "
-                            f"{self.budget_s:.0f} s budget left")
+                            f"{self.budget_s:.0f} s {self.name} left")
 
 
 class PeakMemory:
@@ -500,7 +500,7 @@ class Check:
         from .overhead import bare_call
 
         p, gpu = self.plan, self.plan.device.startswith("cuda")
-        cap = Clock(min(p.xl_cap_s, self.clock.left()))  # this section's own cap, inside what the budget left
+        cap = Clock(min(p.xl_cap_s, self.clock.left()), "sdxl cap")  # its own cap, inside what the budget left
         clear_cache()  # the SD 1.5 pipelines: the peak memory measured is SDXL's, and they would crowd it
         _free_gpu()
         t0 = time.perf_counter()
@@ -797,7 +797,7 @@ def markdown(result: dict) -> str:
         resident = f"; both pipelines' weights: {xl['resident_mb']:.0f} MB of each peak" if "resident_mb" in xl else ""
         lines += ["", f"## SDXL: sdkit ({xl['dtype']}, VAE decode: {xl.get('vae_decode', 'not run')}) vs bare "
                       f"StableDiffusionXLPipeline", "",
-                  f"{xl['model']} (random weights, {xl['unet_params'] / 1e9:.3g}B-parameter UNet), {xl['steps']} "
+                  f"{xl['model']} (random weights, {xl['unet_params'] / 1e6:,.1f}M-parameter UNet), {xl['steps']} "
                   f"{xl['scheduler']} steps at {xl['size']}², seconds per image, median of {plan['xl_reps']} interleaved "
                   f"runs; peak memory as {xl['memory_kind']}{resident}. Built in {xl['build_s']:.0f} s, both "
                   f"pipelines loaded in {xl['load_s']:.0f} s.", "",
