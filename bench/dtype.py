@@ -1,7 +1,8 @@
 """Device defaults: one denoising step at SD 1.5 size, sdkit's CPU default vs diffusers' fp32 default.
 
 A step is one UNet call on the classifier-free-guidance pair (batch 2, 77 text
-tokens). The variants show where the time goes: bf16 weights and activations,
+tokens). SDXL's UNet (2.6B, 1024²) gets the same two cases, through the same code,
+in the same tables. The variants show where the time goes: bf16 weights and activations,
 channels_last, one UNet call per row (splitting the CFG pair), fused QKV. A
 bf16 GEMM runs in the same interleaved loop, so "share of GEMM peak" is a ratio
 measured side by side too. Correctness: each variant's noise prediction vs
@@ -30,8 +31,33 @@ DIFFUSERS = "diffusers default (fp32)"
 SDKIT = "sdkit default"
 
 
-def _per_sample(forward, x, t, e):
-    return torch.cat([forward(x[i:i + 1], t[i:i + 1], e[i:i + 1], return_dict=False)[0] for i in range(len(x))])
+def _per_sample(forward, x, t, e, **kw):
+    one = lambda v, i: {k: one(u, i) for k, u in v.items()} if isinstance(v, dict) else v[i:i + 1]  # noqa: E731
+    return torch.cat([forward(x[i:i + 1], t[i:i + 1], e[i:i + 1], return_dict=False, **one(kw, i))[0]
+                      for i in range(len(x))])
+
+
+def step_inputs(unet, size: int, device: str):
+    """One classifier-free-guidance step's UNet inputs in fp32, as diffusers' pipelines build them: the latent
+    twice (`cat([latents] * 2)`, which sdkit's row wrapper keeps in one call), an unconditional and a conditional
+    text embedding, and for SDXL (`text_time`) the pooled embeddings and the size/crop ids of a `size`² image."""
+    h = size // 8
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, unet.config.in_channels, h, h, generator=g).repeat(2, 1, 1, 1)
+    e = torch.randn(2, 77, unet.config.cross_attention_dim, generator=g)
+    kw = {}
+    if unet.config.addition_embed_type == "text_time":
+        time_ids = torch.tensor([[size, size, 0, 0, size, size]] * 2, dtype=torch.float32)  # original, crop, target
+        pooled = unet.config.projection_class_embeddings_input_dim - time_ids.shape[1] * unet.config.addition_time_embed_dim
+        kw = {"added_cond_kwargs": {"text_embeds": torch.randn(2, pooled, generator=g), "time_ids": time_ids}}
+    return x.to(device), e.to(device), torch.tensor([500, 500], device=device), _cast(kw, torch.float32, device)
+
+
+def _cast(v, dtype, device=None):
+    """Floating tensors of `v` (nested dicts of them) in `dtype`, as the pipeline in that dtype would pass them."""
+    if isinstance(v, dict):
+        return {k: _cast(u, dtype, device) for k, u in v.items()}
+    return v.to(device=device, dtype=dtype)
 
 
 def count_flops(fn) -> int:
@@ -100,17 +126,15 @@ def _is_channels_last(unet) -> bool:
     return w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous()
 
 
-def step_cases(path, size: int, sdkit_pipe, device: str, all_variants: bool = False, compile: bool = True):
-    """Callables for one CFG UNet step per variant, and the fp32 reference UNet."""
+def step_cases(path, size: int, sdkit_pipe, device: str, all_variants: bool = False, compile: bool = True,
+               variants: bool = True):
+    """Callables for one CFG UNet step per variant (`variants=False`: diffusers' and sdkit's defaults only), and
+    the fp32 reference UNet."""
     from diffusers import UNet2DConditionModel
     from diffusers.models.attention_processor import FusedAttnProcessor2_0
 
-    h = size // 8
-    g = torch.Generator().manual_seed(0)
-    x32 = torch.randn(2, 4, h, h, generator=g).to(device)
-    e32 = torch.randn(2, 77, sdkit_pipe.unet.config.cross_attention_dim, generator=g).to(device)
-    t = torch.tensor([500, 500], device=device)
     ref = UNet2DConditionModel.from_pretrained(path / "unet").eval().to(device)  # from_pretrained's default: fp32
+    x32, e32, t, kw32 = step_inputs(ref, size, device)
     sd_unet = sdkit_pipe.unet
     # sdkit's own UNet, without its per-candidate wrapper, serves the variant with its dtype and layout.
     batched = getattr(sd_unet.forward, "__wrapped__", sd_unet.forward)
@@ -127,7 +151,7 @@ def step_cases(path, size: int, sdkit_pipe, device: str, all_variants: bool = Fa
 
     def case(v: Variant):
         unet, fwd = unet_for(v.dtype, v.channels_last)
-        x, e = x32.to(v.dtype), e32.to(v.dtype)
+        x, e, kw = x32.to(v.dtype), e32.to(v.dtype), _cast(kw32, v.dtype)
         if v.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         if v.compiled:
@@ -138,7 +162,8 @@ def step_cases(path, size: int, sdkit_pipe, device: str, all_variants: bool = Fa
             def fwd(*a, _c=compiled, **k):
                 with inductor.patch(freezing=True):  # weights as constants: oneDNN prepacks them once
                     return _c(*a, **k)
-        call = (lambda: _per_sample(fwd, x, t, e)) if v.per_sample else (lambda: fwd(x, t, e, return_dict=False)[0])
+        call = (lambda: _per_sample(fwd, x, t, e, **kw)) if v.per_sample else \
+            (lambda: fwd(x, t, e, return_dict=False, **kw)[0])
         if not v.fused_qkv:
             return call
         if id(unet) not in plain_procs:
@@ -156,8 +181,11 @@ def step_cases(path, size: int, sdkit_pipe, device: str, all_variants: bool = Fa
         return run_fused
 
     sd_dtype = sd_unet.dtype
-    cases = {DIFFUSERS: lambda: ref(x32, t, e32, return_dict=False)[0],
-             SDKIT: lambda: sd_unet(x32.to(sd_dtype), t, e32.to(sd_dtype), return_dict=False)[0]}
+    kw_sd = _cast(kw32, sd_dtype)
+    cases = {DIFFUSERS: lambda: ref(x32, t, e32, return_dict=False, **kw32)[0],
+             SDKIT: lambda: sd_unet(x32.to(sd_dtype), t, e32.to(sd_dtype), return_dict=False, **kw_sd)[0]}
+    if not variants:
+        return cases, ref
     # One candidate's CFG step is one batch-2 call with or without sdkit's per-candidate wrapper.
     sd_variant = Variant(SDKIT, sd_dtype, _is_channels_last(sd_unet))
     for v in VARIANTS["cuda" if device.startswith("cuda") else "cpu"]:
@@ -169,6 +197,16 @@ def step_cases(path, size: int, sdkit_pipe, device: str, all_variants: bool = Fa
 
 
 def run(cfg) -> dict:
+    out, rows = _sd15(cfg)
+    if cfg.xl_model:  # after SD 1.5's models are freed: the SDXL pair holds ~17 GB in fp32 + bf16
+        rows += _add_xl(out, cfg)
+    out["tables"].insert(0, table(["case", "TFLOP/s median (spread)", "rel. L2 error vs fp32 (one step)",
+                                   "first call (s, incl. compile)"], rows))
+    return out
+
+
+def _sd15(cfg) -> tuple[dict, list]:
+    """SD 1.5's step, every variant, and whole images: the section's dict and its TFLOP/s table's rows."""
     from diffusers import StableDiffusionPipeline
 
     path = model_path(cfg.big_model)
@@ -247,12 +285,52 @@ def run(cfg) -> dict:
                   f"PSNR: {len(seeds)} images, {cfg.psnr_steps} DDIM steps at {cfg.psnr_size}², same seeds."),
         "times": summary(times),
         "ratios": ratios_,
-        "tables": [table(["case", "TFLOP/s median (spread)", "rel. L2 error vs fp32 (one step)",
-                          "first call (s, incl. compile)"], rows),
-                   *tables_by_op,
+        "tables": [*tables_by_op,
                    table(["image PSNR vs diffusers fp32, same seed (dB)", "value"],
                          [[f"seed {s}", p] for s, p in zip(seeds, psnrs)])],
         "data": {"flops": flops, "rel_error": rel, "psnr": psnrs, "tflops": tflops, "gemm_peak_flops_per_s": gemm_peak,
                  "sdkit_dtype": info.dtype, "sdkit_per_sample": per_sample, "first_call": first_call,
                  "seconds_by_op": by_op},
-    }
+    }, rows
+
+
+def _add_xl(out: dict, cfg) -> list:
+    """SDXL's UNet, one CFG step at `cfg.xl_size`: diffusers' fp32 default vs sdkit's default, the same two cases
+    and code as SD 1.5's, added to `out`'s times and ratios; returns its TFLOP/s table rows."""
+    from sdkit.load.pipeline import clear_cache
+
+    clear_cache()  # SD 1.5's pipeline
+    path = model_path(cfg.xl_model)
+    sdkit_pipe = load_pipeline(str(path), device=cfg.device)
+    device = pipeline_info(sdkit_pipe).device
+    cases, ref = step_cases(path, cfg.xl_size, sdkit_pipe, device, variants=False)
+    tag = f"{cfg.xl_model} {cfg.xl_size}²"
+    d, s = f"{tag}: {DIFFUSERS}", f"{tag}: {SDKIT}"
+    cases = {d: cases[DIFFUSERS], s: cases[SDKIT]}
+    with torch.inference_mode():
+        first_call, outs = {}, {}
+        for k, f in cases.items():  # also the warm-up
+            t0 = time.perf_counter()
+            outs[k] = f().float()
+            first_call[k] = time.perf_counter() - t0
+        flops = count_flops(cases[s])  # one more sdkit step: ~1 min on 2 cores at 1024²
+        times = interleaved(cases, reps=cfg.xl_reps, warmup=0)
+    rel = float((outs[s] - outs[d]).norm() / outs[d].norm())
+    info = pipeline_info(sdkit_pipe)
+    default = (f"{info.dtype}, channels_last {_is_channels_last(sdkit_pipe.unet)}, per-candidate UNet "
+               f"{is_batch_invariant(sdkit_pipe)}")
+    params = sum(p.numel() for p in ref.parameters())
+    del cases, ref, sdkit_pipe
+    clear_cache()
+    out["times"] |= summary(times)
+    i = next(k for k, r in enumerate(out["ratios"]) if r["name"].startswith(f"{device} default speed-up")) + 1
+    out["ratios"].insert(i, compare(f"{device} default speed-up, {tag} step", times, d, s,
+                                    what=f"{DIFFUSERS} / {SDKIT} (time)"))
+    out["setup"] += (f" {tag}: SDXL's UNet ({params / 1e6:,.1f}M parameters, text_time conditioning), one CFG step "
+                     f"(batch 2) at {cfg.xl_size}², {flops / 1e12:.3g} TFLOP, the same two cases and code (sdkit default: "
+                     f"{default}); {cfg.xl_reps} interleaved repetitions after a warm-up.")
+    out["data"]["xl"] = {"model": cfg.xl_model, "size": cfg.xl_size, "params": params, "flops": flops,
+                         "rel_error": rel, "first_call": first_call, "sdkit_dtype": info.dtype}
+    fmt = lambda xs: f"{np.median(xs):.3g} ({min(xs):.3g}–{max(xs):.3g})"  # noqa: E731
+    return [[k, fmt([flops / t / 1e12 for t in times[k]]), f"{0.0 if k == d else rel:.2e}", f"{first_call[k]:.3g}"]
+            for k in (d, s)]

@@ -1,4 +1,4 @@
-"""The GPU check: what sdkit's GPU defaults do on SD 1.5-shaped random models, in under 8 minutes on one GPU.
+"""The GPU check: what sdkit's GPU defaults do on SD 1.5- and SDXL-shaped random models, in 8 minutes on one GPU.
 
     bench/gpu_check.sh OUT_DIR                          # a CUDA machine: installs a carried diffusers wheel if needed
     python bench/gpu_check.py --out DIR [--budget 420]  # the check itself
@@ -20,6 +20,10 @@ global time budget skips what no longer fits, saying so):
 - replay: batched candidates, search survivors and particles made again from their metadata (their recorded
   rows), bit for bit; the time of one replay against its share of a batch.
 - compile: `load_pipeline(compile=True)` against eager: first call (compilation), per-image time, pixels.
+- sdxl: an SDXL-shaped random pipeline (real shapes, built on the GPU in fp16) at 1024², a few Euler steps:
+  sdkit's defaults (fp16, the VAE decoding in fp32: force_upcast) against a bare `StableDiffusionXLPipeline`
+  with the same generators, per-image time at batch 1 and 4, peak memory, pixels; one VAE decode in fp32 (the
+  upcast) against fp16 (what an fp16-fix VAE runs). Last, under its own cap: it uses what the budget has left.
 
 Writes DIR/gpu_check.json (every figure) and DIR/gpu_check.md (tables) after every section, so a run cut
 short keeps what it measured. The dry run takes the same path on the CPU, sdkit:tiny and the tiny CLIP,
@@ -44,7 +48,7 @@ if __package__ in (None, ""):  # run as a script: make `bench` importable
 
 ROOT = Path(__file__).resolve().parent.parent
 PROMPT = "a photograph of a red horse in a field"
-SECTIONS = ("models", "pipeline", "scorer", "reproducibility", "search", "replay", "compile")
+SECTIONS = ("models", "pipeline", "scorer", "reproducibility", "search", "replay", "compile", "sdxl")
 SCORE_TOLERANCE = 1e-3  # max |logit difference| allowed between the GPU and the CPU (the issue's bound)
 
 
@@ -66,16 +70,35 @@ class Plan:
     repro_seeds: int = 8
     compile_batch: int = 4
     compile: bool = True
+    # sdxl: bench/models.py's SDXL shapes ("sdxl-tiny" in the dry run) at their native size, a few steps.
+    xl_model: str = "sdxl"
+    xl_size: int = 1024
+    xl_steps: int = 6  # enough for per-step time to dominate the per-image decode; few, to fit the budget
+    xl_batches: tuple[int, ...] = (1, 4)
+    xl_reps: int = 2
+    xl_cap_s: float = 120  # the section's own cap (estimated ~70 s: XL_STEP_S), within what the budget has left
     need_s: tuple[tuple[str, float], ...] = (("pipeline", 45), ("scorer", 30), ("reproducibility", 30),
-                                              ("search", 60), ("replay", 30), ("compile", 150))
+                                              ("search", 60), ("replay", 30), ("compile", 150), ("sdxl", 60))
+
+
+# SDXL's time on a GPU, estimated from the H200's SD 1.5 figures (bench/results/gpu/): a 1024² CFG step is 8.4x the
+# FLOPs of a 512² one (13.5 vs 1.6 TFLOP, torch's FlopCounterMode), and SD 1.5 ran 6.3 ms per candidate-step at batch
+# 8 (~255 TFLOP/s by the same count): ~55 ms per candidate-step at that rate, rounded up to 80 ms for batch 1's lower
+# use of the GPU. A 1024² VAE decode in fp32 (the upcast): 4x the pixels of the 27 ms fp16 512² one, and fp32: ~0.2 s.
+# 6 steps at batch 1 and 4, both sides, a warm-up and 2 repetitions: ~30 s; building the model on the GPU (~7 GB of
+# fp16 written) and loading it twice: ~40 s. So ~70 s, after the other sections' ~340 s (their H200 runs: 17 + 37 +
+# 53 + 52 s, compile 83 s, search and replay ~100 s estimated) of the 420 s budget.
+XL_STEP_S = 0.08  # seconds per candidate-step, 1024², fp16 (estimate above)
+XL_DECODE_S = 0.2  # seconds per 1024² image decoded in fp32 (estimate above)
 
 
 # The dry run: tiny models, few steps, one CPU thread (two stall each other on a busy 2-core machine), and
 # torch.compile off (inductor takes a minute on the tiny UNet here; --compile turns it on).
 DRY = dict(dry_run=True, device="cpu", big_model="tiny", clip="tiny", size=64, steps=2, reps=1, threads=1,
            score_images=8, score_reps=1, repro_seeds=4, compile=False,
+           xl_model="sdxl-tiny", xl_size=64, xl_steps=2, xl_reps=1, xl_cap_s=60,
            need_s=(("pipeline", 1), ("scorer", 1), ("reproducibility", 1), ("search", 1), ("replay", 1),
-                   ("compile", 10)))
+                   ("compile", 10), ("sdxl", 1)))
 
 
 class OutOfTime(Exception):
@@ -83,8 +106,8 @@ class OutOfTime(Exception):
 
 
 class Clock:
-    def __init__(self, budget_s: float):
-        self.t0, self.budget_s = time.monotonic(), budget_s
+    def __init__(self, budget_s: float, name: str = "budget"):
+        self.t0, self.budget_s, self.name = time.monotonic(), budget_s, name
 
     def elapsed(self) -> float:
         return time.monotonic() - self.t0
@@ -95,7 +118,7 @@ class Clock:
     def need(self, seconds: float, what: str) -> None:
         if self.left() < seconds:
             raise OutOfTime(f"{what}: needs ~{seconds:.0f} s, {max(self.left(), 0):.0f} s of the "
-                            f"{self.budget_s:.0f} s budget left")
+                            f"{self.budget_s:.0f} s {self.name} left")
 
 
 class PeakMemory:
@@ -189,9 +212,10 @@ class Check:
         self.model_path = self.clip_path = None
         self._pipe = None
 
-    def kw(self, steps: int | None = None) -> dict:
+    def kw(self, steps: int | None = None, size: int | None = None) -> dict:
         p = self.plan
-        return dict(num_inference_steps=steps or p.steps, guidance_scale=7.5, height=p.size, width=p.size)
+        return dict(num_inference_steps=steps or p.steps, guidance_scale=7.5, height=size or p.size,
+                    width=size or p.size)
 
     def paths(self):
         if self.model_path is None:
@@ -232,7 +256,6 @@ class Check:
         from sdkit.load.state import pipeline_info
 
         from .overhead import bare_call
-        from .timing import interleaved
 
         p, clock = self.plan, self.clock
         path = str(self.paths()[0])
@@ -259,33 +282,43 @@ class Check:
             seeds = seeds_all[:b]
             sd = lambda: self.generate(pipe, seeds, b)  # noqa: E731
             plain = lambda: bare_call(bare, PROMPT, seeds, b, **self.kw())  # noqa: E731
-            self.memory.reset()
-            a = sd()  # also the warm-up
-            peak_sdkit = self.memory.peak_mb()
-            self.memory.reset()
-            c = plain()
-            peak_bare = self.memory.peak_mb()
-            times = interleaved({"sdkit": sd, "bare": plain}, reps=p.reps, warmup=0)
-            per_image = {k: [t / b for t in ts] for k, ts in times.items()}
-            ratio = [x / y for x, y in zip(times["sdkit"], times["bare"])]
-            diff = pixel_diff(a, c)
-            data["batches"][b] = {"s_per_image": {k: stat(v) for k, v in per_image.items()}, "ratio": stat(ratio),
-                                  "pixels": diff, "peak_mb": {"sdkit": peak_sdkit, "bare": peak_bare}}
-            # Like for like at batch 1. In a batch, sdkit encodes each prompt alone (so that a candidate's replay
-            # alone has its embedding: sdkit.load.rows) while the bare call encodes them together, which may move
-            # last bits (at most 2 levels); on the CPU sdkit also runs the UNet per candidate (reproducibility
-            # measures what invariance costs and buys).
-            same_work = b == 1
-            last_bits = not same_work and not data["batch_invariant"]
-            checks.append(check(f"batch {b}: pixels sdkit vs bare diffusers, max level diff", diff["max_abs"],
-                                "0 (identical)" if same_work else "<= 2 (prompts encoded one at a time)" if last_bits
-                                else "figure (per-candidate vs batched UNet)",
-                                diff["identical"] if same_work else diff["max_abs"] <= 2 if last_bits else None))
-            checks.append(check(f"batch {b}: time sdkit / bare (median)", round(stat(ratio)["median"], 4),
-                                "<= 1.01" if same_work or last_bits else "figure (per-candidate vs batched UNet)",
-                                stat(ratio)["median"] <= 1.01 if same_work or last_bits else None))
+            data["batches"][b], more = self.sides(sd, plain, b, data["batch_invariant"], p.reps, f"batch {b}")
+            checks += more
         del bare
         return {"data": data, "checks": checks}
+
+    def sides(self, sd, plain, b: int, batch_invariant: bool, reps: int, label: str) -> tuple[dict, list]:
+        """sdkit's call `sd` against the bare diffusers call `plain` on the same seeds (batch `b`): each one's peak
+        memory (its first call, also the warm-up), seconds per image over interleaved repetitions, their ratio and
+        the pixels; and the checks on them."""
+        from .timing import interleaved
+
+        self.memory.reset()
+        a = sd()
+        peak_sdkit = self.memory.peak_mb()
+        self.memory.reset()
+        c = plain()
+        peak_bare = self.memory.peak_mb()
+        times = interleaved({"sdkit": sd, "bare": plain}, reps=reps, warmup=0)
+        per_image = {k: [t / b for t in ts] for k, ts in times.items()}
+        ratio = [x / y for x, y in zip(times["sdkit"], times["bare"])]
+        diff = pixel_diff(a, c)
+        entry = {"s_per_image": {k: stat(v) for k, v in per_image.items()}, "ratio": stat(ratio), "pixels": diff,
+                 "peak_mb": {"sdkit": peak_sdkit, "bare": peak_bare}}
+        # Like for like at batch 1. In a batch, sdkit encodes each prompt alone (so that a candidate's replay
+        # alone has its embedding: sdkit.load.rows) while the bare call encodes them together, which may move
+        # last bits (at most 2 levels); on the CPU sdkit also runs the UNet per candidate (reproducibility
+        # measures what invariance costs and buys).
+        same_work = b == 1
+        last_bits = not same_work and not batch_invariant
+        checks = [check(f"{label}: pixels sdkit vs bare diffusers, max level diff", diff["max_abs"],
+                        "0 (identical)" if same_work else "<= 2 (prompts encoded one at a time)" if last_bits
+                        else "figure (per-candidate vs batched UNet)",
+                        diff["identical"] if same_work else diff["max_abs"] <= 2 if last_bits else None),
+                  check(f"{label}: time sdkit / bare (median)", round(stat(ratio)["median"], 4),
+                        "<= 1.01" if same_work or last_bits else "figure (per-candidate vs batched UNet)",
+                        stat(ratio)["median"] <= 1.01 if same_work or last_bits else None)]
+        return entry, checks
 
     # scorer
     def section_scorer(self) -> dict:
@@ -450,6 +483,105 @@ class Check:
             check("torch.compile first call (s, compiles)", round(first_s, 1), "figure", None),
             check("compiled vs eager pixels, max level diff", diff["max_abs"], "figure (last-bit differences expected)",
                   None)]}
+
+    # sdxl
+    def section_sdxl(self) -> dict:
+        """SDXL at its native size: sdkit's defaults against a bare `StableDiffusionXLPipeline` from the same folder
+        (`sides`), and what the VAE's fp32 upcast costs next to an fp16 decode."""
+        import diffusers
+        import torch
+
+        from sdkit import generate, load_pipeline
+        from sdkit.load.invariance import is_batch_invariant
+        from sdkit.load.pipeline import _DTYPE_KW, clear_cache
+        from sdkit.load.state import pipeline_info
+
+        from .models import sdxl_path
+        from .overhead import bare_call
+
+        p, gpu = self.plan, self.plan.device.startswith("cuda")
+        cap = Clock(min(p.xl_cap_s, self.clock.left()), "sdxl cap")  # its own cap, inside what the budget left
+        clear_cache()  # the SD 1.5 pipelines: the peak memory measured is SDXL's, and they would crowd it
+        _free_gpu()
+        t0 = time.perf_counter()
+        # fp16 on a GPU, saved as the "fp16" variant only (half the bytes to write); fp32 files on the CPU.
+        built = torch.float16 if gpu else torch.float32
+        path = sdxl_path(p.xl_model, dtype=built, device=p.device)
+        t1 = time.perf_counter()
+        pipe = load_pipeline(str(path), device=p.device)  # sdkit's defaults: fp16 + SDPA on a GPU
+        info = pipeline_info(pipe)
+        dtype = getattr(torch, info.dtype)
+        # What an SDXL tutorial writes, from the same folder and in the same dtype.
+        bare = diffusers.StableDiffusionXLPipeline.from_pretrained(
+            path, variant="fp16" if built == torch.float16 else None, use_safetensors=True, **{_DTYPE_KW: dtype})
+        bare.to(p.device)
+        bare.set_progress_bar_config(disable=True)
+        t2 = time.perf_counter()
+        kw = self.kw(steps=p.xl_steps, size=p.xl_size)
+        invariant = is_batch_invariant(pipe)
+        data = {"model": p.xl_model, "size": p.xl_size, "steps": p.xl_steps, "dtype": info.dtype,
+                "scheduler": type(pipe.scheduler).__name__, "batch_invariant": invariant,
+                "unet_params": sum(x.numel() for x in pipe.unet.parameters()),
+                "build_s": t1 - t0, "load_s": t2 - t1, "memory_kind": self.memory.kind, "batches": {}, "skipped": []}
+        if gpu:
+            data["resident_mb"] = torch.cuda.memory_allocated() / 2**20  # both pipelines' weights, in every peak
+        checks = [check("SDXL: sdkit default dtype", info.dtype, "float16 on CUDA",
+                        info.dtype == "float16" if gpu else None)]
+        last = {}
+
+        def sd(seeds, b):
+            last["run"] = generate(pipe, PROMPT, n=len(seeds), seeds=list(seeds), batch_size=b, progress=False, **kw)
+            return last["run"].images
+
+        for b in p.xl_batches:
+            try:
+                need = 2 * (p.xl_reps + 1) * b * (p.xl_steps * XL_STEP_S + XL_DECODE_S) if gpu else 0.1
+                cap.need(need, f"SDXL batch {b}")
+            except OutOfTime as e:  # the section's cap or the budget: what ran so far is kept
+                data["skipped"].append(str(e))
+                break
+            seeds = list(range(b))
+            data["batches"][b], more = self.sides(lambda: sd(seeds, b), lambda: bare_call(bare, PROMPT, seeds, b, **kw),
+                                                  b, invariant, p.xl_reps, f"SDXL batch {b}")
+            checks += more
+        if "run" in last:
+            data["vae_decode"] = last["run"].candidates[0].extra["sdxl"]["vae_decode"]
+            checks.append(check("SDXL: how sdkit's VAE decoded", data["vae_decode"],
+                                "float32 (upcast) under fp16", "upcast" in data["vae_decode"] if gpu else None))
+        del bare
+        try:
+            cap.need(4 * (XL_DECODE_S if gpu else 0.1), "SDXL VAE decode, fp32 vs fp16")
+            data["vae"] = self.vae_decode_cost(path, built)
+            checks.append(check(f"SDXL: one {p.xl_size}² decode, fp32 (upcast) / fp16 time (median)",
+                                round(data["vae"]["fp32_over_fp16"]["median"], 3), "figure", None))
+        except OutOfTime as e:
+            data["skipped"].append(str(e))
+        return {"data": data, "checks": checks}
+
+    def vae_decode_cost(self, path, built) -> dict:
+        """One image's decode by the folder's VAE in fp32 (what sdkit and diffusers do under fp16 for SDXL's VAE,
+        whose config says force_upcast) and in fp16 (what an fp16-fix VAE, e.g. madebyollin/sdxl-vae-fp16-fix,
+        runs). Random weights: this times the two; whether fp16 overflows depends on real weights."""
+        import torch
+        from diffusers import AutoencoderKL
+
+        from sdkit.load.pipeline import _DTYPE_KW
+
+        from .timing import interleaved
+
+        p = self.plan
+        variant = "fp16" if built == torch.float16 else None
+        vaes = {str(dt).replace("torch.", ""): AutoencoderKL.from_pretrained(
+            path / "vae", variant=variant, use_safetensors=True, **{_DTYPE_KW: dt}).to(p.device).eval()
+            for dt in (torch.float32, torch.float16)}
+        h = p.xl_size // 8
+        z = torch.randn(1, 4, h, h, generator=torch.Generator().manual_seed(0)).to(p.device)
+        with torch.inference_mode():
+            cases = {k: (lambda v=v: v.decode(z.to(v.dtype) / v.config.scaling_factor).sample) for k, v in vaes.items()}
+            finite = {k: bool(torch.isfinite(f()).all()) for k, f in cases.items()}  # also the warm-up
+            times = interleaved(cases, reps=max(2, p.xl_reps), warmup=0)
+        ratio = [a / b for a, b in zip(times["float32"], times["float16"])]
+        return {"s_per_image": {k: stat(v) for k, v in times.items()}, "fp32_over_fp16": stat(ratio), "finite": finite}
 
     # search and replay
     def previewer(self):
@@ -659,6 +791,30 @@ def markdown(result: dict) -> str:
             for what, x in rows:
                 psnr = "∞" if x["psnr_db"] is None else f"{x['psnr_db']:.1f}"
                 lines.append(f"| {mode} | {what} | {x['max_abs']} | {x['fraction_differing']:.3g} | {psnr} |")
+    xl = result["sections"].get("sdxl", {}).get("data")
+    if xl:
+        plan = result["plan"]
+        resident = f"; both pipelines' weights: {xl['resident_mb']:.0f} MB of each peak" if "resident_mb" in xl else ""
+        lines += ["", f"## SDXL: sdkit ({xl['dtype']}, VAE decode: {xl.get('vae_decode', 'not run')}) vs bare "
+                      f"StableDiffusionXLPipeline", "",
+                  f"{xl['model']} (random weights, {xl['unet_params'] / 1e6:,.1f}M-parameter UNet), {xl['steps']} "
+                  f"{xl['scheduler']} steps at {xl['size']}², seconds per image, median of {plan['xl_reps']} interleaved "
+                  f"runs; peak memory as {xl['memory_kind']}{resident}. Built in {xl['build_s']:.0f} s, both "
+                  f"pipelines loaded in {xl['load_s']:.0f} s.", "",
+                  "| batch | sdkit s/image | bare s/image | sdkit / bare | identical | peak MB sdkit | peak MB bare |",
+                  "| --- | --- | --- | --- | --- | --- | --- |"]
+        for b, d in xl["batches"].items():
+            lines.append(f"| {b} | {d['s_per_image']['sdkit']['median']:.4g} | {d['s_per_image']['bare']['median']:.4g} | "
+                         f"{d['ratio']['median']:.4f} | {d['pixels']['identical']} | {d['peak_mb']['sdkit']:.0f} | "
+                         f"{d['peak_mb']['bare']:.0f} |")
+        if "vae" in xl:
+            v = xl["vae"]
+            lines += ["", f"One {xl['size']}² VAE decode: fp32 (the upcast) {v['s_per_image']['float32']['median']:.4g} s, "
+                          f"fp16 (an fp16-fix VAE's dtype) {v['s_per_image']['float16']['median']:.4g} s "
+                          f"({v['fp32_over_fp16']['median']:.3g}x); output finite: {v['finite']} (random weights: "
+                          "timing only, fp16 safety needs the real fixed VAE)."]
+        for why in xl["skipped"]:
+            lines += ["", f"Skipped: {why}."]
     for name, s in result["sections"].items():
         if s["status"] == "failed":
             lines += ["", f"## {name} failed", "", "```", s["traceback"].rstrip(), "```"]

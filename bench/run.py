@@ -53,6 +53,11 @@ class Config:
     psnr_steps: int = 8
     compile: bool = True  # the torch.compile variant (~2 min to compile on 2 cores); off in the smoke run
     all_variants: bool = False  # also the variants that were measured once and did not pay (bench/README.md)
+    # ... and SDXL's UNet at its native 1024^2 (bench/models.py, 2.6B, ~1-2 min a step on 2 cores): diffusers' and
+    # sdkit's defaults only, few repetitions. "" skips it (--no-xl): it needs ~14 GB of disk and ~17 GB of memory.
+    xl_model: str = "sdxl"
+    xl_size: int = 1024
+    xl_reps: int = 2
     gemm_n: int = 4096
     gemm_flops: float = 3e11  # per timed GEMM case: ~0.3 s at this CPU's bf16 peak
     # 4. scoring: CLIP ViT-B/32 shapes, images per second.
@@ -72,6 +77,7 @@ class Config:
 # every one of the tiny model's hundreds of small ops (10-80x slower); the smoke run times nothing.
 SMOKE = dict(smoke=True, threads=1, big_model="tiny", reps=2, tiny_reps=2, overhead_reps=2, overhead_size=64,
              batching_size=64, batching_n=2, batching_steps=1, dtype_size=64, dtype_reps=2, compile=False, psnr_size=64,
+             xl_model="sdxl-tiny", xl_size=64,
              psnr_steps=2, gemm_n=256, gemm_flops=1e8,
              scoring_model="tiny", scoring_images=8, scoring_batch=4, scoring_reps=2, memory_size=64,
              memory_ns=(2, 4), memory_batch=2, memory_steps=1, memory_reps=1)
@@ -86,6 +92,7 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="auto", help="torch device for the pipelines (default: as load_pipeline)")
     ap.add_argument("--no-compile", action="store_true", help="device defaults: skip the torch.compile variant")
     ap.add_argument("--all-variants", action="store_true", help="device defaults: also the variants that did not pay")
+    ap.add_argument("--no-xl", action="store_true", help="device defaults: skip the SDXL step (~14 GB disk, ~17 GB RAM)")
     ap.add_argument("--threads", type=int, help="torch CPU threads (default: torch's, i.e. one per core)")
     args = ap.parse_args(argv)
     wanted = [b.strip() for b in args.only.split(",") if b.strip()]
@@ -100,9 +107,11 @@ def main(argv=None) -> int:
     if args.reps is not None:
         if args.reps < 1:
             ap.error(f"--reps {args.reps}: must be >= 1")
-        cfg = dataclasses.replace(cfg, reps=args.reps, dtype_reps=args.reps, overhead_reps=args.reps)
+        cfg = dataclasses.replace(cfg, reps=args.reps, dtype_reps=args.reps, overhead_reps=args.reps, xl_reps=args.reps)
     if args.no_compile:
         cfg = dataclasses.replace(cfg, compile=False)
+    if args.no_xl:
+        cfg = dataclasses.replace(cfg, xl_model="")
     if args.all_variants:
         cfg = dataclasses.replace(cfg, all_variants=True)
     if args.threads is not None:

@@ -78,6 +78,53 @@ def test_dtype_reports_correctness_next_to_speed(smoke):
         assert seconds["convolution"] > 0 and seconds["linear layers"] > 0 and seconds["attention"] > 0
 
 
+def test_dtype_times_an_sdxl_step_beside_sd15(smoke):
+    """The SDXL row: the same two cases, in the same tables, on the SDXL-shaped model (toy width here)."""
+    from diffusers import UNet2DConditionModel
+
+    from bench.models import model_path
+
+    result, md, _ = smoke
+    b = result["benchmarks"]["dtype"]
+    names = [r["name"] for r in b["ratios"]]
+    sd15 = names.index("cpu default speed-up, 64² step")
+    assert names[sd15 + 1] == "cpu default speed-up, sdxl-tiny 64² step"
+    xl_ratio = b["ratios"][sd15 + 1]
+    assert xl_ratio["n"] == result["config"]["xl_reps"] and "target" not in xl_ratio  # a figure: no target set for it
+    xl = b["data"]["xl"]
+    unet = UNet2DConditionModel.from_pretrained(model_path("sdxl-tiny") / "unet")
+    assert unet.config.addition_embed_type == "text_time" and xl["params"] == sum(p.numel() for p in unet.parameters())
+    assert xl["flops"] > 0 and xl["sdkit_dtype"] == "float32"  # a toy UNet stays fp32 (devices.CPU_BF16_MIN_PARAMS)
+    # In fp32, sdkit's step is diffusers' call exactly: its per-candidate wrapper keeps the guidance pair in one
+    # call. Split into two calls of one row, the last bits move (9e-7 here, as SD 1.5's "CFG pair split" case).
+    assert xl["rel_error"] == 0.0 and b["data"]["rel_error"]["sdkit default"] == 0.0
+    for case in ("diffusers default (fp32)", "sdkit default"):
+        assert b["times"][f"sdxl-tiny 64²: {case}"]["n"] == xl_ratio["n"]
+        assert f"| sdxl-tiny 64²: {case} | " in md.split("## 3. Device defaults")[1]  # times and TFLOP/s tables
+    assert md.count("| sdxl-tiny 64²: sdkit default | ") == 2
+
+
+def test_step_inputs_condition_sdxl_as_its_pipeline_does():
+    """The SDXL step's extra conditioning has diffusers' own shapes and values: the pooled text embedding's width
+    and the time ids StableDiffusionXLPipeline builds for an image of that size."""
+    import torch
+    from diffusers import StableDiffusionXLPipeline
+
+    from bench.dtype import step_inputs
+    from bench.models import model_path
+    from sdkit.load.rows import cfg_pairs
+
+    pipe = StableDiffusionXLPipeline.from_pretrained(model_path("sdxl-tiny"))
+    x, e, t, kw = step_inputs(pipe.unet, 64, "cpu")
+    assert cfg_pairs(x) and x.shape == (2, 4, 8, 8) and e.shape == (2, 77, pipe.unet.config.cross_attention_dim)
+    cond = kw["added_cond_kwargs"]
+    assert cond["text_embeds"].shape == (2, pipe.text_encoder_2.config.projection_dim)
+    ids = pipe._get_add_time_ids((64, 64), (0, 0), (64, 64), dtype=torch.float32,
+                                 text_encoder_projection_dim=pipe.text_encoder_2.config.projection_dim)
+    assert torch.equal(cond["time_ids"], ids.repeat(2, 1))
+    assert pipe.unet(x, t, e, **kw).sample.shape == x.shape
+
+
 def test_memory_runs_in_subprocesses(smoke):
     result, _, _ = smoke
     runs = result["benchmarks"]["memory"]["data"]["runs"]
@@ -128,13 +175,15 @@ def test_readme_table_is_replaced_between_its_markers(tmp_path):
 # --- the GPU check (bench/gpu_check.py), in its dry run: the same script on the CPU with the tiny models -----------
 
 
-GPU_SECTIONS = ["models", "pipeline", "scorer", "reproducibility", "search", "replay", "compile"]
+GPU_SECTIONS = ["models", "pipeline", "scorer", "reproducibility", "search", "replay", "compile", "sdxl"]
 
 
 @pytest.fixture(scope="module")
 def gpu_dry(tmp_path_factory):
     out = tmp_path_factory.mktemp("gpu")
-    _script("bench/gpu_check.py", "--dry-run", "--out", str(out))
+    # A generous budget: on a shared 2-core machine (load average ~10) the dry run took over 420 s and the budget
+    # skipped its last section (sdxl); the budget is for the GPU, not what this checks.
+    _script("bench/gpu_check.py", "--dry-run", "--budget", "1800", "--out", str(out))
     return json.loads((out / "gpu_check.json").read_text()), (out / "gpu_check.md").read_text()
 
 
@@ -143,7 +192,7 @@ def test_gpu_check_dry_run_runs_every_section(gpu_dry):
     assert result["dry_run"] is True and list(result["sections"]) == GPU_SECTIONS
     status = {n: s["status"] for n, s in result["sections"].items()}
     assert status == {"models": "ok", "pipeline": "ok", "scorer": "ok", "reproducibility": "ok",
-                      "search": "ok", "replay": "ok", "compile": "skipped"}, result["sections"]
+                      "search": "ok", "replay": "ok", "compile": "skipped", "sdxl": "ok"}, result["sections"]
     assert "torch.compile off" in result["sections"]["compile"]["skipped"]
     assert result["machine"]["commit"] not in ("", "unknown")  # sdkit's own checkout
     assert 0 < result["elapsed_s"] < result["budget_s"]
@@ -203,6 +252,49 @@ def test_gpu_check_markdown_holds_the_measured_values(gpu_dry):
     assert result["machine"]["cpu"] in md and result["machine"]["commit"] in md
 
 
+def test_gpu_check_sdxl_section_compares_sdkit_with_bare_sdxl(gpu_dry):
+    """SDXL-shaped (toy width on the CPU): both sides per batch, pixels, memory, the VAE's two decodes, and the
+    table in the markdown holding the measured values."""
+    from diffusers import UNet2DConditionModel
+
+    from bench.models import sdxl_path
+
+    result, md = gpu_dry
+    xl = result["sections"]["sdxl"]["data"]
+    assert xl["skipped"] == [] and xl["dtype"] == "float32" and xl["scheduler"] == "EulerDiscreteScheduler"
+    unet = UNet2DConditionModel.from_pretrained(sdxl_path("sdxl-tiny") / "unet")  # the model it built: real structure
+    assert unet.config.transformer_layers_per_block == [1, 2] and unet.config.addition_embed_type == "text_time"
+    assert xl["unet_params"] == sum(p.numel() for p in unet.parameters())
+    assert sorted(int(b) for b in xl["batches"]) == [1, 4]
+    for b, d in xl["batches"].items():
+        for side in ("sdkit", "bare"):
+            assert d["s_per_image"][side]["median"] > 0 and d["peak_mb"][side] > 50, (b, side)
+        line = (f"| {b} | {d['s_per_image']['sdkit']['median']:.4g} | {d['s_per_image']['bare']['median']:.4g} | "
+                f"{d['ratio']['median']:.4f} | {d['pixels']['identical']} |")
+        assert line in md.split("## SDXL:")[1], line
+    assert xl["batches"]["1"]["pixels"]["identical"]  # one image: the same work on both sides
+    # On the CPU sdkit runs the UNet per candidate and bare diffusers batches: last bits only.
+    assert xl["batches"]["4"]["pixels"]["max_abs"] <= 2 and xl["batches"]["4"]["pixels"]["fraction_differing"] < 1e-3
+    assert xl["vae_decode"] == "float32"  # fp32 here: nothing to upcast (on CUDA: "float32 (upcast: ...)")
+    vae = xl["vae"]
+    assert set(vae["s_per_image"]) == {"float32", "float16"} and vae["fp32_over_fp16"]["median"] > 0
+    assert vae["finite"] == {"float32": True, "float16": True}
+    checks = [c["name"] for c in result["sections"]["sdxl"]["checks"]]
+    assert "SDXL batch 4: pixels sdkit vs bare diffusers, max level diff" in checks and len(checks) == 7
+
+
+def test_gpu_check_sdxl_keeps_what_ran_when_its_cap_is_spent(tmp_path):
+    from bench import gpu_check
+
+    plan = gpu_check.Plan(**gpu_check.DRY | {"xl_cap_s": 0.01})
+    xl = gpu_check.run(plan, tmp_path, 300, ["sdxl"])["sections"]["sdxl"]
+    assert xl["status"] == "ok" and xl["data"]["batches"] == {} and "vae" not in xl["data"]
+    assert [w.split(":")[0] for w in xl["data"]["skipped"]] == ["SDXL batch 1", "SDXL VAE decode, fp32 vs fp16"]
+    assert all("of the 0 s sdxl cap left" in w for w in xl["data"]["skipped"])
+    md = (tmp_path / "gpu_check.md").read_text()
+    assert "Skipped: SDXL batch 1: needs" in md
+
+
 def test_gpu_check_dry_run_compiles_when_asked(tmp_path):
     """The compile section on the tiny UNet (inductor: ~1.5 min on 2 cores), so it cannot rot either."""
     p = subprocess.run([sys.executable, "bench/gpu_check.py", "--dry-run", "--compile", "--only", "models,compile",
@@ -233,8 +325,8 @@ def test_gpu_check_records_a_failed_section_and_runs_on(tmp_path, monkeypatch):
 def test_gpu_check_budget_skips_what_does_not_fit(tmp_path):
     from bench import gpu_check
 
-    result = gpu_check.run(gpu_check.Plan(**gpu_check.DRY), tmp_path, 0.01, ["models", "pipeline", "scorer"])
-    for name in ("pipeline", "scorer"):
+    result = gpu_check.run(gpu_check.Plan(**gpu_check.DRY), tmp_path, 0.01, ["models", "pipeline", "scorer", "sdxl"])
+    for name in ("pipeline", "scorer", "sdxl"):
         s = result["sections"][name]
         assert s["status"] == "skipped" and "of the 0 s budget left" in s["skipped"], s
 
