@@ -251,7 +251,7 @@ class Check:
         import diffusers
         import torch
 
-        from sdkit.load.invariance import is_batch_invariant
+        from sdkit.load.invariance import is_batch_invariant, own_memory
         from sdkit.load.pipeline import _DTYPE_KW
         from sdkit.load.state import pipeline_info
 
@@ -266,6 +266,7 @@ class Check:
         # A bare diffusers pipeline from the same folder, in the dtype sdkit chose: what a tutorial writes.
         bare = diffusers.StableDiffusionPipeline.from_pretrained(path, safety_checker=None, requires_safety_checker=False,
                                                                 use_safetensors=True, **{_DTYPE_KW: dtype}).to(p.device)
+        own_memory(bare)  # CPU only: the same weights at sdkit's alignment (a weight's address moves CPU last bits)
         bare.set_progress_bar_config(disable=True)
         processors = sorted({type(a).__name__ for a in pipe.unet.attn_processors.values()})
         data = {"dtype": pipeline_info(pipe).dtype, "attention": processors, "load_s": load_s,
@@ -492,7 +493,7 @@ class Check:
         import torch
 
         from sdkit import generate, load_pipeline
-        from sdkit.load.invariance import is_batch_invariant
+        from sdkit.load.invariance import is_batch_invariant, own_memory
         from sdkit.load.pipeline import _DTYPE_KW, clear_cache
         from sdkit.load.state import pipeline_info
 
@@ -515,6 +516,7 @@ class Check:
         bare = diffusers.StableDiffusionXLPipeline.from_pretrained(
             path, variant="fp16" if built == torch.float16 else None, use_safetensors=True, **{_DTYPE_KW: dtype})
         bare.to(p.device)
+        own_memory(bare)  # CPU only: the same weights at sdkit's alignment (a weight's address moves CPU last bits)
         bare.set_progress_bar_config(disable=True)
         t2 = time.perf_counter()
         kw = self.kw(steps=p.xl_steps, size=p.xl_size)

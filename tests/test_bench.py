@@ -283,7 +283,17 @@ def test_gpu_check_sdxl_section_compares_sdkit_with_bare_sdxl(gpu_dry):
     assert "SDXL batch 4: pixels sdkit vs bare diffusers, max level diff" in checks and len(checks) == 7
 
 
-def test_gpu_check_sdxl_keeps_what_ran_when_its_cap_is_spent(tmp_path):
+@pytest.fixture
+def own_cache(monkeypatch):
+    """The GPU check run in this process gets a pipeline cache of its own: its sdxl section clears the cache (in
+    the bench, to measure SDXL's memory alone), which here dropped the session's `tiny_pipe` and failed the
+    identity tests of every module after this one."""
+    import sdkit.load.pipeline
+
+    monkeypatch.setattr(sdkit.load.pipeline, "_cache", {})
+
+
+def test_gpu_check_sdxl_keeps_what_ran_when_its_cap_is_spent(tmp_path, own_cache):
     from bench import gpu_check
 
     plan = gpu_check.Plan(**gpu_check.DRY | {"xl_cap_s": 0.01})
@@ -306,7 +316,7 @@ def test_gpu_check_dry_run_compiles_when_asked(tmp_path):
     assert c["data"]["pixels_vs_eager"]["max_abs"] <= 2  # inductor reorders float sums: last bits at most
 
 
-def test_gpu_check_records_a_failed_section_and_runs_on(tmp_path, monkeypatch):
+def test_gpu_check_records_a_failed_section_and_runs_on(tmp_path, monkeypatch, own_cache):
     from bench import gpu_check
 
     def boom(self):
@@ -322,7 +332,7 @@ def test_gpu_check_records_a_failed_section_and_runs_on(tmp_path, monkeypatch):
     assert "## pipeline failed" in md and json.loads((tmp_path / "gpu_check.json").read_text())["sections"] == s
 
 
-def test_gpu_check_budget_skips_what_does_not_fit(tmp_path):
+def test_gpu_check_budget_skips_what_does_not_fit(tmp_path, own_cache):
     from bench import gpu_check
 
     result = gpu_check.run(gpu_check.Plan(**gpu_check.DRY), tmp_path, 0.01, ["models", "pipeline", "scorer", "sdxl"])

@@ -18,6 +18,7 @@ pytest.importorskip("peft")
 
 from loras import make_lora, to_kohya  # noqa: E402
 from sdkit.generation import generate  # noqa: E402
+from sdkit.load.invariance import own_memory  # noqa: E402
 from sdkit.load.loras import adapters  # noqa: E402
 from sdkit.load.pipeline import load_pipeline  # noqa: E402
 from sdkit.models.builtin import builtin_pipeline_path  # noqa: E402
@@ -53,6 +54,7 @@ def plain_diffusers(model, lora=None, weight=1.0, seed=1):
     if lora is not None:
         pipe.load_lora_weights(str(lora), adapter_name="x")
         pipe.set_adapters(["x"], [weight])
+    own_memory(pipe)  # the same weights in fresh memory, as sdkit holds them (sdkit.load.invariance.own_memory)
     out = pipe("a red circle", num_inference_steps=STEPS, guidance_scale=7.5,  # generate's default (SDXL's is 5)
                generator=torch.Generator().manual_seed(seed))
     return np.asarray(out.images[0])
