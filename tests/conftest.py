@@ -57,3 +57,21 @@ def red(images, prompts):
 
 def pixels(c):
     return np.asarray(c.image)
+
+
+@pytest.fixture
+def pickscore_in_cache(tmp_path, monkeypatch):
+    """PickScore_v1 and its LAION processor, as a user's offline Hub cache would hold them (tiny CLIPs)."""
+    import huggingface_hub.constants
+
+    from sdkit.models.tiny import install_in_hub_cache
+    from sdkit.models.tiny_clip import save_tiny_clip
+    from sdkit.scoring.verifiers import LAION_VIT_H, PICKSCORE
+
+    cache = tmp_path / "hub"
+    install_in_hub_cache(save_tiny_clip(tmp_path / "pick", seed=5), PICKSCORE, cache)
+    install_in_hub_cache(save_tiny_clip(tmp_path / "laion", seed=5), LAION_VIT_H, cache)
+    for name, value in (("HF_HUB_OFFLINE", True), ("HF_HUB_CACHE", str(cache))):
+        monkeypatch.setenv(name, "1" if value is True else value)
+        monkeypatch.setattr(huggingface_hub.constants, name, value)
+    return tmp_path / "pick"

@@ -504,3 +504,49 @@ def test_a_search_that_cannot_run_is_refused_before_any_model(ex, monkeypatch, c
 def test_explore_search_argument_is_checked():
     with pytest.raises(ValueError, match="search='beam'"):
         explore(search="beam")
+
+
+# -- verifiers: what a named scorer ranks by ------------------------------------------------------------
+
+def test_verifiers_field_ranks_by_an_ensemble_and_keeps_each_members_score(tmp_path, pickscore_in_cache):
+    from sdkit.models.tiny_clip import tiny_clip_path
+    from sdkit.ranking import rank
+    from sdkit.scoring.scorers import load_scorer
+
+    ex = explore(scorer="torch", verifiers="clip:1,pickscore:2", output_dir=tmp_path / "out", **FAST)
+    assert ex.form.verifiers.value == "clip:1,pickscore:2" and not ex.form.verifiers.disabled
+    ex.generate_button.click()
+    finished(ex, timeout=300)
+    assert ex.error is None, ex.status.value
+    # The reference: the same ensemble loaded directly, its members named by their folders (the panel's clip is
+    # the tiny model's own CLIP; pickscore the cached PickScore_v1).
+    ref = load_scorer("clip:1,pickscore:2", {"clip": str(tiny_clip_path()), "pickscore": str(pickscore_in_cache)},
+                      backend="torch", device="cpu")([c.image for c in ex.run], [c.prompt for c in ex.run])
+    assert [c.score for c in ex.run] == pytest.approx(ref.logits.tolist(), abs=1e-5)
+    for name in ("clip", "pickscore"):
+        assert [c.members[name].logit for c in ex.run] == pytest.approx(ref.members[name].logits.tolist(), abs=1e-5)
+    assert {c.members["pickscore"].weight for c in ex.run} == {2.0}
+    assert [r.candidate.seed for r in ex.ranked] == [r.candidate.seed for r in rank(ex.run.candidates, ref)]
+    assert {tuple(read_metadata(c.path)["members"]) for c in ex.run} == {("clip", "pickscore")}  # on disk too
+
+
+@pytest.mark.parametrize("verifiers, message", [("clip,bogus", "unknown scorer 'bogus'"),
+                                                 ("clip:abc", "verifiers='clip:abc'")])
+def test_bad_verifiers_are_refused_before_any_model(ex, monkeypatch, verifiers, message):
+    import sdkit.load.pipeline
+
+    with pytest.raises(ValueError, match=message.replace("(", r"\(")):
+        Explorer(scorer="flax", verifiers=verifiers)
+    monkeypatch.setattr(sdkit.load.pipeline, "load_pipeline", lambda *a, **k: pytest.fail("loaded a model for bad input"))
+    ex.form.scorer.value = "flax"
+    ex.form.verifiers.value = verifiers  # as typed
+    ex.generate_button.click()
+    assert ex.session.thread is None and message in ex.error
+
+
+def test_verifiers_field_is_off_without_a_named_scorer(tmp_path):
+    ex = Explorer(scorer="flax", output_dir=tmp_path, **FAST)
+    assert not ex.form.verifiers.disabled and ex.form.verifiers.value == "clip"
+    ex.form.scorer.value = "none"
+    assert ex.form.verifiers.disabled
+    assert Explorer(scorer=MeanRed(), output_dir=tmp_path, **FAST).form.verifiers.disabled

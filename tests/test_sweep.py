@@ -69,7 +69,14 @@ def assert_exactly_once(sweep, out):
     (dict(n=0), ValueError, "n=0"),
     (dict(seeds=[1, 2, 1]), ValueError, "repeat a seed"),
     (dict(seeds=[1, -2]), ValueError, "seed -2"),
-    (dict(scorer="clip"), ValueError, "scorer='clip'"),
+    (dict(scorer="clipp"), ValueError, "scorer='clipp': unknown scorer 'clipp'"),
+    (dict(scorer=3), ValueError, "scorer=3: use 'flax', 'torch', 'auto', a verifier spec"),
+    (dict(scorer="clip:1,aesthetic:x"), ValueError, "scorer='clip:1,aesthetic:x'"),
+    (dict(scorer="clip,pickscore", scorer_backend="jax"), ValueError, "scorer_backend='jax': one of flax, torch, auto"),
+    (dict(scorer="clip,pickscore", combine="mean"), ValueError, "combine='mean': one of zscore, rank"),
+    (dict(scorer="torch", combine="rank"), ValueError, "are for verifiers named in scorer"),
+    (dict(loras={"no-such-lora.safetensors": 1.0}), FileNotFoundError, "LoRA 'no-such-lora.safetensors': no such file"),
+    (dict(loras={"x.safetensors": float("nan")}), ValueError, "weight nan must be a finite number"),
     (dict(name="my sweep"), ValueError, "name='my sweep'"),
     (dict(max_items=100, n=10, grid={"guidance_scale": [1, 2, 3, 4, 5, 6]}), ValueError,
      r"120 images \(2 prompts × 10 seeds × 6 guidance_scale\), over max_items=100; pass confirm=True"),
@@ -169,6 +176,60 @@ def test_local_sweep_matches_generate_and_ranks(tmp_path, tiny_pipe):
     assert sorted(r.rank for r in result.ranked if r.candidate.prompt == "a red circle") == [1, 2, 3, 4]
 
 
+def test_a_sweep_ranked_by_verifiers_keeps_each_members_score_and_draws_a_heatmap_per_verifier(tmp_path,
+                                                                                               pickscore_in_cache):
+    from sdkit.models.tiny_clip import tiny_clip_path
+    from sdkit.scoring.scorers import load_scorer
+    from sdkit.show.heatmap import score_heatmap, score_table
+
+    sweep = tiny_sweep(n=2, scorer="clip:1,pickscore:0.5", scorer_backend="torch", combine="rank",
+                       grid={"guidance_scale": [1.0, 5.0], "num_inference_steps": [2, 3]})
+    assert sweep.run_id == tiny_sweep(n=2, grid={"guidance_scale": [1.0, 5.0], "num_inference_steps": [2, 3]}).run_id
+    result = run_sweep(sweep, tmp_path / "out", progress=False)
+    cands = result.candidates
+    # The reference: the same ensemble loaded directly, on the saved pixels, all of a prompt's candidates at once.
+    scorer = load_scorer("clip:1,pickscore:0.5", {"clip": str(tiny_clip_path()), "pickscore": str(pickscore_in_cache)},
+                         backend="torch", combine="rank", device="cpu")
+    ref = scorer([Image.open(c.path).convert("RGB") for c in cands], [c.prompt for c in cands])
+    by_path = {r.candidate.path: r.candidate for r in result.ranked}
+    assert [by_path[c.path].score for c in cands] == pytest.approx(ref.logits.tolist(), abs=1e-6)
+    assert [c.members["pickscore"].logit for c in cands] == pytest.approx(ref.members["pickscore"].logits.tolist(),
+                                                                          abs=1e-5)
+    assert {tuple(read_metadata(c.path)["members"]) for c in cands} == {("clip", "pickscore")}
+    # One heatmap per verifier: each member's own mean per cell, named on the colour bar.
+    for member, label in ((None, "mean Ensemble score"), ("clip", "mean CLIP score"), ("pickscore", "mean PickScore")):
+        fig = score_heatmap(result.ranked, member=member)
+        assert fig.axes[1].get_ylabel() == label and fig.axes[0].get_title().startswith(label)
+    xs, ys, means, counts = score_table(result.ranked, "guidance_scale", "num_inference_steps", member="pickscore")
+    cell = [c.members["pickscore"].score for c in cands if (c.guidance_scale, c.num_inference_steps) == (5.0, 3)]
+    assert means[ys.index(3), xs.index(5.0)] == pytest.approx(np.mean(cell)) and counts.sum() == len(cands)
+    with pytest.raises(ValueError, match=r"member='aesthetic': .* whose members are \['clip', 'pickscore'\]"):
+        score_table(result.ranked, "guidance_scale", "num_inference_steps", member="aesthetic")
+
+
+def test_a_sweep_with_a_lora_makes_what_its_pipeline_makes(tmp_path):
+    pytest.importorskip("peft")
+    from loras import make_lora
+    from sdkit.load.pipeline import load_pipeline
+    from sdkit.models.builtin import builtin_pipeline_path
+
+    lora = make_lora(builtin_pipeline_path("sdkit:tiny"), tmp_path / "lora")
+    grid = {"guidance_scale": 5.0, **FAST}
+    sweep = tiny_sweep(prompts=["a red circle"], n=2, loras={lora: 0.7}, grid=grid)
+    assert sweep.loras == {str(lora): 0.7} and sweep.run_id != tiny_sweep(prompts=["a red circle"], n=2, grid=grid).run_id
+    assert tiny_sweep(prompts=["a red circle"], n=2, loras={lora: 0.5}, grid=grid).run_id != sweep.run_id
+    result = run_sweep(sweep, tmp_path / "out", progress=False)
+    pipe = load_pipeline("sdkit:tiny", loras={str(lora): 0.7})
+    ref = generate(pipe, "a red circle", n=2, seed=0, guidance_scale=5.0, progress=False, **FAST)
+    for c, r in zip(sorted(result.candidates, key=lambda c: c.seed), ref):
+        assert np.array_equal(pixels(c.path), np.asarray(r.image))
+        assert [x["weight"] for x in read_metadata(c.path)["loras"]] == [0.7]
+    # Another file at the same path is another sweep: the run id holds the file's contents.
+    before = sweep.run_id
+    make_lora(builtin_pipeline_path("sdkit:tiny"), tmp_path / "lora", seed=3)
+    assert tiny_sweep(prompts=["a red circle"], n=2, loras={lora: 0.7}, grid=grid).run_id != before
+
+
 def test_resume_after_a_crash(tmp_path):
     sweep = tiny_sweep(n=2, batch_size=2, grid={"guidance_scale": [1.0, 5.0], **FAST})
     full = run_sweep(sweep, tmp_path / "full", progress=False)
@@ -260,6 +321,13 @@ def test_cli_sweep(tmp_path, capsys):
     assert main(argv) == 0 and "0 generated, 4 already done" in capsys.readouterr().out
     assert main(argv[:-1] + ["--grid", "cfg=2"]) == 2
     assert "'cfg' is not known" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:  # refused as it parses, before any model
+        main(argv + ["--scorer", "clip:1,bogus"])
+    assert e.value.code == 2 and "unknown scorer 'bogus'" in capsys.readouterr().err
+    assert main(argv + ["--scorer", "torch", "--combine", "rank"]) == 2
+    assert "are for verifiers named in scorer" in capsys.readouterr().err
+    assert main(argv + ["--lora", str(tmp_path / "missing.safetensors:0.5")]) == 2
+    assert "missing.safetensors': no such file" in capsys.readouterr().err
 
 
 # --- Ray: one local runtime for the module, 2 CPUs, 2 workers ------------------------------------------------

@@ -6,7 +6,8 @@ import argparse
 from pathlib import Path
 
 from sdkit.checks import read_prompt_file
-from sdkit.cli.search import ONE_BATCH, add_search_args, checked_search, cli_scorer, compute_line, run_search, scorer_option
+from sdkit.cli.search import (ONE_BATCH, add_scorer_args, add_search_args, checked_search, cli_scorer, compute_line,
+                              run_search)
 
 
 def add_common_args(p: argparse.ArgumentParser) -> None:
@@ -35,14 +36,7 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
                    help="a LoRA .safetensors file (diffusers or kohya/A1111 layout) and its weight (default 1); repeatable")
     p.add_argument("--out", default="outputs", help="output folder; each run gets a subfolder (default outputs/)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.add_argument("--scorer", default="flax", type=scorer_option,
-                   help="rerank with sdkit's Flax CLIP (flax, the default), transformers' PyTorch CLIP (torch), not at "
-                        "all (none), or by verifiers: clip, pickscore, hpsv2, aesthetic, several with weights as "
-                        "'clip:1,pickscore:1,aesthetic:0.5' (on --scorer-backend)")
-    p.add_argument("--scorer-backend", default="flax", choices=["flax", "torch", "auto"],
-                   help="where verifiers named in --scorer run (default flax: all JAX devices)")
-    p.add_argument("--combine", default=None, choices=["zscore", "rank"],
-                   help="how several verifiers' scores are combined within a prompt's candidates (default zscore)")
+    add_scorer_args(p, default="flax")
     p.add_argument("--clip-model", default=None,
                    help="CLIP id or folder (default: openai/clip-vit-base-patch32; the matching CLIP for sdkit:tiny/toy)")
 

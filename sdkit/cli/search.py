@@ -133,6 +133,18 @@ def scorer_option(text: str) -> str:
     return text
 
 
+def add_scorer_args(p, *, default: str | None) -> None:
+    """--scorer, --scorer-backend and --combine: the same for generate and sweep."""
+    p.add_argument("--scorer", default=default, type=scorer_option,
+                   help="rank with sdkit's Flax CLIP (flax), transformers' PyTorch CLIP (torch), not at all (none), or "
+                        "by verifiers: clip, pickscore, hpsv2, aesthetic, several with weights as "
+                        f"'clip:1,pickscore:1,aesthetic:0.5' (on --scorer-backend); default {default or 'none'}")
+    p.add_argument("--scorer-backend", default="flax", choices=["flax", "torch", "auto"],
+                   help="where verifiers named in --scorer run (default flax: all JAX devices)")
+    p.add_argument("--combine", default=None, choices=["zscore", "rank"],
+                   help="how several verifiers' scores are combined within a prompt's candidates (default zscore)")
+
+
 def cli_scorer(args):
     """What --scorer asks for, as rerank and the searches take it: a backend name, or the verifiers loaded (once)."""
     if args.scorer in ("flax", "torch", "auto", "none"):

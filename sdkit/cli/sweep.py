@@ -5,6 +5,7 @@
     sdkit sweep --prompts-file prompts.txt ... --ray                     # the same on a local Ray
     sdkit sweep --prompts-file prompts.txt ... --ray-address auto        # ... or on a running cluster
     sdkit sweep ... -n 16 --scorer torch --search successive_halving     # a search per prompt × grid point
+    sdkit sweep ... --scorer clip:1,aesthetic:0.5 --lora style.safetensors:0.8   # verifiers; a LoRA on every worker
 
 Images go to `OUT/<run id>/`, the run id being a fingerprint of the sweep: running the
 same command again resumes it.
@@ -15,7 +16,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from sdkit.cli.search import add_search_args, search_settings
+from sdkit.cli.search import add_scorer_args, add_search_args, search_settings
 
 # How a --grid value is parsed; text values are taken whole (negative prompts contain commas).
 _TYPES = {"guidance_scale": float, "num_inference_steps": int, "height": int, "width": int, "scheduler": str}
@@ -39,7 +40,9 @@ def add_parser(sub) -> None:
     p.add_argument("--height", type=int, default=None)
     p.add_argument("--width", type=int, default=None)
     p.add_argument("--model", default="sdkit:tiny", help="Hub id, local folder, or 'sdkit:tiny' / 'sdkit:toy'")
-    p.add_argument("--scorer", choices=["flax", "torch"], default=None, help="score and rank with CLIP")
+    add_scorer_args(p, default=None)
+    p.add_argument("--lora", action="append", default=[], metavar="PATH[:WEIGHT]",
+                   help="a LoRA .safetensors file (diffusers or kohya/A1111 layout) and its weight (default 1); repeatable")
     p.add_argument("--clip-model", default=None, help="the scorer's CLIP checkpoint (default: the one that belongs with --model)")
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="auto")
@@ -84,18 +87,21 @@ def parse_grid(args) -> dict:
 
 
 def run(args) -> int:
-    from sdkit.cli.generate import read_prompts
+    from sdkit.cli.generate import parse_loras, read_prompts
     from sdkit.sweep.run import run_sweep
     from sdkit.sweep.spec import Sweep
 
+    if args.scorer == "none":
+        args.scorer = None
     if args.search is not None and args.scorer is None:
         raise ValueError(f"--search {args.search} without --scorer: a search ranks by a scorer; add --scorer flax "
-                         "or --scorer torch")
+                         "or --scorer torch (or verifiers, e.g. --scorer clip:1,aesthetic:0.5)")
     settings = search_settings(args)  # checked against --search; then against -n and the steps by Sweep
     if settings is not None:
         settings.pop("clip_model", None)  # the sweep's own --clip-model sets its scorer
     sweep = Sweep(read_prompts(args), n=args.n, seeds=args.seeds, seed=args.seed,
                   grid=parse_grid(args), model=args.model, scorer=args.scorer, clip_model=args.clip_model,
+                  scorer_backend=args.scorer_backend, combine=args.combine, loras=parse_loras(args.lora),
                   device=args.device, dtype=args.dtype, safety_checker=not args.no_safety_checker,
                   max_items=args.max_items, confirm=args.yes, name=args.name, search=args.search,
                   search_kwargs=settings, **({} if args.batch_size is None else {"batch_size": args.batch_size}))

@@ -1,4 +1,5 @@
-"""Pick settings by evidence: mean CLIP score over a grid of two parameters, drawn as a heatmap."""
+"""Pick settings by evidence: mean score (CLIP, another verifier, or one member of an ensemble) over a grid of two
+parameters, drawn as a heatmap."""
 
 from __future__ import annotations
 
@@ -8,17 +9,24 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
+from sdkit.results import score_label
 from sdkit.show.grid import GridFigure
 
 
-def score_table(ranked: Iterable[Any], x: str, y: str):
-    """Mean score per (x, y) cell: returns (x values, y values, means[y, x], counts[y, x])."""
+def score_table(ranked: Iterable[Any], x: str, y: str, member: str | None = None):
+    """Mean score per (x, y) cell: returns (x values, y values, means[y, x], counts[y, x]). `member`: an ensemble
+    member's own score (e.g. "aesthetic") instead of the score the candidates are ranked by."""
     cells: dict[tuple, list[float]] = {}
     for r in ranked:
         c = getattr(r, "candidate", r)
         score = getattr(r, "score", None) if hasattr(r, "candidate") else c.score
         if score is None:
             raise ValueError(f"candidate seed={c.seed} has no score; rerank() or score the sweep first")
+        if member is not None:
+            if member not in (c.members or {}):
+                raise ValueError(f"member={member!r}: candidate seed={c.seed} was scored by "
+                                 f"{c.scorer!r}, whose members are {sorted(c.members or {})}")
+            score = c.members[member].score
         try:
             key = (getattr(c, x), getattr(c, y))
         except AttributeError as e:
@@ -42,12 +50,17 @@ def _order(v):
 
 
 def score_heatmap(ranked: Iterable[Any], x: str = "guidance_scale", y: str = "num_inference_steps",
-                  *, title: str | None = None) -> Figure:
-    """Heatmap of the mean CLIP score for each (x, y) setting, each cell labelled with its mean and count.
+                  *, member: str | None = None, title: str | None = None) -> Figure:
+    """Heatmap of the mean score for each (x, y) setting, each cell labelled with its mean and count.
 
-    `ranked` is what `rerank` or `run_sweep(...).ranked` returns (or scored candidates).
+    `ranked` is what `rerank` or `run_sweep(...).ranked` returns (or scored candidates). The score is the one they
+    are ranked by (CLIP, a verifier, an ensemble), or with `member` one ensemble member's own: one heatmap per
+    verifier shows where they disagree.
     """
-    xs, ys, means, counts = score_table(ranked, x, y)
+    ranked = list(ranked)
+    xs, ys, means, counts = score_table(ranked, x, y, member)
+    first = getattr(ranked[0], "candidate", ranked[0])
+    label = "mean " + score_label(first.members[member].scorer if member is not None else first.scorer)
     fig = GridFigure(figsize=(1.2 + 1.1 * len(xs), 1.0 + 0.8 * len(ys)))
     ax = fig.add_subplot()
     im = ax.imshow(means, cmap="viridis", aspect="auto")
@@ -61,7 +74,7 @@ def score_heatmap(ranked: Iterable[Any], x: str = "guidance_scale", y: str = "nu
             ax.text(j, i, f"{m:.1f}\nn={counts[i, j]}", ha="center", va="center", fontsize=8,
                     color="black" if (i, j) == best else "white", fontweight="bold" if (i, j) == best else None)
     ax.add_patch(Rectangle((best[1] - 0.5, best[0] - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2))
-    fig.colorbar(im, ax=ax, label="mean CLIP score")
-    ax.set_title(title or f"mean CLIP score by {x} x {y} (best framed)")
+    fig.colorbar(im, ax=ax, label=label)
+    ax.set_title(title or f"{label} by {x} x {y} (best framed)")
     fig.tight_layout()
     return fig

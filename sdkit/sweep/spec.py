@@ -29,6 +29,7 @@ from sdkit.save import file_name
 
 # generate()'s per-image settings a grid may vary (`scheduler` goes to load_pipeline).
 GRID_PARAMS = ("guidance_scale", "num_inference_steps", "scheduler", "negative_prompt", "height", "width")
+BACKENDS = ("flax", "torch", "auto")  # scorer names that mean "CLIP on this backend"
 
 
 @dataclass(frozen=True)
@@ -51,10 +52,16 @@ class Sweep:
     seed: int = 0  # base seed; every prompt and grid point gets the same seeds, so comparisons are paired
     grid: Mapping[str, Any] = field(default_factory=dict)  # name -> list of values (swept) or one value (fixed)
     model: str = "stable-diffusion-v1-5/stable-diffusion-v1-5"
-    # "flax", "torch", "auto" (loaded once per worker, see load_scorer), a scorer object (anything with the
-    # `scorer(images, prompts) -> Scores` signature; on Ray it is pickled to each worker), or None
+    # "flax", "torch", "auto" (CLIP there), a verifier spec ("pickscore", "clip:1,aesthetic:0.5"; both loaded once
+    # per worker, see load_scorer), a scorer object (anything with the `scorer(images, prompts) -> Scores`
+    # signature; on Ray it is pickled to each worker), or None
     scorer: Any = None
     clip_model: str | None = None  # a named scorer's CLIP; None: the one that belongs with the model (clip_for)
+    scorer_backend: str = "flax"  # where the verifiers of a spec run ("flax", "torch", "auto")
+    combine: str | None = None  # several verifiers: "zscore" (default) or "rank" (sdkit.scoring.ensemble)
+    loras: Mapping[str, float] | None = None  # {path: weight} on every worker (load_pipeline's loras=)
+    # [path, weight, sha256] of each LoRA, hashed once when created: the run id holds the files' contents.
+    _lora_key: tuple = field(default=(), init=False, repr=False, compare=False)
     device: str = "auto"  # on each worker
     dtype: str = "auto"
     safety_checker: bool = True
@@ -75,11 +82,13 @@ class Sweep:
         set_("grid", _check_grid(self.grid))
         if not isinstance(self.model, str) or not self.model.strip():
             raise ValueError(f"model={self.model!r}: give a Hub id, a local diffusers folder or 'sdkit:tiny'")
-        if not (self.scorer is None or callable(self.scorer) or self.scorer in ("flax", "torch", "auto")):
-            raise ValueError(f"scorer={self.scorer!r}: use 'flax', 'torch', 'auto', a scorer object, or None")
-        if self.clip_model is not None and not isinstance(self.scorer, str):
-            raise ValueError(f"clip_model={self.clip_model!r} is for a named scorer ('flax', 'torch', 'auto'); "
-                             f"scorer={self.scorer!r} already is one")
+        _check_scorer(self)
+        if self.loras:
+            from sdkit.load.loras import check_loras
+
+            checked = check_loras(dict(self.loras))  # here, before any worker starts: a missing file or bad weight named
+            set_("loras", {x.path: x.weight for x in checked})
+            set_("_lora_key", tuple((x.path, x.weight, x.sha256) for x in checked))
         if not isinstance(self.batch_size, int) or isinstance(self.batch_size, bool) or self.batch_size < 1:
             raise ValueError(f"batch_size={self.batch_size!r}: must be an integer >= 1")
         if not re.fullmatch(r"[A-Za-z0-9_.-]+", self.name or ""):
@@ -105,7 +114,9 @@ class Sweep:
         what = [self.model, list(self.prompts), list(self.seeds), [[k, list(v)] for k, v in self.grid.items()],
                 self.device, self.dtype, self.safety_checker]
         if self.search is not None:  # which seeds survive, hence which files exist, depends on these too
-            what.append([self.search, self.search_kwargs, _scorer_key(self.scorer), self.clip_model])
+            what.append([self.search, self.search_kwargs, _scorer_key(self), self.clip_model])
+        if self._lora_key:  # the files' contents, not only their names: another file at the same path is another run
+            what.append([list(x) for x in self._lora_key])
         return f"{self.name}-{hashlib.sha256(json.dumps(what).encode()).hexdigest()[:8]}"
 
     def items(self) -> list[SweepItem]:
@@ -186,7 +197,7 @@ def _check_search(sweep: Sweep) -> dict:
         raise ValueError(f"search={search!r}: a sweep takes a strategy name, one of {', '.join(STRATEGIES)}")
     if sweep.scorer is None:
         raise ValueError(f"search={search!r} with scorer=None: a search ranks by a scorer; use 'flax', 'torch', "
-                         "'auto' or a scorer object")
+                         "'auto', a verifier spec or a scorer object")
     if list(sweep.seeds) != list(range(sweep.seeds[0], sweep.seeds[0] + len(sweep.seeds))):
         raise ValueError(f"seeds={list(sweep.seeds)} with search={search!r}: a search numbers its candidates from one "
                          "seed (candidate k gets seed + k); give n= and seed=")
@@ -206,10 +217,48 @@ def _check_search(sweep: Sweep) -> dict:
     return dict(sorted(kwargs.items()))  # the run id does not depend on the order they were given in
 
 
-def _scorer_key(scorer) -> str:
-    """A scorer as the run id records it: its name, or what the object is called."""
+def _check_scorer(sweep: Sweep) -> None:
+    """The scorer settings, checked before any model loads (a ValueError naming the bad one)."""
+    from sdkit.scoring.ensemble import COMBINE
+    from sdkit.scoring.scorers import checked_spec
+
+    scorer = sweep.scorer
+    if not (scorer is None or callable(scorer) or isinstance(scorer, str)):
+        raise ValueError(f"scorer={scorer!r}: use 'flax', 'torch', 'auto', a verifier spec such as "
+                         "'clip:1,aesthetic:0.5', a scorer object, or None")
+    spec = isinstance(scorer, str) and scorer not in BACKENDS
+    if spec:
+        try:
+            checked_spec(scorer)
+        except ValueError as e:
+            raise ValueError(f"scorer={scorer!r}: {e}") from None
+    if sweep.clip_model is not None and not isinstance(scorer, str):
+        raise ValueError(f"clip_model={sweep.clip_model!r} is for a named scorer ('flax', 'torch', 'auto' or a "
+                         f"verifier spec); scorer={scorer!r} already is one")
+    if sweep.scorer_backend not in BACKENDS:
+        raise ValueError(f"scorer_backend={sweep.scorer_backend!r}: one of {', '.join(BACKENDS)}")
+    if sweep.combine is not None and sweep.combine not in COMBINE:
+        raise ValueError(f"combine={sweep.combine!r}: one of {', '.join(COMBINE)}")
+    if not spec and (sweep.scorer_backend != "flax" or sweep.combine is not None):
+        raise ValueError(f"scorer_backend={sweep.scorer_backend!r}, combine={sweep.combine!r} are for verifiers named in "
+                         f"scorer (e.g. 'clip:1,aesthetic:0.5'); scorer={scorer!r} " +
+                         ("names its backend itself" if isinstance(scorer, str) else "is not a spec"))
+
+
+def scorer_options(sweep: Sweep) -> dict:
+    """`scorer_for`'s options for the sweep's verifier spec (none for a backend name or an object)."""
+    if not isinstance(sweep.scorer, str) or sweep.scorer in BACKENDS:
+        return {}
+    return {"backend": sweep.scorer_backend} | ({"combine": sweep.combine} if sweep.combine else {})
+
+
+def _scorer_key(sweep: Sweep) -> str:
+    """A scorer as the run id records it: its name (a spec with its backend and combine), or what the object is
+    called."""
+    scorer = sweep.scorer
     if isinstance(scorer, str):
-        return scorer
+        options = scorer_options(sweep)
+        return scorer + "".join(f" {k}={v}" for k, v in options.items())  # a backend name: as before (old run ids)
     if getattr(scorer, "model_id", None):
         return f"{type(scorer).__qualname__}:{scorer.model_id}"
     return f"{getattr(scorer, '__module__', '')}.{getattr(scorer, '__qualname__', type(scorer).__qualname__)}"

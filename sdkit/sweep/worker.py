@@ -27,10 +27,12 @@ ONE_BATCH = ("successive_halving", "particle_resampling")  # searches that denoi
 
 
 def load_sweep_scorer(sweep: Sweep):
-    """The sweep's scorer: its own object, or the named backend with the CLIP that belongs with the model."""
+    """The sweep's scorer: its own object, the named backend with the CLIP that belongs with the model, or the
+    verifiers its spec names (on its scorer_backend)."""
     from sdkit.scoring.scorers import scorer_for
+    from sdkit.sweep.spec import scorer_options
 
-    return scorer_for(sweep.scorer, sweep.model, sweep.clip_model)
+    return scorer_for(sweep.scorer, sweep.model, sweep.clip_model, **scorer_options(sweep))
 
 
 def pruned_records(sweep: Sweep, out: Path, items: list[SweepItem] | None = None) -> dict[int, Pruned]:
@@ -77,7 +79,7 @@ class SweepWorker:
         # default on GPUs).
         extra = {"batch_invariant": True} if s.search in ONE_BATCH else {}
         return load_pipeline(s.model, device=s.device, dtype=s.dtype, scheduler=scheduler, safety_checker=s.safety_checker,
-                             **extra)
+                             loras=dict(s.loras) if s.loras else None, **extra)
 
     def __call__(self, batch: dict) -> dict:
         """Ray Data entry point: a batch of units (JSON lists of item indices) -> one row per finished image."""

@@ -19,6 +19,8 @@ from sdkit.show.explorer.session import Request
 DEFAULT = "default"
 SIZES = [("model default", DEFAULT)] + [(str(s), s) for s in (32, 64, 128, 256, 384, 512, 576, 640, 768, 1024)]
 SCORERS = [("CLIP (Flax)", "flax"), ("CLIP (PyTorch)", "torch"), ("none", "none")]
+# The verifiers field's suggestions (any spec `load_scorer` takes can be typed): they run on the scorer's backend.
+VERIFIERS = ["clip", "pickscore", "hpsv2", "aesthetic", "clip:1,pickscore:1,aesthetic:0.5"]
 MODELS = ["sdkit:tiny", "sdkit:toy", "stable-diffusion-v1-5/stable-diffusion-v1-5"]
 # Searches the panel runs: each shows the candidates' previews ranked while they denoise (sdkit.search).
 SEARCHES = [("best of N", "none"), ("prune on previews", "successive_halving")]
@@ -30,6 +32,18 @@ def parse_seed(text: str) -> int:
     except ValueError:
         raise ValueError(f"seed={text!r}: must be an integer in [0, 2**63), or tick 'random seed'") from None
     return check_seed(seed)
+
+
+def check_verifiers(text: str) -> str:
+    """The verifiers field, checked (a ValueError naming the unknown name or bad weight): "clip" when empty."""
+    from sdkit.scoring.scorers import checked_spec
+
+    text = str(text or "").strip() or "clip"
+    try:
+        checked_spec(text)
+    except ValueError as e:
+        raise ValueError(f"verifiers={text!r}: {e}") from None
+    return text
 
 
 def sizes(native: int | None) -> list:
@@ -65,7 +79,7 @@ class Form:
     def __init__(self, model: str, scorer: Any, *, clip_model: str | None, prompt: str | None,
                  negative_prompt: str, n: int, num_inference_steps: int | None, guidance_scale: float | None,
                  seed: int | None, height: int | None, width: int | None, scheduler: str | None,
-                 search: str | None = None):
+                 search: str | None = None, verifiers: str = "clip"):
         # What suits this model when the caller did not say: its native size, the toy world's prompts and settings.
         suits = defaults_for(model)
         prompt = suits.prompt if prompt is None else prompt
@@ -105,10 +119,19 @@ class Form:
         if scorer is not None and scorer not in [v for _, v in SCORERS]:
             if not callable(scorer):
                 raise ValueError(f"scorer={scorer!r}: use 'flax', 'torch', None, or a scorer object "
-                                 "(images, prompts) -> Scores")
+                                 "(images, prompts) -> Scores; name verifiers with verifiers=, e.g. "
+                                 "explore(..., scorer='flax', verifiers='clip:1,pickscore:1')")
             scorer_options.append((f"custom: {getattr(scorer, 'name', type(scorer).__name__)}", scorer))
         self.scorer = widgets.Dropdown(options=scorer_options, value="none" if scorer is None else scorer,
                                        description="scorer", **_field("300px"))
+        check_verifiers(verifiers)
+        self.verifiers = widgets.Combobox(value=verifiers, options=VERIFIERS, description="verifiers",
+                                          ensure_option=False, placeholder="clip",
+                                          tooltip="what ranks: clip, pickscore, hpsv2, aesthetic, or several with "
+                                                  "weights as clip:1,aesthetic:0.5 (on the scorer's backend)",
+                                          **_field("300px"))
+        self.scorer.observe(self._scorer_changed, "value")
+        self._scorer_changed({"new": self.scorer.value})
         if search not in [v for _, v in SEARCHES] + [None]:
             raise ValueError(f"search={search!r}: use one of {[v for _, v in SEARCHES if v != 'none']} or None")
         self.search = widgets.Dropdown(options=SEARCHES, value="none" if search is None else search,
@@ -120,7 +143,7 @@ class Form:
             row(self.n, self.num_inference_steps, self.guidance_scale),
             row(self.seed, self.random_seed, self.height, self.width),
             row(self.model, self.scheduler, self.scorer, self.clip_model),
-            row(self.search),
+            row(self.search, self.verifiers),
         ])
 
     def read(self, output_dir: Path, batch_size: int | None = None, prompts: list[str] | None = None) -> Request:
@@ -153,7 +176,8 @@ class Form:
             raise ValueError(f"model={self.model.value!r}: give a Hub id, a local folder, or one of {MODELS[:2]}")
         req = Request(model=model, scheduler=_none(self.scheduler.value), scorer=_none(self.scorer.value),
                       clip_model=self.clip_model.value.strip() or None, prompts=prompts, kwargs=kwargs,
-                      output_dir=check_output_dir(output_dir), search=search)
+                      output_dir=check_output_dir(output_dir), search=search,
+                      verifiers=check_verifiers(self.verifiers.value))
         if self.random_seed.value:  # shown only once the form is good: a refused form makes no images
             self.seed.value = str(seed)
         return req
@@ -162,6 +186,10 @@ class Form:
         """Put `seed` in the seed field, random seed off: Generate makes it again."""
         self.random_seed.value = False
         self.seed.value = str(seed)
+
+    def _scorer_changed(self, change) -> None:
+        """Verifiers run on a backend: the field is off for 'none' and for a scorer object of the caller's."""
+        self.verifiers.disabled = not isinstance(change["new"], str) or change["new"] == "none"
 
     def _show_hint(self, text: str) -> None:
         self.hint.value = html.escape(text)

@@ -24,6 +24,7 @@ from typing import Any, Callable
 from sdkit.models.builtin import clip_for
 from sdkit.ranking import rank, score_candidates
 from sdkit.results import Progress, Run
+from sdkit.scoring.ensemble import recombine
 from sdkit.scoring.scorers import scorer_for  # the one resolver (and scorer cache) of panel, CLI and notebooks
 from sdkit.show.explorer.text import img2img_label
 
@@ -45,6 +46,7 @@ class Request:
     strength: float = 0.6
     source: Any = None  # the candidate "more like this" started from, shown first in the gallery
     search: str | None = None  # "successive_halving": prune on x0 previews (sdkit.search); None: all to the end
+    verifiers: str = "clip"  # what a named scorer ranks by: "clip", "pickscore", "clip:1,aesthetic:0.5", ...
 
     @property
     def what(self) -> str:
@@ -232,10 +234,17 @@ class Session:
     def _load_scorer(self, req: Request):
         if not isinstance(req.scorer, str):
             return scorer_for(req.scorer, req.model)
-        clip = req.clip_model or clip_for(req.model)
-        self._emit(Said(f"loading the {req.scorer} CLIP scorer ({clip})…"))
         from sdkit.errors import ModelNotAvailable
 
+        clip = req.clip_model or clip_for(req.model)
+        if req.verifiers != "clip":  # verifiers on the scorer's backend; a "clip" among them with the panel's CLIP
+            self._emit(Said(f"loading the verifiers {req.verifiers} ({req.scorer})…"))
+            try:
+                return scorer_for(req.verifiers, req.model, clip, backend=req.scorer)
+            except (ValueError, OSError, ModelNotAvailable) as e:
+                raise ValueError(f"verifiers={req.verifiers!r}: {e} Set the panel's verifiers field, or pass "
+                                 "explore(..., verifiers=...).") from e
+        self._emit(Said(f"loading the {req.scorer} CLIP scorer ({clip})…"))
         try:
             return scorer_for(req.scorer, req.model, clip)
         except (ValueError, OSError, ModelNotAvailable) as e:  # say which setting to change, and where
@@ -279,7 +288,9 @@ class Session:
         if run is None or not run.candidates:
             done.run = run
             return
-        arrived = {c.index: c for c in self.candidates}
+        # An ensemble's scores arrived batch by batch, each combined within its batch: combined again over the
+        # whole run (as the ranking is), so the run and its files hold the scores the ranking used.
+        arrived = {c.index: c for c in recombine(self.candidates)}
         done.run = run = dataclasses.replace(run, candidates=[arrived.get(c.index, c) for c in run.candidates])
         done.total = self._total or len(run.candidates)
         done.ranked = self.ranking()

@@ -37,7 +37,7 @@ class Explorer(widgets.VBox):
                  seed: int | None = None, height: int | None = None, width: int | None = None,
                  scheduler: str | None = None, output_dir: str | Path = "outputs", device: str = "auto",
                  dtype: str = "auto", batch_size: int | None = None, thumb_size: int = 128,
-                 search: str | None = None):
+                 search: str | None = None, verifiers: str = "clip"):
         self.output_dir, self.batch_size = Path(output_dir), batch_size
         self.run = None  # the last Run
         self.ranked: list = []  # the last ranking (Ranked items, or candidates when there is no scorer)
@@ -48,7 +48,7 @@ class Explorer(widgets.VBox):
         self._req: Request | None = None  # the run in progress (or the last one)
         self.form = Form(model, scorer, clip_model=clip_model, prompt=prompt, negative_prompt=negative_prompt, n=n,
                          num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed,
-                         height=height, width=width, scheduler=scheduler, search=search)
+                         height=height, width=width, scheduler=scheduler, search=search, verifiers=verifiers)
 
         self.generate_button = widgets.Button(description="Generate", button_style="primary", icon="play")
         self.stop_button = widgets.Button(description="Stop", button_style="danger", icon="stop", disabled=True)
@@ -287,7 +287,7 @@ def explore(model: str = "sdkit:tiny", scorer: Any = "flax", *, clip_model: str 
             seed: int | None = None, height: int | None = None, width: int | None = None,
             scheduler: str | None = None, output_dir: str | Path = "outputs", device: str = "auto",
             dtype: str = "auto", batch_size: int | None = None, thumb_size: int = 128,
-            search: str | None = None) -> Explorer:
+            search: str | None = None, verifiers: str = "clip") -> Explorer:
     """Open the explorer panel (display it as a cell's value).
 
     Args:
@@ -304,6 +304,9 @@ def explore(model: str = "sdkit:tiny", scorer: Any = "flax", *, clip_model: str 
         thumb_size: gallery thumbnails, in pixels.
         search: the form's search: None (every candidate to the end, then ranked) or "successive_halving" (the
             previews are ranked live while they denoise and the weakest pruned, `sdkit.search`).
+        verifiers: what a named scorer ranks by (the panel's verifiers field): "clip" (default), "pickscore",
+            "hpsv2", "aesthetic", or several with weights as "clip:1,pickscore:1,aesthetic:0.5" (an ensemble, each
+            member's score kept and shown), run on `scorer`'s backend; checked when the panel opens.
 
     Returns:
         The `Explorer` widget. After a run: `.run`, `.ranked`, `.grid_path`, `.error`.
@@ -311,4 +314,4 @@ def explore(model: str = "sdkit:tiny", scorer: Any = "flax", *, clip_model: str 
     return Explorer(model, scorer, clip_model=clip_model, prompt=prompt, negative_prompt=negative_prompt, n=n,
                     num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed,
                     height=height, width=width, scheduler=scheduler, output_dir=output_dir, device=device,
-                    dtype=dtype, batch_size=batch_size, thumb_size=thumb_size, search=search)
+                    dtype=dtype, batch_size=batch_size, thumb_size=thumb_size, search=search, verifiers=verifiers)
