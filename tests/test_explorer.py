@@ -1,5 +1,6 @@
 """The explorer's logic, driven as the browser would: value changes and button clicks, then the thread's results."""
 
+import html
 import threading
 import time
 
@@ -550,3 +551,71 @@ def test_verifiers_field_is_off_without_a_named_scorer(tmp_path):
     ex.form.scorer.value = "none"
     assert ex.form.verifiers.disabled
     assert Explorer(scorer=MeanRed(), output_dir=tmp_path, **FAST).form.verifiers.disabled
+
+
+# -- LoRAs: a picker with weights ------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def lora_folder(tmp_path_factory):
+    """A LoRA folder as A1111 keeps one: files by name, one in a subfolder."""
+    pytest.importorskip("peft")
+    from loras import make_lora
+    from sdkit.models.builtin import builtin_pipeline_path
+
+    root = tmp_path_factory.mktemp("lora-folder")
+    made = make_lora(builtin_pipeline_path("sdkit:tiny"), root / "made")
+    (root / "styles").mkdir()
+    (root / "paper_cut.safetensors").write_bytes(made.read_bytes())
+    (root / "styles" / "ink.safetensors").write_bytes(
+        make_lora(builtin_pipeline_path("sdkit:tiny"), root / "made2", seed=4).read_bytes())
+    for f in (root / "made").iterdir():
+        f.unlink()
+    for f in (root / "made2").iterdir():
+        f.unlink()
+    return root
+
+
+def test_lora_picker_applies_each_lora_at_its_weight_as_load_pipeline_does(tmp_path, lora_folder, monkeypatch):
+    from sdkit.generation import generate
+    from sdkit.load.pipeline import load_pipeline
+
+    monkeypatch.setenv("SDKIT_LORA_DIR", str(lora_folder))
+    ex = Explorer(scorer=None, output_dir=tmp_path, **FAST)
+    assert ex.form.lora_file.options == ("paper_cut", "styles/ink")  # the folder's files, by the names tags use
+    ex.form.lora_file.value, ex.form.lora_weight.value = "paper_cut", 0.5
+    ex.form.lora_add.click()
+    ex.form.lora_file.value, ex.form.lora_weight.value = "styles/ink", 1.0
+    ex.form.lora_add.click()
+    ex.form.lora_rows.children[1].children[1].value = 0.25  # the ink row's own weight slider, moved afterwards
+    paper, ink = str(lora_folder / "paper_cut.safetensors"), str(lora_folder / "styles" / "ink.safetensors")
+    assert ex.form.loras == {paper: 0.5, ink: 0.25}
+    ex.generate_button.click()
+    finished(ex)
+    assert ex.error is None, ex.status.value
+    pipe = load_pipeline("sdkit:tiny", loras={paper: 0.5, ink: 0.25})
+    ref = generate(pipe, "a red circle", n=3, seed=7, num_inference_steps=2, batch_size=2, progress=False)
+    assert all(np.array_equal(np.asarray(c.image), np.asarray(r.image)) for c, r in zip(ex.run, ref))
+    plain = generate(load_pipeline("sdkit:tiny"), "a red circle", n=1, seed=7, num_inference_steps=2, progress=False)
+    assert not np.array_equal(np.asarray(ex.run[0].image), np.asarray(plain[0].image))
+    assert [(x["name"], x["weight"]) for x in read_metadata(ex.run[0].path)["loras"]] == [("paper_cut", 0.5),
+                                                                                          ("ink", 0.25)]
+    ex.gallery.select(0)
+    assert "paper_cut:0.5, ink:0.25" in ex.details.value
+    ex.form.lora_rows.children[0].children[2].click()  # remove paper_cut
+    assert ex.form.loras == {ink: 0.25} and len(ex.form.lora_rows.children) == 1
+
+
+def test_a_lora_that_cannot_be_used_is_said_beside_the_picker(tmp_path, lora_folder):
+    ex = Explorer(scorer=None, output_dir=tmp_path, lora_dir=lora_folder, **FAST)
+    for typed, said in (("nope", "LoRA 'nope': no such file"), ("", "type a name from the LoRA folder"),
+                        (str(tmp_path / "style.ckpt"), "is a pickle")):
+        ex.form.lora_file.value = typed
+        ex.form.lora_add.click()
+        assert said in html.unescape(ex.form.lora_said.value) and ex.form.loras == {}
+    ex.form.lora_file.value = "paper_cut"
+    ex.form.lora_add.click()
+    assert ex.form.lora_said.value == "" and list(ex.form.loras) == [str(lora_folder / "paper_cut.safetensors")]
+    with pytest.raises(FileNotFoundError, match="LoRA 'missing.safetensors': no such file"):
+        explore(loras={"missing.safetensors": 1.0})
+    with pytest.raises(ValueError, match="loras=.*give a dict"):
+        explore(loras=["a.safetensors"])

@@ -293,3 +293,27 @@ def test_a_lora_whose_layers_are_not_in_the_model_is_refused(files, tmp_path, re
     save_file(tensors, bad)
     with pytest.raises(ValueError, match=f"LoRA '{bad}' does not fit this model.*{match}"):
         load_pipeline("sdkit:tiny", loras={bad: 1.0})
+
+
+def test_a_lora_on_the_sdxl_refiner_is_applied_recorded_and_regenerated(files, tmp_path):
+    """A LoRA made for the refiner (its UNet and its one text encoder, the second) on the hand-off: the pixels move,
+    the refiner's record names it, regenerate reloads the refiner with it; the base model's LoRA is refused there."""
+    import sdkit
+
+    refiner_lora = make_lora(builtin_pipeline_path("sdkit:tiny-xl-refiner"), tmp_path / "refiner", seed=6)
+    base = load_pipeline("sdkit:tiny-xl")
+    kw = dict(n=2, seed=3, num_inference_steps=4, denoising_end=0.5, progress=False)
+    plain = generate(base, "a red circle", refiner=load_pipeline("sdkit:tiny-xl-refiner", "image-to-image"), **kw)
+    refiner = load_pipeline("sdkit:tiny-xl-refiner", "image-to-image", loras={refiner_lora: 0.8})
+    assert adapters(refiner) and refiner.text_encoder is None
+    run = generate(base, "a red circle", refiner=refiner, output_dir=tmp_path / "out", **kw)
+    for a, b in zip(run, plain):
+        assert not np.array_equal(np.asarray(a.image), np.asarray(b.image))
+    rec = read_metadata(run[1].path)["extra"]["refiner"]
+    assert [(x["path"], x["weight"]) for x in rec["loras"]] == [(str(refiner_lora), 0.8)]
+    again = sdkit.regenerate(run[1].path, refiner=None)  # loads the recorded refiner with its LoRA
+    assert np.array_equal(np.asarray(again.image), np.asarray(run[1].image))
+    # (Tiny widths: the base's cross-attention takes 64-wide text, its refiner's 32; the real ones 2048 and 1280.)
+    with pytest.raises(ValueError, match="take 64-wide text embeddings\\); this pipeline is an SDXL refiner model "
+                                         "whose UNet takes 32"):
+        load_pipeline("sdkit:tiny-xl-refiner", "image-to-image", loras={files["xl"]: 1.0})

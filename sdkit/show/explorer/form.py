@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import html
+import os
 import secrets
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,15 @@ def check_verifiers(text: str) -> str:
     return text
 
 
+def lora_files(folder: Path | None) -> dict[str, str]:
+    """The `.safetensors` files under `folder` by the name a `<lora:name:weight>` tag would use (its path below
+    the folder, without the suffix); {} without a folder."""
+    if folder is None or not folder.is_dir():
+        return {}
+    found = sorted(folder.rglob("*.safetensors"))
+    return {f.relative_to(folder).with_suffix("").as_posix(): str(f) for f in found}
+
+
 def sizes(native: int | None) -> list:
     """The size choices; "model default" says what it is when the model's config tells (e.g. "32 (native)")."""
     return [(f"{native} (native)" if native else "model default", DEFAULT)] + SIZES[1:]
@@ -79,7 +89,8 @@ class Form:
     def __init__(self, model: str, scorer: Any, *, clip_model: str | None, prompt: str | None,
                  negative_prompt: str, n: int, num_inference_steps: int | None, guidance_scale: float | None,
                  seed: int | None, height: int | None, width: int | None, scheduler: str | None,
-                 search: str | None = None, verifiers: str = "clip"):
+                 search: str | None = None, verifiers: str = "clip", loras: dict | None = None,
+                 lora_dir: str | Path | None = None):
         # What suits this model when the caller did not say: its native size, the toy world's prompts and settings.
         suits = defaults_for(model)
         prompt = suits.prompt if prompt is None else prompt
@@ -138,13 +149,75 @@ class Form:
                                        description="search", tooltip="successive halving: start N, keep the best "
                                        "previews after 10% and 50% of the steps (sdkit.search.default_schedule)",
                                        **_field("300px"))
+        self._lora_picker(loras, lora_dir)
         self.box = widgets.VBox([
             self.prompt, self.hint, self.negative_prompt,
             row(self.n, self.num_inference_steps, self.guidance_scale),
             row(self.seed, self.random_seed, self.height, self.width),
             row(self.model, self.scheduler, self.scorer, self.clip_model),
             row(self.search, self.verifiers),
+            row(self.lora_file, self.lora_weight, self.lora_add, self.lora_said), self.lora_rows,
         ])
+
+    # -- LoRAs: picked from the LoRA folder (or any path), each with its weight ---------------------------
+
+    def _lora_picker(self, loras: dict | None, lora_dir) -> None:
+        folder = lora_dir if lora_dir is not None else os.environ.get("SDKIT_LORA_DIR")
+        self.lora_dir = Path(folder).expanduser() if folder else None
+        self._lora_paths = lora_files(self.lora_dir)  # name -> path
+        self.lora_file = widgets.Combobox(options=list(self._lora_paths), ensure_option=False, description="LoRA",
+                                          placeholder=("a name in " + str(self.lora_dir)) if self.lora_dir else
+                                          "a LoRA .safetensors path", **_field("300px"))
+        self.lora_weight = widgets.FloatSlider(value=1.0, min=-1.0, max=2.0, step=0.05, description="weight",
+                                               **_field("300px"))
+        self.lora_add = widgets.Button(description="add LoRA", icon="plus",
+                                       tooltip="apply this LoRA at this weight (diffusers or kohya/A1111 layout)")
+        self.lora_add.on_click(lambda _: self.add_lora(self.lora_file.value, self.lora_weight.value))
+        self.lora_said = widgets.HTML()  # why the last add was refused
+        self.lora_rows = widgets.VBox()
+        self._loras: dict[str, widgets.FloatSlider] = {}
+        if loras is not None and not isinstance(loras, dict):
+            raise ValueError(f"loras={loras!r}: give a dict {{path: weight}}, e.g. {{'style.safetensors': 0.8}}")
+        for path, weight in (loras or {}).items():
+            self.add_lora(os.fspath(path), weight, strict=True)
+
+    def add_lora(self, name: str, weight: float, strict: bool = False) -> None:
+        """Add (or re-weight) a LoRA: a name from the LoRA folder or a path, checked now; a refusal is said beside
+        the button (raised when `strict`: explore(loras=...))."""
+        from sdkit.load.loras import check_loras
+
+        name = str(name).strip()
+        path = self._lora_paths.get(name, name)
+        try:
+            if not name:
+                raise ValueError("LoRA: type a name from the LoRA folder or a .safetensors path first")
+            check_loras({path: weight})
+        except (ValueError, TypeError, OSError, ImportError) as e:
+            if strict:
+                raise
+            self.lora_said.value = f"<span class='sdkit-error'>{html.escape(str(e))}</span>"
+            return
+        self.lora_said.value = ""
+        if path in self._loras:
+            self._loras[path].value = weight
+            return
+        slider = widgets.FloatSlider(value=weight, min=-1.0, max=2.0, step=0.05, description="weight",
+                                     **_field("300px"))
+        remove = widgets.Button(description="remove", icon="times", tooltip=f"remove {path}")
+        line = row(widgets.Label(Path(path).name, tooltip=path), slider, remove)
+        self._loras[path] = slider
+        self.lora_rows.children = (*self.lora_rows.children, line)
+
+        def drop(_):
+            self._loras.pop(path, None)
+            self.lora_rows.children = tuple(c for c in self.lora_rows.children if c is not line)
+
+        remove.on_click(drop)
+
+    @property
+    def loras(self) -> dict[str, float]:
+        """The LoRAs picked, {path: weight}, in the order added."""
+        return {path: float(slider.value) for path, slider in self._loras.items()}
 
     def read(self, output_dir: Path, batch_size: int | None = None, prompts: list[str] | None = None) -> Request:
         """Everything the run needs, checked before any model is touched; a random seed is drawn and shown."""
@@ -177,7 +250,7 @@ class Form:
         req = Request(model=model, scheduler=_none(self.scheduler.value), scorer=_none(self.scorer.value),
                       clip_model=self.clip_model.value.strip() or None, prompts=prompts, kwargs=kwargs,
                       output_dir=check_output_dir(output_dir), search=search,
-                      verifiers=check_verifiers(self.verifiers.value))
+                      verifiers=check_verifiers(self.verifiers.value), loras=self.loras or None)
         if self.random_seed.value:  # shown only once the form is good: a refused form makes no images
             self.seed.value = str(seed)
         return req

@@ -15,6 +15,8 @@ def fmt(key: str, value: Any) -> str:
         return f"{value:.2f}" if key in _TWO_DECIMALS else f"{value:g}"
     if isinstance(value, dict):
         return ", ".join(f"{k}={fmt(k, v)}" for k, v in value.items() if v not in (None, ""))
+    if isinstance(value, list) and all(isinstance(x, dict) and {"name", "weight"} <= set(x) for x in value):
+        return ", ".join(f"{x['name']}:{x['weight']:g}" for x in value)  # LoRAs as A1111 writes them
     return str(value)
 
 

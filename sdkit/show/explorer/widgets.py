@@ -37,7 +37,8 @@ class Explorer(widgets.VBox):
                  seed: int | None = None, height: int | None = None, width: int | None = None,
                  scheduler: str | None = None, output_dir: str | Path = "outputs", device: str = "auto",
                  dtype: str = "auto", batch_size: int | None = None, thumb_size: int = 128,
-                 search: str | None = None, verifiers: str = "clip"):
+                 search: str | None = None, verifiers: str = "clip", loras: dict | None = None,
+                 lora_dir: str | Path | None = None):
         self.output_dir, self.batch_size = Path(output_dir), batch_size
         self.run = None  # the last Run
         self.ranked: list = []  # the last ranking (Ranked items, or candidates when there is no scorer)
@@ -48,7 +49,8 @@ class Explorer(widgets.VBox):
         self._req: Request | None = None  # the run in progress (or the last one)
         self.form = Form(model, scorer, clip_model=clip_model, prompt=prompt, negative_prompt=negative_prompt, n=n,
                          num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed,
-                         height=height, width=width, scheduler=scheduler, search=search, verifiers=verifiers)
+                         height=height, width=width, scheduler=scheduler, search=search, verifiers=verifiers,
+                         loras=loras, lora_dir=lora_dir)
 
         self.generate_button = widgets.Button(description="Generate", button_style="primary", icon="play")
         self.stop_button = widgets.Button(description="Stop", button_style="danger", icon="stop", disabled=True)
@@ -166,6 +168,7 @@ class Explorer(widgets.VBox):
             self._fail(err, during="checking the settings")
             return
         req.model = c.model_id or req.model
+        req.loras = {x["path"]: x["weight"] for x in c.loras} or None  # the source's own LoRAs, as its model
         req.init_image, req.source = c.image, c
         req.kwargs["extra"] = {"init_seed": c.seed, "init_file": Path(c.path).name if c.path else None}
         self._start(req)
@@ -287,7 +290,8 @@ def explore(model: str = "sdkit:tiny", scorer: Any = "flax", *, clip_model: str 
             seed: int | None = None, height: int | None = None, width: int | None = None,
             scheduler: str | None = None, output_dir: str | Path = "outputs", device: str = "auto",
             dtype: str = "auto", batch_size: int | None = None, thumb_size: int = 128,
-            search: str | None = None, verifiers: str = "clip") -> Explorer:
+            search: str | None = None, verifiers: str = "clip", loras: dict | None = None,
+            lora_dir: str | Path | None = None) -> Explorer:
     """Open the explorer panel (display it as a cell's value).
 
     Args:
@@ -307,6 +311,8 @@ def explore(model: str = "sdkit:tiny", scorer: Any = "flax", *, clip_model: str 
         verifiers: what a named scorer ranks by (the panel's verifiers field): "clip" (default), "pickscore",
             "hpsv2", "aesthetic", or several with weights as "clip:1,pickscore:1,aesthetic:0.5" (an ensemble, each
             member's score kept and shown), run on `scorer`'s backend; checked when the panel opens.
+        loras: {path: weight} of LoRA `.safetensors` files to start with (the panel's LoRA rows; checked now).
+        lora_dir: the folder the LoRA picker lists (default `$SDKIT_LORA_DIR`); any path can be typed too.
 
     Returns:
         The `Explorer` widget. After a run: `.run`, `.ranked`, `.grid_path`, `.error`.
@@ -314,4 +320,5 @@ def explore(model: str = "sdkit:tiny", scorer: Any = "flax", *, clip_model: str 
     return Explorer(model, scorer, clip_model=clip_model, prompt=prompt, negative_prompt=negative_prompt, n=n,
                     num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed,
                     height=height, width=width, scheduler=scheduler, output_dir=output_dir, device=device,
-                    dtype=dtype, batch_size=batch_size, thumb_size=thumb_size, search=search, verifiers=verifiers)
+                    dtype=dtype, batch_size=batch_size, thumb_size=thumb_size, search=search, verifiers=verifiers,
+                    loras=loras, lora_dir=lora_dir)
