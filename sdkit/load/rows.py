@@ -257,7 +257,7 @@ def rows_unet(forward, state: ModuleState, out_channels: int):
             ehs = _take(encoder_hidden_states, where_, size, copies, total)
             n = _length(state, next(iter(where_)))
             if n is not None:  # the group's own tokens, not its batch-mates' padding
-                ehs = ehs[:, :n]
+                ehs = ehs[:, :n].contiguous()  # a slice's strides would pick other kernels (other last bits)
             kw = {k: _take(v, where_, size, copies, total) for k, v in kwargs.items()}
             y = forward(gather(sample, where_, size, copies, total), t, ehs, *args, return_dict=False, **kw)[0]
             if out is None:
