@@ -138,7 +138,8 @@ def needs_embeddings(pipe, prompts) -> bool:
         if not plain(p):
             return True
         text = lora_tags(p)[0]
-        if tokens(tokenizer, pipe.maybe_convert_prompt(text, tokenizer)) > tokenizer.model_max_length:
+        convert = getattr(pipe, "maybe_convert_prompt", None)  # a textual inversion's token: its vectors' tokens
+        if tokens(tokenizer, convert(text, tokenizer) if convert else text) > tokenizer.model_max_length:
             return True
     return False
 
