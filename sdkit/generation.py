@@ -29,12 +29,14 @@ from sdkit.checks import (as_prompt_list, check_generate_args, check_seed, check
                           quiet_truncation_logs, warn_long_prompts)
 from sdkit.save import new_run_id, recover, save_candidate
 from sdkit.load.devices import default_batch_size, free_memory, is_oom
-from sdkit.load.rows import planned_rows, recording, replaying
+from sdkit.load.rows import planned_rows, recording, replaying, text_lengths
 from sdkit.load.schedulers import scheduler_name
 from sdkit.load.state import pipeline_info
 from sdkit.load.invariance import adopt
 from sdkit.load.loras import activate
 from sdkit.load.sdxl import check_refiner, sdxl_conditioning
+from sdkit.load.pipeline import with_prompt_loras
+from sdkit import prompts as prompt_syntax
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +110,8 @@ def generate(
     if seed is not None:
         check_seed(seed)
     out = check_output_dir(output_dir) if output_dir is not None else None
+    prompt_syntax.check(prompts, negs)
+    pipe = _with_tagged_loras(pipe, prompts)
     adopt(pipe)
     if (extra or {}).get("refiner") and refiner is None:  # a record passed back (a resume) without its refiner
         raise ValueError(f"extra['refiner'] records a refiner ({extra['refiner'].get('model_id')!r}) but refiner=None: "
@@ -115,9 +119,10 @@ def generate(
     refined = check_refiner(pipe, refiner, denoising_end)
     for p in (pipe, refiner) if refiner is not None else (pipe,):
         activate(p)  # this pipeline's LoRA weights on its modules, which other pipelines may share
-    tokenizer = getattr(pipe, "tokenizer", None) or getattr(pipe, "tokenizer_2", None)  # an SDXL refiner has only the second
-    warn_long_prompts(tokenizer, prompts)
-    warn_long_prompts(tokenizer, negs, "negative_prompt")
+    if not prompt_syntax.takes_embeddings(getattr(pipe, "pipeline", pipe)):  # else long prompts are chunked
+        tokenizer = getattr(pipe, "tokenizer", None) or getattr(pipe, "tokenizer_2", None)  # a refiner has only the second
+        warn_long_prompts(tokenizer, prompts)
+        warn_long_prompts(tokenizer, negs, "negative_prompt")
 
     run_id = run_id or new_run_id()
     recorded = None
@@ -172,6 +177,18 @@ def generate(
     return run
 
 
+def _with_tagged_loras(pipe, prompts):
+    """`pipe` with the LoRAs the prompts' `<lora:name:weight>` tags name (an edit's wrapper: around its pipeline)."""
+    inner = getattr(pipe, "pipeline", pipe)
+    tagged = with_prompt_loras(inner, prompts)
+    if tagged is inner:
+        return pipe
+    if pipe is inner:
+        return tagged
+    pipe.pipeline = tagged
+    return pipe
+
+
 def _refuse(removed: dict) -> None:
     """generate's search keywords moved up to the search layer: say where, as a TypeError (an unknown argument)."""
     if not removed:
@@ -194,7 +211,8 @@ def _template(pipe, run_id, num_inference_steps, guidance_scale, height, width, 
         revision=info.revision, model_hash=info.model_hash, task=info.task, dtype=info.dtype or str(pipe.dtype),
         device=info.device or str(pipe.device), run_id=run_id,
         extra={**(extra or {}), **({"config": info.config} if info.config else {})},
-        loras=[lora.record() for lora in info.loras], pipe_kwargs=describe(pipe_kwargs or {}))
+        loras=[lora.record() for lora in info.loras], embeddings=[e.record() for e in info.embeddings],
+        pipe_kwargs=describe(pipe_kwargs or {}))
 
 
 def _resume(out: Path, run_id: str, recorded: dict | None, settings: dict, jobs: list[Candidate]) -> list[Candidate]:
@@ -285,19 +303,22 @@ class _Batches:
 
         replay = ({} if self.plan is None else  # a resumed batched run: the rows of the uninterrupted one
                   {k: self.plan[j.index][1] for k, j in enumerate(batch)})
-        common = dict(prompt=[j.prompt for j in batch],
-                      negative_prompt=None if all(j.negative_prompt is None for j in batch) else
-                      [j.negative_prompt or "" for j in batch],
-                      num_inference_steps=self.num_inference_steps, guidance_scale=self.guidance_scale,
+        prompts = [j.prompt for j in batch]
+        negs = None if all(j.negative_prompt is None for j in batch) else [j.negative_prompt or "" for j in batch]
+        common = dict(num_inference_steps=self.num_inference_steps, guidance_scale=self.guidance_scale,
                       generator=[torch.Generator("cpu").manual_seed(j.seed) for j in batch], callback_on_step_end=on_step)
         pipes = (self.pipe,) if self.refiner is None else (self.pipe, self.refiner)
         with quiet_truncation_logs(), replaying(self.pipe, replay) if replay else contextlib.nullcontext(), \
                 recording(*pipes) as self.rows:  # what ran in which row, for each image (base and refiner calls)
-            if self.refiner is None:
-                return self.pipe(**common, height=self.height, width=self.width, **(self.pipe_kwargs or {}))
-            latents = self.pipe(**common, height=self.height, width=self.width, output_type="latent",
-                                denoising_end=self.denoising_end, **(self.pipe_kwargs or {})).images
-            return self.refiner(**common, image=latents, denoising_start=self.denoising_end)
+            text, lengths = prompt_syntax.text_kwargs(self.pipe, prompts, negs)  # A1111 syntax, long prompts
+            with text_lengths(self.pipe, lengths):
+                if self.refiner is None:
+                    return self.pipe(**common, **text, height=self.height, width=self.width, **(self.pipe_kwargs or {}))
+                latents = self.pipe(**common, **text, height=self.height, width=self.width, output_type="latent",
+                                    denoising_end=self.denoising_end, **(self.pipe_kwargs or {})).images
+            text, lengths = prompt_syntax.text_kwargs(self.refiner, prompts, negs)
+            with text_lengths(self.refiner, lengths):
+                return self.refiner(**common, **text, image=latents, denoising_start=self.denoising_end)
 
     def keep(self, batch: list[Candidate], result) -> None:
         """The decoded batch: images onto their candidates, `before_save`, then each saved and reported."""

@@ -44,6 +44,8 @@ class Candidate:
     model_hash: str | None = None  # a single-file model's AutoV2 (A1111's "Model hash"); None for a folder
     # LoRAs applied (`load_pipeline(loras=...)`): each {"path", "name", "weight", "sha256", "autov3"}.
     loras: list[dict[str, Any]] = field(default_factory=list)
+    # Textual inversions loaded (`load_pipeline(embeddings=...)`): each {"path", "file", "token", "sha256"}.
+    embeddings: list[dict[str, Any]] = field(default_factory=list)
     # generate's `pipe_kwargs` as JSON (`sdkit.runs.describe`: images by pixel hash, tensors by content hash).
     pipe_kwargs: dict[str, Any] = field(default_factory=dict)
     # What its pixels' last bits depended on (`sdkit.load.rows.Arithmetic`): every UNet call's batch size and its

@@ -15,7 +15,7 @@ RUN_SETTINGS = "{run_id}.run.json"
 # What decides a run's pixels, in the order a refused resume names them. Not batch_size: on the CPU
 # candidates are batch-invariant. `device` is recorded, and a resume elsewhere only warned about.
 CHECKED = ("model_id", "revision", "task", "dtype", "scheduler", "prompts", "negative_prompts", "n", "seeds",
-           "num_inference_steps", "guidance_scale", "height", "width", "extra", "loras", "pipe_kwargs")
+           "num_inference_steps", "guidance_scale", "height", "width", "extra", "loras", "embeddings", "pipe_kwargs")
 
 
 def describe(v):
@@ -59,7 +59,7 @@ def run_settings(prompts, negs, seeds, n, template: Candidate) -> dict:
     """A run's full settings, as stored in `<run_id>.run.json` (JSON-normalised, so they compare as read back)."""
     d = {"prompts": prompts, "negative_prompts": negs, "n": n, "seeds": list(seeds)}
     for k in ("num_inference_steps", "guidance_scale", "height", "width", "scheduler", "model_id", "revision", "task",
-              "dtype", "device", "extra", "loras", "pipe_kwargs", "sdkit_version", "run_id"):
+              "dtype", "device", "extra", "loras", "embeddings", "pipe_kwargs", "sdkit_version", "run_id"):
         d[k] = getattr(template, k)
     return json.loads(json.dumps(d, sort_keys=True, default=repr))
 

@@ -42,8 +42,12 @@ def a1111_parameters(c: Candidate) -> str:
     "Model hash": a single file's AutoV2 (first 10 hex of its sha256), as A1111 writes it; a diffusers folder has
     no file A1111 could match, so none. LoRAs as A1111 writes them: `<lora:name:weight>` after the prompt (A1111
     reads its LoRAs from there) and "Lora hashes" (AutoV3, 12 hex); also Civitai's `Hashes` JSON, which Civitai
-    and sd-parsers read (sd-parsers splits A1111's quoted "Lora hashes" at its commas and colons)."""
-    lines = [" ".join([c.prompt] + [f"<lora:{x['name']}:{x['weight']:g}>" for x in c.loras])]
+    and sd-parsers read (sd-parsers splits A1111's quoted "Lora hashes" at its commas and colons). Textual inversions
+    likewise: "TI hashes" (the file's sha256, 12 hex) and `embed:token` in `Hashes`. The prompt is written as typed."""
+    from sdkit.prompts import lora_tags
+
+    tagged = {name for name, _ in lora_tags(c.prompt)[1]}  # the prompt as typed keeps its own tags
+    lines = [" ".join([c.prompt] + [f"<lora:{x['name']}:{x['weight']:g}>" for x in c.loras if x["name"] not in tagged])]
     if c.negative_prompt:
         lines.append(f"Negative prompt: {c.negative_prompt}")
     fields = {
@@ -66,6 +70,9 @@ def a1111_parameters(c: Candidate) -> str:
     if c.loras:  # A1111 drops ":" and "," from the names here
         fields["Lora hashes"] = ", ".join(f"{x['name'].replace(':', '').replace(',', '')}: {x['autov3']}"
                                           for x in c.loras)
+    if c.embeddings:  # A1111's: the token and the file's sha256, 12 hex
+        fields["TI hashes"] = ", ".join(f"{x['token'].replace(':', '').replace(',', '')}: {x['sha256'][:12]}"
+                                        for x in c.embeddings)
     if c.score is not None:
         fields[score_label(c.scorer)] = f"{c.score:.2f}"
     for name, m in (c.members or {}).items():  # an ensemble's members, each under its own name
@@ -79,6 +86,7 @@ def a1111_parameters(c: Candidate) -> str:
     pairs = [f"{k}: {fmt(v)}" for k, v in fields.items()]
     hashes = {"model": c.model_hash} if c.model_hash else {}
     hashes.update({f"lora:{x['name']}": x["autov3"] for x in c.loras})
+    hashes.update({f"embed:{x['token']}": x["sha256"][:12] for x in c.embeddings})  # Civitai's key for an embedding
     if hashes:  # Civitai's JSON, unquoted as Civitai writes it
         pairs.insert(-1, "Hashes: " + json.dumps(hashes))
     lines.append(", ".join(pairs))

@@ -94,13 +94,20 @@ def test_unwritable_output_dir(tiny_pipe, tmp_path):
             generate(tiny_pipe, "a cat", output_dir=ro, **FAST)
 
 
-def test_long_prompt_warns_about_truncation(tiny_pipe):
+def test_a_long_prompt_is_chunked_without_a_warning_where_the_pipeline_takes_embeddings(tiny_pipe, monkeypatch):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        generate(tiny_pipe, "red " * 100, n=1, seed=0, **FAST)  # chunked: sdkit.prompts (tests/test_prompts.py)
+    # A pipeline that cannot take embeddings still truncates, and says so.
+    monkeypatch.setattr("sdkit.prompts.takes_embeddings", lambda pipe: False)
     with pytest.warns(UserWarning, match=r"reads only the first 77"):
         generate(tiny_pipe, "red " * 100, n=1, seed=0, **FAST)
 
 
-def test_very_long_prompt_is_one_warning_and_printed_nowhere(tiny_pipe, capfd):
-    """10,000 characters: sdkit's one warning, not diffusers' copy of the truncated text nor transformers' notice."""
+def test_very_long_prompt_is_one_warning_and_printed_nowhere(tiny_pipe, capfd, monkeypatch):
+    """10,000 characters, on a pipeline that truncates: sdkit's one warning, not diffusers' copy of the truncated
+    text nor transformers' notice."""
+    monkeypatch.setattr("sdkit.prompts.takes_embeddings", lambda pipe: False)
     import logging
 
     prompt = "red " * 2500

@@ -34,6 +34,11 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--low-memory", action="store_true", help="attention/VAE slicing, VAE tiling, CPU offload (4-8 GB GPUs)")
     p.add_argument("--lora", action="append", default=[], metavar="PATH[:WEIGHT]",
                    help="a LoRA .safetensors file (diffusers or kohya/A1111 layout) and its weight (default 1); repeatable")
+    p.add_argument("--lora-dir", default=None, metavar="FOLDER",
+                   help="where a prompt's <lora:name:weight> tags find name.safetensors (default: $SDKIT_LORA_DIR)")
+    p.add_argument("--embedding", action="append", default=[], metavar="PATH",
+                   help="a textual-inversion .safetensors file (A1111, diffusers or SDXL layout), used in prompts by its "
+                        "token (A1111's: the file name); repeatable")
     p.add_argument("--out", default="outputs", help="output folder; each run gets a subfolder (default outputs/)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_scorer_args(p, default="flax")
@@ -88,7 +93,8 @@ def pipeline_from_args(args, task: str, **kwargs):
         kwargs.setdefault("batch_invariant", True)
     return load_pipeline(args.model, task, device=args.device, dtype=args.dtype, scheduler=args.scheduler,
                          safety_checker=not args.no_safety_checker, low_memory=args.low_memory, compile=args.compile,
-                         vae=args.vae, config=args.config, loras=parse_loras(args.lora), **kwargs)
+                         vae=args.vae, config=args.config, loras=parse_loras(args.lora),
+                         embeddings=list(args.embedding) or None, lora_dir=args.lora_dir, **kwargs)
 
 
 def check_refiner_args(args) -> float | None:
@@ -208,6 +214,7 @@ def resume(args) -> int:
     check_generate_args(n=rec["n"], seeds=rec["seeds"], num_inference_steps=rec["num_inference_steps"],
                         guidance_scale=rec["guidance_scale"], height=rec["height"], width=rec["width"],
                         batch_size=args.batch_size)
+    from sdkit.load import embeddings
     from sdkit.load.loras import from_records
     from sdkit.load.pipeline import load_pipeline
 
@@ -218,8 +225,8 @@ def resume(args) -> int:
                          dtype=args.dtype if "dtype" in getattr(args, "explicit", set()) else rec["dtype"],
                          revision=rec.get("revision"), scheduler=scheduler, safety_checker=not args.no_safety_checker,
                          low_memory=args.low_memory, compile=args.compile, config=extra.get("config"),
-                         loras=from_records(rec.get("loras")),
-                         vae=None if vae == "own" else vae)
+                         loras=from_records(rec.get("loras")), embeddings=embeddings.from_records(rec.get("embeddings")),
+                         lora_dir=args.lora_dir, vae=None if vae == "own" else vae)
     from sdkit.search.replay import recorded_refiner
 
     negs = rec["negative_prompts"]

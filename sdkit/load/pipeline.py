@@ -21,6 +21,7 @@ from sdkit.load.devices import auto_dtype, max_rows, resolve_device, resolve_dty
 from sdkit.load.hub import MIRRORS, local_dir, local_files, looks_like_path, no_safetensors, pickles, repo_files, snapshot
 from sdkit.load.invariance import install
 from sdkit.load.kinds import TASKS, check_task, family_of, pipeline_class, unet_setting
+from sdkit.load.embeddings import apply_embeddings, check_embeddings
 from sdkit.load.loras import apply_loras, check_family, check_loras, file_hashes
 from sdkit.load import single_file
 from sdkit.load.schedulers import check_scheduler, make_scheduler
@@ -146,6 +147,8 @@ def load_pipeline(
     vae: str | None = None,
     config: str | None = None,
     loras: dict | None = None,
+    embeddings=None,
+    lora_dir: str | None = None,
 ):
     """Load (or reuse) a diffusers pipeline for `model` and `task`.
 
@@ -178,6 +181,11 @@ def load_pipeline(
         loras: {path: weight} of LoRA `.safetensors` files (diffusers/PEFT or kohya layout, e.g. from A1111, ComfyUI,
             Civitai), applied through diffusers' PEFT backend (needs `peft`). Each image records them (path, weight,
             sha256; A1111's "Lora hashes"). See `sdkit.load.loras`.
+        embeddings: textual-inversion `.safetensors` files (A1111, diffusers or SDXL layout), a list of paths or
+            {path: token}; a prompt uses one by its token (A1111's: the file name). Recorded like LoRAs (A1111's
+            "TI hashes"). See `sdkit.load.embeddings`.
+        lora_dir: the folder a prompt's `<lora:name:weight>` tags are looked up in (`name.safetensors`, also in
+            subfolders); default the environment's `SDKIT_LORA_DIR`. See `sdkit.prompts`.
 
     A second call with the same model, device, dtype and LoRA files reuses the loaded weights,
     also for another task, scheduler or LoRA weights (diffusers' `from_pipe`). Tokens come from
@@ -185,6 +193,7 @@ def load_pipeline(
     """
     import diffusers
 
+    args = {k: v for k, v in locals().items() if k != "diffusers"}  # as given: `with_prompt_loras` loads it again
     check_scheduler(scheduler)
     if task not in TASKS:
         raise ValueError(f"task={task!r}: choose one of {list(TASKS)}")
@@ -197,6 +206,7 @@ def load_pipeline(
     check_task(task, res.path, res.model_id, family)
     vae_path = resolve_vae(vae) if vae is not None else None
     lora_set = check_loras(loras)
+    embedding_set = check_embeddings(embeddings)
     if lora_set:
         check_family(lora_set, family, res.single_file.context if res.single_file else
                      unet_setting(res.path, "cross_attention_dim", res.model_id))
@@ -207,10 +217,12 @@ def load_pipeline(
     if batch_invariant == "auto":
         batch_invariant = device == "cpu"
     weights_key = (res.weights_key, res.variant, device, str(torch_dtype), bool(safety_checker), bool(low_memory),
-                   bool(batch_invariant), bool(compile), str(vae_path), tuple(x.sha256 for x in lora_set))
+                   bool(batch_invariant), bool(compile), str(vae_path), tuple(x.sha256 for x in lora_set),
+                   tuple((x.sha256, x.token) for x in embedding_set))
     # The names as the user gave them too: each pipeline records them (a path and `sdkit:tiny` may be the same
     # weights; LoRAs as each image records them).
-    key = weights_key + (task, scheduler, res.model_id, tuple((x.path, x.weight) for x in lora_set))
+    key = weights_key + (task, scheduler, res.model_id, tuple((x.path, x.weight) for x in lora_set),
+                         tuple(x.path for x in embedding_set), lora_dir)
     with _lock:
         if key in _cache:
             return _cache[key]
@@ -238,6 +250,8 @@ def load_pipeline(
                     pipe = single_file.load(cls, res.single_file, safety_checker=safety_checker, **kwargs)
                 else:
                     pipe = cls.from_pretrained(res.path, variant=res.variant, use_safetensors=True, **kwargs)
+            if embedding_set:
+                apply_embeddings(pipe, embedding_set)  # new token rows: in modules no one else holds
             if lora_set:
                 apply_loras(pipe, lora_set)  # before compiling and sdkit's wrappers, into modules no one else holds
             _place(pipe, device, low_memory)
@@ -253,9 +267,48 @@ def load_pipeline(
         # What sdkit records in every result.
         remember(pipe, model_id=res.model_id, revision=res.revision, task=task, device=device,
                  dtype=str(torch_dtype).replace("torch.", ""), own_scheduler=own, family=family, vae=vae,
-                 config=str(config) if config is not None else None, loras=lora_set, model_hash=model_hash)
+                 config=str(config) if config is not None else None, loras=lora_set, model_hash=model_hash,
+                 embeddings=embedding_set, lora_dir=None if lora_dir is None else str(lora_dir), load_args=args)
         _cache[key] = pipe
         return pipe
+
+
+def with_prompt_loras(pipe, prompts):
+    """`pipe`, or the same model with the LoRAs its prompts' `<lora:name:weight>` tags name added (loaded through the
+    cache: the same weights, no reload of the model). A tag names a LoRA the pipeline has (by file name), or a file
+    `name.safetensors` in its `lora_dir` (or `SDKIT_LORA_DIR`); a missing one is an error naming it and the folder."""
+    import os
+
+    from sdkit.prompts import parse
+
+    tags = {}
+    for p in prompts:
+        tags.update(parse(p).loras)
+    if not tags:
+        return pipe
+    info = pipeline_info(pipe)
+    have = {lora.name: lora for lora in info.loras}
+    loras = {lora.path: lora.weight for lora in info.loras}
+    folder = info.lora_dir or os.environ.get("SDKIT_LORA_DIR")
+    for name, weight in tags.items():
+        if name in have:
+            loras[have[name].path] = weight
+            continue
+        if not folder:
+            raise FileNotFoundError(f"<lora:{name}:{weight:g}> in the prompt: no LoRA folder is set to find "
+                                    f"{name}.safetensors in; pass load_pipeline(..., lora_dir=...) or set SDKIT_LORA_DIR")
+        root = Path(folder).expanduser()
+        found = sorted(root.rglob(f"{name}.safetensors")) if root.is_dir() else []
+        if not found:
+            raise FileNotFoundError(f"<lora:{name}:{weight:g}> in the prompt: no {name}.safetensors in the LoRA "
+                                    f"folder {str(root)!r}" + ("" if root.is_dir() else " (no such folder)"))
+        loras[str(found[0])] = weight
+    if loras == {lora.path: lora.weight for lora in info.loras}:
+        return pipe
+    if info.load_args is None:
+        raise ValueError(f"the prompt's <lora:> tags ({', '.join(tags)}) need a pipeline from load_pipeline, which "
+                         "sdkit can load again with them; this one was built elsewhere")
+    return load_pipeline(**{**info.load_args, "task": info.task, "loras": loras})
 
 
 def _place(pipe, device: str, low_memory: bool) -> None:

@@ -142,7 +142,8 @@ class Rows:
             for i in live:
                 t = self.targets.get(i)
                 size, row = (1, 0) if t is None else (t.decode if call is None else t.at(call))
-                g = next((g for g in out if g[0] == size and row not in g[1].values()), None)
+                g = next((g for g in out if g[0] == size and row not in g[1].values()
+                          and _length(state, i) == _length(state, next(iter(g[1])))), None)
                 if g is None:
                     out.append((size, {i: row}))
                 else:
@@ -166,6 +167,9 @@ def alone_or_together(state: ModuleState, live: list[int]) -> list[Group]:
         return [(1, {i: 0}) for i in live]
     if not live:
         return []
+    lengths = sorted({_length(state, i) for i in live})
+    if len(lengths) > 1:  # prompts of other lengths run in calls of their own (`text_lengths`)
+        return [g for n in lengths for g in alone_or_together(state, [i for i in live if _length(state, i) == n])]
     calls = -(-len(live) // (state.max_rows or len(live)))
     base, extra = divmod(len(live), calls)
     out, at = [], 0
@@ -174,6 +178,24 @@ def alone_or_together(state: ModuleState, live: list[int]) -> list[Group]:
         out.append((size, {i: r for r, i in enumerate(live[at:at + size])}))
         at += size
     return out
+
+
+def _length(state: ModuleState, row: int) -> int | None:
+    return (state.text_lengths or {}).get(row)
+
+
+@contextlib.contextmanager
+def text_lengths(pipe, lengths: list[int] | None):
+    """Inside the block, row i of each UNet call of `pipe` reads only the first `lengths[i]` tokens of its text
+    embeddings: prompts of several lengths (a long prompt is 77 tokens a chunk) share a batch padded to the longest,
+    and each candidate still sees its own prompt alone, as it would in a batch of one. Rows of different lengths
+    never share a UNet call."""
+    state = module_state(pipe.unet)
+    before, state.text_lengths = state.text_lengths, (dict(enumerate(lengths)) if len(set(lengths or ())) > 1 else None)
+    try:
+        yield
+    finally:
+        state.text_lengths = before
 
 
 def gather(x: torch.Tensor, rows: dict[int, int], size: int, copies: int, total: int) -> torch.Tensor:
@@ -225,7 +247,7 @@ def rows_unet(forward, state: ModuleState, out_channels: int):
         groups = rows.groups(state, live, len(rows.unet)) if rows is not None else alone_or_together(state, live)
         if rows is not None:
             rows.unet.append(groups)
-        if len(groups) == 1 and groups[0][0] == total == len(live):
+        if len(groups) == 1 and groups[0][0] == total == len(live) and state.text_lengths is None:
             size, where_ = groups[0]
             if all(i == r for i, r in where_.items()):  # the whole batch as it is: no copies
                 return forward(sample, timestep, encoder_hidden_states, *args, return_dict=return_dict, **kwargs)
@@ -233,6 +255,9 @@ def rows_unet(forward, state: ModuleState, out_channels: int):
         for size, where_ in groups:
             t = _take(timestep, where_, size, copies, total) if torch.is_tensor(timestep) and timestep.ndim else timestep
             ehs = _take(encoder_hidden_states, where_, size, copies, total)
+            n = _length(state, next(iter(where_)))
+            if n is not None:  # the group's own tokens, not its batch-mates' padding
+                ehs = ehs[:, :n].contiguous()  # a slice's strides would pick other kernels (other last bits)
             kw = {k: _take(v, where_, size, copies, total) for k, v in kwargs.items()}
             y = forward(gather(sample, where_, size, copies, total), t, ehs, *args, return_dict=False, **kw)[0]
             if out is None:

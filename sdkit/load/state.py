@@ -34,6 +34,9 @@ class PipelineInfo:
     config: str | None = None  # a single file's config folder as the user named it (`load_pipeline(config=...)`)
     model_hash: str | None = None  # a single file's AutoV2 (sha256, 10 hex), A1111's "Model hash"; None: a folder
     loras: tuple = ()  # `sdkit.load.loras.Lora`s at this pipeline's weights (`load_pipeline(loras=...)`)
+    embeddings: tuple = ()  # `sdkit.load.embeddings.Embedding`s loaded (`load_pipeline(embeddings=...)`)
+    lora_dir: str | None = None  # where a prompt's `<lora:name:weight>` tags are looked up (`load_pipeline(lora_dir=...)`)
+    load_args: dict | None = None  # the `load_pipeline` arguments that made it: the same model with more LoRAs
 
 
 @dataclasses.dataclass
@@ -47,6 +50,8 @@ class ModuleState:
     rows: Any = None  # inside one pipeline call: its `sdkit.load.rows.Rows` (what ran where, and any replay)
     max_rows: int | None = None  # candidates per UNet call at most, when they run together (a GPU's batch size)
     replay: Any = None  # inside `rows.replaying`: {row of the next call: the Arithmetic to replay}
+    # inside `rows.text_lengths`: {row of the call: its prompt's length in tokens}, where rows differ (long prompts)
+    text_lengths: dict[int, int] | None = None
 
 
 _pipelines: "weakref.WeakKeyDictionary[Any, PipelineInfo]" = weakref.WeakKeyDictionary()

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from sdkit.generation import generate
 from sdkit.load.invariance import has_rows, skipping
+from sdkit.load import embeddings as inversions
 from sdkit.load.loras import check_same, from_records
 from sdkit.load.rows import Arithmetic, differences, replaying
 from sdkit.load.schedulers import scheduler_name
@@ -46,8 +47,10 @@ def regenerate(source, pipe=None, **overrides) -> Candidate:
         pipe = load_pipeline(meta["model_id"], meta.get("task", "text-to-image"), scheduler=meta.get("scheduler") or None,
                              dtype=meta.get("dtype") or "auto", revision=meta.get("revision"), config=extra.get("config"),
                              loras=from_records(meta.get("loras")),
+                             embeddings=inversions.from_records(meta.get("embeddings")),
                              **({"batch_invariant": True} if lineage else {}), **({} if vae == "own" else {"vae": vae}))
     check_same(meta.get("loras"), pipe)
+    inversions.check_same(meta.get("embeddings"), pipe)
     arithmetic = None if overrides else Arithmetic.from_json(meta.get("arithmetic"))
     if arithmetic is not None:
         _warn_elsewhere(arithmetic, pipe.device)
