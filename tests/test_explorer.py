@@ -605,6 +605,22 @@ def test_lora_picker_applies_each_lora_at_its_weight_as_load_pipeline_does(tmp_p
     assert ex.form.loras == {ink: 0.25} and len(ex.form.lora_rows.children) == 1
 
 
+def test_a_prompts_lora_tag_is_found_in_the_panels_lora_folder(tmp_path, lora_folder):
+    from sdkit.generation import generate
+    from sdkit.load.pipeline import load_pipeline
+
+    paper = str(lora_folder / "paper_cut.safetensors")
+    ex = Explorer(scorer=None, output_dir=tmp_path, lora_dir=lora_folder,
+                  **{**FAST, "prompt": "a red circle <lora:paper_cut:0.5>", "n": 1})
+    ex.generate_button.click()
+    finished(ex)
+    assert ex.error is None, ex.status.value
+    ref = generate(load_pipeline("sdkit:tiny", loras={paper: 0.5}), "a red circle", n=1, seed=7, num_inference_steps=2,
+                   progress=False)
+    assert np.array_equal(np.asarray(ex.run[0].image), np.asarray(ref[0].image))
+    assert ex.run[0].prompt == "a red circle <lora:paper_cut:0.5>"  # recorded as typed
+
+
 def test_a_lora_that_cannot_be_used_is_said_beside_the_picker(tmp_path, lora_folder):
     ex = Explorer(scorer=None, output_dir=tmp_path, lora_dir=lora_folder, **FAST)
     for typed, said in (("nope", "LoRA 'nope': no such file"), ("", "type a name from the LoRA folder"),

@@ -250,7 +250,8 @@ class Form:
         req = Request(model=model, scheduler=_none(self.scheduler.value), scorer=_none(self.scorer.value),
                       clip_model=self.clip_model.value.strip() or None, prompts=prompts, kwargs=kwargs,
                       output_dir=check_output_dir(output_dir), search=search,
-                      verifiers=check_verifiers(self.verifiers.value), loras=self.loras or None)
+                      verifiers=check_verifiers(self.verifiers.value), loras=self.loras or None,
+                      lora_dir=str(self.lora_dir) if self.lora_dir else None)
         if self.random_seed.value:  # shown only once the form is good: a refused form makes no images
             self.seed.value = str(seed)
         return req

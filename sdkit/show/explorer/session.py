@@ -48,6 +48,7 @@ class Request:
     search: str | None = None  # "successive_halving": prune on x0 previews (sdkit.search); None: all to the end
     verifiers: str = "clip"  # what a named scorer ranks by: "clip", "pickscore", "clip:1,aesthetic:0.5", ...
     loras: dict | None = None  # {path: weight}: load_pipeline's loras
+    lora_dir: str | None = None  # where the prompt's <lora:name:weight> tags are found (load_pipeline's lora_dir)
 
     @property
     def what(self) -> str:
@@ -184,7 +185,8 @@ class Session:
             self._emit(Said(f"loading {req.model}…"))
             # A search drops candidates mid-way without touching the others: one UNet call per candidate.
             pipe = load_pipeline(req.model, device=self.device, dtype=self.dtype, scheduler=req.scheduler,
-                                 loras=req.loras, **({"batch_invariant": True} if req.search else {}))
+                                 loras=req.loras, lora_dir=req.lora_dir,
+                                 **({"batch_invariant": True} if req.search else {}))
             stage = "loading the scorer"
             self.scorer = self._load_scorer(req)
             if req.search and self.scorer is None:
