@@ -51,6 +51,11 @@ def _substitute(role: str, model: str, m: str) -> str:
         from sdkit.models.builtin import clip_for
 
         return clip_for("sdkit:toy" if m == "toy" else "sdkit:tiny")
+    if role in ("lora_dir", "embedding"):  # a user's own add-ons; tiny ones made for the tiny (or toy) model
+        from sdkit.models.tiny_addons import tiny_embedding, tiny_lora_dir
+
+        base = "sdkit:toy" if m == "toy" else "sdkit:tiny"
+        return str(tiny_lora_dir(base) if role == "lora_dir" else tiny_embedding(base))
     if _is_xl(role, model):  # the toy world is SD-shaped: SDXL roles get the tiny SDXL models in both modes
         part = "-refiner" if "refiner" in (role + model).lower() else "-inpainting" if "inpaint" in (role + model).lower() else ""
         return f"sdkit:tiny-xl{part}"
@@ -105,7 +110,7 @@ def models_mode_of(path, default: str = "tiny") -> str:
 
 def _short(model: str) -> str:
     # Cache paths differ between machines; print a stable name so nbval output does not.
-    return f"<{Path(model).parent.name}/{Path(model).name.split('-')[0]}>" if os.path.isabs(model) else model
+    return f"<{Path(model).parent.name.split('-')[0]}/{Path(model).name.split('-')[0]}>" if os.path.isabs(model) else model
 
 
 def in_colab() -> bool:

@@ -17,6 +17,7 @@ import hashlib
 import os
 from pathlib import Path
 
+from sdkit.quiet import quiet_hf
 from sdkit.load.hub import PICKLE_SUFFIXES
 
 
@@ -109,7 +110,8 @@ def apply_embeddings(pipe, embeddings: tuple[Embedding, ...]) -> None:
                                  f"{width}-wide token embeddings (is it for another kind of model?)")
             tokenizer = getattr(pipe, "tokenizer" if name == "text_encoder" else "tokenizer_2")
             try:
-                pipe.load_textual_inversion(t, token=e.token, text_encoder=enc, tokenizer=tokenizer)
+                with quiet_hf(messages=True):  # transformers' note on how the new token rows start: not ours
+                    pipe.load_textual_inversion(t, token=e.token, text_encoder=enc, tokenizer=tokenizer)
             except ValueError as err:  # e.g. the token is already a word of the vocabulary
                 raise ValueError(f"embedding {e.path!r}: {err}") from None
 

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from sdkit.errors import ModelNotAvailable
 from sdkit.load.hub import PICKLE_SUFFIXES
+from sdkit.quiet import quiet_hf
 
 # Cross-attention widths of the released models, to name what a LoRA was trained for.
 CONTEXTS = {768: "SD 1.x", 1024: "SD 2.x", 1280: "the SDXL refiner", 2048: "SDXL"}
@@ -141,7 +142,8 @@ def apply_loras(pipe, loras: tuple[Lora, ...]) -> None:
         logger = logging.getLogger("diffusers")
         logger.addHandler(unexpected)
         try:
-            with warnings.catch_warnings():  # a second adapter is what we ask for
+            # quiet_hf: no per-load bars (a notebook stores them); its warnings still reach `unexpected`.
+            with warnings.catch_warnings(), quiet_hf():  # a second adapter is what we ask for
                 warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute")
                 pipe.load_lora_weights(str(lora.file), adapter_name=adapter_name(i))
         except (ValueError, RuntimeError, KeyError, IndexError) as e:  # diffusers' and PEFT's, on keys and shapes

@@ -60,7 +60,7 @@ def score_heatmap(ranked: Iterable[Any], x: str = "guidance_scale", y: str = "nu
     ranked = list(ranked)
     xs, ys, means, counts = score_table(ranked, x, y, member)
     first = getattr(ranked[0], "candidate", ranked[0])
-    label = "mean " + score_label(first.members[member].scorer if member is not None else first.scorer)
+    label = "mean " + score_label(first.members[member].scorer if member is not None else getattr(first, "scorer", None))
     fig = GridFigure(figsize=(1.2 + 1.1 * len(xs), 1.0 + 0.8 * len(ys)))
     ax = fig.add_subplot()
     im = ax.imshow(means, cmap="viridis", aspect="auto")
