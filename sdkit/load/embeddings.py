@@ -116,23 +116,16 @@ def apply_embeddings(pipe, embeddings: tuple[Embedding, ...]) -> None:
                 raise ValueError(f"embedding {e.path!r}: {err}") from None
 
 
-def from_records(records) -> list | None:
+def from_records(records) -> dict | None:
     """The `embeddings=` that loads an image's recorded embeddings again, {path: token}; an error naming a file that
     is gone or changed."""
+    from sdkit.load.loras import recorded_file
+
     if not records:
         return None
-    out = {}
-    for r in records:
-        what = f"embedding {r['path']!r} (token {r['token']!r}, sha256 {r['sha256'][:12]}...)"
-        found = [p for p in dict.fromkeys((r["path"], r.get("file") or r["path"])) if Path(p).expanduser().is_file()]
-        if not found:
-            raise FileNotFoundError(f"this image was made with {what}, which is not there (nor at {r.get('file')!r}); "
-                                    "put the file back, or pass pipe= a pipeline that has it")
-        sha256 = hashlib.sha256(Path(found[0]).expanduser().read_bytes()).hexdigest()
-        if sha256 != r["sha256"]:
-            raise ValueError(f"this image was made with {what}; the file there now has sha256 {sha256[:12]}...")
-        out[found[0]] = r["token"]
-    return out
+    return {recorded_file(r, f"embedding {r['path']!r} (token {r['token']!r}, sha256 {r['sha256'][:12]}...)",
+                          lambda p: hashlib.sha256(Path(p).expanduser().read_bytes()).hexdigest()): r["token"]
+            for r in records}
 
 
 def check_same(records, pipe) -> None:

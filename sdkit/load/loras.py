@@ -217,19 +217,24 @@ def from_records(records) -> dict | None:
     then), unchanged; an error naming a file that is gone or changed."""
     if not records:
         return None
-    loras = {}
-    for r in records:
-        what = f"LoRA {r['path']!r} (weight {r['weight']:g}, sha256 {r['sha256'][:12]}...)"
-        found = [p for p in dict.fromkeys((r["path"], r.get("file") or r["path"])) if Path(p).expanduser().exists()]
-        if not found:
-            raise FileNotFoundError(f"this image was made with {what}, which is not there (nor at {r.get('file')!r}); "
-                                    "put the file back, or pass pipe= a pipeline that has it")
-        sha256 = file_hashes(_lora_file(found[0]))[0]
-        if sha256 != r["sha256"]:
-            raise ValueError(f"this image was made with {what}; the file there now has sha256 {sha256[:12]}...: "
-                             "another file, or changed since")
-        loras[found[0]] = r["weight"]
-    return loras
+    return {recorded_file(r, f"LoRA {r['path']!r} (weight {r['weight']:g}, sha256 {r['sha256'][:12]}...)",
+                          lambda p: file_hashes(_lora_file(p))[0]): r["weight"] for r in records}
+
+
+def recorded_file(record: dict, what: str, sha256_of) -> str:
+    """The file an add-on's record names (its path as given, else the absolute file it was then), checked against
+    the recorded sha256 (`sha256_of(path)`); an error naming `what` when it is gone or changed. LoRAs and
+    embeddings share it."""
+    found = [p for p in dict.fromkeys((record["path"], record.get("file") or record["path"]))
+             if Path(p).expanduser().exists()]
+    if not found:
+        raise FileNotFoundError(f"this image was made with {what}, which is not there (nor at {record.get('file')!r}); "
+                                "put the file back, or pass pipe= a pipeline that has it")
+    sha256 = sha256_of(found[0])
+    if sha256 != record["sha256"]:
+        raise ValueError(f"this image was made with {what}; the file there now has sha256 {sha256[:12]}...: "
+                         "another file, or changed since")
+    return found[0]
 
 
 def check_same(records, pipe) -> None:
