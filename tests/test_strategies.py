@@ -388,7 +388,7 @@ def test_pruned_records_round_trip_and_old_manifest_lines_read_back(tiny_pipe, t
     assert (p.prompt, p.seed, p.run_id, p.step, p.preview_score) == ("a cat", 7, "old", 2, 41.5)
     assert (p.candidate.index, p.candidate.height, p.candidate.scheduler) == (3, 64, "DDIM") and p.candidate.image is None
     # The same line again, with what later sdkit records at its "none" (no LoRAs, a folder's missing hash, no kwargs).
-    assert p.record() == {**old, "model_hash": None, "loras": [], "pipe_kwargs": {}}
+    assert p.record() == {**old, "model_hash": None, "loras": [], "embeddings": [], "pipe_kwargs": {}}
     assert list(p.record())[:len(old) - 4] == list(old)[:-4]  # the old fields keep their order
     assert (back[1].seed, back[1].preview_score) == (8, 12.0) and "a_later_field" not in back[1].record()
     assert read_pruned(tmp_path, "other") == []
