@@ -29,7 +29,7 @@ from sdkit.checks import (as_prompt_list, check_generate_args, check_seed, check
                           quiet_truncation_logs, warn_long_prompts)
 from sdkit.save import new_run_id, recover, save_candidate
 from sdkit.load.devices import default_batch_size, free_memory, is_oom
-from sdkit.load.rows import planned_rows, recording, replaying, text_lengths
+from sdkit.load.rows import module_state, planned_rows, recording, replaying, text_lengths
 from sdkit.load.schedulers import scheduler_name
 from sdkit.load.state import pipeline_info
 from sdkit.load.invariance import adopt
@@ -149,7 +149,9 @@ def generate(
     batches = _Batches(pipe, run, len(jobs), out, num_inference_steps, guidance_scale, height, width, pipe_kwargs,
                        callback, _cancel_check(cancel), before_save, refiner, denoising_end)
     if run.resumed:  # on a GPU, the missing candidates are made in the rows an uninterrupted run had
-        batches.plan = planned_rows(pipe, len(jobs), (recorded or {}).get("batch_size"))  # by job index
+        lengths = None if module_state(pipe.unet).batch_invariant else prompt_syntax.row_lengths(
+            pipe, [j.prompt for j in jobs], [j.negative_prompt for j in jobs])
+        batches.plan = planned_rows(pipe, len(jobs), (recorded or {}).get("batch_size"), lengths)  # by job index
     todo = [j for j in jobs if j.index not in done]
     # The notebook text names the whole call (not what a resume left to do), so stored outputs do not vary.
     batches.bar = progress_bar(len(todo) * batches.steps, progress,

@@ -257,3 +257,18 @@ def text_kwargs(pipe, prompts: list[str], negatives: list[str] | None) -> tuple[
         embeds, lengths = encode(inner, prompts, negatives)
         return embeds, lengths
     return {"prompt": [lora_tags(p)[0] for p in prompts], "negative_prompt": negatives}, None
+
+
+def row_lengths(pipe, prompts: list[str], negatives: list[str | None]) -> list[int] | None:
+    """Each (prompt, negative) row's text length in tokens as a batched call of `text_kwargs` reads it, or None when
+    no row needs `encode` (every row then passes as text, of one length). For a resumed batched run: the rows of
+    another length ran in UNet calls of their own (`sdkit.load.rows.text_lengths`), so its plan needs them. Each
+    distinct row is encoded once (one text-encoder pass; no denoising)."""
+    inner = getattr(pipe, "pipeline", pipe)
+    if not (takes_embeddings(inner) and needs_embeddings(inner, [*prompts, *negatives])):
+        return None
+    found = {}
+    for row in zip(prompts, negatives):
+        if row not in found:
+            found[row] = encode(inner, [row[0]], None if row[1] is None else [row[1]])[1][0]
+    return [found[row] for row in zip(prompts, negatives)]

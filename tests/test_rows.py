@@ -145,6 +145,24 @@ def test_a_resumed_batched_run_makes_the_missing_candidates_in_their_original_ro
     assert all(same(a, b) for a, b in zip(resumed, whole))
 
 
+def test_a_resumed_batch_of_long_and_short_prompts_replays_their_separate_calls(batched, tmp_path):
+    long = "a red circle, " + ", ".join(["soft light", "paper texture"] * 30)  # > 77 tokens: two chunks
+    prompts = [long, "a red circle"]
+    whole = generate(batched, prompts, n=3, seed=3, batch_size=4, **FAST)
+    assert [c.arithmetic["unet"] for c in whole] == [[[0, 3, 0]], [[0, 3, 1]], [[0, 3, 2]], [[0, 1, 0]],
+                                                     [[0, 2, 0]], [[0, 2, 1]]]  # batch 1: 3 long rows, 1 short
+    stop = threading.Event()
+    part = generate(batched, prompts, n=3, seed=3, batch_size=4, output_dir=tmp_path, run_id="r",
+                    callback=lambda p: p.finished and stop.set(), cancel=stop, **FAST)
+    assert part.cancelled and len(part) == 4
+    (tmp_path / part[1].path).unlink()  # a long prompt's row of the first batch
+    (tmp_path / part[3].path).unlink()  # the short prompt's row there, alone in its call
+    resumed = generate(batched, prompts, n=3, seed=3, batch_size=2, output_dir=tmp_path, run_id="r", **FAST)
+    assert resumed.resumed == 2 and len(resumed) == 6
+    assert [c.arithmetic["unet"] for c in resumed] == [c.arithmetic["unet"] for c in whole]
+    assert all(same(a, b) for a, b in zip(resumed, whole))
+
+
 def test_live_candidates_are_split_into_even_calls_of_at_most_max_rows():
     state = ModuleState(installed=True, batch_invariant=False, max_rows=3)
     assert [size for size, _ in alone_or_together(state, list(range(8)))] == [3, 3, 2]

@@ -336,10 +336,13 @@ def replaying(pipe, targets: dict[int, Arithmetic]):
         state.replay = before
 
 
-def planned_rows(pipe, count: int, batch_size: int | None) -> dict[int, tuple[int, Arithmetic]] | None:
+def planned_rows(pipe, count: int, batch_size: int | None,
+                 lengths: list[int] | None = None) -> dict[int, tuple[int, Arithmetic]] | None:
     """For a run of `count` candidates made in batches of `batch_size` from the start: each candidate's batch
-    (its first candidate's number) and arithmetic, by candidate number. None where a candidate's rows do not
-    depend on its batch (batch invariance) or the batch size is not known (a run recorded before sdkit 0.2)."""
+    (its first candidate's number) and arithmetic, by candidate number. `lengths`: each candidate's text length in
+    tokens, where prompts differ in length (a long prompt's rows ran in UNet calls of their own). None where a
+    candidate's rows do not depend on its batch (batch invariance) or the batch size is not known (a run recorded
+    before sdkit 0.2)."""
     if batch_size is None or module_state(pipe.unet).batch_invariant:
         return None
     unet, vae = module_state(pipe.unet), module_state(pipe.vae)
@@ -347,7 +350,8 @@ def planned_rows(pipe, count: int, batch_size: int | None) -> dict[int, tuple[in
     plan = {}
     for first in range(0, count, batch_size):
         rows = list(range(min(batch_size, count - first)))
-        calls = {i: (size, at[i]) for size, at in alone_or_together(unet, rows) for i in at}
+        with text_lengths(pipe, None if lengths is None else lengths[first:first + len(rows)]):
+            calls = {i: (size, at[i]) for size, at in alone_or_together(unet, rows) for i in at}
         decode = {i: [size, at[i]] for size, at in alone_or_together(vae, rows) for i in at}
         for i in rows:
             plan[first + i] = (first, Arithmetic([[0, *calls[i]]], decode[i], device, software))
