@@ -52,6 +52,9 @@ class Candidate:
     # row, the decode's, the device and the torch/CUDA/cuDNN versions. `regenerate` replays it.
     arithmetic: dict[str, Any] | None = None
     sdkit_version: str = __version__
+    # Transient, never saved: the decoded image as the pipeline's (3, H, W) tensor in [0, 1] on its device, while a
+    # search scores it there (`sdkit.ranking.score_candidates`); scored copies drop it, freeing the memory.
+    pixels: Any = field(default=None, repr=False, compare=False)
 
     def __post_init__(self):
         if self.members:  # read back from JSON (a PNG, the manifest): dicts again as MemberScore
@@ -59,8 +62,9 @@ class Candidate:
 
     def params(self) -> dict[str, Any]:
         """Everything but the pixels, JSON-serialisable."""
-        d = dataclasses.asdict(dataclasses.replace(self, image=None))
+        d = dataclasses.asdict(dataclasses.replace(self, image=None, pixels=None))
         d.pop("image")
+        d.pop("pixels")
         return d
 
     def __repr__(self) -> str:  # short, and free of memory addresses (notebook outputs are compared by nbval)

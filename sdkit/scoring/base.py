@@ -26,6 +26,12 @@ class Scorer(Protocol):
     def __call__(self, images, prompts: Sequence[str] | str) -> Scores: ...  # PIL images or an (N, 3, H, W) tensor
 
 
+def takes_tensors(scorer) -> bool:
+    """Whether `scorer` is known to take a pixel tensor as well as PIL images (sdkit's scorers and their
+    ensembles); a scorer of one's own is handed PIL images unless it sets `takes_tensors = True`."""
+    return bool(getattr(scorer, "takes_tensors", False))
+
+
 def is_tensor(x) -> bool:
     """A torch tensor (without importing torch for callers that never made one)."""
     return "torch" in sys.modules and isinstance(x, sys.modules["torch"].Tensor)
@@ -69,6 +75,7 @@ class CLIPScorer:
     """
 
     backend = ""
+    takes_tensors = True
 
     def __init__(self, model: str, path: str, logit_scale: float, max_position_embeddings: int,
                  cache_size: int = 1024, *, processor: str | None = None, verifier: str = "clip", rule=clip_rule):

@@ -23,7 +23,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from sdkit.results import MemberScore, Scores
-from sdkit.scoring.base import check_inputs
+from sdkit.scoring.base import check_inputs, takes_tensors
 
 COMBINE = ("zscore", "rank")
 DEFAULT_COMBINE = "zscore"
@@ -116,6 +116,10 @@ class Ensemble:
     @property
     def name(self) -> str:
         return f"ensemble-{self.combine}"
+
+    @property
+    def takes_tensors(self) -> bool:
+        return all(takes_tensors(m) for m in self.members.values())
 
     @property
     def model_id(self) -> str:

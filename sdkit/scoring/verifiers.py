@@ -119,6 +119,7 @@ class AestheticScorer:
     """Scores from a linear head on a CLIP's normalised image embeddings; prompts are checked, not read."""
 
     verifier = "aesthetic"
+    takes_tensors = True
 
     def __init__(self, clip: CLIPScorer, head: dict[str, np.ndarray], head_name: str):
         self.clip, self.head, self.head_name = clip, head, head_name

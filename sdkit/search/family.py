@@ -17,7 +17,7 @@ from typing import Any, Sequence
 from sdkit.checks import as_prompt_list, check_output_dir, check_seed, count_steps
 from sdkit.edit.tasks import EditInputs, pipeline_for, run_edit
 from sdkit.files import write_once
-from sdkit.generation import generate
+from sdkit.generation import generate, tensor_pixels
 from sdkit.load.invariance import cfg_pairs
 from sdkit.load.state import module_state, pipeline_info
 from sdkit.ranking import rank, record_scores, score_candidates
@@ -76,14 +76,19 @@ class Opening:
     def look(self, x0, rows: Sequence[int]) -> list[Candidate]:
         """Candidate rows' x0 previews (latents, one per row), decoded, shown as the result would look (an edit's
         kept pixels pasted back), scored against their prompts: candidates numbered by row, carrying scores."""
+        from diffusers.image_processor import VaeImageProcessor
+
         from sdkit.search.previews import decode_previews
 
-        images = decode_previews(x0, self.previewer or self.pipe.vae)
+        pixels = decode_previews(x0, self.previewer or self.pipe.vae, output_type="pt")
+        images = VaeImageProcessor.numpy_to_pil(VaeImageProcessor.pt_to_numpy(pixels))
         if self.edit is not None:
             images = [self.edit.finish(im) for im in images]
+        keep = self.edit is None and tensor_pixels(self.pipe)  # scored on the device (`images_for`)
         self.compute.preview_decodes += len(images)
-        return self.score([Candidate(image=im, prompt=self.prompts[r // self.n], seed=self.seeds[r % self.n], index=r)
-                           for r, im in zip(rows, images)])
+        return self.score([Candidate(image=im, prompt=self.prompts[r // self.n], seed=self.seeds[r % self.n], index=r,
+                                     pixels=pixels[k] if keep else None)
+                           for k, (r, im) in enumerate(zip(rows, images))])
 
     def close(self, run: Run, scored: Sequence[Candidate], *, pruned: Sequence[Pruned] = (),
               drafts: Sequence[Candidate] = ()) -> Run:

@@ -210,8 +210,9 @@ def after_steps(pipe, hook: Callable):
         yield
 
 
-def decode_previews(latents, vae, batch_size: int = 8) -> list:
-    """PIL images of `latents` (the pipeline's latents, (N, C, H, W) or (C, H, W)) decoded by `vae`.
+def decode_previews(latents, vae, batch_size: int = 8, output_type: str = "pil"):
+    """PIL images of `latents` (the pipeline's latents, (N, C, H, W) or (C, H, W)) decoded by `vae`; with
+    output_type="pt", the (N, 3, H, W) tensor in [0, 1] on the VAE's device they are made from.
 
     `vae` is the pipeline's `AutoencoderKL` or an `AutoencoderTiny` (TAESD: its scaling_factor is 1.0 because it
     decodes the diffusion model's latents as they are), as the pipeline decodes and post-processes its own.
@@ -230,6 +231,7 @@ def decode_previews(latents, vae, batch_size: int = 8) -> list:
     with torch.no_grad():
         for chunk in latents.split(batch_size):
             z = chunk.to(vae.device, vae.dtype) / vae.config.scaling_factor + shift
-            images += processor.postprocess(decode(z, return_dict=False)[0].float(), output_type="pil")
-    return images
+            images.append(processor.postprocess(decode(z, return_dict=False)[0].float(), output_type="pt"))
+    pixels = torch.cat(images)
+    return pixels if output_type == "pt" else processor.numpy_to_pil(processor.pt_to_numpy(pixels))
 
