@@ -301,6 +301,48 @@ def test_aesthetic_is_laions_mlp_on_normalised_clip_image_embeddings(aesthetic_l
     assert np.ptp(ref) > 1e-3
 
 
+SHARDED_CHILD = """
+import json, sys
+import jax
+import numpy as np
+sys.path.insert(0, {tests!r})
+from test_verifiers import candidates
+from sdkit.scoring.scorers import load_scorer
+
+images, prompts = candidates(7)  # 7 over 3 devices: the last shard padded
+out = {{"local": len(jax.local_devices())}}
+for name, model, opts in {cases!r}:
+    every = load_scorer(name, model, backend="flax", **opts)
+    one = load_scorer(name, model, backend="flax", devices=jax.devices()[:1], **opts)
+    clip = getattr(every, "clip", every)  # aesthetic: the head on its CLIP's image embeddings
+    out[name] = dict(devices=len(clip.devices), every=every(images, prompts).logits.tolist(),
+                     one=one(images, prompts).logits.tolist())
+print(json.dumps(out))
+"""
+
+
+def test_every_verifier_is_sharded_over_all_jax_devices(aesthetic_layout, pickscore_layout):
+    """PickScore and the aesthetic head on 3 JAX CPU devices: sharded over all of them, with the scores of one."""
+    import json
+    import subprocess
+    import sys
+
+    clip, head, _ = aesthetic_layout
+    pick, processor = pickscore_layout
+    cases = [("aesthetic", {"model": clip, "head": head}, {}), ("pickscore", pick, {"processor": processor})]
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=3", "JAX_PLATFORMS": "cpu"}
+    code = SHARDED_CHILD.format(tests=os.path.join(repo, "tests"), cases=cases)
+    p = subprocess.run([sys.executable, "-c", code], env=env, cwd=repo, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    out = json.loads(p.stdout.strip().splitlines()[-1])
+    assert out["local"] == 3
+    for name, *_ in cases:
+        assert out[name]["devices"] == 3, name
+        np.testing.assert_array_equal(out[name]["every"], out[name]["one"], err_msg=name)
+        assert np.ptp(out[name]["every"]) > 0, name  # scores that differ: the comparison means something
+
+
 def test_aesthetic_refuses_bad_models_and_heads_before_loading(aesthetic_layout, tmp_path):
     from safetensors.torch import save_file
     from transformers import CLIPTextConfig, CLIPTextModel
