@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from sdkit.models.cache import build_atomically, build_key, cache_root
+from sdkit.quiet import quiet_hf
 from sdkit.toy import shapes, train
 from sdkit.toy.settings import ClipSettings
 
@@ -74,41 +75,45 @@ def build_second_clip(out: str | Path, world: str | Path, s: SecondClipSettings 
                       log=None) -> dict:
     """Train the CLIP of `s` on the world's data recipe and save it to `out` with `<world>/clip`'s tokenizer and
     preprocessor."""
+    s, ws = resolved(Path(world), s)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(ws["threads"])  # the world's count: weights are bit-identical for a fixed count
+    try:
+        with quiet_hf(messages=True):  # our own progress lines, not "Writing model shards" bars
+            return _build(Path(out), Path(world), s, ws, log)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _build(out: Path, world: Path, s: SecondClipSettings, ws: dict, log) -> dict:
     from diffusers import AutoencoderKL
     from transformers import CLIPImageProcessor, CLIPTokenizer
 
     from sdkit.toy.junk import junk
     from sdkit.toy.world import check_tokenizer
 
-    out, world = Path(out), Path(world)
-    s, ws = resolved(world, s)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(ws["threads"])  # the world's count: weights are bit-identical for a fixed count
-    try:
-        t0 = time.perf_counter()
-        tokenizer = CLIPTokenizer.from_pretrained(world / "clip")
-        check_tokenizer(tokenizer)
-        images, labels, _ = shapes.sample(s.pool_size, seed=s.seed)
-        pool, labels = train.to_tensor(images), torch.from_numpy(labels)
-        junk_pool = train.to_tensor(junk(s.pool_size // 4, seed=s.seed + 1)[0])
-        recon = None
-        if s.clip.recon_fraction > 0:
-            vae = AutoencoderKL.from_pretrained(world / "pipeline" / "vae", use_safetensors=True).eval()
-            k, bf16 = s.clip.recon_pool, ws["vae"]["bf16"]
-            recon = (train.reconstruct(vae, pool[:k], seed=s.seed, bf16=bf16), labels[:k])
-            junk_pool = torch.cat([junk_pool, train.reconstruct(vae, junk_pool[:k // 4], seed=s.seed + 1, bf16=bf16)])
-        clip = train.train_clip(s.clip, tokenizer, pool, labels, junk_pool, seed=s.seed, recon=recon, log=log)
-        held_images, held_labels, _ = shapes.sample(2000, seed=s.seed + 10_000)
-        zero_shot = train.zero_shot_accuracy(clip, tokenizer, held_images, held_labels)
-        clip.save_pretrained(out, safe_serialization=True)
-        tokenizer.save_pretrained(out)
-        CLIPImageProcessor.from_pretrained(world / "clip").save_pretrained(out)
-        info = {"settings": dataclasses.asdict(s), "world": str(world), "world_settings": ws,
-                "train_s": round(time.perf_counter() - t0, 1), "clip_zero_shot": zero_shot,
-                "clip_parameters": sum(p.numel() for p in clip.parameters()), "torch": torch.__version__}
-        (out / "second_clip.json").write_text(json.dumps(info, indent=1))
-        if log:
-            log(f"  second clip: zero-shot accuracy {zero_shot:.3f} on 2000 held-out images, {info['train_s']:.0f}s")
-        return info
-    finally:
-        torch.set_num_threads(threads)
+    t0 = time.perf_counter()
+    tokenizer = CLIPTokenizer.from_pretrained(world / "clip")
+    check_tokenizer(tokenizer)
+    images, labels, _ = shapes.sample(s.pool_size, seed=s.seed)
+    pool, labels = train.to_tensor(images), torch.from_numpy(labels)
+    junk_pool = train.to_tensor(junk(s.pool_size // 4, seed=s.seed + 1)[0])
+    recon = None
+    if s.clip.recon_fraction > 0:
+        vae = AutoencoderKL.from_pretrained(world / "pipeline" / "vae", use_safetensors=True).eval()
+        k, bf16 = s.clip.recon_pool, ws["vae"]["bf16"]
+        recon = (train.reconstruct(vae, pool[:k], seed=s.seed, bf16=bf16), labels[:k])
+        junk_pool = torch.cat([junk_pool, train.reconstruct(vae, junk_pool[:k // 4], seed=s.seed + 1, bf16=bf16)])
+    clip = train.train_clip(s.clip, tokenizer, pool, labels, junk_pool, seed=s.seed, recon=recon, log=log)
+    held_images, held_labels, _ = shapes.sample(2000, seed=s.seed + 10_000)
+    zero_shot = train.zero_shot_accuracy(clip, tokenizer, held_images, held_labels)
+    clip.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    CLIPImageProcessor.from_pretrained(world / "clip").save_pretrained(out)
+    info = {"settings": dataclasses.asdict(s), "world": str(world), "world_settings": ws,
+            "train_s": round(time.perf_counter() - t0, 1), "clip_zero_shot": zero_shot,
+            "clip_parameters": sum(p.numel() for p in clip.parameters()), "torch": torch.__version__}
+    (out / "second_clip.json").write_text(json.dumps(info, indent=1))
+    if log:
+        log(f"  second clip: zero-shot accuracy {zero_shot:.3f} on 2000 held-out images, {info['train_s']:.0f}s")
+    return info
