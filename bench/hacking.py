@@ -154,6 +154,9 @@ def reading(f: dict) -> list[str]:
     """The plain reading of the pooled figures, written from them (a paired interval that excludes 0 is 'clearly')."""
     s, d = f["selectors"], f["differences"]
 
+    def hacked(x: dict) -> str:
+        return "lower" if x["ci"][1] < 0 else "higher" if x["ci"][0] > 0 else "not clearly different"
+
     def how(x: dict) -> str:
         clear = x["ci"][0] > 0 or x["ci"][1] < 0
         return f"{x['mean']:+.2f} ({x['ci'][0]:+.2f}…{x['ci'][1]:+.2f}{'' if clear else ', not clearly non-zero'})"
@@ -172,6 +175,12 @@ def reading(f: dict) -> list[str]:
         f"{how(d['top1: by B - by A'])}; z-score ensemble − A {how(d['top1: ensemble_zscore - by A'])}.",
         f"- A and B pick the same candidate in {f['same_pick_A_B']:.0%} of sets; their within-set Spearman "
         f"correlation is {f['spearman_A_B']:.2f} on average.",
+        f"- In short: B's score of A's pick is {hacked(d['z_B: by A - by B'])} than of B's own pick, and A's score of "
+        f"B's pick is {hacked(d['z_A: by B - by A'])} than of A's own; the size of that loss, against the "
+        f"{min(s['A']['z_B']['mean'], s['B']['z_A']['mean']):.2f} z either pick still gains over random on the other "
+        f"verifier, says how much each ranking exploits its own verifier's quirks. The checker's oracle picks score "
+        f"only {s['oracle']['z_A']['mean']:+.2f} (A) and {s['oracle']['z_B']['mean']:+.2f} (B): both verifiers rank "
+        "some wrong candidates above right ones.",
     ]
 
 
@@ -181,7 +190,8 @@ NAMES = {"A": "A (shipped CLIP)", "B": "B (second CLIP)", "ensemble_zscore": "A 
 
 def markdown(res: dict) -> str:
     s, a, b = res["settings"], res["clip_A"], res["clip_B"]
-    ci = lambda x: f"{x['mean']:+.2f} ({x['ci'][0]:+.2f}…{x['ci'][1]:+.2f})"  # noqa: E731
+    r = lambda v: round(v, 2) + 0.0  # noqa: E731  (no "-0.00" for a random pick's float noise)
+    ci = lambda x: f"{r(x['mean']):+.2f} ({r(x['ci'][0]):+.2f}…{r(x['ci'][1]):+.2f})"  # noqa: E731
     recipe = "A's recipe and settings" if b["settings"] == a["settings"] else f"settings {json.dumps(b['settings'])}"
     L = [f"# Verifier hacking in the toy world: rank by one toy CLIP, measure the other (best-of-{N}, "
          f"{s['steps']} DDIM steps, guidance {s['guidance']:g})", "",
@@ -190,7 +200,8 @@ def markdown(res: dict) -> str:
          f"{Path(b['path']).name}` ({recipe}, seed {b['seed']}, zero-shot accuracy "
          f"{b['zero_shot']:.3f}, trained in {b['train_s']:.0f} s). Seed bases {', '.join(map(str, s['bases']))}, "
          f"{s['groups']} sets of {N} per prompt each ({res['groups']['pooled']['sets']} sets). z: the pick's score as a "
-         f"z-score within its set. 95% intervals: bootstrap over sets, paired for differences. Times: "
+         f"z-score within its set. 95% intervals: bootstrap over sets, paired for differences. Times (generation and B's "
+         f"training: wall time of the first run, cached since): "
          f"{', '.join(f'{k} {v:.0f} s' for k, v in res['times'].items())}.", "", "## Reading (pooled)", ""]
     L += res["reading"]
     for name, f in res["groups"].items():
