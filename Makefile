@@ -83,8 +83,8 @@ bench-particles: $(STAMP)
 	$(PY) bench/particles.py
 
 ## Verifier hacking (Ma et al. 2025's table, toy size): rank by the toy CLIP, by a second one trained from another seed
-## (cached, ~1 min) and by their ensemble; top-1 adherence and each pick's score under the other (192 held-out sets,
-## ~10 min on 2 cores, candidates cached per base): bench/results/hacking.{json,md}.
+## (cached) and by their ensembles; top-1 adherence and each pick's score under the other (192 held-out sets,
+## first run ~20 min on 2 busy shared cores, seconds once cached per base): bench/results/hacking.{json,md}.
 bench-hacking: $(STAMP)
 	$(PY) bench/hacking.py
 

@@ -199,9 +199,10 @@ def markdown(res: dict) -> str:
          f"(seed {a['seed']}, zero-shot accuracy {a['zero_shot']:.3f}); verifier B: `$SDKIT_CACHE/toy/"
          f"{Path(b['path']).name}` ({recipe}, seed {b['seed']}, zero-shot accuracy "
          f"{b['zero_shot']:.3f}, trained in {b['train_s']:.0f} s). Seed bases {', '.join(map(str, s['bases']))}, "
-         f"{s['groups']} sets of {N} per prompt each ({res['groups']['pooled']['sets']} sets). z: the pick's score as a "
-         f"z-score within its set. 95% intervals: bootstrap over sets, paired for differences. Times (generation and B's "
-         f"training: wall time of the first run, cached since): "
+         f"{s['groups']} sets of {N} per prompt each ({res['groups']['pooled']['sets']} sets). z: the pick's score "
+         "as a z-score within its set. Random and the oracle are expectations: the set's mean, and the mean over the "
+         "candidates that pass the checker (all when none does). 95% intervals: bootstrap over sets, paired for "
+         "differences. Times (generation and B's training: wall time of the first run, cached since): "
          f"{', '.join(f'{k} {v:.0f} s' for k, v in res['times'].items())}.", "", "## Reading (pooled)", ""]
     L += res["reading"]
     for name, f in res["groups"].items():
