@@ -13,7 +13,8 @@ before it, never in a circle: tests/test_layout.py walks the imports):
 
     foundations  errors, checks, results (Candidate, Run, Scores, Ranked), fingerprints, files, images, quiet, progress
     models       models/ (sdkit:tiny, the tiny CLIP, tokenizers, the built-in registry, the one cache
-                 builder) and the toy world's shapes, trainer and weights (toy/shapes, train, world, previewer)
+                 builder) and the toy world's shapes, trainer and weights (toy/shapes, train, world, previewer,
+                 second_clip)
     load         load/ (Hub resolver, devices, schedulers, batch invariance, load_pipeline)
     save         save (PNG metadata, manifest, recovery), runs (recorded settings, resume)
     generation   generation (generate)
