@@ -60,3 +60,24 @@ class WorldSettings:
     clip: ClipSettings = field(default_factory=ClipSettings)
     vae: VaeSettings = field(default_factory=VaeSettings)
     unet: UnetSettings = field(default_factory=UnetSettings)
+
+
+@dataclass(frozen=True)
+class RewardSettings:
+    """How the toy reward model (`sdkit.toy.reward`) is built from a world's pipeline and CLIP."""
+
+    # Candidate k of every prompt has seed `seed + k`: far from the seeds bench/search.py (0-511), `python -m
+    # sdkit.toy` (0-63) and bench/reward.py (its report bases, 2_000_000 and up) use.
+    seed: int = 1_000_000
+    seeds_per_prompt: int = 192  # 12 x 192 = 2304 candidates, ~4 min to generate on one core
+    val_seeds: int = 32  # the last 32 seeds of each prompt (4 sets of 8): validation, never trained on
+    num_inference_steps: int = 20  # bench/search.py's settings: the candidates the reward will rank
+    guidance_scale: float = 2.0
+    steps: int = 1500
+    batch_size: int = 64
+    lr: float = 5e-4  # a fine-tune: a quarter of the toy CLIP's own rate
+    weight_decay: float = 0.05
+    own_weight: float = 4.0  # the loss weight of the pair (image, the prompt it was made for) vs the other 11
+    flip: bool = True  # horizontal flips keep every shape (the triangle is upright and symmetric)
+    threads: int = 1
+    train_seed: int = 0  # batches and flips
