@@ -91,6 +91,35 @@ def generate_labelled(pipe, seeds, *, num_inference_steps: int = 20, guidance_sc
     return Labelled(**{k: np.stack(v) if k == "images" else np.array(v) for k, v in rows.items()})
 
 
+def variants(data: Labelled, k: int, max_shift: int, seed: int) -> Labelled:
+    """`k` copies of every candidate, each shifted by up to `max_shift` pixels (edges replicated: the generated
+    background is not pure black) and flipped left-right at random, and checked again: more labelled images of
+    the same candidates, and the label is the checker's on the very pixels trained on."""
+    rng = np.random.default_rng(seed)
+    n, h, w, _ = data.images.shape
+    m = max_shift
+    padded = np.pad(data.images, ((0, 0), (m, m), (m, m), (0, 0)), mode="edge")
+    rows = {f.name: [] for f in dataclasses.fields(Labelled)}
+    for _ in range(k):
+        dy, dx = rng.integers(0, 2 * m + 1, size=(2, n))
+        flip = rng.random(n) < 0.5
+        for i in range(n):
+            im = padded[i, dy[i]:dy[i] + h, dx[i]:dx[i] + w]
+            im = im[:, ::-1] if flip[i] else im
+            check = shapes.check(im)
+            rows["images"].append(np.ascontiguousarray(im))
+            rows["shape"].append(shapes.SHAPES.index(check.shape) if check.shape else -1)
+            rows["color"].append(list(shapes.COLORS).index(check.color) if check.color else -1)
+        rows["prompt"].append(data.prompt)
+        rows["seed"].append(data.seed)
+    return Labelled(images=np.stack(rows["images"]), prompt=np.concatenate(rows["prompt"]),
+                    seed=np.concatenate(rows["seed"]), shape=np.array(rows["shape"]), color=np.array(rows["color"]))
+
+
+def concat(*parts: Labelled) -> Labelled:
+    return Labelled(**{f.name: np.concatenate([getattr(p, f.name) for p in parts]) for f in dataclasses.fields(Labelled)})
+
+
 # ---- training -------------------------------------------------------------------------------------
 
 
@@ -148,7 +177,7 @@ def train_reward(model, tokenizer, data: Labelled, s: RewardSettings, log=print)
     weight[torch.arange(len(y)), torch.from_numpy(data.prompt)] = s.own_weight
     ids = train.prompt_ids(tokenizer, shapes.PROMPTS)
     # Scores of one prompt need only be ordered; the bias lets the BCE place its threshold without moving them.
-    bias = torch.nn.Parameter(torch.tensor(-float(model.logit_scale.exp()) * 0.5))
+    bias = torch.nn.Parameter(torch.tensor(-0.5 * float(model.logit_scale.exp().detach())))
     model.train()
 
     def batch_loss():
@@ -242,17 +271,19 @@ def build_reward(out, world=None, settings: RewardSettings = RewardSettings(), *
                              f"{seeds[0]}..{seeds[-1]}")
         times["generate_s"] = time.perf_counter() - t
         fit, val = split(data, settings.val_seeds)
+        n = 8 if settings.val_seeds % 8 == 0 else settings.val_seeds  # sets never straddle two prompts
         model, tokenizer = load_clip(world / "clip")
-        before = set_figures(own_logits(model, tokenizer, val.images, val.prompt), val.ok())
+        before = set_figures(own_logits(model, tokenizer, val.images, val.prompt), val.ok(), n)
         t = time.perf_counter()
         train_reward(model, tokenizer, fit, settings, log=log)
         times["train_s"] = time.perf_counter() - t
-        after = set_figures(own_logits(model, tokenizer, val.images, val.prompt), val.ok())
+        after = set_figures(own_logits(model, tokenizer, val.images, val.prompt), val.ok(), n)
     finally:
         torch.set_num_threads(threads)
     if log:
-        log(f"  validation ({after['sets']} sets of 8): top-1 {before['top1']:.3f} -> {after['top1']:.3f}, "
-            f"Spearman {before['spearman']:.3f} -> {after['spearman']:.3f}, oracle {after['oracle']:.3f}")
+        rho = lambda f: "-" if f["spearman"] is None else f"{f['spearman']:.3f}"  # noqa: E731 (no mixed set: none)
+        log(f"  validation ({after['sets']} sets of {n}), CLIP -> reward: top-1 {before['top1']:.3f} -> "
+            f"{after['top1']:.3f}, Spearman {rho(before)} -> {rho(after)}, oracle {after['oracle']:.3f}")
 
     out = Path(out)
     tmp = out.with_name(out.name + ".tmp")
