@@ -83,9 +83,10 @@ def test_build_on_a_tiny_budget(tmp_path):
     assert info["settings"] == dataclasses.asdict(s) and info["content_sha256"] == content_hash(out)
     assert info["training_seeds"] == {"first": 7_000_000, "last": 7_000_001, "per_prompt": 2,
                                       "validation": [7_000_001, 7_000_001]}
-    assert info["candidates"] == {"train": 12, "validation": 12, "train_matching": info["candidates"]["train_matching"]}
+    assert {k: info["candidates"][k] for k in ("train", "validation", "train_images")} == {
+        "train": 12, "validation": 12, "train_images": 12 * (1 + s.variants)}
     image = Image.fromarray(shapes.sample(1, seed=0)[0][0])
-    assert np.isfinite(load_scorer("toy-reward", model=str(out), backend="torch")(image, "a red circle").logits).all()
+    assert np.isfinite(load_scorer("toy-reward", model=str(out), backend="torch")([image], "a red circle").logits).all()
 
 
 def test_bad_model_path_names_it(tmp_path):

@@ -3,8 +3,8 @@
 Real preference models (PickScore, ImageReward) are CLIPs fine-tuned on human judgements of generated images;
 here the judge is `sdkit.toy.shapes.check`. The toy pipeline draws candidates for the 12 prompts from seeds
 `RewardSettings.seed + k` (a seed range no benchmark uses), the checker reads each one's shape and colour, and
-every candidate becomes 12 labels: whether it matches each prompt (its own and the 11 others). The toy CLIP is
-then fine-tuned, both towers, with a binary cross-entropy on `exp(logit_scale) * cosine + bias` for every
+every candidate becomes 12 labels: whether it matches each prompt (its own and the 11 others); shifted and flipped
+copies of each, checked again, add more (`variants`). The toy CLIP is then fine-tuned, both towers, with a binary cross-entropy on `exp(logit_scale) * cosine + bias` for every
 (image, prompt) pair. The result is a plain CLIPModel folder scored as PickScore is (`sdkit.scoring.verifiers.
 toy_reward`); the bias moves every score of a prompt alike, so it ranks nothing and is not saved.
 
@@ -258,6 +258,7 @@ def build_reward(out, world=None, settings: RewardSettings = RewardSettings(), *
         raise ValueError(f"seeds_per_prompt={settings.seeds_per_prompt}, val_seeds={settings.val_seeds}: need "
                          "1 <= val_seeds < seeds_per_prompt")
     seeds = list(range(settings.seed, settings.seed + settings.seeds_per_prompt))
+    world_sha256 = content_hash(world)  # now: `out` may be inside the world (fixture/reward) and its .tmp too
     threads = torch.get_num_threads()
     torch.set_num_threads(settings.threads)
     times = {}
@@ -274,6 +275,10 @@ def build_reward(out, world=None, settings: RewardSettings = RewardSettings(), *
         n = 8 if settings.val_seeds % 8 == 0 else settings.val_seeds  # sets never straddle two prompts
         model, tokenizer = load_clip(world / "clip")
         before = set_figures(own_logits(model, tokenizer, val.images, val.prompt), val.ok(), n)
+        t = time.perf_counter()
+        if settings.variants:
+            fit = concat(fit, variants(fit, settings.variants, settings.max_shift, settings.train_seed))
+        times["variants_s"] = time.perf_counter() - t
         t = time.perf_counter()
         train_reward(model, tokenizer, fit, settings, log=log)
         times["train_s"] = time.perf_counter() - t
@@ -299,12 +304,12 @@ def build_reward(out, world=None, settings: RewardSettings = RewardSettings(), *
         "what": "the toy world's reward model: its CLIP fine-tuned on the pixel checker's labels of generated "
                 "candidates (sdkit.toy.reward)",
         "content_sha256": content_hash(tmp),
-        "world_sha256": content_hash(world),
+        "world_sha256": world_sha256,
         "settings": dataclasses.asdict(settings),
         "training_seeds": {"first": seeds[0], "last": seeds[-1], "per_prompt": len(seeds),
                            "validation": seeds[len(seeds) - settings.val_seeds:][:1] + seeds[-1:]},
-        "candidates": {"train": len(fit.prompt), "validation": len(val.prompt),
-                       "train_matching": float(fit.ok().mean())},
+        "candidates": {"train": len(fit.prompt) // (1 + settings.variants), "validation": len(val.prompt),
+                       "train_images": len(fit.prompt), "train_matching": float(fit.ok().mean())},
         "validation": {"clip": before, "reward": after},
         "trained_on": {"cpu": _cpu_name(), "threads": settings.threads, "torch": torch.__version__},
         "times": {k: round(v, 1) for k, v in times.items()},
