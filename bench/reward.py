@@ -41,7 +41,10 @@ def held_out(args, base: int, clock: dict):
 
     key = f"{content_hash(args.world)[:12]}-{base}-{args.groups}x{N}-{args.steps}-{args.guidance:g}"
     path = cache_root() / "bench" / "reward" / f"{key}.npz"
+    timing = path.with_suffix(".json")  # the generation's seconds, reported again when the cache is read
     if path.exists() and not args.fresh:
+        if timing.exists():
+            clock[f"generate_{base}_s"] = json.loads(timing.read_text())["generate_s"]
         return Labelled.load(path)
     t = time.perf_counter()
     data = generate_labelled(load_toy_pipeline(args.world), range(base, base + args.groups * N),
@@ -51,6 +54,7 @@ def held_out(args, base: int, clock: dict):
     path.parent.mkdir(parents=True, exist_ok=True)
     data.save(path.with_suffix(".tmp.npz"))
     path.with_suffix(".tmp.npz").rename(path)
+    timing.write_text(json.dumps({"generate_s": clock[f"generate_{base}_s"]}))
     return data
 
 
@@ -116,7 +120,7 @@ def markdown(res: dict) -> str:
          "", f"Machine: {res['machine']}. Command: `{res['command']}`. Reward model: `{res['reward']['path']}` "
          f"(content sha256 {res['reward']['content_sha256'][:16]}…), trained on seeds {res['reward']['training_seeds']}; "
          f"reported on seed bases {', '.join(map(str, s['bases']))} ({s['groups']} sets of {N} per prompt each, "
-         "never used to train or tune). 95% intervals: bootstrap over sets (paired for differences and the closure). "
+         "never used to train or tune; candidates cached, their generation times are the first run's). 95% intervals: bootstrap over sets (paired for differences and the closure). "
          f"Times: {', '.join(f'{k} {v:.0f} s' for k, v in res['times'].items())}.", "", "## Target", ""]
     t = res["target"]
     L.append(f"- best-of-{N} by the reward model closes >= 80% of the gap between CLIP's best-of-{N} and the checker's "
@@ -201,7 +205,7 @@ def main(argv=None) -> int:
                      "n": N, "world": str(args.world)},
         "command": " ".join(["bench/reward.py", *(argv if argv is not None else sys.argv[1:])]).strip(),
         "machine": f"{m.get('cpu', '?')}, {m.get('cores', '?')} cores", "machine_full": m,
-        "reward": {"path": str(args.reward), "content_sha256": info["content_sha256"],
+        "reward": {"path": str(args.reward.relative_to(ROOT) if args.reward.is_relative_to(ROOT) else args.reward), "content_sha256": info["content_sha256"],
                    "training_seeds": f"{info['training_seeds']['first']}..{info['training_seeds']['last']}",
                    "settings": info["settings"], "validation": info.get("validation")},
         "times": clock, "groups": groups,

@@ -35,11 +35,11 @@ def judged_pair():
     from sdkit.toy.reward import generate_labelled, load_toy_pipeline
     from sdkit.toy.world import toy_world_path
 
-    data = generate_labelled(load_toy_pipeline(toy_world_path("ci", log=None)), range(9_000_000, 9_000_016))
+    pipe = load_toy_pipeline(toy_world_path("ci", log=None))
     wanted = [(shapes.SHAPES.index(s), list(shapes.COLORS).index(c)) for s, c in map(shapes.parse_prompt, shapes.PROMPTS)]
-    ok = data.ok()
-    for p in range(len(shapes.PROMPTS)):
-        rows = np.flatnonzero(data.prompt == p)
+    for p in range(len(shapes.PROMPTS)):  # prompt by prompt until one has such a pair
+        data = generate_labelled(pipe, range(9_000_000, 9_000_016), prompts=[p])
+        ok, rows = data.ok(), np.arange(len(data.prompt))
         good = [i for i in rows if ok[i]]
         bad = [i for i in rows if data.color[i] >= 0 and data.color[i] != wanted[p][1]]  # a clear miss: wrong colour
         if good and bad:

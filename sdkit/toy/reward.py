@@ -68,14 +68,16 @@ def load_toy_pipeline(world, batch_invariant: bool = False):
 
 
 def generate_labelled(pipe, seeds, *, num_inference_steps: int = 20, guidance_scale: float = 2.0,
-                      batch_size: int = 64, log=None) -> Labelled:
-    """Each of the 12 prompts from each of `seeds`, generated with sdkit's `generate` and checked."""
+                      batch_size: int = 64, prompts=None, log=None) -> Labelled:
+    """Each of the 12 prompts (or those indexed by `prompts`) from each of `seeds`, made with sdkit's `generate`
+    and checked."""
     from sdkit.generation import generate
 
     seeds = [int(s) for s in seeds]
     rows = {k: [] for k in ("images", "prompt", "seed", "shape", "color")}
     t0 = time.perf_counter()
-    for p, prompt in enumerate(shapes.PROMPTS):
+    for p in range(len(shapes.PROMPTS)) if prompts is None else prompts:
+        prompt = shapes.PROMPTS[p]
         run = generate(pipe, prompt, seeds=seeds, n=len(seeds), num_inference_steps=num_inference_steps,
                        guidance_scale=guidance_scale, batch_size=batch_size, progress=False)
         for c in run.candidates:
