@@ -166,7 +166,8 @@ def own_logits(model, tokenizer, images: np.ndarray, prompt: np.ndarray, batch: 
 
 
 def train_reward(model, tokenizer, data: Labelled, s: RewardSettings, log=print):
-    """Fine-tune `model` (in place) on the checker's labels of `data`: BCE on every (image, prompt) pair."""
+    """Fine-tune `model` (in place) on the checker's labels of `data`: BCE on every (image, prompt) pair, plus (with
+    `s.rank_weight`) a pairwise ranking loss within each prompt's own candidates, the order best-of-n sorts by."""
     import torch
     import torch.nn.functional as F
 
@@ -176,21 +177,41 @@ def train_reward(model, tokenizer, data: Labelled, s: RewardSettings, log=print)
     gen = torch.Generator().manual_seed(s.train_seed)
     x = train.to_tensor(data.images)
     y = torch.from_numpy(data.matches()).float()
+    own = torch.from_numpy(data.prompt).long()
     weight = torch.ones_like(y)
-    weight[torch.arange(len(y)), torch.from_numpy(data.prompt)] = s.own_weight
+    weight[torch.arange(len(y)), own] = s.own_weight
     ids = train.prompt_ids(tokenizer, shapes.PROMPTS)
     # Scores of one prompt need only be ordered; the bias lets the BCE place its threshold without moving them.
     bias = torch.nn.Parameter(torch.tensor(-0.5 * float(model.logit_scale.exp().detach())))
+    # With the ranking loss a batch is batch_size // group_size prompts x group_size of each one's own candidates.
+    by_prompt = [torch.nonzero(own == p).flatten() for p in range(len(shapes.PROMPTS))]
+    groups = max(1, s.batch_size // s.group_size)
     model.train()
 
+    def draw():
+        if not s.rank_weight:
+            return torch.randint(len(x), (s.batch_size,), generator=gen)
+        ps = torch.randint(len(by_prompt), (groups,), generator=gen)
+        return torch.cat([by_prompt[p][torch.randint(len(by_prompt[p]), (s.group_size,), generator=gen)]
+                          for p in ps.tolist()])
+
     def batch_loss():
-        i = torch.randint(len(x), (s.batch_size,), generator=gen)
+        i = draw()
         xb = x[i]
         if s.flip:
             flip = torch.rand(len(xb), generator=gen) < 0.5
             xb = torch.where(flip[:, None, None, None], xb.flip(-1), xb)
-        logits = pair_logits(model, train.clip_pixels(xb), ids) + bias
-        return F.binary_cross_entropy_with_logits(logits, y[i], weight=weight[i])
+        logits = pair_logits(model, train.clip_pixels(xb), ids)
+        loss = F.binary_cross_entropy_with_logits(logits + bias, y[i], weight=weight[i])
+        if s.rank_weight:
+            # Each group: its candidates' logits for their own prompt; every (matching, not matching) pair.
+            g = logits[torch.arange(len(i)), own[i]].view(groups, s.group_size)
+            lab = y[i, own[i]].view(groups, s.group_size)
+            pairs = lab[:, :, None] * (1 - lab[:, None, :])  # [g, a, b]: a matches, b does not
+            if pairs.sum() > 0:
+                margin = g[:, :, None] - g[:, None, :]
+                loss = loss + s.rank_weight * (F.softplus(-margin) * pairs).sum() / pairs.sum()
+        return loss
 
     train._fit("reward", list(model.parameters()) + [bias], s, s.weight_decay, batch_loss, log)
     return model.eval()

@@ -80,6 +80,8 @@ class RewardSettings:
     own_weight: float = 4.0  # the loss weight of the pair (image, the prompt it was made for) vs the other 11
     variants: int = 12  # re-checked shifted/flipped copies of each candidate (validation AUC 0.935 without, 0.962)
     max_shift: int = 3  # pixels, for those copies
+    rank_weight: float = 0.0  # weight of the pairwise ranking loss within a prompt's own candidates (0: BCE only)
+    group_size: int = 16  # with it: candidates of one prompt per batch group (batch_size // group_size groups)
     flip: bool = True  # horizontal flips keep every shape (the triangle is upright and symmetric)
     threads: int = 1
     train_seed: int = 0  # batches and flips
