@@ -75,7 +75,7 @@ def test_build_on_a_tiny_budget(tmp_path):
 
     s = dataclasses.replace(RewardSettings(), seed=7_000_000, seeds_per_prompt=2, val_seeds=1, steps=3,
                             num_inference_steps=2, batch_size=8)
-    info = build_reward(tmp_path / "r", settings=s, log=None)
+    info = build_reward(tmp_path / "r", settings=s, candidates=tmp_path / "c.npz", log=None)
     out = tmp_path / "r"
     assert {"config.json", "model.safetensors", "reward.json", "preprocessor_config.json", "vocab.json"} <= {
         f.name for f in out.iterdir()}
@@ -87,6 +87,12 @@ def test_build_on_a_tiny_budget(tmp_path):
         "train": 12, "validation": 12, "train_images": 12 * (1 + s.variants)}
     image = Image.fromarray(shapes.sample(1, seed=0)[0][0])
     assert np.isfinite(load_scorer("toy-reward", model=str(out), backend="torch")([image], "a red circle").logits).all()
+    # The candidates file written is read back (no generation): the same model, both with and without the ranking loss.
+    again = build_reward(tmp_path / "r2", settings=s, candidates=tmp_path / "c.npz", log=None)
+    assert "generate_s" not in again["times"] and again["content_sha256"] == info["content_sha256"]
+    ranked = dataclasses.replace(s, rank_weight=1.0 - s.rank_weight, group_size=4)
+    other = build_reward(tmp_path / "r3", settings=ranked, candidates=tmp_path / "c.npz", log=None)
+    assert other["content_sha256"] != info["content_sha256"]
 
 
 def test_bad_model_path_names_it(tmp_path):

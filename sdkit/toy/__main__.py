@@ -36,6 +36,9 @@ def reward_main(argv) -> int:
     p.add_argument("--val-seeds", type=int, default=d.val_seeds)
     p.add_argument("--steps", type=int, default=d.steps, help=f"training steps (default {d.steps})")
     p.add_argument("--num-inference-steps", type=int, default=d.num_inference_steps)
+    p.add_argument("--candidates", type=Path, default=None, metavar="NPZ",
+                   help="the generated, checked training candidates: read if the file exists (it must hold exactly "
+                        "the seeds asked for), else written once generated")
     args = p.parse_args(argv)
     if (args.out is None) == (not args.ship):
         p.error("give --out DIR or --ship (one of them)")
@@ -45,7 +48,7 @@ def reward_main(argv) -> int:
     settings = dataclasses.replace(d, seed=args.seed, seeds_per_prompt=args.seeds_per_prompt, val_seeds=args.val_seeds,
                                    steps=args.steps, num_inference_steps=args.num_inference_steps)
     out = FIXTURE / REWARD_DIR if args.ship else args.out
-    info = build_reward(out, args.world, settings)
+    info = build_reward(out, args.world, settings, candidates=args.candidates)
     print(f"wrote {out} (content sha256 {info['content_sha256'][:16]}..., {info['times']})")
     return 0
 

@@ -258,7 +258,7 @@ def shipped_reward_path() -> Path:
 
 
 def build_reward(out, world=None, settings: RewardSettings = RewardSettings(), *, data: Labelled | None = None,
-                 log=print) -> dict:
+                 candidates=None, log=print) -> dict:
     """Generate and check the training candidates, fine-tune the world's CLIP, and write a CLIPModel folder to
     `out` (fp16 safetensors, tokenizer, preprocessor) with reward.json: settings, seeds, times, validation figures
     and the content sha256 of its tensors.
@@ -268,6 +268,7 @@ def build_reward(out, world=None, settings: RewardSettings = RewardSettings(), *
         world: a toy world folder (default: the shipped CI world).
         settings: what to generate and how to train (`RewardSettings`).
         data: candidates already generated with `settings` (skips generation; must hold its seeds).
+        candidates: an .npz of them (`Labelled.save`): read if it exists, else written once generated.
     """
     import shutil
 
@@ -288,13 +289,19 @@ def build_reward(out, world=None, settings: RewardSettings = RewardSettings(), *
     times = {}
     try:
         t = time.perf_counter()
+        given = data is not None
+        if data is None and candidates is not None and Path(candidates).is_file():
+            data, given = Labelled.load(candidates), True
         if data is None:
             data = generate_labelled(load_toy_pipeline(world), seeds, num_inference_steps=settings.num_inference_steps,
                                      guidance_scale=settings.guidance_scale, log=log)
+            if candidates is not None:
+                Path(candidates).parent.mkdir(parents=True, exist_ok=True)
+                data.save(candidates)
         elif sorted(set(data.seed.tolist())) != seeds:
             raise ValueError(f"data holds seeds {int(data.seed.min())}..{int(data.seed.max())}, settings say "
                              f"{seeds[0]}..{seeds[-1]}")
-        times["generate_s"] = time.perf_counter() - t
+        times["read_candidates_s" if given else "generate_s"] = time.perf_counter() - t
         fit, val = split(data, settings.val_seeds)
         n = 8 if settings.val_seeds % 8 == 0 else settings.val_seeds  # sets never straddle two prompts
         model, tokenizer = load_clip(world / "clip")
