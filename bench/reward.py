@@ -122,6 +122,11 @@ def markdown(res: dict) -> str:
          f"reported on seed bases {', '.join(map(str, s['bases']))} ({s['groups']} sets of {N} per prompt each, "
          "never used to train or tune; candidates cached, their generation times are the first run's). 95% intervals: bootstrap over sets (paired for differences and the closure). "
          f"Times: {', '.join(f'{k} {v:.0f} s' for k, v in res['times'].items())}.", "", "## Target", ""]
+    v = (res["reward"].get("validation") or {})
+    if v:
+        L[-4] += (f" How the model was chosen: on its validation seeds ({v['reward']['sets']} sets of {N}, reward.json), "
+                  f"best-of-{N} top-1 CLIP {v['clip']['top1']:.3f}, reward {v['reward']['top1']:.3f}, oracle "
+                  f"{v['reward']['oracle']:.3f}.")
     t = res["target"]
     L.append(f"- best-of-{N} by the reward model closes >= 80% of the gap between CLIP's best-of-{N} and the checker's "
              f"oracle (pooled): **{'met' if t['met'] else 'not met'}** — {t['detail']}")
@@ -206,7 +211,9 @@ def main(argv=None) -> int:
         "command": " ".join(["bench/reward.py", *(argv if argv is not None else sys.argv[1:])]).strip(),
         "machine": f"{m.get('cpu', '?')}, {m.get('cores', '?')} cores", "machine_full": m,
         "reward": {"path": str(args.reward.relative_to(ROOT) if args.reward.is_relative_to(ROOT) else args.reward), "content_sha256": info["content_sha256"],
-                   "training_seeds": f"{info['training_seeds']['first']}..{info['training_seeds']['last']}",
+                   "training_seeds": (f"{info['training_seeds']['first']}..{info['training_seeds']['validation'][0] - 1} "
+                                      f"(validation {info['training_seeds']['validation'][0]}.."
+                                      f"{info['training_seeds']['validation'][1]})"),
                    "settings": info["settings"], "validation": info.get("validation")},
         "times": clock, "groups": groups,
         "target": {"met": bool(c is not None and c >= 0.8),

@@ -5,11 +5,13 @@ here the judge is `sdkit.toy.shapes.check`. The toy pipeline draws candidates fo
 `RewardSettings.seed + k` (a seed range no benchmark uses), the checker reads each one's shape and colour, and
 every candidate becomes 12 labels: whether it matches each prompt (its own and the 11 others); shifted and flipped
 copies of each, checked again, add more (`variants`). The toy CLIP is then fine-tuned, both towers, with a binary
-cross-entropy on `exp(logit_scale) * cosine + bias` for every (image, prompt) pair. The result is a plain CLIPModel
+cross-entropy on `exp(logit_scale) * cosine + bias` for every (image, prompt) pair (a pairwise ranking loss within each
+prompt's own candidates can be added, `rank_weight`; it did not help in validation). The result is a plain CLIPModel
 folder scored as PickScore is (`sdkit.scoring.verifiers.toy_reward`); the bias moves every score of a prompt alike,
 so it ranks nothing and is not saved. Figures: bench/reward.py.
 
-    python -m sdkit.toy reward --out /tmp/reward          # ~11 min on one core (6 generating, 5 training)
+    python -m sdkit.toy reward --out /tmp/reward --candidates /tmp/c.npz  # ~30 min on one core: ~24 generating
+                                                          # (kept in c.npz for a rebuild), ~1 checking copies, ~5 training
     python -m sdkit.toy reward --ship                     # maintainers: replace sdkit/toy/fixture/reward
 """
 
