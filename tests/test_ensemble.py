@@ -100,7 +100,7 @@ def test_members_in_png_metadata_manifest_and_grid(tmp_path):
     ("clip:heavy", {}, r"weight 'heavy' of scorer 'clip' is not a number"),
     (["clip", "pickscore"], {"weights": {"pickscore": float("nan")}}, r"weight nan of scorer 'pickscore'"),
     (["clip"], {"weights": {"aesthetic": 1}}, r"weights name 'aesthetic', which is not one of .*\['clip'\]"),
-    ("clip,imagereward", {}, r"unknown scorer 'imagereward'; expected one of \['aesthetic', 'clip', 'hpsv2', 'pickscore'\]"),
+    ("clip,imagereward", {}, r"unknown scorer 'imagereward'; expected one of \['aesthetic', 'clip', 'hpsv2', 'pickscore', 'toy-reward'\]"),
     ("clip,clip:2", {}, r"scorer 'clip' named twice"),
     ("clip:0,aesthetic:0", {}, r"every weight .* is 0"),
     ("clip,,aesthetic", {}, r"has an empty entry"),

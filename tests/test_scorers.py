@@ -194,7 +194,7 @@ def test_bad_input(flax_scorer, torch_scorer, images, prompts, error, match):
 
 def test_bad_scorer_arguments(tiny, tmp_path):
     with pytest.raises(ValueError, match=r"unknown scorer 'tf'; expected one of \['aesthetic', 'clip', 'hpsv2', "
-                                         r"'pickscore'\] \(or a backend \['auto', 'flax', 'torch'\]"):
+                                         r"'pickscore', 'toy-reward'\] \(or a backend \['auto', 'flax', 'torch'\]"):
         load_scorer("tf", tiny)
     with pytest.raises(ValueError, match="unknown scorer backend 'tf'.*flax.*torch"):
         load_scorer("clip", tiny, backend="tf")

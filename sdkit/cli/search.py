@@ -137,7 +137,7 @@ def add_scorer_args(p, *, default: str | None) -> None:
     """--scorer, --scorer-backend and --combine: the same for generate and sweep."""
     p.add_argument("--scorer", default=default, type=scorer_option,
                    help="rank with sdkit's Flax CLIP (flax), transformers' PyTorch CLIP (torch), not at all (none), or "
-                        "by verifiers: clip, pickscore, hpsv2, aesthetic, several with weights as "
+                        "by verifiers: clip, pickscore, hpsv2, aesthetic, toy-reward, several with weights as "
                         f"'clip:1,pickscore:1,aesthetic:0.5' (on --scorer-backend); default {default or 'none'}")
     p.add_argument("--scorer-backend", default="flax", choices=["flax", "torch", "auto"],
                    help="where verifiers named in --scorer run (default flax: all JAX devices)")

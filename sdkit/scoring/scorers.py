@@ -111,7 +111,7 @@ def load_scorer(scorer: Any = "flax", model: Any = None, *, backend: str | None 
 
     Args:
         scorer: a backend ("flax", "torch", "auto": the CLIP scorer there, as before verifiers had names), a verifier
-            name ("clip", "pickscore", "hpsv2", "aesthetic"; `sdkit.scoring.verifiers`), or several as
+            name ("clip", "pickscore", "hpsv2", "aesthetic", "toy-reward"; `sdkit.scoring.verifiers`), or several as
             "clip:1,aesthetic:0.5", a list of names or a {name: weight} dict (an ensemble; a missing weight is 1).
         model: a verifier's checkpoint (Hub id or folder; default its own, e.g. DEFAULT_CLIP) or its keyword
             arguments ({"model": ..., "processor": ..., "head": ...}); for an ensemble a dict {name: either}.

@@ -7,6 +7,8 @@
                laion/CLIP-ViT-H-14-laion2B-s32B-b79K; exp(logit_scale) * cosine, as its authors compute it
     hpsv2      HPS v2.1 (Wu et al. 2023): open_clip's ViT-H-14 fine-tuned on human preferences, converted once to a
                CLIPModel folder (`python -m sdkit.scoring.convert hpsv2 HPS_v2.1_compressed.pt`); the cosine
+    toy-reward the toy world's reward model (`sdkit.toy.reward`): its CLIP fine-tuned on the pixel checker's
+               judgements of generated candidates, shipped in sdkit/toy/fixture/reward; scored as PickScore
     aesthetic  LAION aesthetic predictor v2 (Schuhmann 2022): an MLP on L2-normalised CLIP ViT-L/14 image
                embeddings (`python -m sdkit.scoring.convert aesthetic sac+logos+ava1-l14-linearMSE.pth`);
                prompt-independent
@@ -93,6 +95,15 @@ def hpsv2(backend: str = "flax", model=None, *, processor=LAION_VIT_H, **kwargs)
     return clip_backend(backend, str(model), verifier="hpsv2", rule=hps_rule, processor=processor, **kwargs)
 
 
+def toy_reward(backend: str = "flax", model=None, **kwargs) -> CLIPScorer:
+    """The toy world's reward model (`sdkit.toy.reward`; default the shipped one): exp(logit_scale) * cosine."""
+    if model is None:
+        from sdkit.toy.reward import shipped_reward_path
+
+        model = shipped_reward_path()
+    return clip_backend(backend, str(model), verifier="toy-reward", rule=pickscore_rule, **kwargs)
+
+
 def aesthetic(backend: str = "flax", model=AESTHETIC_CLIP, *, head=None, **kwargs) -> "AestheticScorer":
     """LAION aesthetic predictor v2 (Schuhmann 2022): its MLP on CLIP ViT-L/14's L2-normalised image embeddings.
 
@@ -112,7 +123,7 @@ def aesthetic(backend: str = "flax", model=AESTHETIC_CLIP, *, head=None, **kwarg
     return AestheticScorer(clip(backend, model, **kwargs), weights, head.name)
 
 
-VERIFIERS = {"clip": clip, "pickscore": pickscore, "hpsv2": hpsv2, "aesthetic": aesthetic}
+VERIFIERS = {"clip": clip, "pickscore": pickscore, "hpsv2": hpsv2, "aesthetic": aesthetic, "toy-reward": toy_reward}
 
 
 class AestheticScorer:

@@ -5,6 +5,8 @@
     python -m sdkit.toy --shipped            # evaluate the shipped world only (no training)
     python -m sdkit.toy --size full --json bench/results/toy_quality.json
     python -m sdkit.toy --ship               # maintainers: train, evaluate, and replace sdkit/toy/fixture/
+    python -m sdkit.toy reward --out DIR     # build the toy reward model (sdkit.toy.reward) from the shipped world
+    python -m sdkit.toy reward --ship        # maintainers: build it and replace sdkit/toy/fixture/reward
 """
 
 from __future__ import annotations
@@ -18,7 +20,43 @@ from pathlib import Path
 FIGURES = ("adherence", "random_pick", "best_possible", "top1", "control")
 
 
+def reward_main(argv) -> int:
+    """`python -m sdkit.toy reward`: build (and with --ship, ship) the toy reward model."""
+    import dataclasses
+
+    from sdkit.toy.settings import RewardSettings
+
+    d = RewardSettings()
+    p = argparse.ArgumentParser(prog="python -m sdkit.toy reward", description="Build the toy reward model.")
+    p.add_argument("--out", type=Path, help="write the model folder here")
+    p.add_argument("--ship", action="store_true", help="write it to sdkit/toy/fixture/reward")
+    p.add_argument("--world", type=Path, default=None, help="toy world folder (default: the shipped one)")
+    p.add_argument("--seed", type=int, default=d.seed, help=f"first training seed (default {d.seed})")
+    p.add_argument("--seeds-per-prompt", type=int, default=d.seeds_per_prompt)
+    p.add_argument("--val-seeds", type=int, default=d.val_seeds)
+    p.add_argument("--steps", type=int, default=d.steps, help=f"training steps (default {d.steps})")
+    p.add_argument("--num-inference-steps", type=int, default=d.num_inference_steps)
+    p.add_argument("--candidates", type=Path, default=None, metavar="NPZ",
+                   help="the generated, checked training candidates: read if the file exists (it must hold exactly "
+                        "the seeds asked for), else written once generated")
+    args = p.parse_args(argv)
+    if (args.out is None) == (not args.ship):
+        p.error("give --out DIR or --ship (one of them)")
+    from sdkit.toy.reward import REWARD_DIR, build_reward
+    from sdkit.toy.world import FIXTURE
+
+    settings = dataclasses.replace(d, seed=args.seed, seeds_per_prompt=args.seeds_per_prompt, val_seeds=args.val_seeds,
+                                   steps=args.steps, num_inference_steps=args.num_inference_steps)
+    out = FIXTURE / REWARD_DIR if args.ship else args.out
+    info = build_reward(out, args.world, settings, candidates=args.candidates)
+    print(f"wrote {out} (content sha256 {info['content_sha256'][:16]}..., {info['times']})")
+    return 0
+
+
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["reward"]:
+        return reward_main(argv[1:])
     p = argparse.ArgumentParser(prog="python -m sdkit.toy", description=__doc__.splitlines()[0])
     p.add_argument("--size", default="ci", help="'ci' (minutes; the shipped world's size) or 'full' (the README's figures)")
     p.add_argument("--shipped", action="store_true", help="evaluate the shipped world, do not train")

@@ -90,12 +90,15 @@ def shipped_world_path() -> Path | None:
 def content_hash(world: str | os.PathLike) -> str:
     """sha256 over every tensor of a world's safetensors (file, name, dtype, shape, bytes), in path order.
 
-    Tensors only: configs carry library versions, which do not change a picture."""
+    Tensors only: configs carry library versions, which do not change a picture. A world's reward/ (the toy
+    reward model shipped beside it, `sdkit.toy.reward`) is not part of the world and has its own hash."""
     from safetensors import safe_open
 
     world = Path(world)
     h = hashlib.sha256()
     for f in sorted(world.rglob("*.safetensors")):
+        if f.relative_to(world).parts[0] == "reward":
+            continue
         with safe_open(f, "np") as st:
             for k in sorted(st.keys()):
                 a = st.get_tensor(k)
@@ -131,6 +134,8 @@ def ship_world(src: str | os.PathLike, dest: str | os.PathLike = FIXTURE, figure
         "figures": figures or {},
     }
     (tmp / "SHIPPED.json").write_text(json.dumps(shipped, indent=2) + "\n")
+    if (dest / "reward").is_dir():  # the reward model shipped beside it (its reward.json names the world it fits)
+        shutil.copytree(dest / "reward", tmp / "reward")
     shutil.rmtree(dest, ignore_errors=True)
     os.rename(tmp, dest)
     return shipped

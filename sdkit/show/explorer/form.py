@@ -21,7 +21,7 @@ DEFAULT = "default"
 SIZES = [("model default", DEFAULT)] + [(str(s), s) for s in (32, 64, 128, 256, 384, 512, 576, 640, 768, 1024)]
 SCORERS = [("CLIP (Flax)", "flax"), ("CLIP (PyTorch)", "torch"), ("none", "none")]
 # The verifiers field's suggestions (any spec `load_scorer` takes can be typed): they run on the scorer's backend.
-VERIFIERS = ["clip", "pickscore", "hpsv2", "aesthetic", "clip:1,pickscore:1,aesthetic:0.5"]
+VERIFIERS = ["clip", "pickscore", "hpsv2", "aesthetic", "toy-reward", "clip:1,pickscore:1,aesthetic:0.5"]
 MODELS = ["sdkit:tiny", "sdkit:toy", "stable-diffusion-v1-5/stable-diffusion-v1-5"]
 # Searches the panel runs: each shows the candidates' previews ranked while they denoise (sdkit.search).
 SEARCHES = [("best of N", "none"), ("prune on previews", "successive_halving")]
@@ -138,7 +138,7 @@ class Form:
         check_verifiers(verifiers)
         self.verifiers = widgets.Combobox(value=verifiers, options=VERIFIERS, description="verifiers",
                                           ensure_option=False, placeholder="clip",
-                                          tooltip="what ranks: clip, pickscore, hpsv2, aesthetic, or several with "
+                                          tooltip="what ranks: clip, pickscore, hpsv2, aesthetic, toy-reward (sdkit:toy), or several with "
                                                   "weights as clip:1,aesthetic:0.5 (on the scorer's backend)",
                                           **_field("300px"))
         self.scorer.observe(self._scorer_changed, "value")

@@ -1,0 +1,234 @@
+"""The toy reward model against CLIP: best-of-8 top-1 adherence on held-out seeds, and how much of the gap to the
+checker's oracle it closes.
+
+    make bench-reward                                  # = .venv/bin/python bench/reward.py
+    .venv/bin/python bench/reward.py --bases 5000000 --groups 1 --out /tmp/r      # a smoke run, ~1 min
+
+For each seed base B in `--bases` (none used to train or tune the reward model: it trains on 1_000_000 + k,
+`sdkit.toy.settings.RewardSettings`), the 12 prompts are generated from seeds B .. B + groups * 8 - 1 with the
+reward model's settings (20 DDIM steps, guidance 2, sdkit's `generate`, one UNet call per batch) and judged by the
+pixel checker; a set is one prompt's 8 consecutive seeds. Every candidate is scored by the world's CLIP and by the
+reward model through `load_scorer` (PyTorch backend), and by their 1:1 z-score ensemble (`sdkit.scoring.ensemble`,
+within each set). Per base and pooled: within-set Spearman with adherence, best-of-8 top-1 by each scorer, the
+oracle (a set has a matching candidate), the gap closure (reward - clip) / (oracle - clip), with 95% bootstrap
+intervals over sets (paired for differences and the closure). Candidates are cached per base under
+$SDKIT_CACHE/bench/reward/. Writes bench/results/reward.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+if __package__ in (None, ""):  # run as a script: make `sdkit` importable from a checkout
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+ROOT = Path(__file__).resolve().parent.parent
+N = 8  # candidates per set: best-of-8, bench/search.py's baseline
+SCORERS = ("clip", "reward", "ensemble")
+
+
+def held_out(args, base: int, clock: dict):
+    """Base `base`'s candidates, checked (cached: generating 768 takes ~2 min on one core)."""
+    from sdkit.models.cache import cache_root
+    from sdkit.toy.reward import Labelled, generate_labelled, load_toy_pipeline
+    from sdkit.toy.world import content_hash
+
+    key = f"{content_hash(args.world)[:12]}-{base}-{args.groups}x{N}-{args.steps}-{args.guidance:g}"
+    path = cache_root() / "bench" / "reward" / f"{key}.npz"
+    timing = path.with_suffix(".json")  # the generation's seconds, reported again when the cache is read
+    if path.exists() and not args.fresh:
+        if timing.exists():
+            clock[f"generate_{base}_s"] = json.loads(timing.read_text())["generate_s"]
+        return Labelled.load(path)
+    t = time.perf_counter()
+    data = generate_labelled(load_toy_pipeline(args.world), range(base, base + args.groups * N),
+                             num_inference_steps=args.steps, guidance_scale=args.guidance,
+                             log=lambda m: print(f"base {base}:{m}", file=sys.stderr, flush=True))
+    clock[f"generate_{base}_s"] = time.perf_counter() - t
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data.save(path.with_suffix(".tmp.npz"))
+    path.with_suffix(".tmp.npz").rename(path)
+    timing.write_text(json.dumps({"generate_s": clock[f"generate_{base}_s"]}))
+    return data
+
+
+def score(args, data, scorers: dict, clock: dict) -> dict[str, np.ndarray]:
+    """Logits (sets, 8) of each scorer; the ensemble combines the two within each set."""
+    from PIL import Image
+
+    from sdkit.scoring.ensemble import combine_scores
+    from sdkit.toy import shapes
+
+    images = [Image.fromarray(im) for im in data.images]
+    prompts = [shapes.PROMPTS[p] for p in data.prompt]
+    out = {}
+    for name, scorer in scorers.items():
+        t = time.perf_counter()
+        out[name] = np.asarray(scorer(images, prompts).logits, np.float64)
+        clock[f"score_{name}_s"] = clock.get(f"score_{name}_s", 0) + time.perf_counter() - t
+    sets = [f"{p}/{s // N}" for p, s in zip(data.prompt, data.seed - data.seed.min())]  # one label per set
+    out["ensemble"] = combine_scores(out, sets, {"clip": 1.0, "reward": 1.0}, "zscore").astype(np.float64)
+    return {k: v.reshape(-1, N) for k, v in out.items()}
+
+
+def interval(x: np.ndarray, rng, b: int = 4000) -> list[float]:
+    """95% bootstrap percentile interval of the mean of per-set values `x`."""
+    means = x[rng.integers(len(x), size=(b, len(x)))].mean(axis=1)
+    return [float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))]
+
+
+def closure_interval(won: dict, oracle: np.ndarray, rng, b: int = 4000) -> list[float]:
+    """95% bootstrap interval of (reward - clip) / (oracle - clip), the sets resampled together."""
+    i = rng.integers(len(oracle), size=(b, len(oracle)))
+    c, r, o = won["clip"][i].mean(1), won["reward"][i].mean(1), oracle[i].mean(1)
+    ratio = (r - c) / np.where(o - c > 0, o - c, np.nan)
+    return [float(np.nanquantile(ratio, 0.025)), float(np.nanquantile(ratio, 0.975))]
+
+
+def figures(logits: dict, ok: np.ndarray, rng) -> dict:
+    """The report of one group of sets: Spearman, top-1 per scorer, oracle, paired differences, closure."""
+    from scipy.stats import spearmanr
+
+    rows = np.arange(len(ok))
+    # argmax takes the first of equal logits: the lowest seed, as sdkit.ranking.rank breaks ties.
+    won = {k: ok[rows, np.argmax(v, axis=1)].astype(float) for k, v in logits.items()}
+    oracle = ok.any(axis=1).astype(float)
+    mixed = [i for i in rows if 0 < ok[i].sum() < N]  # sets where adherence ranks the candidates at all
+    out = {"sets": len(ok), "mean_adherence": float(ok.mean()), "sets_with_ranking": len(mixed),
+           "oracle": {"top1": float(oracle.mean()), "ci": interval(oracle, rng)}}
+    for k in SCORERS:
+        rho = np.array([spearmanr(logits[k][i], ok[i]).statistic for i in mixed])
+        out[k] = {"top1": float(won[k].mean()), "ci": interval(won[k], rng),
+                  "vs_clip": float((won[k] - won["clip"]).mean()), "vs_clip_ci": interval(won[k] - won["clip"], rng),
+                  "spearman": float(rho.mean()), "spearman_ci": interval(rho, rng)}
+    gap = oracle.mean() - won["clip"].mean()
+    out["closure"] = float((won["reward"].mean() - won["clip"].mean()) / gap) if gap > 0 else None
+    out["closure_ci"] = closure_interval(won, oracle, rng)
+    out["ensemble_closure"] = float((won["ensemble"].mean() - won["clip"].mean()) / gap) if gap > 0 else None
+    return out
+
+
+def markdown(res: dict) -> str:
+    s = res["settings"]
+    L = [f"# The toy reward model vs CLIP, best-of-{N} on held-out seeds ({s['steps']} DDIM steps, guidance {s['guidance']:g})",
+         "", f"Machine: {res['machine']}. Command: `{res['command']}`. Reward model: `{res['reward']['path']}` "
+         f"(content sha256 {res['reward']['content_sha256'][:16]}…), trained on seeds {res['reward']['training_seeds']}; "
+         f"reported on seed bases {', '.join(map(str, s['bases']))} ({s['groups']} sets of {N} per prompt each, "
+         "never used to train or tune; candidates cached, their generation times are the first run's). 95% intervals: bootstrap over sets (paired for differences and the closure). "
+         f"Times: {', '.join(f'{k} {v:.0f} s' for k, v in res['times'].items())}.", "", "## Target", ""]
+    v = (res["reward"].get("validation") or {})
+    if v:
+        L[-4] += (f" How the model was chosen: on its validation seeds ({v['reward']['sets']} sets of {N}, reward.json), "
+                  f"best-of-{N} top-1 CLIP {v['clip']['top1']:.3f}, reward {v['reward']['top1']:.3f}, oracle "
+                  f"{v['reward']['oracle']:.3f}.")
+    t = res["target"]
+    L.append(f"- best-of-{N} by the reward model closes >= 80% of the gap between CLIP's best-of-{N} and the checker's "
+             f"oracle (pooled): **{'met' if t['met'] else 'not met'}** — {t['detail']}")
+    L += ["", "## Per base and pooled", "",
+          "| sets | mean adherence | Spearman: CLIP | Spearman: reward | top-1: CLIP | top-1: reward | top-1: CLIP + reward | "
+          "oracle | reward − CLIP (paired) | gap closed |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for name, f in res["groups"].items():
+        ci = lambda x: f"{x[0]:.3f}–{x[1]:.3f}"  # noqa: E731
+        L.append(f"| {name} ({f['sets']}) | {f['mean_adherence']:.3f} | {f['clip']['spearman']:.2f} | "
+                 f"{f['reward']['spearman']:.2f} ({ci(f['reward']['spearman_ci'])}) | {f['clip']['top1']:.3f} "
+                 f"({ci(f['clip']['ci'])}) | {f['reward']['top1']:.3f} ({ci(f['reward']['ci'])}) | "
+                 f"{f['ensemble']['top1']:.3f} ({ci(f['ensemble']['ci'])}) | {f['oracle']['top1']:.3f} | "
+                 f"{f['reward']['vs_clip']:+.3f} ({f['reward']['vs_clip_ci'][0]:+.3f}…{f['reward']['vs_clip_ci'][1]:+.3f}) | "
+                 f"{f['closure']:.0%} ({f['closure_ci'][0]:.0%}…{f['closure_ci'][1]:.0%}) |")
+    L += ["", "Spearman: mean over sets whose candidates are not all alike by the checker of the within-set rank "
+          "correlation of the score with adherence (bench/search.py's 0.53 for CLIP was over sets of 32). The ensemble "
+          "is `sdkit.scoring.ensemble`'s z-score mean, weights 1:1, within each set.", ""]
+    return "\n".join(L)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--world", type=Path, default=None, help="toy world folder (default: the shipped CI world)")
+    p.add_argument("--reward", type=Path, default=None, help="reward model folder (default: the shipped one)")
+    p.add_argument("--bases", type=lambda t: [int(x) for x in t.split(",")], default=[2_000_000, 3_000_000],
+                   help="seed bases to report on (default 2000000,3000000); never the training seeds")
+    p.add_argument("--groups", type=int, default=8, help="sets of 8 per prompt and base (default 8: 96 sets)")
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--guidance", type=float, default=2.0)
+    p.add_argument("--fresh", action="store_true", help="regenerate the cached candidates")
+    p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "reward")
+    args = p.parse_args(argv)
+    if args.groups < 1 or args.steps < 1:
+        p.error(f"--groups={args.groups}, --steps={args.steps}: must be >= 1")
+    from sdkit.toy.reward import shipped_reward_path
+    from sdkit.toy.world import toy_world_path
+
+    args.world = args.world or toy_world_path("ci", log=None)
+    args.reward = args.reward or shipped_reward_path()
+    info = json.loads((args.reward / "reward.json").read_text())
+    s = info["settings"]
+    used = range(s["seed"], s["seed"] + s["seeds_per_prompt"])
+    for b in args.bases:
+        if set(range(b, b + args.groups * N)) & set(used):
+            p.error(f"--bases: {b}..{b + args.groups * N - 1} overlaps the reward model's training seeds "
+                    f"{used.start}..{used.stop - 1}")
+    args.reward_info = info
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    import torch
+
+    from sdkit.scoring.scorers import load_scorer
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    from machine import describe
+
+    torch.set_num_threads(1)  # a shared 2-core machine; the tiny models gain little from a second thread
+    t0 = time.perf_counter()
+    clock: dict = {}
+    scorers = {"clip": load_scorer("clip", model=str(args.world / "clip"), backend="torch"),
+               "reward": load_scorer("toy-reward", model=str(args.reward), backend="torch")}
+    rng = np.random.default_rng(0)
+    logits, oks, groups = {}, {}, {}
+    for base in args.bases:
+        data = held_out(args, base, clock)
+        logits[base], oks[base] = score(args, data, scorers, clock), data.ok().reshape(-1, N)
+        groups[f"base {base}"] = figures(logits[base], oks[base], rng)
+    if len(args.bases) > 1:
+        pooled = {k: np.concatenate([logits[b][k] for b in args.bases]) for k in logits[args.bases[0]]}
+        groups["pooled"] = figures(pooled, np.concatenate([oks[b] for b in args.bases]), rng)
+    clock["total_s"] = time.perf_counter() - t0
+    main_group = groups["pooled" if len(args.bases) > 1 else f"base {args.bases[0]}"]
+    c = main_group["closure"]
+    m = describe()
+    info = args.reward_info
+    res = {
+        "settings": {"bases": args.bases, "groups": args.groups, "steps": args.steps, "guidance": args.guidance,
+                     "n": N, "world": str(args.world)},
+        "command": " ".join(["bench/reward.py", *(argv if argv is not None else sys.argv[1:])]).strip(),
+        "machine": f"{m.get('cpu', '?')}, {m.get('cores', '?')} cores", "machine_full": m,
+        "reward": {"path": str(args.reward.relative_to(ROOT) if args.reward.is_relative_to(ROOT) else args.reward), "content_sha256": info["content_sha256"],
+                   "training_seeds": (f"{info['training_seeds']['first']}..{info['training_seeds']['validation'][0] - 1} "
+                                      f"(validation {info['training_seeds']['validation'][0]}.."
+                                      f"{info['training_seeds']['validation'][1]})"),
+                   "settings": info["settings"], "validation": info.get("validation")},
+        "times": clock, "groups": groups,
+        "target": {"met": bool(c is not None and c >= 0.8),
+                   "detail": (f"{c:.0%} (95% {main_group['closure_ci'][0]:.0%}…{main_group['closure_ci'][1]:.0%}): "
+                              f"CLIP {main_group['clip']['top1']:.3f}, reward {main_group['reward']['top1']:.3f}, "
+                              f"oracle {main_group['oracle']['top1']:.3f} over {main_group['sets']} sets"
+                              if c is not None else "no gap: CLIP already reaches the oracle")},
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.with_suffix(".json").write_text(json.dumps(res, indent=1, default=float))
+    args.out.with_suffix(".md").write_text(markdown(res))
+    print(markdown(res))
+    print(f"wrote {args.out.with_suffix('.json')} and .md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
