@@ -153,13 +153,14 @@ class MemberScore:
 
 # What a verifier's shown score is called in PNG metadata, the CLI and grids (by the name before "-" in its label).
 SCORE_LABELS = {"clip": "CLIP score", "pickscore": "PickScore", "hpsv2": "HPS v2", "aesthetic": "Aesthetic score",
-                "ensemble": "Ensemble score"}
+                "toy-reward": "Toy reward", "ensemble": "Ensemble score"}
 
 
 def score_label(scorer: str | None) -> str:
     """"CLIP score", "PickScore", ... for a scorer label ("pickscore-flax:<model>"); "CLIP score" for one sdkit
     does not name (as before verifiers had names)."""
-    return SCORE_LABELS.get(str(scorer or "").split(":", 1)[0].split("-", 1)[0], "CLIP score")
+    name = str(scorer or "").split(":", 1)[0]
+    return SCORE_LABELS.get(name, SCORE_LABELS.get(name.rsplit("-", 1)[0], "CLIP score"))  # "<verifier>-<backend>"
 
 
 def format_members(members: "dict[str, MemberScore] | None", sep: str = "  ") -> str:

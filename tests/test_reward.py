@@ -105,3 +105,12 @@ def test_bad_model_path_names_it(tmp_path):
         load_scorer("toy-reward", model=str(missing), backend="torch")
     with pytest.raises(FileNotFoundError, match="not-a-world"):
         build_reward(tmp_path / "out", world=tmp_path / "not-a-world", log=None)
+
+
+@pytest.mark.parametrize("label,shown", [("toy-reward-flax:/x/reward", "Toy reward"), ("pickscore-torch:m", "PickScore"),
+                                         ("clip-flax:m", "CLIP score"), ("ensemble-zscore:clip:1", "Ensemble score"),
+                                         ("aesthetic-flax:m+h", "Aesthetic score"), ("red", "CLIP score"), (None, "CLIP score")])
+def test_each_verifier_is_shown_by_its_own_name(label, shown):
+    from sdkit.results import score_label
+
+    assert score_label(label) == shown
