@@ -5,7 +5,7 @@ checker's oracle it closes.
     .venv/bin/python bench/reward.py --bases 5000000 --groups 1 --out /tmp/r      # a smoke run, ~1 min
 
 For each seed base B in `--bases` (none used to train or tune the reward model: it trains on 1_000_000 + k,
-`sdkit.toy.settings.RewardSettings`), the 12 prompts are generated from seeds B .. B + groups * 8 - 1 with the
+`sdkit.toy.reward.RewardSettings`), the 12 prompts are generated from seeds B .. B + groups * 8 - 1 with the
 reward model's settings (20 DDIM steps, guidance 2, sdkit's `generate`, one UNet call per batch) and judged by the
 pixel checker; a set is one prompt's 8 consecutive seeds. Every candidate is scored by the world's CLIP and by the
 reward model through `load_scorer` (PyTorch backend), and by their 1:1 z-score ensemble (`sdkit.scoring.ensemble`,

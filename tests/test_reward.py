@@ -70,7 +70,7 @@ def test_flax_and_torch_agree(judged_pair):
 def test_build_on_a_tiny_budget(tmp_path):
     from sdkit.scoring.scorers import load_scorer
     from sdkit.toy.reward import build_reward
-    from sdkit.toy.settings import RewardSettings
+    from sdkit.toy.reward import RewardSettings
     from sdkit.toy.world import content_hash
 
     s = dataclasses.replace(RewardSettings(), seed=7_000_000, seeds_per_prompt=2, val_seeds=1, steps=3,

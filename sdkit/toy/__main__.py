@@ -24,7 +24,7 @@ def reward_main(argv) -> int:
     """`python -m sdkit.toy reward`: build (and with --ship, ship) the toy reward model."""
     import dataclasses
 
-    from sdkit.toy.settings import RewardSettings
+    from sdkit.toy.reward import RewardSettings
 
     d = RewardSettings()
     p = argparse.ArgumentParser(prog="python -m sdkit.toy reward", description="Build the toy reward model.")

@@ -60,30 +60,3 @@ class WorldSettings:
     clip: ClipSettings = field(default_factory=ClipSettings)
     vae: VaeSettings = field(default_factory=VaeSettings)
     unet: UnetSettings = field(default_factory=UnetSettings)
-
-
-@dataclass(frozen=True)
-class RewardSettings:
-    """How the toy reward model (`sdkit.toy.reward`) is built from a world's pipeline and CLIP."""
-
-    # Candidate k of every prompt has seed `seed + k`: far from the seeds bench/search.py (0-511), `python -m
-    # sdkit.toy` (0-63) and bench/reward.py (its report bases, 2_000_000 and up) use.
-    seed: int = 1_000_000
-    seeds_per_prompt: int = 768  # 12 x 768 = 9216 candidates, ~25 min to generate on one core (--candidates keeps them)
-    val_seeds: int = 192  # the last 192 seeds of each prompt (24 sets of 8, 288 in all): validation, never trained on
-    num_inference_steps: int = 20  # bench/search.py's settings: the candidates the reward will rank
-    guidance_scale: float = 2.0
-    steps: int = 3000  # chosen on validation (192 seeds): 3000 steps x 12 variants beat 1500 x 4 (AUC 0.962 vs 0.954)
-    batch_size: int = 64
-    lr: float = 5e-4  # a fine-tune: a quarter of the toy CLIP's own rate
-    weight_decay: float = 0.05
-    own_weight: float = 4.0  # the loss weight of the pair (image, the prompt it was made for) vs the other 11
-    variants: int = 12  # re-checked shifted/flipped copies of each candidate (validation AUC 0.935 without, 0.962)
-    max_shift: int = 3  # pixels, for those copies
-    # Weight of a pairwise ranking loss within each prompt's own candidates (0: BCE only). Validation (288 sets): 1.0
-    # gave top-1 0.684, AUC 0.959 vs BCE alone 0.688, 0.965; off.
-    rank_weight: float = 0.0
-    group_size: int = 16  # with it: candidates of one prompt per batch group (batch_size // group_size groups)
-    flip: bool = True  # horizontal flips keep every shape (the triangle is upright and symmetric)
-    threads: int = 1
-    train_seed: int = 0  # batches and flips
