@@ -5,15 +5,15 @@ other.
     .venv/bin/python bench/hacking.py --bases 5000000 --groups 1 --out /tmp/h      # a smoke run, ~1 min
 
 Two verifiers: A, the shipped world's CLIP (`<world>/clip`, the one `sdkit:toy` ranks by), and B, the same recipe
-trained from another seed (`sdkit.toy.second_clip`, built once and cached). For each seed base B0 in `--bases` the
-12 prompts are generated from seeds B0 .. B0 + groups * 8 - 1 (20 DDIM steps, guidance 2, bench/search.py's
-batch-invariant pipeline) and pixel-checked (`sdkit.toy.shapes.check`); a set is one prompt's 8 consecutive seeds.
+trained from another seed (`sdkit.toy.second_clip`, built once and cached). The candidates are bench/held_out.py's,
+shared with bench/reward.py: per seed base, the 12 prompts from 8 consecutive seeds a set, 20 DDIM steps, guidance 2,
+bench/search.py's batch-invariant pipeline, judged by the pixel checker (`sdkit.toy.shapes.check`).
 Every candidate is scored by A and by B (`load_scorer`, Flax), and by their 1:1 ensemble (`sdkit.scoring.ensemble`'s
 z-score and rank combines, within each set). Each selector picks one candidate per set: A, B, the two ensembles,
 random (its expectation: the set's mean) and the checker's oracle (its expectation over the candidates that pass,
 all of them when none does). Reported per base and pooled: top-1 adherence and the pick's score under A and under
 B as a z-score within its set (so the two scales compare), with 95% bootstrap intervals over sets, paired for
-differences. Candidates are cached per base under $SDKIT_CACHE/bench/hacking/. Writes bench/results/hacking.{json,md}.
+differences. Writes bench/results/hacking.{json,md}.
 """
 
 from __future__ import annotations
@@ -31,68 +31,22 @@ if __package__ in (None, ""):  # run as a script: make `sdkit` importable from a
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import held_out  # noqa: E402  (the candidates, shared with bench/reward.py)
+from held_out import N  # noqa: E402
 from search import interval  # noqa: E402  (bench/search.py's bootstrap, so the two benchmarks' intervals agree)
 
 ROOT = Path(__file__).resolve().parent.parent
-N = 8  # candidates per set: best-of-8, bench/search.py's baseline
 SELECTORS = ("A", "B", "ensemble_zscore", "ensemble_rank", "random", "oracle")
 
 
-def candidates(args, base: int, clock: dict) -> dict:
-    """Base `base`'s images (uint8), prompt index, seed and checker verdict per candidate, in set order (cached)."""
-    from sdkit.models.cache import cache_root
-    from sdkit.toy.world import content_hash
-
-    key = f"{content_hash(args.world)[:12]}-{base}-{args.groups}x{N}-{args.steps}-{args.guidance:g}"
-    path = cache_root() / "bench" / "hacking" / f"{key}.npz"
-    if path.exists() and not args.fresh:
-        data = dict(np.load(path))
-        clock[f"generate_{base}_s"] = float(data.pop("generate_s"))  # the first run's, reported again
-        return data
-    from search import _load  # the pipeline exactly as bench/search.py makes its pool
-
-    from sdkit.generation import generate
-    from sdkit.toy import shapes
-
-    pipe, _, _ = _load(args.world)
-    out = {"images": [], "prompt": [], "seed": [], "ok": []}
-    t = time.perf_counter()
-    for p, prompt in enumerate(shapes.PROMPTS):
-        for g in range(args.groups):
-            seeds = [base + g * N + k for k in range(N)]
-            run = generate(pipe, prompt, seeds=seeds, n=N, num_inference_steps=args.steps,
-                           guidance_scale=args.guidance, batch_size=N, progress=False)
-            images = [np.asarray(c.image) for c in run.candidates]
-            out["images"] += images
-            out["prompt"] += [p] * N
-            out["seed"] += seeds
-            out["ok"] += [shapes.check(im).matches(prompt) for im in images]
-        print(f"base {base}: {prompt}, {time.perf_counter() - t:.0f}s", file=sys.stderr, flush=True)
-    clock[f"generate_{base}_s"] = time.perf_counter() - t
-    data = {k: np.asarray(v) for k, v in out.items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(path.with_suffix(".tmp.npz"), **data, generate_s=clock[f"generate_{base}_s"])
-    path.with_suffix(".tmp.npz").rename(path)
-    return data
-
-
-def score(data: dict, scorers: dict, clock: dict) -> dict[str, np.ndarray]:
+def score(data, scorers: dict, clock: dict) -> dict[str, np.ndarray]:
     """Logits (sets, 8) of A and B, and of their two ensembles combined within each set."""
-    from PIL import Image
-
     from sdkit.scoring.ensemble import combine_scores
-    from sdkit.toy import shapes
 
-    images = [Image.fromarray(im) for im in data["images"]]
-    prompts = [shapes.PROMPTS[p] for p in data["prompt"]]
-    out = {}
-    for name, scorer in scorers.items():
-        t = time.perf_counter()
-        out[name] = np.asarray(scorer(images, prompts).logits, np.float64)
-        clock[f"score_{name}_s"] = clock.get(f"score_{name}_s", 0) + time.perf_counter() - t
-    sets = [f"{p}/{i // N}" for i, p in enumerate(data["prompt"])]  # one label per set: combine within it
+    out = held_out.score(data, scorers, clock)
     for combine in ("zscore", "rank"):
-        out[f"ensemble_{combine}"] = combine_scores(out, sets, {"A": 1.0, "B": 1.0}, combine).astype(np.float64)
+        out[f"ensemble_{combine}"] = combine_scores(out, held_out.set_labels(data), {"A": 1.0, "B": 1.0},
+                                                    combine).astype(np.float64)
     return {k: v.reshape(-1, N) for k, v in out.items()}
 
 
@@ -221,22 +175,11 @@ def markdown(res: dict) -> str:
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--world", type=Path, default=None, help="toy world folder (default: the shipped CI world)")
+    held_out.add_arguments(p)
     p.add_argument("--second-seed", type=int, default=1, help="CLIP B's seed (the world's CLIP is seed 0)")
-    p.add_argument("--bases", type=lambda t: [int(x) for x in t.split(",")], default=[2_000_000, 3_000_000],
-                   help="seed bases (default 2000000,3000000: never used to train or tune anything)")
-    p.add_argument("--groups", type=int, default=8, help="sets per prompt per base (default 8)")
-    p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--guidance", type=float, default=2.0)
-    p.add_argument("--fresh", action="store_true", help="regenerate the candidates even if cached")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "hacking")
     args = p.parse_args(argv)
-    if args.groups < 1 or args.steps < 1:
-        p.error(f"--groups={args.groups}, --steps={args.steps}: both must be >= 1")
-    if args.world is None:
-        from sdkit.toy.world import toy_world_path
-
-        args.world = toy_world_path("ci", log=None)
+    held_out.check_arguments(p, args)
     return args
 
 
@@ -255,8 +198,8 @@ def main(argv=None) -> int:
     clock: dict[str, float] = {}
     logits, ok = {}, {}
     for base in args.bases:
-        data = candidates(args, base, clock)
-        logits[base], ok[base] = score(data, scorers, clock), data["ok"].reshape(-1, N)
+        data = held_out.candidates(args, base, clock)
+        logits[base], ok[base] = score(data, scorers, clock), data.ok().reshape(-1, N)
     rng = np.random.default_rng(0)
     groups = {f"base {b}": figures(logits[b], ok[b], rng) for b in args.bases}
     if len(args.bases) > 1:

@@ -38,6 +38,7 @@ if __package__ in (None, ""):  # run as a script: make `sdkit` and `bench` impor
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.report import write_results  # noqa: E402
+from bench.search import interval  # noqa: E402  (one bootstrap for every toy-world benchmark)
 
 ROOT = Path(__file__).resolve().parent.parent
 POOL = 32  # seeds per set in bench/search.py: set (prompt, g) starts at seed + g * POOL
@@ -122,11 +123,6 @@ def run_all(jobs: list[dict], args) -> list[dict]:
                 print(f"  {k}/{len(todo)} {label_of(j)} group {j['group']}: top-1 {np.mean(res['won']):.2f}; "
                       f"~{left / 60:.0f} min left", file=sys.stderr)
     return [{**j, **json.loads(f.read_text())} for j, f in zip(jobs, files)]
-
-
-def interval(x: np.ndarray, rng, b: int = 4000) -> tuple[float, float]:
-    means = x[rng.integers(len(x), size=(b, len(x)))].mean(axis=1)
-    return float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))
 
 
 def summarise(results: list[dict], groups: list[int], rng) -> dict[str, dict]:

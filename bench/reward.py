@@ -4,15 +4,14 @@ checker's oracle it closes.
     make bench-reward                                  # = .venv/bin/python bench/reward.py
     .venv/bin/python bench/reward.py --bases 5000000 --groups 1 --out /tmp/r      # a smoke run, ~1 min
 
-For each seed base B in `--bases` (none used to train or tune the reward model: it trains on 1_000_000 + k,
-`sdkit.toy.reward.RewardSettings`), the 12 prompts are generated from seeds B .. B + groups * 8 - 1 with the
-reward model's settings (20 DDIM steps, guidance 2, sdkit's `generate`, one UNet call per batch) and judged by the
-pixel checker; a set is one prompt's 8 consecutive seeds. Every candidate is scored by the world's CLIP and by the
+The candidates are bench/held_out.py's, shared with bench/hacking.py: for each seed base B in `--bases` (none
+used to train or tune the reward model: it trains on 1_000_000 + k, `sdkit.toy.reward.RewardSettings`), the 12
+prompts from seeds B .. B + groups * 8 - 1 (a set is one prompt's 8 consecutive seeds), 20 DDIM steps, guidance 2,
+bench/search.py's batch-invariant pipeline, judged by the pixel checker. Every candidate is scored by the world's CLIP and by the
 reward model through `load_scorer` (PyTorch backend), and by their 1:1 z-score ensemble (`sdkit.scoring.ensemble`,
 within each set). Per base and pooled: within-set Spearman with adherence, best-of-8 top-1 by each scorer, the
 oracle (a set has a matching candidate), the gap closure (reward - clip) / (oracle - clip), with 95% bootstrap
-intervals over sets (paired for differences and the closure). Candidates are cached per base under
-$SDKIT_CACHE/bench/reward/. Writes bench/results/reward.{json,md}.
+intervals over sets (paired for differences and the closure). Writes bench/results/reward.{json,md}.
 """
 
 from __future__ import annotations
@@ -27,60 +26,24 @@ import numpy as np
 
 if __package__ in (None, ""):  # run as a script: make `sdkit` importable from a checkout
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import held_out  # noqa: E402  (the candidates, shared with bench/hacking.py)
+from held_out import N  # noqa: E402
+from search import interval  # noqa: E402  (one bootstrap for every toy-world benchmark)
 
 ROOT = Path(__file__).resolve().parent.parent
-N = 8  # candidates per set: best-of-8, bench/search.py's baseline
 SCORERS = ("clip", "reward", "ensemble")
 
 
-def held_out(args, base: int, clock: dict):
-    """Base `base`'s candidates, checked (cached: generating 768 takes ~2 min on one core)."""
-    from sdkit.models.cache import cache_root
-    from sdkit.toy.reward import Labelled, generate_labelled, load_toy_pipeline
-    from sdkit.toy.world import content_hash
-
-    key = f"{content_hash(args.world)[:12]}-{base}-{args.groups}x{N}-{args.steps}-{args.guidance:g}"
-    path = cache_root() / "bench" / "reward" / f"{key}.npz"
-    timing = path.with_suffix(".json")  # the generation's seconds, reported again when the cache is read
-    if path.exists() and not args.fresh:
-        if timing.exists():
-            clock[f"generate_{base}_s"] = json.loads(timing.read_text())["generate_s"]
-        return Labelled.load(path)
-    t = time.perf_counter()
-    data = generate_labelled(load_toy_pipeline(args.world), range(base, base + args.groups * N),
-                             num_inference_steps=args.steps, guidance_scale=args.guidance,
-                             log=lambda m: print(f"base {base}:{m}", file=sys.stderr, flush=True))
-    clock[f"generate_{base}_s"] = time.perf_counter() - t
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data.save(path.with_suffix(".tmp.npz"))
-    path.with_suffix(".tmp.npz").rename(path)
-    timing.write_text(json.dumps({"generate_s": clock[f"generate_{base}_s"]}))
-    return data
-
-
-def score(args, data, scorers: dict, clock: dict) -> dict[str, np.ndarray]:
+def score(data, scorers: dict, clock: dict) -> dict[str, np.ndarray]:
     """Logits (sets, 8) of each scorer; the ensemble combines the two within each set."""
-    from PIL import Image
-
     from sdkit.scoring.ensemble import combine_scores
-    from sdkit.toy import shapes
 
-    images = [Image.fromarray(im) for im in data.images]
-    prompts = [shapes.PROMPTS[p] for p in data.prompt]
-    out = {}
-    for name, scorer in scorers.items():
-        t = time.perf_counter()
-        out[name] = np.asarray(scorer(images, prompts).logits, np.float64)
-        clock[f"score_{name}_s"] = clock.get(f"score_{name}_s", 0) + time.perf_counter() - t
-    sets = [f"{p}/{s // N}" for p, s in zip(data.prompt, data.seed - data.seed.min())]  # one label per set
-    out["ensemble"] = combine_scores(out, sets, {"clip": 1.0, "reward": 1.0}, "zscore").astype(np.float64)
+    out = held_out.score(data, scorers, clock)
+    out["ensemble"] = combine_scores(out, held_out.set_labels(data), {"clip": 1.0, "reward": 1.0},
+                                     "zscore").astype(np.float64)
     return {k: v.reshape(-1, N) for k, v in out.items()}
-
-
-def interval(x: np.ndarray, rng, b: int = 4000) -> list[float]:
-    """95% bootstrap percentile interval of the mean of per-set values `x`."""
-    means = x[rng.integers(len(x), size=(b, len(x)))].mean(axis=1)
-    return [float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))]
 
 
 def closure_interval(won: dict, oracle: np.ndarray, rng, b: int = 4000) -> list[float]:
@@ -149,22 +112,13 @@ def markdown(res: dict) -> str:
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--world", type=Path, default=None, help="toy world folder (default: the shipped CI world)")
+    held_out.add_arguments(p)
     p.add_argument("--reward", type=Path, default=None, help="reward model folder (default: the shipped one)")
-    p.add_argument("--bases", type=lambda t: [int(x) for x in t.split(",")], default=[2_000_000, 3_000_000],
-                   help="seed bases to report on (default 2000000,3000000); never the training seeds")
-    p.add_argument("--groups", type=int, default=8, help="sets of 8 per prompt and base (default 8: 96 sets)")
-    p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--guidance", type=float, default=2.0)
-    p.add_argument("--fresh", action="store_true", help="regenerate the cached candidates")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "reward")
     args = p.parse_args(argv)
-    if args.groups < 1 or args.steps < 1:
-        p.error(f"--groups={args.groups}, --steps={args.steps}: must be >= 1")
+    held_out.check_arguments(p, args)
     from sdkit.toy.reward import shipped_reward_path
-    from sdkit.toy.world import toy_world_path
 
-    args.world = args.world or toy_world_path("ci", log=None)
     args.reward = args.reward or shipped_reward_path()
     info = json.loads((args.reward / "reward.json").read_text())
     s = info["settings"]
@@ -183,7 +137,6 @@ def main(argv=None) -> int:
 
     from sdkit.scoring.scorers import load_scorer
 
-    sys.path.insert(0, str(ROOT / "bench"))
     from machine import describe
 
     torch.set_num_threads(1)  # a shared 2-core machine; the tiny models gain little from a second thread
@@ -194,8 +147,8 @@ def main(argv=None) -> int:
     rng = np.random.default_rng(0)
     logits, oks, groups = {}, {}, {}
     for base in args.bases:
-        data = held_out(args, base, clock)
-        logits[base], oks[base] = score(args, data, scorers, clock), data.ok().reshape(-1, N)
+        data = held_out.candidates(args, base, clock)
+        logits[base], oks[base] = score(data, scorers, clock), data.ok().reshape(-1, N)
         groups[f"base {base}"] = figures(logits[base], oks[base], rng)
     if len(args.bases) > 1:
         pooled = {k: np.concatenate([logits[b][k] for b in args.bases]) for k in logits[args.bases[0]]}
