@@ -34,6 +34,7 @@ from search import interval  # noqa: E402  (one bootstrap for every toy-world be
 
 ROOT = Path(__file__).resolve().parent.parent
 SCORERS = ("clip", "reward", "ensemble")
+SEARCH_N = 16  # successive_halving's default n
 
 
 def score(data, scorers: dict, clock: dict) -> dict[str, np.ndarray]:
@@ -77,6 +78,80 @@ def figures(logits: dict, ok: np.ndarray, rng) -> dict:
     return out
 
 
+def searched(args, base: int, scorers: dict, clock: dict) -> dict[str, np.ndarray]:
+    """sdkit's default search (`successive_halving`, n=16, its default schedule) on every set of `base`, once per
+    verifier: set (prompt p, group g) starts at the set's first seed, so its first 8 candidates are the best-of-8
+    set's. Returns per verifier (sets,) whether the pick passes the checker, and the UNet evaluations per set.
+    Cached per set as a JSON line (a stopped run goes on where it stopped)."""
+    from sdkit.models.cache import cache_root
+    from sdkit.search import successive_halving
+    from sdkit.toy import shapes
+    from sdkit.toy.reward import load_toy_pipeline
+    from sdkit.toy.world import content_hash
+
+    key = (f"{content_hash(args.world)[:12]}-{args.reward_info['content_sha256'][:12]}-{base}-{args.groups}x{N}-"
+           f"{args.steps}-{args.guidance:g}-n{SEARCH_N}")
+    path = cache_root() / "bench" / "held_out" / f"search-{key}.jsonl"
+    done = {}
+    if path.exists() and not args.fresh:
+        for line in path.read_text().splitlines():
+            r = json.loads(line)
+            done[(r["verifier"], r["prompt"], r["group"])] = r
+    pipe = None
+    with path.open("a") as log:
+        for name, scorer in scorers.items():
+            for p, prompt in enumerate(shapes.PROMPTS):
+                for g in range(args.groups):
+                    if (name, p, g) in done:
+                        continue
+                    pipe = pipe or load_toy_pipeline(args.world, batch_invariant=True)
+                    t = time.perf_counter()
+                    run = successive_halving(pipe, prompt, scorer, n=SEARCH_N, seed=base + g * N,
+                                             num_inference_steps=args.steps, guidance_scale=args.guidance,
+                                             progress=False)
+                    best = run.search.ranked[0].candidate
+                    r = {"verifier": name, "prompt": p, "group": g, "seed": best.seed,
+                         "ok": bool(shapes.check(np.asarray(best.image.convert("RGB"))).matches(prompt)),
+                         "unet_evaluations": run.search.compute.unet_evaluations, "wall_s": time.perf_counter() - t}
+                    log.write(json.dumps(r) + "\n")
+                    log.flush()
+                    done[(name, p, g)] = r
+                print(f"search base {base}, {name}: {prompt} done", file=sys.stderr, flush=True)
+    out = {}
+    for name in scorers:
+        rows = [done[(name, p, g)] for p in range(len(shapes.PROMPTS)) for g in range(args.groups)]
+        out[name] = np.array([r["ok"] for r in rows], float)
+        out[f"{name}_unet"] = np.array([r["unet_evaluations"] for r in rows], float)
+        clock[f"search_{name}_{base}_s"] = sum(r["wall_s"] for r in rows)
+    return out
+
+
+def cluster_interval(x: np.ndarray, clusters: np.ndarray, rng, b: int = 4000) -> list[float]:
+    """95% bootstrap interval of the mean of per-set `x`, resampling whole clusters (one prompt of one base): the
+    search of set g shares 8 seeds with set g + 1, so sets of one prompt are not independent."""
+    ids = np.unique(clusters)
+    members = [np.flatnonzero(clusters == c) for c in ids]
+    means = []
+    for pick in rng.integers(len(ids), size=(b, len(ids))):
+        rows = np.concatenate([members[i] for i in pick])
+        means.append(x[rows].mean())
+    return [float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))]
+
+
+def search_figures(best: dict, search: dict, clusters: np.ndarray, rng) -> dict:
+    """Per verifier: best-of-8 and the default search's top-1, search - best-of-8 and verifier - CLIP (paired)."""
+    out = {}
+    for name in best:
+        b, s = best[name], search[name]
+        out[name] = {"best_of_8": float(b.mean()), "best_of_8_ci": cluster_interval(b, clusters, rng),
+                     "search": float(s.mean()), "search_ci": cluster_interval(s, clusters, rng),
+                     "search_vs_best": float((s - b).mean()), "search_vs_best_ci": cluster_interval(s - b, clusters, rng),
+                     "search_vs_clip": float((s - search["clip"]).mean()),
+                     "search_vs_clip_ci": cluster_interval(s - search["clip"], clusters, rng),
+                     "unet_per_set": float(search[f"{name}_unet"].mean())}
+    return out
+
+
 def markdown(res: dict) -> str:
     s = res["settings"]
     L = [f"# The toy reward model vs CLIP, best-of-{N} on held-out seeds ({s['steps']} DDIM steps, guidance {s['guidance']:g})",
@@ -107,6 +182,25 @@ def markdown(res: dict) -> str:
     L += ["", "Spearman: mean over sets whose candidates are not all alike by the checker of the within-set rank "
           "correlation of the score with adherence (bench/search.py's 0.53 for CLIP was over sets of 32). The ensemble "
           "is `sdkit.scoring.ensemble`'s z-score mean, weights 1:1, within each set.", ""]
+    if res.get("search"):
+        ci = lambda x: f"{x[0]:.3f}–{x[1]:.3f}"  # noqa: E731
+        d = lambda v, x: f"{v:+.3f} ({x[0]:+.3f}…{x[1]:+.3f})"  # noqa: E731
+        L += [f"## Best-of-{N} and the default search under each verifier (pooled, {res['search_sets']} sets)", "",
+              "| verifier | best-of-8 top-1 | default search top-1 | search − best-of-8 (paired) | "
+              "search: verifier − CLIP (paired) | search UNet evals / set (best-of-8: "
+              f"{N * s['steps']}) |", "|---|---|---|---|---|---|"]
+        for name, f in res["search"].items():
+            L.append(f"| {name} | {f['best_of_8']:.3f} ({ci(f['best_of_8_ci'])}) | {f['search']:.3f} "
+                     f"({ci(f['search_ci'])}) | {d(f['search_vs_best'], f['search_vs_best_ci'])} | "
+                     f"{d(f['search_vs_clip'], f['search_vs_clip_ci'])} | {f['unet_per_set']:.0f} |")
+        L += ["", "Per base (best-of-8 → default search): " + "; ".join(
+            f"{b}: " + ", ".join(f"{k} {v['best_of_8']:.3f} → {v['search']:.3f}" for k, v in per.items())
+            for b, per in (res.get("search_by_base") or {}).items()) + "."]
+        L += ["", f"The default search is `sdkit.search.successive_halving` with n={SEARCH_N} and its default schedule, run "
+              "for real (sdkit's batch-invariant CPU pipeline) once per verifier on every set; set g starts at the best-of-8 "
+              "set's first seed, so its first 8 candidates are that set. The ensemble here is sdkit's `Ensemble` "
+              "(`load_scorer({'clip': 1, 'toy-reward': 1})`, z-scores within the candidates scored together). "
+              "Intervals resample whole prompts of a base (neighbouring searches share 8 seeds).", ""]
     return "\n".join(L)
 
 
@@ -114,6 +208,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     held_out.add_arguments(p)
     p.add_argument("--reward", type=Path, default=None, help="reward model folder (default: the shipped one)")
+    p.add_argument("--no-search", action="store_true",
+                   help="skip the default search under each verifier (~25 min on one core the first time; cached)")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "reward")
     args = p.parse_args(argv)
     held_out.check_arguments(p, args)
@@ -153,6 +249,28 @@ def main(argv=None) -> int:
     if len(args.bases) > 1:
         pooled = {k: np.concatenate([logits[b][k] for b in args.bases]) for k in logits[args.bases[0]]}
         groups["pooled"] = figures(pooled, np.concatenate([oks[b] for b in args.bases]), rng)
+    search, search_sets, search_by_base = None, 0, None
+    if not args.no_search:
+        verifiers = {"clip": scorers["clip"], "reward": scorers["reward"],
+                     "ensemble": load_scorer({"clip": 1.0, "toy-reward": 1.0}, backend="torch",
+                                             model={"clip": str(args.world / "clip"), "toy-reward": str(args.reward)})}
+        best, found, clusters = {}, {}, []
+        for base in args.bases:
+            found[base] = searched(args, base, verifiers, clock)
+            clusters.append(np.repeat([f"{base}/{p}" for p in range(len(logits[base]["clip"]) // args.groups)],
+                                      args.groups))
+        oks_all = np.concatenate([oks[b] for b in args.bases])
+        rows = np.arange(len(oks_all))
+        for name in verifiers:
+            pooled_logits = np.concatenate([logits[b][name] for b in args.bases])
+            best[name] = oks_all[rows, np.argmax(pooled_logits, axis=1)].astype(float)
+        n_sets = [len(oks[b]) for b in args.bases]
+        by_base = {b: {k: v[sum(n_sets[:i]):sum(n_sets[:i + 1])] for k, v in best.items()} for i, b in enumerate(args.bases)}
+        search_by_base = {str(b): {name: {"best_of_8": float(by_base[b][name].mean()),
+                                          "search": float(found[b][name].mean())} for name in verifiers}
+                          for b in args.bases}
+        found = {k: np.concatenate([found[b][k] for b in args.bases]) for k in found[args.bases[0]]}
+        search, search_sets = search_figures(best, found, np.concatenate(clusters), rng), len(oks_all)
     clock["total_s"] = time.perf_counter() - t0
     main_group = groups["pooled" if len(args.bases) > 1 else f"base {args.bases[0]}"]
     c = main_group["closure"]
@@ -168,7 +286,8 @@ def main(argv=None) -> int:
                                       f"(validation {info['training_seeds']['validation'][0]}.."
                                       f"{info['training_seeds']['validation'][1]})"),
                    "settings": info["settings"], "validation": info.get("validation")},
-        "times": clock, "groups": groups,
+        "times": clock, "groups": groups, "search": search, "search_sets": search_sets,
+        "search_by_base": search_by_base,
         "target": {"met": bool(c is not None and c >= 0.8),
                    "detail": (f"{c:.0%} (95% {main_group['closure_ci'][0]:.0%}…{main_group['closure_ci'][1]:.0%}): "
                               f"CLIP {main_group['clip']['top1']:.3f}, reward {main_group['reward']['top1']:.3f}, "

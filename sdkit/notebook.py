@@ -51,6 +51,15 @@ def _substitute(role: str, model: str, m: str) -> str:
         from sdkit.models.builtin import clip_for
 
         return clip_for("sdkit:toy" if m == "toy" else "sdkit:tiny")
+    if role.startswith("reward"):  # a preference model (PickScore) and its processor: the toy world's reward model,
+        # a CLIP fine-tuned on the pixel checker's judgements (sdkit.toy.reward); a random tiny CLIP on tiny models
+        if m == "toy":
+            from sdkit.toy.reward import shipped_reward_path
+
+            return str(shipped_reward_path())
+        from sdkit.models.builtin import clip_for
+
+        return clip_for("sdkit:tiny")
     if role in ("lora_dir", "embedding"):  # a user's own add-ons; tiny ones made for the tiny (or toy) model
         from sdkit.models.tiny_addons import tiny_embedding, tiny_lora_dir
 

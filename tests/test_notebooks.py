@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from sdkit.notebook import align_numbers, models_mode_of, thick_cells
@@ -206,3 +207,27 @@ def test_notebook_check_fails_on_a_real_edit(tmp_path, what, old, new):
     shutil.copy(ROOT / "notebooks" / "sanitize.cfg", tmp_path / "notebooks")
     code = check([tmp_path / "notebooks"], pytest_args=["-q"])
     assert code == (1 if what else 0), f"edit {what!r}: check returned {code}"
+
+
+@pytest.mark.parametrize("mode", ["toy", "tiny", "real"])
+def test_a_preference_model_role_switches_with_the_models(mode, monkeypatch):
+    """`reward=` / `reward_processor=` (PickScore and its processor in notebook 08) are the toy reward model in the
+    toy world, scored as the `toy-reward` verifier scores it, a tiny CLIP on tiny models, the Hub ids for real."""
+    from PIL import Image
+
+    from sdkit import load_scorer
+    from sdkit.notebook import models
+
+    monkeypatch.setenv("SDKIT_MODELS", "" if mode == "real" else mode)
+    m = models(reward="yuvalkirstain/PickScore_v1", reward_processor="laion/CLIP-ViT-H-14-laion2B-s32B-b79K")
+    if mode == "real":
+        assert (m.reward, m.reward_processor) == ("yuvalkirstain/PickScore_v1", "laion/CLIP-ViT-H-14-laion2B-s32B-b79K")
+        return
+    assert m.reward == m.reward_processor and os.path.isdir(m.reward)
+    images, prompts = [Image.new("RGB", (32, 32), c) for c in ("red", "blue")], ["a red circle", "a blue square"]
+    pick = load_scorer("pickscore", {"model": m.reward, "processor": m.reward_processor}, backend="torch")
+    logits = pick(images, prompts).logits
+    if mode == "toy":
+        same = load_scorer("toy-reward", backend="torch")(images, prompts).logits
+        assert np.array_equal(np.asarray(logits), np.asarray(same))
+    assert np.all(np.isfinite(logits)) and len(logits) == 2
