@@ -33,6 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import held_out  # noqa: E402  (the candidates, shared with bench/reward.py)
 from held_out import N  # noqa: E402
+
+from bench.report import write_results  # noqa: E402
 from search import interval  # noqa: E402  (bench/search.py's bootstrap, so the two benchmarks' intervals agree)
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -222,11 +224,7 @@ def main(argv=None) -> int:
         "groups": groups,
         "reading": reading(groups["pooled"]),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(res, indent=1))
-    args.out.with_suffix(".md").write_text(markdown(res))
-    print(markdown(res))
-    print(f"wrote {args.out.with_suffix('.json')} and .md")
+    write_results(args.out, res, markdown(res))
     return 0
 
 

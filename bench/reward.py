@@ -30,6 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import held_out  # noqa: E402  (the candidates, shared with bench/hacking.py)
 from held_out import N  # noqa: E402
+
+from bench.report import write_results  # noqa: E402
 from search import interval  # noqa: E402  (one bootstrap for every toy-world benchmark)
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -294,11 +296,7 @@ def main(argv=None) -> int:
                               f"oracle {main_group['oracle']['top1']:.3f} over {main_group['sets']} sets"
                               if c is not None else "no gap: CLIP already reaches the oracle")},
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(res, indent=1, default=float))
-    args.out.with_suffix(".md").write_text(markdown(res))
-    print(markdown(res))
-    print(f"wrote {args.out.with_suffix('.json')} and .md")
+    write_results(args.out, res, markdown(res))
     return 0
 
 
