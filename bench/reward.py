@@ -215,7 +215,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "reward")
     args = p.parse_args(argv)
     held_out.check_arguments(p, args)
-    from sdkit.toy.reward import shipped_reward_path
+    from sdkit.toy import shipped_reward_path
 
     args.reward = args.reward or shipped_reward_path()
     info = json.loads((args.reward / "reward.json").read_text())

@@ -24,7 +24,8 @@ before it, never in a circle: tests/test_layout.py walks the imports):
     search       search/ (x0 previews; the strategies, one module each; regenerate and finish_pruned)
     show         show/ (ranked grid, gallery, heatmap)
     sweep        sweep/ (the spec; run_sweep; the worker, here or on Ray)
-    tools        toy/adherence (the toy world's measurement), notebook (nbval helpers)
+    tools        toy/adherence (the toy world's measurement), toy/reward (its reward model, built from generated
+                 candidates), notebook (nbval helpers)
     explorer     show/explorer/ (form, session, widgets)
     cli          cli/ (one module per subcommand)
 """
@@ -75,7 +76,7 @@ LAYERS = (
     ("sdkit.search",),
     ("sdkit.show",),
     ("sdkit.sweep",),
-    ("sdkit.toy.adherence", "sdkit.toy.__main__", "sdkit.notebook"),
+    ("sdkit.toy.adherence", "sdkit.toy.reward", "sdkit.toy.__main__", "sdkit.notebook"),
     ("sdkit.show.explorer",),
     ("sdkit.cli", "sdkit.__main__"),
 )

@@ -54,7 +54,7 @@ def _substitute(role: str, model: str, m: str) -> str:
     if role.startswith("reward"):  # a preference model (PickScore) and its processor: the toy world's reward model,
         # a CLIP fine-tuned on the pixel checker's judgements (sdkit.toy.reward); a random tiny CLIP on tiny models
         if m == "toy":
-            from sdkit.toy.reward import shipped_reward_path
+            from sdkit.toy import shipped_reward_path
 
             return str(shipped_reward_path())
         from sdkit.models.builtin import clip_for

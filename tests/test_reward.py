@@ -12,7 +12,7 @@ from sdkit.toy import shapes
 
 @pytest.fixture(scope="module")
 def reward_path():
-    from sdkit.toy.reward import shipped_reward_path
+    from sdkit.toy import shipped_reward_path
 
     return shipped_reward_path()
 

@@ -98,7 +98,7 @@ def hpsv2(backend: str = "flax", model=None, *, processor=LAION_VIT_H, **kwargs)
 def toy_reward(backend: str = "flax", model=None, **kwargs) -> CLIPScorer:
     """The toy world's reward model (`sdkit.toy.reward`; default the shipped one): exp(logit_scale) * cosine."""
     if model is None:
-        from sdkit.toy.reward import shipped_reward_path
+        from sdkit.toy import shipped_reward_path
 
         model = shipped_reward_path()
     return clip_backend(backend, str(model), verifier="toy-reward", rule=pickscore_rule, **kwargs)

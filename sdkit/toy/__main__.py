@@ -42,7 +42,8 @@ def reward_main(argv) -> int:
     args = p.parse_args(argv)
     if (args.out is None) == (not args.ship):
         p.error("give --out DIR or --ship (one of them)")
-    from sdkit.toy.reward import REWARD_DIR, build_reward
+    from sdkit.toy import REWARD_DIR
+    from sdkit.toy.reward import build_reward
     from sdkit.toy.world import FIXTURE
 
     settings = dataclasses.replace(d, seed=args.seed, seeds_per_prompt=args.seeds_per_prompt, val_seeds=args.val_seeds,

@@ -27,7 +27,6 @@ import numpy as np
 
 from sdkit.toy import shapes
 
-REWARD_DIR = "reward"  # beside the world's pipeline/ and clip/ in sdkit/toy/fixture
 
 
 # Here, not in sdkit/toy/settings.py: the world's cache key hashes that file, and a reward setting must not retrain
@@ -274,17 +273,6 @@ def split(data: Labelled, val_seeds: int) -> tuple[Labelled, Labelled]:
 
 
 # ---- build and ship -------------------------------------------------------------------------------
-
-
-def shipped_reward_path() -> Path:
-    """The shipped toy reward model (sdkit/toy/fixture/reward), or FileNotFoundError naming where it should be."""
-    from sdkit.toy.world import FIXTURE
-
-    path = FIXTURE / REWARD_DIR
-    if not (path / "reward.json").is_file():
-        raise FileNotFoundError(f"no toy reward model at {path} (this copy of sdkit lacks it); build one with "
-                                "`python -m sdkit.toy reward --out DIR` and pass model=DIR")
-    return path
 
 
 def build_reward(out, world=None, settings: RewardSettings = RewardSettings(), *, data: Labelled | None = None,
