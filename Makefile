@@ -48,7 +48,7 @@ browser-deps: $(STAMP)
 ## All tests: unit + integration (tiny models, toy world, Ray, multi-device JAX), real browser, strict nbval
 ## (under three CPU kernel settings: as this CPU computes, capped at AVX2, capped at AVX-512).
 test: $(STAMP) browser-deps
-	SDKIT_REQUIRE_BROWSER=1 $(PY) -m pytest tests -ra
+	SDKIT_REQUIRE_BROWSER=1 $(PY) -m pytest tests -ra --durations=25
 	$(MAKE) --no-print-directory test-notebooks
 
 test-fast: $(STAMP)
