@@ -62,3 +62,29 @@ def test_the_model_agrees_with_the_measured_h200_runs():
     b32 = measured["best_of_n n=32 batched (batch 32)"]["median_wall_s"]
     assert seconds({"strategy": "best_of_n", "n": 8}, steps=20, costs=c, width=8) == pytest.approx(b8, rel=0.1)
     assert seconds({"strategy": "best_of_n", "n": 32}, steps=20, costs=c, width=32) == pytest.approx(b32, rel=0.1)
+
+
+def test_verifier_searches_on_the_gpu_clock_are_sdkits_default_schedule(tmp_path):
+    """bench/reward.py's GPU column models the search it ran (sdkit's default halving schedule, n=16), and
+    `--render` rebuilds the tables from a results file alone, with the target judged per verifier."""
+    import shutil
+
+    import reward
+    from sdkit.search.halving import default_schedule
+
+    g = reward.gpu_figures(20)
+    assert default_schedule(16, 20) == ((2, 10), (4, 1)) and (g["prune_at"], g["keep"]) == ([2, 10], [4, 1])
+    b8 = seconds({"strategy": "best_of_n", "n": 8}, steps=20, prompts=12) / 12
+    halving = seconds({"strategy": "successive_halving", "n": 16, "prune_at": [2, 10], "keep": [4, 1]}, steps=20,
+                      prompts=12) / 12
+    assert g["best_of_8_s"] == pytest.approx(b8) and g["ratio"] == pytest.approx(halving / b8) and g["ratio"] < 1
+    out = tmp_path / "reward"
+    shutil.copy(ROOT / "bench" / "results" / "reward.json", out.with_suffix(".json"))
+    res = json.loads(out.with_suffix(".json").read_text())
+    res["search"]["clip"]["search_vs_best"] = 0.05  # at the target's edge: met
+    out.with_suffix(".json").write_text(json.dumps(res))
+    assert reward.main(["--render", "--out", str(out)]) == 0
+    md = out.with_suffix(".md").read_text()
+    assert f"**{g['ratio']:.2f}** of best-of-8's time" in md
+    assert "- clip: +0.050" in md and md.count("**met**") == 1 + (res["search"]["reward"]["search_vs_best"] >= 0.05)
+    assert json.loads(out.with_suffix(".json").read_text())["gpu"]["ratio"] == pytest.approx(g["ratio"])

@@ -152,6 +152,27 @@ def test_execute_and_check_run_on_an_empty_outputs_dir(tmp_path):
     assert check([nb.parent]) == 1
 
 
+@pytest.mark.slow
+def test_kernel_settings_run_at_once_give_each_result_and_output(tmp_path, capsys):
+    """`jobs=2`: every kernel setting's run is reported whole, with its own exit code; one failing run fails it."""
+    from sdkit.notebook import check, execute
+
+    nb = tmp_path / "notebooks" / "resume.ipynb"
+    _resume_notebook(nb)
+    execute([nb.parent])
+    capsys.readouterr()
+    assert check([nb.parent], kernels=("default", "avx2", "avx512"), jobs=2) == 0
+    out = capsys.readouterr().out
+    assert [out.count(f"kernel setting {name!r}") for name in ("default", "avx2", "avx512")] == [1, 1, 1], out
+    assert out.count(": exit code 0 after") == 3 and out.count("1 passed") == 3, out
+    _resume_notebook(nb, stored="found an old run: True\n")
+    assert check([nb.parent], kernels=("default", "avx2"), jobs=2) == 1
+    out = capsys.readouterr().out
+    assert out.count(": exit code 1 after") == 2 and out.count("1 failed") == 2, out
+    with pytest.raises(ValueError, match="jobs=0: must be an integer >= 1"):
+        check([nb.parent], jobs=0)
+
+
 def test_execute_and_check_name_a_missing_path_before_any_work(tmp_path):
     from sdkit.notebook import check, execute
 
