@@ -78,7 +78,8 @@ bench-search: $(STAMP)
 	$(PY) bench/search.py
 
 ## The toy reward model (sdkit.toy.reward) against CLIP: best-of-8 top-1 on 2 held-out seed bases x 96 sets, the gap
-## to the checker's oracle it closes (~6 min on one core, candidates cached): bench/results/reward.{json,md}.
+## to the checker's oracle it closes, and sdkit's default search (n=16 and n=8) under CLIP, the reward model and their
+## ensemble, with modelled GPU time (~31 min on one core the first time, beside other jobs; cached): bench/results/reward.{json,md}.
 bench-reward: $(STAMP)
 	$(PY) bench/reward.py
 

@@ -11,7 +11,9 @@ bench/search.py's batch-invariant pipeline, judged by the pixel checker. Every c
 reward model through `load_scorer` (PyTorch backend), and by their 1:1 z-score ensemble (`sdkit.scoring.ensemble`,
 within each set). Per base and pooled: within-set Spearman with adherence, best-of-8 top-1 by each scorer, the
 oracle (a set has a matching candidate), the gap closure (reward - clip) / (oracle - clip), with 95% bootstrap
-intervals over sets (paired for differences and the closure). Writes bench/results/reward.{json,md}.
+intervals over sets (paired for differences and the closure). Then sdkit's default search (`successive_halving`
+with its default schedule, n=16 and n=8) under each verifier on the same sets, with its modelled GPU time
+(bench/gpu_model.py). Writes bench/results/reward.{json,md}; `--render` rewrites the .md from the .json.
 """
 
 from __future__ import annotations
