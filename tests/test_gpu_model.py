@@ -86,5 +86,10 @@ def test_verifier_searches_on_the_gpu_clock_are_sdkits_default_schedule(tmp_path
     assert reward.main(["--render", "--out", str(out)]) == 0
     md = out.with_suffix(".md").read_text()
     assert f"**{g['ratio']:.2f}** of best-of-8's time" in md
-    assert "- clip: +0.050" in md and md.count("**met**") == 1 + (res["search"]["reward"]["search_vs_best"] >= 0.05)
+    gpu = md.split("## On a GPU's clock")[1].split("\n## ")[0]
+    assert "- clip: +0.050" in gpu and gpu.count("**met**") == 1 + (res["search"]["reward"]["search_vs_best"] >= 0.05)
+    cheap = md.split("## The default schedule at n=8")[1]  # issue 24's first target: within the paired interval
+    for name, f in res["cheap_search"].items():
+        row = next(line for line in cheap.splitlines() if line.startswith(f"| {name} |"))
+        assert row.split(" | ")[3] == ("**met**" if f["search_vs_best_ci"][1] >= 0 else "**not met**"), row
     assert json.loads(out.with_suffix(".json").read_text())["gpu"]["ratio"] == pytest.approx(g["ratio"])
