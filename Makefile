@@ -56,7 +56,7 @@ test-fast: $(STAMP)
 
 test-notebooks: $(STAMP)
 	@if ls notebooks/*.ipynb >/dev/null 2>&1; then \
-	  $(PY) -m sdkit.notebook check --kernels all notebooks; \
+	  $(PY) -m sdkit.notebook check --kernels all --jobs 3 notebooks; \
 	else echo "no notebooks yet"; fi
 
 ## Re-run every notebook on the tiny models and store the outputs nbval checks (after intentional changes).

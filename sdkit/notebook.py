@@ -300,8 +300,8 @@ def check(paths, sanitize: str | None = None, models_mode: str = "tiny", pytest_
     `kernels`: names in `KERNEL_SETTINGS`; the check runs once under each (each in a fresh copy) and fails
     if any run fails. `tolerance`: units in the last printed digit a decimal number may differ by (0: none).
     `jobs`: how many of those runs go at once (each run's output is printed when it ends). The tiny models'
-    cells are mostly Python, one core each, so on 2 cores 3 runs at once take about half the time of 3 in a row;
-    each keeps its thread count (the arithmetic stays as stored) and its threads wait passively.
+    cells are mostly Python, one core each, so on 2 cores 3 runs at once took 0.5-0.6 of the time of 3 in a row
+    (README); each keeps its thread count (the arithmetic stays as stored) and its threads wait passively.
     """
     if sanitize is not None and not Path(sanitize).exists():
         raise FileNotFoundError(f"sanitize={str(sanitize)!r}: no such file")
