@@ -31,25 +31,36 @@ def test_actor_pool(resources, workers, args, expected):
 
 
 class GpuRecordingScorer:
-    """A sweep's scorer object, pickled to each actor: every call records what Ray gave that actor (one file per
-    actor process), then scores with the tiny CLIP."""
+    """A sweep's scorer object, pickled to each actor: it records what Ray gave that actor (one file per actor
+    process) when the actor unpickles it, i.e. builds its worker, and again on every call, then scores with the
+    tiny CLIP. Recording at construction matters: Ray Data may hand all of a small sweep's blocks to the first
+    actor ready, so an actor that never scored would otherwise leave no trace (CI saw one record of two)."""
 
     name = "gpu-recording"
 
     def __init__(self, folder: str):
         self.folder, self._scorer = folder, None
 
-    def __call__(self, images, prompts):
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._record()
+
+    def _record(self):
         import ray
 
-        from sdkit.models.tiny_clip import tiny_clip_path
-        from sdkit.scoring.scorers import load_scorer
-
-        ctx = ray.get_runtime_context()
+        ctx = ray.get_runtime_context() if ray.is_initialized() else None
+        if ctx is None or ctx.get_actor_id() is None:  # unpickled outside an actor (the driver): nothing to say
+            return
         record = {"pid": os.getpid(), "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
                   "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
                   "resources": {k: float(v) for k, v in ctx.get_assigned_resources().items()}}
         Path(self.folder, f"{os.getpid()}.json").write_text(json.dumps(record))
+
+    def __call__(self, images, prompts):
+        from sdkit.models.tiny_clip import tiny_clip_path
+        from sdkit.scoring.scorers import load_scorer
+
+        self._record()
         if self._scorer is None:
             self._scorer = load_scorer("torch", str(tiny_clip_path()), device="cpu")
         return self._scorer(images, prompts)
@@ -79,6 +90,9 @@ def test_one_actor_per_gpu_on_a_gpu_cluster(ray_with_two_gpus, tmp_path, monkeyp
         return map_batches(self, fn, **kw)
 
     monkeypatch.setattr(ray.data.Dataset, "map_batches", spy)
+    # Start the whole pool before any block flows (Ray Data's default starts actors asynchronously), so both
+    # actors exist and record themselves however the blocks are shared out.
+    monkeypatch.setattr(ray.data.DataContext.get_current(), "wait_for_min_actors_s", 120)
     actors = tmp_path / "actors"
     actors.mkdir()
     sweep = Sweep(["a red circle", "a blue square"], n=2, batch_size=1, model="sdkit:tiny",
