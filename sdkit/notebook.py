@@ -15,9 +15,10 @@ words and everything else must match exactly. Another CPU's kernels (MKL, oneDNN
 instructions) move a CLIP score or a fingerprint by far less than that; a changed seed, prompt, scheduler,
 model or guidance scale moves them by more (measured over `KERNEL_SETTINGS`, README "Regression testing").
 
-One module (a little over 300 lines) because it is one name to users: `pytest -p sdkit.notebook` loads it as
-a plugin, `python -m sdkit.notebook` runs it, and notebooks import `models` from it. `models()` prints: its
-output is the notebook's record of which models made the pictures.
+One module (about 420 lines: `models`, the nbval plugin, and the check runner with its kernel settings run at
+once) because it is one name to users: `pytest -p sdkit.notebook` loads it as a plugin, `python -m
+sdkit.notebook` runs it, and notebooks import `models` from it. `models()` prints: its output is the notebook's
+record of which models made the pictures.
 """
 
 from __future__ import annotations
