@@ -23,7 +23,7 @@ GUIDANCE ?= 2
 OUT      ?= outputs
 DEMO_ARGS ?=
 
-.PHONY: install demo test test-fast test-notebooks browser-deps bench bench-search bench-reward bench-particles bench-hacking bench-preview-cost bench-gpu-model gpu-check gpu-wheels toy notebooks clean
+.PHONY: install demo test test-fast test-notebooks browser-deps bench bench-search bench-reward bench-reward-variants bench-particles bench-hacking bench-preview-cost bench-gpu-model gpu-check gpu-wheels toy notebooks clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -82,6 +82,12 @@ bench-search: $(STAMP)
 ## ensemble, with modelled GPU time (~31 min on one core the first time, beside other jobs; cached): bench/results/reward.{json,md}.
 bench-reward: $(STAMP)
 	$(PY) bench/reward.py
+
+## Recipes for the toy reward model on validation seeds only (more steps, soft labels, a deeper tower, ...): what was
+## tried against issue 27's 80% target, one run per recipe (~4-45 min each on one core, ~3 h in all; candidates
+## cached): bench/results/reward_variants.md and reward_variants/*.json.
+bench-reward-variants: $(STAMP)
+	$(PY) bench/reward_variants.py --all
 
 ## Particle resampling (FK steering) against best-of-N with the same sampler, real runs in the toy world (~30 min
 ## on 2 cores, cached per run): bench/results/particles.{json,md}.
