@@ -23,6 +23,14 @@ def labelled(images, prompts):
                     color=np.array([list(shapes.COLORS).index(c.color) if c.color else -1 for c in checks]))
 
 
+def red_lump():
+    """A red circle squashed to an ellipse of aspect 5:3: the checker reads its colour, not its shape."""
+    lump = np.zeros((32, 32, 3), np.uint8)
+    yy, xx = np.indices((32, 32))
+    lump[((xx - 16) / 10.0) ** 2 + ((yy - 16) / 6.0) ** 2 <= 1] = shapes.COLORS["red"]
+    return lump
+
+
 def test_soft_targets_follow_the_checker_margin():
     images, labels, _ = shapes.sample(24, seed=3)
     data = labelled(list(images), labels)
@@ -33,9 +41,7 @@ def test_soft_targets_follow_the_checker_margin():
     np.testing.assert_allclose(soft, hard, atol=1e-3)
     # A lumpy blob of the right colour (a circle squashed to an ellipse) is below the threshold: soft for its own
     # prompt only, between 0 and 1/2, never for the other two shapes of its colour.
-    lump = np.zeros((32, 32, 3), np.uint8)
-    yy, xx = np.indices((32, 32))
-    lump[((xx - 16) / 10.0) ** 2 + ((yy - 16) / 6.0) ** 2 <= 1] = shapes.COLORS["red"]
+    lump = red_lump()
     check = shapes.check(lump)
     assert check.shape is None and check.color == "red" and 0.5 < check.iou < 0.78
     own = shapes.PROMPTS.index("a red circle")
@@ -94,9 +100,7 @@ def test_misses_reads_the_wrong_picks():
     # One set of 8 for "a red circle": a lumpy red blob (the checker cannot read its shape), 6 blue circles and one red
     # circle that matches. Ranked lump first, it is a missed set; ranked match first, it is not.
     own = shapes.PROMPTS.index("a red circle")
-    lump = np.zeros((32, 32, 3), np.uint8)
-    yy, xx = np.indices((32, 32))
-    lump[((xx - 16) / 10.0) ** 2 + ((yy - 16) / 6.0) ** 2 <= 1] = shapes.COLORS["red"]
+    lump = red_lump()
     circle = lambda c: shapes.render(shapes.Shape("circle", c, 16.0, 16.0, 8.0))  # noqa: E731
     data = labelled([lump] + [circle("blue")] * 6 + [circle("red")], [own] * 8)
     m = rv.misses(np.array([9.0, 1, 1, 1, 1, 1, 1, 5.0]), data)
