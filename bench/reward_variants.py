@@ -1,4 +1,4 @@
-"""Recipes for the toy reward model compared on validation seeds only: what might close issue 27's gap, and what did not.
+"""Recipes for the toy reward model, judged on validation seeds only: what might close issue 27's gap, what did not.
 
     .venv/bin/python bench/reward_variants.py --variant steps9000    # one recipe: ~4 min (3000 steps) to ~25 min
     .venv/bin/python bench/reward_variants.py --render                # bench/results/reward_variants.md from the runs
@@ -87,10 +87,10 @@ def candidates(world: Path, first: int, n: int, log=print):
 def soft_targets(data, temperature: float) -> np.ndarray:
     """(N, 12) soft labels from the checker's margin (see the module docstring)."""
     from sdkit.toy import shapes
+    from sdkit.toy.reward import wanted
 
     iou = np.array([shapes.check(im).iou for im in data.images])
-    want = np.array([[shapes.SHAPES.index(s), list(shapes.COLORS).index(c)]
-                     for s, c in map(shapes.parse_prompt, shapes.PROMPTS)])
+    want = wanted()
     near = (data.color[:, None] == want[None, :, 1]) & ((data.shape[:, None] == want[None, :, 0])
                                                        | (data.shape[:, None] == -1))
     # An unreadable shape is soft for its own prompt only: which ideal shape fitted best is not known.
@@ -114,12 +114,6 @@ def deepen(model, extra: int):
             torch.nn.init.zeros_(lin.weight)
             torch.nn.init.zeros_(lin.bias)
     return big
-
-
-def reward_path() -> Path:
-    from sdkit.toy import shipped_reward_path
-
-    return shipped_reward_path()
 
 
 def misses(logits: np.ndarray, data, n: int = 8) -> dict:
@@ -169,26 +163,27 @@ def run(name: str, world: Path, threads: int, log=print) -> dict:
     """One recipe trained (or, for "fixture", the shipped model read) and judged on both validation bases."""
     import torch
 
-    from sdkit.toy import reward
+    from sdkit.toy import reward, shipped_reward_path
     from sdkit.toy.world import _cpu_name
 
     fit, val1 = reward.split(candidates(world, *TRAIN, log=log), VAL_SEEDS)
     sets = {"val1": val1, "val2": candidates(world, *VAL2, log=log)}
     torch.set_num_threads(threads)
-    judge = lambda m, tok, d: reward.set_figures(reward.own_logits(m, tok, d.images, d.prompt), d.ok())  # noqa: E731
     model, tokenizer = reward.load_clip(world / "clip")
-    figures = {k: {"clip": judge(model, tokenizer, d)} for k, d in sets.items()}
+    figures = {k: {"clip": reward.set_figures(reward.own_logits(model, tokenizer, d.images, d.prompt), d.ok())}
+               for k, d in sets.items()}
     if VARIANTS[name] is None:
-        model, tokenizer = reward.load_clip(reward_path())
-        shipped = json.loads((reward_path() / "reward.json").read_text())
+        model, tokenizer = reward.load_clip(shipped_reward_path())
+        shipped = json.loads((shipped_reward_path() / "reward.json").read_text())
         settings, machine, times = shipped["settings"], shipped["trained_on"], {"train_s": shipped["times"]["train_s"]}
     else:
         model, settings, times = train(VARIANTS[name], fit, model, tokenizer, log)
         machine = {"cpu": _cpu_name(), "threads": threads, "torch": torch.__version__}
     for k, d in sets.items():
         f = figures[k]
-        f["reward"] = judge(model, tokenizer, d)
-        f["misses"] = misses(reward.own_logits(model, tokenizer, d.images, d.prompt), d)
+        logits = reward.own_logits(model, tokenizer, d.images, d.prompt)  # once: both figures read them
+        f["reward"] = reward.set_figures(logits, d.ok())
+        f["misses"] = misses(logits, d)
         f["closure"] = (f["reward"]["top1"] - f["clip"]["top1"]) / (f["clip"]["oracle"] - f["clip"]["top1"])
     return {"variant": name, "recipe": VARIANTS[name], "settings": settings, "figures": figures, "machine": machine,
             "times": {k: round(v, 1) for k, v in times.items()}}
@@ -219,27 +214,32 @@ def render(results: Path = RESULTS) -> str:
              "Written by `bench/reward_variants.py --render` from bench/results/reward_variants/*.json (how each "
              "was made: that script's docstring). Best-of-8 top-1 adherence (pixel checker) on two validation bases "
              "of 288 sets each, and the share of the gap from CLIP's best-of-8 to the oracle closed there. Issue 27's "
-             "target is 80%. A missed set is one whose best-of-8 pick does not match though one of its candidates does; '(k)': "
-             "in k of them the pick is a shape of the right colour that the checker cannot read (its best fit's IoU "
-             "is under 0.78). The held-out report (bench/results/reward.md) is for the shipped model only.", ""]
+             "target is 80%. A missed set is one whose best-of-8 pick does not match though one of its candidates "
+             "does; '(k)': in k of them the pick is a shape of the right colour that the checker cannot read (its "
+             "best fit's IoU is under 0.78). The held-out report (bench/results/reward.md) is for the shipped model "
+             "only.", ""]
     if order:
         f0 = runs[order[0]]["figures"]
-        lines += [f"CLIP: val1 {f0['val1']['clip']['top1']:.3f}, val2 {f0['val2']['clip']['top1']:.3f}; oracle: val1 "
-                  f"{f0['val1']['clip']['oracle']:.3f}, val2 {f0['val2']['clip']['oracle']:.3f}. One set is 0.0035.", ""]
+        clip = {k: f0[k]["clip"] for k in ("val1", "val2")}
+        lines += [f"CLIP: val1 {clip['val1']['top1']:.3f}, val2 {clip['val2']['top1']:.3f}; oracle: val1 "
+                  f"{clip['val1']['oracle']:.3f}, val2 {clip['val2']['oracle']:.3f}. One set is 0.0035.", ""]
     lines += ["| recipe | changes | val1 top-1 | val2 top-1 | Spearman (val1, val2) | gap closed (val1, val2) | "
               "missed sets (val1, val2) | pick's / best match's IoU, medians | training | CPU, threads |",
               "|---|---|---|---|---|---|---|---|---|---|"]
     for v in order:
         r = runs[v]
         f = r["figures"]
+        a, b = f["val1"], f["val2"]
         lines.append(
-            f"| {v}{' †' if 'run_by' in r else ''} | {CHANGES.get(v) or json.dumps(r['recipe'])} | {f['val1']['reward']['top1']:.3f} "
-            f"| {f['val2']['reward']['top1']:.3f} | {f['val1']['reward']['spearman']:.3f}, "
-            f"{f['val2']['reward']['spearman']:.3f} | {f['val1']['closure']:.0%}, {f['val2']['closure']:.0%} | "
-            f"{missed(f)} | {ious(f)} | {r['times']['train_s']:.0f} s | {r['machine']['cpu']}, {r['machine']['threads']} |")
+            f"| {v}{' †' if 'run_by' in r else ''} | {CHANGES.get(v) or json.dumps(r['recipe'])} "
+            f"| {a['reward']['top1']:.3f} | {b['reward']['top1']:.3f} "
+            f"| {a['reward']['spearman']:.3f}, {b['reward']['spearman']:.3f} | {a['closure']:.0%}, {b['closure']:.0%} "
+            f"| {missed(f)} | {ious(f)} | {r['times']['train_s']:.0f} s "
+            f"| {r['machine']['cpu']}, {r['machine']['threads']} |")
     marked = {runs[v]["run_by"] for v in order if "run_by" in runs[v]}
     lines += [""] + [f"† Run by {m}." for m in sorted(marked)]
-    lines += ["", "Training times are wall seconds beside one or two other jobs on 2 cores: a cost, not a speed figure."]
+    lines += ["", "Training times are wall seconds beside one or two other jobs on 2 cores: a cost, not a speed "
+              "figure."]
     return "\n".join(lines) + "\n"
 
 
@@ -254,7 +254,7 @@ def main(argv=None) -> int:
     if args.all:
         args.variant = list(VARIANTS)
     if not args.variant and not args.render:
-        p.error("nothing to do: pass --variant NAME (one of " + ", ".join(VARIANTS) + ") --all and/or --render")
+        p.error("nothing to do: pass --variant NAME (one of " + ", ".join(VARIANTS) + "), --all or --render")
     if args.threads < 1:
         p.error(f"--threads={args.threads}: must be >= 1")
     if args.variant:

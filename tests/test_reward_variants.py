@@ -77,7 +77,8 @@ def test_render_reads_each_run(tmp_path):
                                         "closure": (reward - clip) / (oracle - clip)}
     for name, r1 in (("shipped", 0.69), ("steps9000", 0.70)):
         (tmp_path / f"{name}.json").write_text(json.dumps({
-            "variant": name, "recipe": rv.VARIANTS[name], "figures": {"val1": fig(0.63, r1, 0.74), "val2": fig(0.66, 0.75, 0.81)},
+            "variant": name, "recipe": rv.VARIANTS[name],
+            "figures": {"val1": fig(0.63, r1, 0.74), "val2": fig(0.66, 0.75, 0.81)},
             "machine": {"cpu": "Test CPU", "threads": 1}, "times": {"train_s": 12.0},
             **({"run_by": "a prototype"} if name == "steps9000" else {})}))
     md = rv.render(tmp_path)
@@ -88,7 +89,8 @@ def test_render_reads_each_run(tmp_path):
     assert "CLIP: val1 0.630, val2 0.660; oracle: val1 0.740, val2 0.810" in md
 
 
-@pytest.mark.parametrize("argv, message", [([], "nothing to do: pass --variant NAME"), (["--variant", "bogus"], "invalid choice: 'bogus'"),
+@pytest.mark.parametrize("argv, message", [([], "nothing to do: pass --variant NAME"),
+                                           (["--variant", "bogus"], "invalid choice: 'bogus'"),
                                            (["--variant", "shipped", "--threads", "0"], "--threads=0")])
 def test_bad_arguments_name_the_value(argv, message, capsys):
     with pytest.raises(SystemExit):

@@ -58,6 +58,12 @@ class RewardSettings:
     train_seed: int = 0  # batches and flips
 
 
+def wanted() -> np.ndarray:
+    """(12, 2): each prompt's (shape, colour) as indices into SHAPES / COLORS, as `Labelled` records a check."""
+    return np.array([[shapes.SHAPES.index(s), list(shapes.COLORS).index(c)]
+                     for s, c in map(shapes.parse_prompt, shapes.PROMPTS)])
+
+
 @dataclasses.dataclass
 class Labelled:
     """Generated candidates and what the checker read: images uint8 (N, 32, 32, 3), the index of the prompt each
@@ -71,8 +77,7 @@ class Labelled:
 
     def matches(self) -> np.ndarray:
         """(N, 12) bool: candidate i matches prompt j, by the checker."""
-        want = np.array([[shapes.SHAPES.index(s), list(shapes.COLORS).index(c)]
-                         for s, c in map(shapes.parse_prompt, shapes.PROMPTS)])
+        want = wanted()
         return (self.shape[:, None] == want[None, :, 0]) & (self.color[:, None] == want[None, :, 1])
 
     def ok(self) -> np.ndarray:
