@@ -15,11 +15,15 @@ checker's oracle that the recipe closes on that base (issue 27's target: 80%). T
 it judges the shipped model itself, trained on another CPU, beside "shipped", its recipe retrained here (the last
 bits of a machine's kernels move a retrain by a set or two).
 
-Two recipes change what `sdkit.toy.reward` does, here only:
+Three recipes change what `sdkit.toy.reward` does, here only:
 - `label_temperature` T: soft labels from the checker's margin, sigmoid((IoU - 0.78) / T) for pairs whose colour
   matches and whose shape matches or was unreadable (own prompt only), 0 otherwise, instead of its yes/no;
 - `extra_layers` L: L more vision layers, added after the CLIP's own with their output projections zeroed (each
-  starts as the identity), then fine-tuned with the rest.
+  starts as the identity), then fine-tuned with the rest;
+- `upscale` F: the CLIP reads images F times larger (Pillow bicubic, as its CLIPImageProcessor would resize them), its
+  position embeddings interpolated to the larger grid of patches (F² times the tokens per image, each patch a quarter
+  of the pixels at F = 2), as CLIP ViT-L/14@336 was fine-tuned from ViT-L/14; a shipped model would say the size in
+  its preprocessor_config.json.
 
 Candidates are generated with the reward model's pipeline (`load_toy_pipeline`: batched, not batch-invariant, as
 the training candidates are) and cached under $SDKIT_CACHE/bench/reward_variants/. Runs are written one file per
@@ -58,6 +62,7 @@ VARIANTS = {
     "soft0.03_steps9000": {"steps": 9000, "label_temperature": 0.03},
     "lr1e-3_steps9000": {"steps": 9000, "lr": 1e-3},
     "deeper2_steps9000": {"steps": 9000, "extra_layers": 2},
+    "upscale2": {"upscale": 2},
 }
 
 
@@ -116,6 +121,41 @@ def deepen(model, extra: int):
     return big
 
 
+def upscale(model, factor: int):
+    """`model` reading images `factor` times larger: the same weights, its position embeddings interpolated
+    (bicubic) to the larger grid of patches, as CLIP ViT-L/14@336 was fine-tuned from ViT-L/14 at 224."""
+    import copy
+
+    import torch
+    import torch.nn.functional as F
+    from transformers import CLIPModel
+
+    config = copy.deepcopy(model.config)
+    v = config.vision_config
+    old = v.image_size // v.patch_size
+    v.image_size *= factor
+    new = v.image_size // v.patch_size
+    big = CLIPModel(config)
+    state = {k: t for k, t in model.state_dict().items() if not k.endswith("position_ids")}
+    key = "vision_model.embeddings.position_embedding.weight"
+    grid = state[key][1:].reshape(old, old, -1).permute(2, 0, 1)[None]
+    grid = F.interpolate(grid, size=(new, new), mode="bicubic", align_corners=False)[0]
+    state[key] = torch.cat([state[key][:1], grid.permute(1, 2, 0).reshape(new * new, -1)])
+    missing, unexpected = big.load_state_dict(state, strict=False)
+    assert not unexpected and all(k.endswith("position_ids") for k in missing), (missing, unexpected)
+    return big
+
+
+def resized(data, size: int):
+    """`data` with every image resized to `size` x `size` as the scorer's CLIPImageProcessor does (Pillow bicubic
+    on the uint8 image): what a model that reads larger images is trained and judged on."""
+    from PIL import Image
+
+    images = np.stack([np.asarray(Image.fromarray(im).resize((size, size), Image.Resampling.BICUBIC))
+                       for im in data.images])
+    return dataclasses.replace(data, images=images)
+
+
 def misses(logits: np.ndarray, data, n: int = 8) -> dict:
     """The sets best-of-`n` gets wrong though one of its candidates matches: what the checker says of the pick, and
     the IoU of the pick and of the set's best match (the checker's threshold is 0.78)."""
@@ -139,6 +179,7 @@ def train(recipe: dict, fit, model, tokenizer, log=print):
     recipe = dict(recipe)
     temperature = recipe.pop("label_temperature", 0.0)
     extra = recipe.pop("extra_layers", 0)
+    factor = recipe.pop("upscale", 1)
     s = dataclasses.replace(reward.RewardSettings(), **recipe)
     t = time.perf_counter()
     fit = reward.concat(fit, reward.variants(fit, s.variants, s.max_shift, seed=0))
@@ -153,6 +194,9 @@ def train(recipe: dict, fit, model, tokenizer, log=print):
         fit = Soft(**dataclasses.asdict(fit))
     if extra:
         model = deepen(model, extra)
+    if factor > 1:
+        model = upscale(model, factor)
+        fit = resized(fit, model.config.vision_config.image_size)
     t = time.perf_counter()
     reward.train_reward(model, tokenizer, fit, s, log=lambda m: log(m) if "000/" in m else None)
     times["train_s"] = time.perf_counter() - t
@@ -181,7 +225,9 @@ def run(name: str, world: Path, threads: int, log=print) -> dict:
         machine = {"cpu": _cpu_name(), "threads": threads, "torch": torch.__version__}
     for k, d in sets.items():
         f = figures[k]
-        logits = reward.own_logits(model, tokenizer, d.images, d.prompt)  # once: both figures read them
+        size = model.config.vision_config.image_size
+        seen = d if d.images.shape[1] == size else resized(d, size)  # the checker reads d, the model `seen`
+        logits = reward.own_logits(model, tokenizer, seen.images, seen.prompt)  # once: both figures read them
         f["reward"] = reward.set_figures(logits, d.ok())
         f["misses"] = misses(logits, d)
         f["closure"] = (f["reward"]["top1"] - f["clip"]["top1"]) / (f["clip"]["oracle"] - f["clip"]["top1"])

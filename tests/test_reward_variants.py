@@ -1,5 +1,5 @@
-"""bench/reward_variants.py: the two recipes it adds to sdkit.toy.reward (soft labels, deeper vision towers), its
-report, and its arguments."""
+"""bench/reward_variants.py: the three recipes it adds to sdkit.toy.reward (soft labels, deeper vision towers, larger
+input images), its report, and its arguments."""
 
 import json
 import sys
@@ -69,6 +69,47 @@ def test_deepen_starts_as_the_same_model():
         out = deep.vision_model(pixel_values=torch.randn(2, 3, 32, 32)).pooler_output.sum()
         out.backward()
     assert deep.vision_model.encoder.layers[-1].mlp.fc2.weight.grad.abs().sum() > 0
+
+
+def test_upscale_is_transformers_interpolation_made_permanent():
+    """The upscaled model on 64 x 64 pixels equals the original one asked by transformers itself to interpolate its
+    position embeddings (`interpolate_pos_encoding=True`, code sdkit did not write); nothing else changes."""
+    import torch
+
+    from sdkit.toy.reward import load_clip
+    from sdkit.toy.world import toy_world_path
+
+    model, _ = load_clip(toy_world_path("ci", log=None) / "clip")
+    big = rv.upscale(model, 2).eval()
+    assert big.config.vision_config.image_size == 64 and model.config.vision_config.image_size == 32
+    assert big.vision_model.embeddings.position_embedding.weight.shape[0] == 16 * 16 + 1
+    x = torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        want = model.vision_model(pixel_values=x, interpolate_pos_encoding=True).pooler_output
+        got = big.vision_model(pixel_values=x).pooler_output
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    moved = {k for k, v in big.state_dict().items()
+             if k in model.state_dict() and not torch.equal(v, model.state_dict()[k])}
+    assert moved == {"vision_model.embeddings.position_embedding.weight"}
+
+
+def test_resized_is_what_a_clip_processor_feeds_the_upscaled_model():
+    """What an upscaled model is trained and judged on (`resized`, then sdkit.toy.train's normalisation) equals what
+    transformers' own CLIPImageProcessor makes of the 32 x 32 image at the upscaled model's size."""
+    from PIL import Image
+    from transformers import CLIPImageProcessor
+
+    from sdkit.toy import train
+
+    images, labels, _ = shapes.sample(4, seed=7)
+    data = labelled(list(images), labels)
+    big = rv.resized(data, 64)
+    assert big.images.shape == (4, 64, 64, 3) and big.images.dtype == np.uint8
+    np.testing.assert_array_equal(big.prompt, data.prompt)
+    processor = CLIPImageProcessor(size={"shortest_edge": 64}, crop_size={"height": 64, "width": 64})
+    want = processor([Image.fromarray(im) for im in images], return_tensors="np")["pixel_values"]
+    got = train.clip_pixels(train.to_tensor(big.images)).numpy()
+    np.testing.assert_allclose(got, want, atol=1e-5)
 
 
 def test_render_reads_each_run(tmp_path):
