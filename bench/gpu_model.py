@@ -7,7 +7,11 @@ count, VAE and TAESD-shaped decodes and CLIP scores by batch).
 
 A strategy's run is modelled call by call as sdkit runs it on a GPU: live candidates of all prompts share UNet
 calls of at most `width` candidates (pruned ones leave the batch), previews are decoded and scored in batches of
-at most 32, finished images decoded and scored once. A call of a size between two measured ones costs the
+at most 32, finished images decoded and scored once. Scores are charged as sdkit takes them on a GPU: the decoded
+tensor handed to the scorer on the device (`sdkit.generation.tensor_pixels`), measured once, at 64 images a call
+(bench/results/gpu/gpu_check.json: 5,496 images/s for the Flax scorer); a smaller call is charged a whole 64-image
+call, an upper bound, as no smaller tensor call was measured. `Costs(scoring="pil")` charges the PIL path instead
+(per batch size in the table: 4.5 ms an image at 32), what a scorer of one's own that takes PIL images costs. A call of a size between two measured ones costs the
 linear interpolation; sizes above the largest measured one are split into calls of that size. Text encoding and
 the scheduler's own arithmetic are left out (under 1% of a step at these sizes).
 """
@@ -19,19 +23,28 @@ import math
 from pathlib import Path
 
 TABLE = Path(__file__).resolve().parent / "results" / "gpu" / "search_gpu.json"
+CHECK = TABLE.with_name("gpu_check.json")  # its scorer section: images/s through the tensor path
 WIDTH = 16  # candidates per UNet call: sdkit's CUDA default batch size where memory allows (generation.py)
 
 
 class Costs:
     """Seconds per call, by batch size, from the measured table."""
 
-    def __init__(self, path: Path = TABLE):
+    def __init__(self, path: Path = TABLE, scoring: str = "tensor", check: Path = CHECK):
+        if scoring not in ("tensor", "pil"):
+            raise ValueError(f"scoring={scoring!r}: must be 'tensor' (sdkit's path on a GPU) or 'pil'")
+        self.scoring = scoring
         d = json.loads(Path(path).read_text())["sections"]
         self.unet_curve = {int(k): v["s_per_call"]["median"] for k, v in d["unet_batch_curve"].items()
                            if k.isdigit()}
         p = d["preview_costs"]
         self.curves = {kind: {int(k.rsplit("_b", 1)[1]): v["median"] for k, v in p.items() if k.startswith(kind + "_b")}
                        for kind in ("vae_decode", "tiny_decode", "flax_score", "torch_score")}
+        if scoring == "tensor":
+            scorer = json.loads(Path(check).read_text())["sections"]["scorer"]["data"]
+            for name in ("flax", "torch"):  # one measured size: every call up to it costs what it costs
+                self.curves[f"{name}_score"] = {int(scorer["images"]):
+                                                scorer["images"] / scorer["images_per_s"][f"{name}, tensor"]["median"]}
 
     @staticmethod
     def _call(curve: dict[int, float], size: int) -> float:

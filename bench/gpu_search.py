@@ -98,7 +98,7 @@ def markdown(res: dict) -> str:
             L.append(f"| {r['label']} | {r['gpu_s']:.3f} | {tiny} | {r['unet_evaluations']:.0f} | {r['top1']:.3f} | "
                      f"{r['ci'][0]:.3f}–{r['ci'][1]:.3f} | {r['diff']:+.3f} ({r['diff_ci'][0]:+.3f}…{r['diff_ci'][1]:+.3f}) |")
     L += ["", "## What one call costs in the model (H200, fp16, 512²)", "",
-          "| candidates a call | UNet step, ms | VAE decode, ms | TAESD decode, ms | CLIP score, ms |", "|---|---|---|---|---|"]
+          "| candidates a call | UNet step, ms | VAE decode, ms | TAESD decode, ms | CLIP score (tensor path), ms |", "|---|---|---|---|---|"]
     c = Costs()
     for n in (1, 2, 4, 8, 16, 32):
         L.append(f"| {n} | {1000 * c._call(c.unet_curve, n):.1f} | {1000 * c.decode(n):.1f} | {1000 * c.decode(n, 'tiny'):.1f}"

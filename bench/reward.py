@@ -163,7 +163,8 @@ def gpu_figures(steps: int, n: int = SEARCH_N) -> dict:
     """best-of-8 and the default search on a GPU's clock: bench/gpu_model.py's modelled seconds per prompt (the H200
     table, SD 1.5 shapes, 12 prompts sharing UNet calls, as bench/gpu_search.py counts them). The toy reward model
     is a CLIP of the toy CLIP's size, so every verifier here costs what CLIP costs in the model; the ensemble scores
-    twice, which the model leaves out (a CLIP score is under 4% of best-of-8's modelled time)."""
+    twice, which the model leaves out (scoring best-of-8's images through the tensor path, as sdkit does on a GPU, is
+    0.2% of its modelled time; 3% through PIL)."""
     from gpu_model import Costs, seconds
 
     from sdkit.search.halving import default_schedule
@@ -227,7 +228,8 @@ def markdown(res: dict) -> str:
               "(`load_scorer({'clip': 1, 'toy-reward': 1})`, z-scores within the candidates scored together). "
               "Intervals resample whole prompts of a base (neighbouring searches share 8 seeds).", ""]
         L += ["## On a GPU's clock (issue 24's second target, under each verifier)", "",
-              f"Modelled by bench/gpu_model.py (H200 table, SD 1.5 shapes, 12 prompts sharing UNet calls; VAE previews): "
+              f"Modelled by bench/gpu_model.py (H200 table, SD 1.5 shapes, 12 prompts sharing UNet calls; VAE previews; scores through the "
+              f"tensor path, as sdkit takes them on a GPU): "
               f"best-of-{N} {g['best_of_8_s']:.3f} s a prompt, the default search (prune at steps {g['prune_at']}, keep "
               f"{g['keep']}) {g['search_s']:.3f} s, **{g['ratio']:.2f}** of best-of-{N}'s time. The target: at least "
               f"+0.05 top-1 over best-of-{N} (same verifier) at no more than best-of-{N}'s GPU time, with a setting not "

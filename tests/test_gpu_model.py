@@ -21,7 +21,26 @@ def costs(tmp_path):
                                                                  ("flax_score", 1), ("torch_score", 1)) for n in (1, 8, 32)}
     path = tmp_path / "table.json"
     path.write_text(json.dumps({"sections": {"unet_batch_curve": {**unet, "seconds": 1}, "preview_costs": per}}))
-    return Costs(path)
+    return Costs(path, scoring="pil")
+
+
+def test_scores_are_charged_as_sdkit_takes_them_on_a_gpu(costs, tmp_path):
+    """By default a score costs what the tensor path measured (one size: every call up to it costs the same, a
+    bigger one is split); `scoring="pil"` keeps the table's PIL curve; anything else is named."""
+    check = tmp_path / "check.json"
+    scorer = {"images": 64, "images_per_s": {"flax, tensor": {"median": 6400.0}, "torch, tensor": {"median": 3200.0}}}
+    check.write_text(json.dumps({"sections": {"scorer": {"data": scorer}}}))
+    table = tmp_path / "table.json"  # the fixture's
+    tensor = Costs(table, check=check)
+    assert tensor.score(1) == tensor.score(64) == pytest.approx(0.010)
+    assert tensor.score(100) == pytest.approx(0.020) and tensor.score(100, "torch") == pytest.approx(0.040)
+    assert costs.score(8) == pytest.approx(0.008)  # the PIL curve: 1 ms an image
+    assert tensor.unet(8) == costs.unet(8) and tensor.decode(8) == costs.decode(8)
+    # The shipped figures: 64 images at the Flax tensor path's measured rate on the H200.
+    measured = json.loads(TABLE.with_name("gpu_check.json").read_text())["sections"]["scorer"]["data"]
+    assert Costs().score(32) == pytest.approx(64 / measured["images_per_s"]["flax, tensor"]["median"])
+    with pytest.raises(ValueError, match="scoring='PIL'"):
+        Costs(table, scoring="PIL")
 
 
 def test_calls_between_and_beyond_the_measured_sizes(costs):
@@ -55,9 +74,10 @@ def test_each_strategy_is_modelled_call_by_call(costs):
 
 def test_the_model_agrees_with_the_measured_h200_runs():
     """Best-of-N batched was measured end to end on the H200: the model, built from per-call figures, must land
-    within 10% of it (it leaves out text encoding and the scheduler)."""
+    within 10% of it (it leaves out text encoding and the scheduler). Those runs (sdkit 8e91909) scored PIL
+    images, so the model charges PIL scores here."""
     measured = json.loads(TABLE.read_text())["sections"]["strategies"]
-    c = Costs()
+    c = Costs(scoring="pil")
     b8 = measured["best_of_n n=8 batched (GPU default, batch 8)"]["median_wall_s"]
     b32 = measured["best_of_n n=32 batched (batch 32)"]["median_wall_s"]
     assert seconds({"strategy": "best_of_n", "n": 8}, steps=20, costs=c, width=8) == pytest.approx(b8, rel=0.1)
