@@ -84,7 +84,7 @@ bench-reward: $(STAMP)
 	$(PY) bench/reward.py
 
 ## Recipes for the toy reward model on validation seeds only (more steps, soft labels, a deeper tower, ...): what was
-## tried against issue 27's 80% target, one run per recipe (~4-45 min each on one core, ~3 h in all; candidates
+## tried against issue 27's 80% target, one run per recipe (~4-45 min each on one core, ~4 h in all; candidates
 ## cached): bench/results/reward_variants.md and reward_variants/*.json.
 bench-reward-variants: $(STAMP)
 	$(PY) bench/reward_variants.py --all

@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/reward_variants.py --variant steps9000    # one recipe: ~4 min (3000 steps) to ~25 min
     .venv/bin/python bench/reward_variants.py --render                # bench/results/reward_variants.md from the runs
-    make bench-reward-variants                                        # = --all: every recipe, ~3 h on one core
+    make bench-reward-variants                                        # = --all: every recipe, ~4 h on one core
 
 Every recipe fine-tunes the world's CLIP as `sdkit.toy.reward` does (its `RewardSettings`, changed as the recipe
 says) on the same training candidates: the 12 prompts from seeds 1_000_000 .. 1_000_575 (the shipped model's), with
@@ -24,6 +24,11 @@ Three recipes change what `sdkit.toy.reward` does, here only:
   position embeddings interpolated to the larger grid of patches (F² times the tokens per image, each patch a quarter
   of the pixels at F = 2), as CLIP ViT-L/14@336 was fine-tuned from ViT-L/14; a shipped model would say the size in
   its preprocessor_config.json.
+
+One row is a control rather than a recipe: `cnn_control` trains a small CNN from scratch (six 3x3 convolutions, 32
+to 128 channels, one logit per prompt) on the same labels, copies, weights, flips and schedule, and ranks by its
+logit for each image's own prompt: whether another family of learner, with no CLIP in it, gets further on these
+candidates.
 
 Candidates are generated with the reward model's pipeline (`load_toy_pipeline`: batched, not batch-invariant, as
 the training candidates are) and cached under $SDKIT_CACHE/bench/reward_variants/. Runs are written one file per
@@ -63,6 +68,9 @@ VARIANTS = {
     "lr1e-3_steps9000": {"steps": 9000, "lr": 1e-3},
     "deeper2_steps9000": {"steps": 9000, "extra_layers": 2},
     "upscale2": {"upscale": 2},
+    # A control, not a reward model: a small CNN from scratch on the same labels (no CLIP, no text): what a learner
+    # of another family reaches on these candidates. lr: the CNN's own, not a fine-tune's.
+    "cnn_control": {"cnn_width": 32, "lr": 2e-3},
 }
 
 
@@ -156,6 +164,60 @@ def resized(data, size: int):
     return dataclasses.replace(data, images=images)
 
 
+def make_cnn(width: int, seed: int = 0):
+    """The control's CNN, initialised from `seed`: 32x32 RGB in [-1, 1] -> one logit per toy prompt."""
+    import torch
+    import torch.nn as nn
+
+    torch.manual_seed(seed)
+
+    def block(i, o, stride):
+        return nn.Sequential(nn.Conv2d(i, o, 3, stride, 1), nn.GroupNorm(8, o), nn.GELU())
+
+    c = width
+    return nn.Sequential(block(3, c, 1), block(c, c, 1), block(c, 2 * c, 2), block(2 * c, 2 * c, 1),
+                         block(2 * c, 4 * c, 2), block(4 * c, 4 * c, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(4 * c, 12))
+
+
+def train_cnn(net, data, s, log=None):
+    """Fit `net` to the checker's labels of `data` as `sdkit.toy.reward.train_reward` fits the CLIP: BCE on every
+    (image, prompt) pair, the own prompt's pair weighted `s.own_weight`, random flips, `sdkit.toy.train`'s loop."""
+    import torch
+    import torch.nn.functional as F
+
+    from sdkit.toy import train
+
+    torch.manual_seed(s.train_seed)
+    gen = torch.Generator().manual_seed(s.train_seed)
+    x = train.to_tensor(data.images)
+    y = torch.from_numpy(np.asarray(data.matches(), np.float32))
+    weight = torch.ones_like(y)
+    weight[torch.arange(len(y)), torch.from_numpy(data.prompt).long()] = s.own_weight
+    net.train()
+
+    def batch_loss():
+        i = torch.randint(len(x), (s.batch_size,), generator=gen)
+        xb = x[i]
+        if s.flip:
+            xb = torch.where((torch.rand(len(xb), generator=gen) < 0.5)[:, None, None, None], xb.flip(-1), xb)
+        return F.binary_cross_entropy_with_logits(net(xb), y[i], weight=weight[i])
+
+    train._fit("cnn", list(net.parameters()), s, s.weight_decay, batch_loss, log)
+    return net.eval()
+
+
+def cnn_logits(net, data, batch: int = 512) -> np.ndarray:
+    """Each image's logit for the prompt it was made for, as `sdkit.toy.reward.own_logits` gives a CLIP's."""
+    import torch
+
+    from sdkit.toy import train
+
+    with torch.no_grad():
+        out = torch.cat([net(train.to_tensor(data.images[a:a + batch])) for a in range(0, len(data.images), batch)])
+    return out[torch.arange(len(out)), torch.from_numpy(data.prompt).long()].numpy().astype(np.float64)
+
+
 def misses(logits: np.ndarray, data, n: int = 8) -> dict:
     """The sets best-of-`n` gets wrong though one of its candidates matches: what the checker says of the pick, and
     the IoU of the pick and of the set's best match (the checker's threshold is 0.78)."""
@@ -178,6 +240,7 @@ def train(recipe: dict, fit, model, tokenizer, log=print):
 
     recipe = dict(recipe)
     temperature = recipe.pop("label_temperature", 0.0)
+    width = recipe.pop("cnn_width", 0)
     extra = recipe.pop("extra_layers", 0)
     factor = recipe.pop("upscale", 1)
     s = dataclasses.replace(reward.RewardSettings(), **recipe)
@@ -192,6 +255,12 @@ def train(recipe: dict, fit, model, tokenizer, log=print):
                 return targets
 
         fit = Soft(**dataclasses.asdict(fit))
+    if width:
+        model = make_cnn(width, s.train_seed)
+        t = time.perf_counter()
+        train_cnn(model, fit, s, log=lambda m: log(m) if "000/" in m else None)
+        times["train_s"] = time.perf_counter() - t
+        return model, dataclasses.asdict(s), times
     if extra:
         model = deepen(model, extra)
     if factor > 1:
@@ -225,9 +294,12 @@ def run(name: str, world: Path, threads: int, log=print) -> dict:
         machine = {"cpu": _cpu_name(), "threads": threads, "torch": torch.__version__}
     for k, d in sets.items():
         f = figures[k]
-        size = model.config.vision_config.image_size
-        seen = d if d.images.shape[1] == size else resized(d, size)  # the checker reads d, the model `seen`
-        logits = reward.own_logits(model, tokenizer, seen.images, seen.prompt)  # once: both figures read them
+        if isinstance(model, torch.nn.Sequential):  # the CNN control
+            logits = cnn_logits(model, d)
+        else:
+            size = model.config.vision_config.image_size
+            seen = d if d.images.shape[1] == size else resized(d, size)  # the checker reads d, the model `seen`
+            logits = reward.own_logits(model, tokenizer, seen.images, seen.prompt)  # once: both figures read them
         f["reward"] = reward.set_figures(logits, d.ok())
         f["misses"] = misses(logits, d)
         f["closure"] = (f["reward"]["top1"] - f["clip"]["top1"]) / (f["clip"]["oracle"] - f["clip"]["top1"])
@@ -250,7 +322,8 @@ def ious(f: dict) -> str:
     return f"{pick:.3f} / {best:.3f}"
 
 
-CHANGES = {"fixture": "none: the shipped model, not retrained", "shipped": "RewardSettings(), retrained here"}
+CHANGES = {"fixture": "none: the shipped model, not retrained", "shipped": "RewardSettings(), retrained here",
+           "cnn_control": "control: a CNN from scratch (width 32, lr 2e-3) on the same labels, no CLIP"}
 
 
 def render(results: Path = RESULTS) -> str:
@@ -292,7 +365,7 @@ def render(results: Path = RESULTS) -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--variant", choices=list(VARIANTS), action="append", help="recipe(s) to run")
-    p.add_argument("--all", action="store_true", help="run every recipe (~3 h on one core)")
+    p.add_argument("--all", action="store_true", help="run every recipe (~4 h on one core)")
     p.add_argument("--world", type=Path, default=None, help="toy world folder (default: the shipped CI world)")
     p.add_argument("--threads", type=int, default=1, help="torch threads for training (default 1, as shipped)")
     p.add_argument("--render", action="store_true", help="rewrite bench/results/reward_variants.md from the runs")
