@@ -402,6 +402,12 @@ class Check:
                             ">= 1", stat(r)["median"] >= 1))
         rt = [a / c for a, c in zip(ips["flax, tensor"], ips["flax, PIL"])]
         checks.append(check("images/s, Flax tensor / Flax PIL (median)", round(stat(rt)["median"], 3), "figure", None))
+        # Seconds a tensor call takes by its size: bench/gpu_model.py charges a search's preview scores from this
+        # curve (without it, every call up to `images` costs what `images` did).
+        sizes = [k for k in (1, 8, 32) if k < len(pils)]
+        calls = {f"{name} b{k}": (lambda s=s, k=k: s(tensor[:k], PROMPT))
+                 for name, s in (("flax", flax), ("torch", torch_s)) for k in sizes}
+        data["tensor_s_per_call"] = {k: stat(v) for k, v in interleaved(calls, reps=p.score_reps, warmup=1).items()}
         return {"data": data, "checks": checks}
 
     def _memory_split(self) -> dict:
@@ -782,6 +788,9 @@ def markdown(result: dict) -> str:
                   "| --- | --- | --- |"]
         for k, v in sc["images_per_s"].items():
             lines.append(f"| {k} | {v['median']:.4g} | {_fmt(sc['max_abs_logit_diff_vs_cpu_flax'].get(k, '–'))} |")
+        if sc.get("tensor_s_per_call"):
+            lines += ["", "Tensor calls by size (ms, median): " + ", ".join(
+                f"{k} {1000 * v['median']:.3g}" for k, v in sc["tensor_s_per_call"].items())]
         if sc.get("memory"):
             lines += ["", "Memory: " + json.dumps({k: v for k, v in sc["memory"].items()}, default=str)]
     rp = result["sections"].get("reproducibility", {}).get("data")

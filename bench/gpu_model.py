@@ -10,7 +10,8 @@ calls of at most `width` candidates (pruned ones leave the batch), previews are 
 at most 32, finished images decoded and scored once. Scores are charged as sdkit takes them on a GPU: the decoded
 tensor handed to the scorer on the device (`sdkit.generation.tensor_pixels`), measured once, at 64 images a call
 (bench/results/gpu/gpu_check.json: 5,496 images/s for the Flax scorer); a smaller call is charged a whole 64-image
-call, an upper bound, as no smaller tensor call was measured. `Costs(scoring="pil")` charges the PIL path instead
+call, an upper bound, unless the check measured smaller calls too (its `tensor_s_per_call`, since this stop's
+gpu_check.py; the H200 run predates it). `Costs(scoring="pil")` charges the PIL path instead
 (per batch size in the table: 4.5 ms an image at 32), what a scorer of one's own that takes PIL images costs. A call of a size between two measured ones costs the
 linear interpolation; sizes above the largest measured one are split into calls of that size. Text encoding and
 the scheduler's own arithmetic are left out (under 1% of a step at these sizes).
@@ -42,9 +43,12 @@ class Costs:
                        for kind in ("vae_decode", "tiny_decode", "flax_score", "torch_score")}
         if scoring == "tensor":
             scorer = json.loads(Path(check).read_text())["sections"]["scorer"]["data"]
-            for name in ("flax", "torch"):  # one measured size: every call up to it costs what it costs
-                self.curves[f"{name}_score"] = {int(scorer["images"]):
-                                                scorer["images"] / scorer["images_per_s"][f"{name}, tensor"]["median"]}
+            by_size = scorer.get("tensor_s_per_call", {})  # "flax b8": seconds, where a GPU check measured sizes
+            for name in ("flax", "torch"):  # below the smallest measured size a call costs what that size did
+                curve = {int(scorer["images"]): scorer["images"] / scorer["images_per_s"][f"{name}, tensor"]["median"]}
+                curve.update({int(k.rsplit(" b", 1)[1]): v["median"] for k, v in by_size.items()
+                              if k.startswith(name + " ")})
+                self.curves[f"{name}_score"] = curve
 
     @staticmethod
     def _call(curve: dict[int, float], size: int) -> float:

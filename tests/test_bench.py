@@ -230,6 +230,9 @@ def test_gpu_check_scorer_and_reproducibility_figures(gpu_dry):
     assert sc["max_abs_logit_diff_vs_cpu_flax"]["flax, PIL"] == 0  # the same CPU here
     assert sc["tensor_vs_pil"] == {"flax": 0.0, "torch": 0.0}
     assert all(v["median"] > 0 for v in sc["images_per_s"].values()) and len(sc["images_per_s"]) == 5
+    # The dry run scores 8 images: tensor calls of 1 timed for each backend (8 and 32 are not below it).
+    assert set(sc["tensor_s_per_call"]) == {"flax b1", "torch b1"}
+    assert all(v["median"] > 0 for v in sc["tensor_s_per_call"].values())
     rp = result["sections"]["reproducibility"]
     assert set(rp["data"]) == {"batch_invariant=True (default)", "batch_invariant=False"}
     for mode, d in rp["data"].items():
@@ -247,6 +250,8 @@ def test_gpu_check_markdown_holds_the_measured_values(gpu_dry):
     assert table.count("\n| ") == len(checks) + 2 and len(checks) >= 15  # + header and rule
     for b, d in result["sections"]["pipeline"]["data"]["batches"].items():
         assert f"| {b} | {d['s_per_image']['sdkit']['median']:.4g} | {d['s_per_image']['bare']['median']:.4g} |" in md
+    for k, v in result["sections"]["scorer"]["data"]["tensor_s_per_call"].items():
+        assert f"{k} {1000 * v['median']:.3g}" in md
     for word in ("None", "nan", "TODO", "placeholder"):
         assert word not in md, word
     assert result["machine"]["cpu"] in md and result["machine"]["commit"] in md

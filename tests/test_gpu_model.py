@@ -41,6 +41,14 @@ def test_scores_are_charged_as_sdkit_takes_them_on_a_gpu(costs, tmp_path):
     assert Costs().score(32) == pytest.approx(64 / measured["images_per_s"]["flax, tensor"]["median"])
     with pytest.raises(ValueError, match="scoring='PIL'"):
         Costs(table, scoring="PIL")
+    # A check that also timed smaller tensor calls (gpu_check.py's `tensor_s_per_call`): the model interpolates.
+    scorer["tensor_s_per_call"] = {"flax b1": {"median": 0.002}, "flax b8": {"median": 0.004},
+                                   "torch b1": {"median": 0.003}}
+    check.write_text(json.dumps({"sections": {"scorer": {"data": scorer}}}))
+    curve = Costs(table, check=check)
+    assert curve.score(1) == pytest.approx(0.002) and curve.score(8) == pytest.approx(0.004)
+    assert curve.score(36) == pytest.approx(0.004 + (0.010 - 0.004) * 28 / 56)
+    assert curve.score(1, "torch") == pytest.approx(0.003) and curve.score(64, "torch") == pytest.approx(0.020)
 
 
 def test_calls_between_and_beyond_the_measured_sizes(costs):
