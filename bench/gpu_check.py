@@ -405,8 +405,8 @@ class Check:
         # Seconds a tensor call takes by its size: bench/gpu_model.py charges a search's preview scores from this
         # curve (without it, every call up to `images` costs what `images` did).
         sizes = [k for k in (1, 8, 32) if k < len(pils)]
-        calls = {f"{name} b{k}": (lambda s=s, k=k: s(tensor[:k], PROMPT))
-                 for name, s in (("flax", flax), ("torch", torch_s)) for k in sizes}
+        calls = {f"{name} b{k}": (lambda score=score, k=k: score(tensor[:k], PROMPT))
+                 for name, score in (("flax", flax), ("torch", torch_s)) for k in sizes}
         data["tensor_s_per_call"] = {k: stat(v) for k, v in interleaved(calls, reps=p.score_reps, warmup=1).items()}
         return {"data": data, "checks": checks}
 

@@ -7,14 +7,15 @@ count, VAE and TAESD-shaped decodes and CLIP scores by batch).
 
 A strategy's run is modelled call by call as sdkit runs it on a GPU: live candidates of all prompts share UNet
 calls of at most `width` candidates (pruned ones leave the batch), previews are decoded and scored in batches of
-at most 32, finished images decoded and scored once. Scores are charged as sdkit takes them on a GPU: the decoded
-tensor handed to the scorer on the device (`sdkit.generation.tensor_pixels`), measured once, at 64 images a call
-(bench/results/gpu/gpu_check.json: 5,496 images/s for the Flax scorer); a smaller call is charged a whole 64-image
-call, an upper bound, unless the check measured smaller calls too (its `tensor_s_per_call`, since this stop's
-gpu_check.py; the H200 run predates it). `Costs(scoring="pil")` charges the PIL path instead
-(per batch size in the table: 4.5 ms an image at 32), what a scorer of one's own that takes PIL images costs. A call of a size between two measured ones costs the
-linear interpolation; sizes above the largest measured one are split into calls of that size. Text encoding and
+at most 32, finished images decoded and scored once. A call of a size between two measured ones costs the linear
+interpolation; sizes above the largest measured one are split into calls of that size. Text encoding and
 the scheduler's own arithmetic are left out (under 1% of a step at these sizes).
+
+Scores are charged as sdkit takes them on a GPU: the decoded tensor handed to the scorer on the device
+(`sdkit.generation.tensor_pixels`). The H200 measured that at 64 images a call only (bench/results/gpu/
+gpu_check.json: 5,496 images/s for the Flax scorer), so a smaller call is charged a whole one, an upper bound;
+a check that also timed smaller calls (gpu_check.py's `tensor_s_per_call`) gives the curve. `Costs(scoring="pil")`
+charges the table's PIL curve instead (4.5 ms an image at 32): what a scorer of one's own, handed PIL images, costs.
 """
 
 from __future__ import annotations
@@ -34,7 +35,6 @@ class Costs:
     def __init__(self, path: Path = TABLE, scoring: str = "tensor", check: Path = CHECK):
         if scoring not in ("tensor", "pil"):
             raise ValueError(f"scoring={scoring!r}: must be 'tensor' (sdkit's path on a GPU) or 'pil'")
-        self.scoring = scoring
         d = json.loads(Path(path).read_text())["sections"]
         self.unet_curve = {int(k): v["s_per_call"]["median"] for k, v in d["unet_batch_curve"].items()
                            if k.isdigit()}
