@@ -354,6 +354,10 @@ class Check:
         logits = {"flax, PIL": flax(pils, PROMPT).logits}
         logits["flax, tensor"] = flax(tensor, PROMPT).logits
         data["flax_tensor_transfer"] = flax.last_transfer  # "dlpack" when JAX and torch share the GPU
+        # A finished run's PIL images as rerank hands them over on an accelerator (sdkit.ranking.pil_to_tensor).
+        from sdkit.ranking import pil_to_tensor
+
+        logits["flax, PIL -> device tensor"] = flax(pil_to_tensor(pils, tensor.device), PROMPT).logits
         logits["torch, PIL"] = torch_s(pils, PROMPT).logits
         logits["torch, tensor"] = torch_s(tensor, PROMPT).logits
         # JAX may run float32 matrix products in TF32 on GPUs: the same scores at full precision, for the record.
@@ -369,7 +373,9 @@ class Check:
         diffs = {k: float(np.abs(v - ref).max()) for k, v in logits.items()}
         data["max_abs_logit_diff_vs_cpu_flax"] = diffs
         data["tensor_vs_pil"] = {"flax": float(np.abs(logits["flax, tensor"] - logits["flax, PIL"]).max()),
-                                 "torch": float(np.abs(logits["torch, tensor"] - logits["torch, PIL"]).max())}
+                                 "torch": float(np.abs(logits["torch, tensor"] - logits["torch, PIL"]).max()),
+                                 "flax, rerank": float(np.abs(logits["flax, PIL -> device tensor"]
+                                                              - logits["flax, PIL"]).max())}
         checks = [check("load_scorer('auto') picks", data["auto_scorer"], "FlaxCLIPScorer where JAX sees the GPU",
                         data["auto_scorer"] == "FlaxCLIPScorer" if jax.default_backend() == "gpu" else None),
                   check("Flax on this device vs Flax on the CPU, max |logit diff|", diffs["flax, PIL"],
@@ -377,8 +383,8 @@ class Check:
                   check("PyTorch scorer on this device vs the CPU, max |logit diff|",
                         float(np.abs(logits["torch, PIL"] - logits["CPU torch, PIL"]).max()), f"<= {SCORE_TOLERANCE:g}",
                         float(np.abs(logits["torch, PIL"] - logits["CPU torch, PIL"]).max()) <= SCORE_TOLERANCE),
-                  check("tensor hand-over vs PIL, max |logit diff| (flax, torch)",
-                        [data["tensor_vs_pil"]["flax"], data["tensor_vs_pil"]["torch"]], "0 (same pixels)",
+                  check("tensor hand-over vs PIL, max |logit diff| (flax, torch, flax from PIL as rerank does)",
+                        list(data["tensor_vs_pil"].values()), "0 (same pixels)",
                         max(data["tensor_vs_pil"].values()) == 0)]
         # Both fit: the pipeline runs its biggest batch with the scorers resident.
         self.memory.reset()
@@ -392,6 +398,7 @@ class Check:
                                 "< 0.5 (JAX preallocating would hold 0.75)", f < 0.5))
         cases = {"flax, PIL": lambda: flax(pils, PROMPT), "flax, tensor": lambda: flax(tensor, PROMPT),
                  "torch, PIL": lambda: torch_s(pils, PROMPT), "torch, tensor": lambda: torch_s(tensor, PROMPT),
+                 "flax, PIL -> device tensor (rerank)": lambda: flax(pil_to_tensor(pils, tensor.device), PROMPT),
                  "tensor -> PIL only (the round trip avoided)": lambda: to_pil(tensor)}
         times = interleaved(cases, reps=p.score_reps, warmup=1)
         ips = {k: [len(pils) / t for t in ts] for k, ts in times.items()}

@@ -228,8 +228,8 @@ def test_gpu_check_scorer_and_reproducibility_figures(gpu_dry):
     sc = result["sections"]["scorer"]["data"]
     assert sc["flax_tensor_transfer"] == "numpy"  # CPU: DLPack only when torch and JAX share a GPU
     assert sc["max_abs_logit_diff_vs_cpu_flax"]["flax, PIL"] == 0  # the same CPU here
-    assert sc["tensor_vs_pil"] == {"flax": 0.0, "torch": 0.0}
-    assert all(v["median"] > 0 for v in sc["images_per_s"].values()) and len(sc["images_per_s"]) == 5
+    assert sc["tensor_vs_pil"] == {"flax": 0.0, "torch": 0.0, "flax, rerank": 0.0}  # the same pixels, every path
+    assert all(v["median"] > 0 for v in sc["images_per_s"].values()) and len(sc["images_per_s"]) == 6
     # The dry run scores 8 images: tensor calls of 1 timed for each backend (8 and 32 are not below it).
     assert set(sc["tensor_s_per_call"]) == {"flax b1", "torch b1"}
     assert all(v["median"] > 0 for v in sc["tensor_s_per_call"].values())
