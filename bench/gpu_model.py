@@ -79,12 +79,29 @@ class Costs:
         return self._call(self.curves[f"{scorer}_score"], n)
 
 
-def seconds(cfg: dict, *, steps: int, prompts: int = 1, costs: Costs | None = None, width: int = WIDTH) -> float:
+def lane_blocks(n: int, live: int, lanes: int) -> float:
+    """Expected lane blocks (UNet calls) that one prompt's `live` of `n` candidates occupy when candidate k always
+    runs in row k % `lanes` of block k // `lanes` (survivors of a pruning taken as uniformly random)."""
+    if live >= n:
+        return float(math.ceil(n / lanes))
+    sizes = [min(lanes, n - a) for a in range(0, n, lanes)]
+    return sum(1 - math.comb(n - size, live) / math.comb(n, live) for size in sizes)
+
+
+def seconds(cfg: dict, *, steps: int, prompts: int = 1, costs: Costs | None = None, width: int = WIDTH,
+            lanes: int | None = None) -> float:
     """Modelled GPU seconds for one run of the strategy `cfg` (as in bench/results/search.json's entries) over
-    `prompts` prompts sharing calls; divide by `prompts` for seconds per prompt."""
+    `prompts` prompts sharing calls; divide by `prompts` for seconds per prompt.
+
+    `lanes`: the alternative to recorded shapes that sdkit did not build, modelled to say why. Every UNet call and
+    decode is `lanes` rows wide and candidate k always runs in row k % lanes, so seed s is the same image in any n
+    and any batch; a call runs whenever one of its rows is live (the rest is padding), and prompts cannot share
+    calls (every prompt has the same seeds, hence the same rows)."""
     c = costs or Costs()
     n, strategy = int(cfg["n"]), cfg["strategy"]
     previewer = "tiny" if cfg.get("previewer") == "tiny" else "vae"
+    if lanes is not None:
+        return _seconds_in_lanes(cfg, c, n, strategy, previewer, steps, prompts, int(lanes))
     if strategy == "best_of_n":
         total = n * prompts
         return steps * c.unet(total, width) + c.decode(total) + c.score(total)
@@ -105,4 +122,34 @@ def seconds(cfg: dict, *, steps: int, prompts: int = 1, costs: Costs | None = No
         looks = len(cfg["resample_at"])
         return steps * c.unet(total, width) + looks * (c.decode(total, previewer) + c.score(total)) \
             + c.decode(total) + c.score(total)
+    raise ValueError(f"strategy={strategy!r}: no cost model")
+
+
+def _seconds_in_lanes(cfg: dict, c: Costs, n: int, strategy: str, previewer: str, steps: int, prompts: int,
+                      lanes: int) -> float:
+    unet = c._call(c.unet_curve, lanes)
+
+    def decode(blocks: float, kind: str = "vae") -> float:  # decodes are `lanes` wide too: they make the pixels
+        return prompts * blocks * c.decode(lanes, kind)
+
+    full = lane_blocks(n, n, lanes)
+    if strategy == "best_of_n":
+        return prompts * full * steps * unet + decode(full) + c.score(n * prompts)
+    if strategy == "draft_then_finish":
+        kept = int(cfg["keep"])
+        finish = lane_blocks(n, kept, lanes)
+        return (prompts * full * int(cfg["draft_steps"]) * unet + decode(full) + c.score(n * prompts)
+                + prompts * finish * steps * unet + decode(finish) + c.score(kept * prompts))
+    if strategy == "successive_halving":
+        t, live, at = 0.0, n, dict(zip(cfg["prune_at"], cfg["keep"]))
+        for step in range(1, steps + 1):
+            t += prompts * lane_blocks(n, live, lanes) * unet
+            if step in at:
+                t += decode(lane_blocks(n, live, lanes), previewer) + c.score(live * prompts)
+                live = int(at[step])
+        return t + decode(lane_blocks(n, live, lanes)) + c.score(live * prompts)
+    if strategy == "particle_resampling":
+        looks = len(cfg["resample_at"])
+        return (prompts * full * steps * unet + looks * (decode(full, previewer) + c.score(n * prompts))
+                + decode(full) + c.score(n * prompts))
     raise ValueError(f"strategy={strategy!r}: no cost model")

@@ -121,3 +121,25 @@ def test_verifier_searches_on_the_gpu_clock_are_sdkits_default_schedule(tmp_path
         row = next(line for line in cheap.splitlines() if line.startswith(f"| {name} |"))
         assert row.split(" | ")[3] == ("**met**" if f["search_vs_best_ci"][1] >= 0 else "**not met**"), row
     assert json.loads(out.with_suffix(".json").read_text())["gpu"]["ratio"] == pytest.approx(g["ratio"])
+
+
+def test_lanes_are_modelled_call_by_call_with_padding(costs):
+    """The alternative sdkit did not build: fixed-width calls, candidate k in row k % lanes, no sharing between
+    prompts; a call runs while any of its rows is live."""
+    from gpu_model import lane_blocks
+
+    assert lane_blocks(8, 8, 8) == 1 and lane_blocks(16, 16, 8) == 2 and lane_blocks(4, 4, 8) == 1
+    assert lane_blocks(16, 1, 8) == pytest.approx(1)  # one survivor: one block
+    # 4 survivors of 16 in two blocks of 8: a block is empty with probability C(8, 4) / C(16, 4) = 70 / 1820
+    assert lane_blocks(16, 4, 8) == pytest.approx(2 * (1 - 70 / 1820))
+    b8 = {"strategy": "best_of_n", "n": 8}
+    # 2 prompts, each its own call of 8 rows (18 ms) at each of 4 steps; decodes of 8 rows each; scores as ever
+    assert seconds(b8, steps=4, prompts=2, costs=costs, lanes=8) == pytest.approx(2 * 4 * 0.018 + 2 * 0.016 + 0.016)
+    assert seconds({"strategy": "best_of_n", "n": 2}, steps=4, prompts=1, costs=costs, lanes=8) == \
+        pytest.approx(4 * 0.018 + 0.016 + 0.002)  # 2 candidates padded to 8 rows
+    halving = {"strategy": "successive_halving", "n": 16, "prune_at": [1], "keep": [1]}
+    # step 1: two blocks; previews of both blocks; steps 2-4: the survivor's block; its final decode
+    assert seconds(halving, steps=4, prompts=1, costs=costs, lanes=8) == pytest.approx(
+        2 * 0.018 + 2 * 0.016 + 0.016 + 3 * 0.018 + 0.016 + 0.001)
+    # Shapes (sdkit's way) run the one survivor alone: lanes cost more whenever a search prunes.
+    assert seconds(halving, steps=4, prompts=1, costs=costs) < seconds(halving, steps=4, prompts=1, costs=costs, lanes=8)
