@@ -89,8 +89,9 @@ bench-reward: $(STAMP)
 bench-reward-variants: $(STAMP)
 	$(PY) bench/reward_variants.py --all
 
-## Particle resampling (FK steering) against best-of-N with the same sampler, real runs in the toy world (~30 min
-## on 2 cores, cached per run): bench/results/particles.{json,md}.
+## Particle resampling (FK steering) against best-of-N with the same sampler, real runs in the toy world, tuned on
+## seed base 0 and reported there and on 192 sets of two bases nobody tuned on (~1 h on 2 cores, cached per run):
+## bench/results/particles.{json,md}.
 bench-particles: $(STAMP)
 	$(PY) bench/particles.py
 
@@ -101,7 +102,8 @@ bench-hacking: $(STAMP)
 	$(PY) bench/hacking.py
 
 ## The search strategies on a GPU's clock: bench/search.py's pool (quality) against the H200-modelled time
-## (bench/gpu_model.py), settings chosen on the tuning sets: bench/results/search_gpu.{json,md,png}.
+## (bench/gpu_model.py), settings chosen on the tuning sets, then run for real on 192 sets of two seed bases nobody
+## tuned on (~15 min on 2 cores, cached per run; the pool ~40 min if not cached): bench/results/search_gpu.{json,md,png}.
 bench-gpu-model: $(STAMP)
 	$(PY) bench/gpu_search.py
 

@@ -202,20 +202,25 @@ def on_fresh_bases(args, chosen: dict, fk, bon, rng) -> dict:
                      with_base({**fk(n_gpu, at, lam, g), "previewer": "tiny"})]
             if (at, lam) != (sparse(args.steps), 1.0):
                 jobs.append(with_base(fk(8, sparse(args.steps), 1.0, g)))
-    results = run_all(jobs, args)
-    units = {b: [(b, g) for g in groups] for b in args.report_bases}
+    rows = paired(run_all(jobs, args), args.report_bases, groups, "best-of-8 (Euler a)", rng)
+    return {"bases": args.report_bases, "groups": groups, "sets": rows["best-of-8 (Euler a)"]["sets"],
+            "gpu_budget_n": n_gpu, "rows": [_public(r) for r in rows.values()]}
+
+
+def paired(results: list[dict], bases: list[int], groups: list[int], baseline: str, rng) -> dict[str, dict]:
+    """Per label over `groups` of every base in `bases`, pooled: `summarise`'s figures, the paired difference with
+    `baseline` on the same seeds (with its interval), and each base's top-1 and difference (the spread across bases)."""
+    units = {b: [(b, g) for g in groups] for b in bases}
     pooled = summarise(results, [u for us in units.values() for u in us], rng)
     per_base = {b: summarise(results, us, rng) for b, us in units.items()}
-    rows = []
+    out = {}
     for label, r in pooled.items():
-        d = r["_won"] - pooled["best-of-8 (Euler a)"]["_won"]
-        by_base = []
-        for b in args.report_bases:
-            rb, b8 = per_base[b][label], per_base[b]["best-of-8 (Euler a)"]
-            by_base.append({"base": b, "top1": rb["top1"], "diff": float(np.mean(rb["_won"] - b8["_won"]))})
-        rows.append({**_public(r), "diff": float(d.mean()), "diff_ci": interval(d, rng), "by_base": by_base})
-    return {"bases": args.report_bases, "groups": groups, "sets": len(pooled["best-of-8 (Euler a)"]["_won"]),
-            "gpu_budget_n": n_gpu, "rows": rows}
+        d = r["_won"] - pooled[baseline]["_won"]
+        out[label] = {**r, "diff": float(d.mean()), "diff_ci": interval(d, rng),
+                      "by_base": [{"base": b, "top1": per_base[b][label]["top1"],
+                                   "diff": float(np.mean(per_base[b][label]["_won"] - per_base[b][baseline]["_won"]))}
+                                  for b in bases]}
+    return out
 
 
 def quality_cells(r: dict) -> str:
