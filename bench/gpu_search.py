@@ -180,6 +180,14 @@ def particles(costs: Costs, steps: int) -> list[dict]:
     return out
 
 
+def fresh_table(what: str, versus: str, rows: list[dict], name: str) -> list[str]:
+    """A table of real runs on seed bases with their modelled GPU time: header and one line per row."""
+    return [f"| {what} | GPU s / prompt | vs best-of-8 | UNet evals | top-1 | 95% | {versus} | per base: top-1, vs "
+            "best-of-8 |", "|---|---|---|---|---|---|---|---|"] + [
+        f"| {r[name]} | {r['gpu_s']:.3f} | {r['gpu_ratio']:.2f} | {r['unet_evaluations']:.0f} | {runner.quality_cells(r)} |"
+        for r in rows]
+
+
 def markdown(res: dict) -> str:
     L = ["# Search on a GPU's clock (modelled), toy-world quality", "",
          f"Quality: bench/search.py's pool, settings chosen on {res['tune_sets']} tuning sets (groups "
@@ -202,10 +210,7 @@ def markdown(res: dict) -> str:
               f"Groups 0-{f['groups'] - 1} of each base (seeds base + g * 32 + k), run for real by `sdkit.search` "
               "(bench/particles.py's runner and cache), paired with best-of-8 on the same seeds; per base: that base's "
               "top-1 and its difference with best-of-8, the spread across bases.", "",
-              "| setting | GPU s / prompt | vs best-of-8 | UNet evals | top-1 | 95% | vs best-of-8 (paired 95%) | "
-              "per base: top-1, vs best-of-8 |", "|---|---|---|---|---|---|---|---|"]
-        L += [f"| {r['name']} | {r['gpu_s']:.3f} | {r['gpu_ratio']:.2f} | {r['unet_evaluations']:.0f} | "
-              f"{runner.quality_cells(r)} |" for r in f["rows"]]
+              *fresh_table("setting", "vs best-of-8 (paired 95%)", f["rows"], "name")]
     fresh_particles = [r for r in res["particles"] if r.get("fresh")]
     if fresh_particles:
         r0 = fresh_particles[0]
@@ -213,10 +218,7 @@ def markdown(res: dict) -> str:
               "bench/particles.py's real runs, Euler a)", "",
               f"n={r0['gpu_budget_n']} with the tiny previewer is the most particles whose modelled GPU time fits "
               "best-of-8's, fixed by cost before any quality was seen.", "",
-              "| run | GPU s / prompt | vs best-of-8 | UNet evals | top-1 | 95% | vs best-of-8 Euler a (paired 95%) | "
-              "per base: top-1, vs best-of-8 |", "|---|---|---|---|---|---|---|---|"]
-        L += [f"| {r['label']} | {r['gpu_s']:.3f} | {r['gpu_ratio']:.2f} | {r['unet_evaluations']:.0f} | "
-              f"{runner.quality_cells(r)} |" for r in fresh_particles]
+              *fresh_table("run", "vs best-of-8 Euler a (paired 95%)", fresh_particles, "label")]
     if res.get("confirmed"):
         c = res["confirmed"]
         L += ["", f"## Particles within best-of-8's GPU time, on bases nothing had looked at "
@@ -225,10 +227,7 @@ def markdown(res: dict) -> str:
               f"({', '.join(map(str, c['chosen_from_bases']))}) with the VAE previewer ({c['chosen_from']}); the "
               "number of particles is the most that fit best-of-8's modelled GPU time with the tiny previewer. Both "
               "were fixed before these bases were run.", "",
-              "| run | GPU s / prompt | vs best-of-8 | UNet evals | top-1 | 95% | vs best-of-8 Euler a (paired 95%) | "
-              "per base: top-1, vs best-of-8 |", "|---|---|---|---|---|---|---|---|"]
-        L += [f"| {r['label']} | {r['gpu_s']:.3f} | {r['gpu_ratio']:.2f} | {r['unet_evaluations']:.0f} | "
-              f"{runner.quality_cells(r)} |" for r in c["rows"]]
+              *fresh_table("run", "vs best-of-8 Euler a (paired 95%)", c["rows"], "label")]
     if any(not r.get("fresh") for r in res["particles"]):
         L += ["", "## Particles (bench/particles.py's real runs, held-out sets, Euler a)", "",
               "| run | GPU s / prompt (VAE previews) | with tiny previews | UNet evals | top-1 | 95% | vs best-of-8 Euler a |",
