@@ -92,14 +92,13 @@ def tensor_device(scorer: Any, candidates: Sequence[Any]):
     tensors, candidates without a live tensor (`pixels`), and an accelerator (the scorer's own torch device, else
     the one torch sees first), where the tensor preprocessing runs many times faster than PIL's."""
     import torch
+    from PIL import Image
 
     from sdkit.generation import TENSOR_DEVICES
     from sdkit.load.devices import auto_device
 
     if not takes_tensors(scorer) or any(getattr(c, "pixels", None) is not None for c in candidates):
         return None
-    from PIL import Image
-
     if not all(isinstance(c.image, Image.Image) and c.image.mode == "RGB" for c in candidates):
         return None
     device = getattr(scorer, "device", None)
